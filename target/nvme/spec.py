@@ -1,0 +1,181 @@
+"""NVMe constants the target and the host share: opcodes, status codes, feature and log ids.
+
+Rules: values only (IntEnum and ints), no behaviour, stdlib only. Names follow the NVMe Base
+Specification 2.0 and NVMe over Fabrics 1.1; the section is cited where a value is defined.
+"""
+from __future__ import annotations
+
+from enum import IntEnum
+
+DISCOVERY_NQN = "nqn.2014-08.org.nvmexpress.discovery"
+NQN_FIELD_LEN = 256
+SQE_SIZE = 64
+CQE_SIZE = 16
+NSID_ALL = 0xFFFFFFFF
+CNTLID_DYNAMIC = 0xFFFF
+CNTLID_STATIC_MAX = 0xFFEF  # controller ids 0xFFF0.. are reserved (Fabrics 1.1 §3.3)
+
+
+class AdminOpcode(IntEnum):  # Base 2.0 §5, Figure 139
+    DELETE_SQ = 0x00
+    CREATE_SQ = 0x01
+    GET_LOG_PAGE = 0x02
+    DELETE_CQ = 0x04
+    CREATE_CQ = 0x05
+    IDENTIFY = 0x06
+    ABORT = 0x08
+    SET_FEATURES = 0x09
+    GET_FEATURES = 0x0A
+    ASYNC_EVENT_REQUEST = 0x0C
+    KEEP_ALIVE = 0x18
+    FABRICS = 0x7F
+
+
+class IoOpcode(IntEnum):  # NVM Command Set 1.0 §3, Figure 15
+    FLUSH = 0x00
+    WRITE = 0x01
+    READ = 0x02
+    WRITE_UNCORRECTABLE = 0x04
+    COMPARE = 0x05
+    WRITE_ZEROES = 0x08
+    DATASET_MANAGEMENT = 0x09
+    FABRICS = 0x7F
+
+
+class FabricsType(IntEnum):  # Fabrics 1.1 §3, Figure 12 (fctype, SQE byte 4)
+    PROPERTY_SET = 0x00
+    CONNECT = 0x01
+    PROPERTY_GET = 0x04
+    AUTH_SEND = 0x05
+    AUTH_RECEIVE = 0x06
+    DISCONNECT = 0x08
+
+
+class StatusType(IntEnum):  # SCT, Base 2.0 §4.6.1.2
+    GENERIC = 0x0
+    COMMAND_SPECIFIC = 0x1
+    MEDIA = 0x2
+    PATH = 0x3
+    VENDOR = 0x7
+
+
+class GenericStatus(IntEnum):  # Base 2.0 Figure 102; NVM Command Set Figure 29 (0x80..)
+    SUCCESS = 0x00
+    INVALID_OPCODE = 0x01
+    INVALID_FIELD = 0x02
+    COMMAND_ID_CONFLICT = 0x03
+    DATA_TRANSFER_ERROR = 0x04
+    INTERNAL_ERROR = 0x06
+    ABORT_REQUESTED = 0x07
+    ABORT_SQ_DELETED = 0x08
+    INVALID_NAMESPACE = 0x0B
+    COMMAND_SEQUENCE_ERROR = 0x0C
+    SGL_INVALID_LAST = 0x0D
+    SGL_INVALID_COUNT = 0x0E
+    SGL_DATA_LENGTH_INVALID = 0x0F
+    SGL_METADATA_LENGTH_INVALID = 0x10
+    SGL_TYPE_INVALID = 0x11
+    SGL_OFFSET_INVALID = 0x16
+    KEEP_ALIVE_EXPIRED = 0x1B
+    KEEP_ALIVE_INVALID = 0x1C
+    TRANSIENT_TRANSPORT_ERROR = 0x22
+    LBA_OUT_OF_RANGE = 0x80
+    CAPACITY_EXCEEDED = 0x81
+    NAMESPACE_NOT_READY = 0x82
+
+
+class CommandSpecificStatus(IntEnum):  # Base 2.0 Figure 103; Fabrics 1.1 Figure 41 (Connect)
+    INVALID_QUEUE_ID = 0x01
+    INVALID_QUEUE_SIZE = 0x02
+    ASYNC_EVENT_LIMIT_EXCEEDED = 0x05
+    INVALID_LOG_PAGE = 0x09
+    FEATURE_NOT_SAVEABLE = 0x0D
+    FEATURE_NOT_CHANGEABLE = 0x0E
+    CONNECT_INCOMPATIBLE_FORMAT = 0x80
+    CONNECT_CONTROLLER_BUSY = 0x81
+    CONNECT_INVALID_PARAMETERS = 0x82
+    CONNECT_RESTART_DISCOVERY = 0x83
+    CONNECT_INVALID_HOST = 0x84
+    # Base 2.0: attribute-type errors for Dataset Management reuse 0x80.. in the NVM set.
+
+
+class MediaStatus(IntEnum):  # Base 2.0 Figure 104
+    WRITE_FAULT = 0x80
+    UNRECOVERED_READ_ERROR = 0x81
+
+
+class FeatureId(IntEnum):  # Base 2.0 Figure 316
+    ARBITRATION = 0x01
+    POWER_MANAGEMENT = 0x02
+    TEMPERATURE_THRESHOLD = 0x04
+    ERROR_RECOVERY = 0x05
+    VOLATILE_WRITE_CACHE = 0x06
+    NUMBER_OF_QUEUES = 0x07
+    INTERRUPT_COALESCING = 0x08
+    WRITE_ATOMICITY = 0x0A
+    ASYNC_EVENT_CONFIG = 0x0B
+    KEEP_ALIVE_TIMER = 0x0F
+    HOST_BEHAVIOR = 0x16
+
+
+class LogPageId(IntEnum):  # Base 2.0 Figure 202
+    ERROR_INFORMATION = 0x01
+    SMART_HEALTH = 0x02
+    FIRMWARE_SLOT = 0x03
+    CHANGED_NAMESPACE_LIST = 0x04
+    COMMANDS_SUPPORTED = 0x05
+    DISCOVERY = 0x70
+
+
+class IdentifyCns(IntEnum):  # Base 2.0 Figure 273
+    NAMESPACE = 0x00
+    CONTROLLER = 0x01
+    ACTIVE_NAMESPACE_LIST = 0x02
+    NS_ID_DESCRIPTORS = 0x03
+    NS_CSI = 0x05
+    CTRL_CSI = 0x06
+    ACTIVE_NS_LIST_CSI = 0x07
+
+
+class NsIdDescriptorType(IntEnum):  # Base 2.0 Figure 276
+    EUI64 = 0x1
+    NGUID = 0x2
+    UUID = 0x3
+    CSI = 0x4
+
+
+class Property(IntEnum):  # controller registers as fabrics properties, Base 2.0 §3.1.3
+    CAP = 0x00
+    VS = 0x08
+    CC = 0x14
+    CSTS = 0x1C
+    NSSR = 0x20
+
+
+class AsyncEventType(IntEnum):  # Base 2.0 Figure 150
+    ERROR = 0x0
+    SMART_HEALTH = 0x1
+    NOTICE = 0x2
+    IO_COMMAND_SET = 0x6
+
+
+class AsyncEventNotice(IntEnum):  # AEI for type NOTICE
+    NAMESPACE_ATTRIBUTE_CHANGED = 0x00
+    FIRMWARE_ACTIVATION_STARTING = 0x01
+    DISCOVERY_LOG_CHANGED = 0xF0
+
+
+# SGL descriptor identifiers (last byte of DPTR: type << 4 | subtype), Base 2.0 Figure 116/117.
+SGL_DATA_BLOCK_OFFSET = 0x01  # in-capsule data (Data Block, subtype Offset)
+SGL_TRANSPORT_DATA_BLOCK = 0x5A  # data moved by the transport (R2T/H2CData, C2HData)
+
+# CC/CSTS fields (Base 2.0 §3.1.3.5 and §3.1.3.6).
+CC_EN = 1 << 0
+CC_SHN_SHIFT, CC_SHN_MASK = 14, 0x3
+CSTS_RDY = 1 << 0
+CSTS_CFS = 1 << 1
+CSTS_SHST_SHIFT = 2
+SHST_NORMAL, SHST_OCCURRING, SHST_COMPLETE = 0, 1, 2
+
+# Controller types in Identify Controller CNTRLTYPE (byte 111).
+CNTRLTYPE_IO, CNTRLTYPE_DISCOVERY, CNTRLTYPE_ADMIN = 1, 2, 3
