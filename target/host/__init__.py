@@ -1,0 +1,9 @@
+"""An NVMe/TCP initiator in Python: for tests, the load generator, and users.
+
+    from target.host import Controller, discover
+"""
+from target.host.controller import Controller
+from target.host.discovery import discover
+from target.host.queue_client import CommandFailed, Completion, QueueClient
+
+__all__ = ["Controller", "discover", "CommandFailed", "Completion", "QueueClient"]

@@ -1,0 +1,246 @@
+"""SQEs the initiator sends, and the few structures it reads back (Connect data, discovery log).
+
+Layouts: NVMe over Fabrics 1.1 §3.3 (Connect: recfmt u16 @40, qid u16 @42, sqsize u16 @44,
+cattr u8 @46, kato u32 @48; fctype in byte 4), §3.4/§3.5 (Property Get/Set: attrib u8 @40,
+offset u32 @44, value u64 @48); Base 2.0 §5.16 (Get Log Page: LID, RAE, NUMDL/NUMDU, offset),
+§5.17 (Identify: CNS, CNTID), §5.27 (Set Features); NVM Command Set §3.2 (Read/Write: SLBA in
+cdw10-11, NLB 0's based in cdw12 15:0, FUA cdw12 bit 30; Write Zeroes DEAC cdw12 bit 25;
+Dataset Management NR cdw10 7:0, AD cdw11 bit 2, 16-byte ranges).
+"""
+from __future__ import annotations
+
+import struct
+import uuid as uuid_mod
+from dataclasses import dataclass
+from typing import Iterable
+
+from target.nvme.spec import (NQN_FIELD_LEN, AdminOpcode, FabricsType, IoOpcode,
+                              SGL_DATA_BLOCK_OFFSET)
+from target.nvme.structs import Sqe
+
+CONNECT_DATA_LEN = 1024
+CATTR_DISABLE_SQ_FLOW_CONTROL = 1 << 2
+RW_FUA = 1 << 30
+WRITE_ZEROES_DEAC = 1 << 25
+DSM_DEALLOCATE = 1 << 2
+DSM_RANGE = struct.Struct("<IIQ")  # context attributes, length in blocks, starting LBA
+
+
+def default_hostnqn(hostid: uuid_mod.UUID) -> str:
+    return f"nqn.2014-08.org.nvmexpress:uuid:{hostid}"
+
+
+def connect(cid: int, *, qid: int, sqsize: int, kato_ms: int = 0,
+            disable_sq_flow_control: bool = False) -> Sqe:
+    """Connect capsule (its 1024-byte data goes in-capsule: see :func:`connect_data`).
+    ``sqsize`` is the queue's number of entries; the wire field is 0's based."""
+    cattr = CATTR_DISABLE_SQ_FLOW_CONTROL if disable_sq_flow_control else 0
+    return Sqe(AdminOpcode.FABRICS, cid, nsid=FabricsType.CONNECT, sgl_length=CONNECT_DATA_LEN,
+               sgl_id=SGL_DATA_BLOCK_OFFSET, cdw10=qid << 16, cdw11=(sqsize - 1) | (cattr << 16),
+               cdw12=kato_ms)
+
+
+def connect_data(*, hostid: uuid_mod.UUID, cntlid: int, subnqn: str, hostnqn: str) -> bytes:
+    buf = bytearray(CONNECT_DATA_LEN)
+    buf[0:16] = hostid.bytes
+    struct.pack_into("<H", buf, 16, cntlid)
+    buf[256:256 + NQN_FIELD_LEN] = _nqn_field(subnqn)
+    buf[512:512 + NQN_FIELD_LEN] = _nqn_field(hostnqn)
+    return bytes(buf)
+
+
+def _nqn_field(nqn: str) -> bytes:
+    raw = nqn.encode()
+    if len(raw) >= NQN_FIELD_LEN:
+        raise ValueError(f"NQN longer than {NQN_FIELD_LEN - 1} bytes: {nqn!r}")
+    return raw.ljust(NQN_FIELD_LEN, b"\0")
+
+
+def property_get(cid: int, offset: int, size: int = 4) -> Sqe:
+    return Sqe(AdminOpcode.FABRICS, cid, nsid=FabricsType.PROPERTY_GET, sgl_id=0,
+               cdw10=1 if size == 8 else 0, cdw11=offset)
+
+
+def property_set(cid: int, offset: int, value: int, size: int = 4) -> Sqe:
+    return Sqe(AdminOpcode.FABRICS, cid, nsid=FabricsType.PROPERTY_SET, sgl_id=0,
+               cdw10=1 if size == 8 else 0, cdw11=offset, cdw12=value & 0xFFFFFFFF,
+               cdw13=value >> 32)
+
+
+def disconnect(cid: int) -> Sqe:
+    return Sqe(AdminOpcode.FABRICS, cid, nsid=FabricsType.DISCONNECT, sgl_id=0)
+
+
+def identify(cid: int, cns: int, nsid: int = 0, cntid: int = 0, csi: int = 0) -> Sqe:
+    return Sqe(AdminOpcode.IDENTIFY, cid, nsid=nsid, sgl_length=4096, cdw10=cns | (cntid << 16),
+               cdw11=csi << 24)
+
+
+def get_log_page(cid: int, lid: int, nbytes: int, *, offset: int = 0, nsid: int = 0xFFFFFFFF,
+                 rae: bool = False, lsp: int = 0) -> Sqe:
+    numd = nbytes // 4 - 1
+    return Sqe(AdminOpcode.GET_LOG_PAGE, cid, nsid=nsid, sgl_length=nbytes,
+               cdw10=lid | (lsp << 8) | (int(rae) << 15) | ((numd & 0xFFFF) << 16),
+               cdw11=numd >> 16, cdw12=offset & 0xFFFFFFFF, cdw13=offset >> 32)
+
+
+def set_features(cid: int, fid: int, value: int, nsid: int = 0) -> Sqe:
+    return Sqe(AdminOpcode.SET_FEATURES, cid, nsid=nsid, sgl_id=0, cdw10=fid, cdw11=value)
+
+
+def get_features(cid: int, fid: int, nsid: int = 0, sel: int = 0) -> Sqe:
+    return Sqe(AdminOpcode.GET_FEATURES, cid, nsid=nsid, sgl_id=0, cdw10=fid | (sel << 8))
+
+
+def keep_alive(cid: int) -> Sqe:
+    return Sqe(AdminOpcode.KEEP_ALIVE, cid, sgl_id=0)
+
+
+def async_event_request(cid: int) -> Sqe:
+    return Sqe(AdminOpcode.ASYNC_EVENT_REQUEST, cid, sgl_id=0)
+
+
+def read(cid: int, nsid: int, lba: int, nblocks: int, block_size: int) -> Sqe:
+    return Sqe(IoOpcode.READ, cid, nsid=nsid, sgl_length=nblocks * block_size,
+               cdw10=lba & 0xFFFFFFFF, cdw11=lba >> 32, cdw12=nblocks - 1)
+
+
+def write(cid: int, nsid: int, lba: int, nblocks: int, block_size: int, fua: bool = False) -> Sqe:
+    return Sqe(IoOpcode.WRITE, cid, nsid=nsid, sgl_length=nblocks * block_size,
+               cdw10=lba & 0xFFFFFFFF, cdw11=lba >> 32,
+               cdw12=(nblocks - 1) | (RW_FUA if fua else 0))
+
+
+def flush(cid: int, nsid: int) -> Sqe:
+    return Sqe(IoOpcode.FLUSH, cid, nsid=nsid, sgl_id=0)
+
+
+def write_zeroes(cid: int, nsid: int, lba: int, nblocks: int, deallocate: bool = True) -> Sqe:
+    return Sqe(IoOpcode.WRITE_ZEROES, cid, nsid=nsid, sgl_id=0, cdw10=lba & 0xFFFFFFFF,
+               cdw11=lba >> 32, cdw12=(nblocks - 1) | (WRITE_ZEROES_DEAC if deallocate else 0))
+
+
+def dataset_management(cid: int, nsid: int, nranges: int) -> Sqe:
+    return Sqe(IoOpcode.DATASET_MANAGEMENT, cid, nsid=nsid, sgl_length=nranges * DSM_RANGE.size,
+               cdw10=nranges - 1, cdw11=DSM_DEALLOCATE)
+
+
+def dsm_ranges(ranges: Iterable[tuple[int, int]]) -> bytes:
+    return b"".join(DSM_RANGE.pack(0, nblocks, lba) for lba, nblocks in ranges)
+
+
+# -- what the initiator reads back ------------------------------------------------------------
+
+def _text(raw: bytes | memoryview) -> str:
+    return bytes(raw).split(b"\0", 1)[0].decode("ascii", "replace").strip()
+
+
+@dataclass(frozen=True)
+class DiscoveryEntry:
+    """One Discovery Log Page entry (Fabrics 1.1 §5.3, Figure 38)."""
+
+    trtype: int
+    adrfam: int
+    subtype: int
+    treq: int
+    portid: int
+    cntlid: int
+    asqsz: int
+    trsvcid: str
+    subnqn: str
+    traddr: str
+
+
+DISCOVERY_HEADER = struct.Struct("<QQH")  # genctr, numrec, recfmt
+DISCOVERY_ENTRY_LEN = 1024
+DISCOVERY_HEADER_LEN = 1024
+
+
+def parse_discovery_entries(page: bytes | memoryview, numrec: int) -> list[DiscoveryEntry]:
+    entries = []
+    for i in range(numrec):
+        e = memoryview(page)[i * DISCOVERY_ENTRY_LEN:(i + 1) * DISCOVERY_ENTRY_LEN]
+        trtype, adrfam, subtype, treq, portid, cntlid, asqsz = struct.unpack_from("<BBBBHHH", e)
+        entries.append(DiscoveryEntry(trtype, adrfam, subtype, treq, portid, cntlid, asqsz,
+                                      _text(e[32:64]), _text(e[256:512]), _text(e[512:768])))
+    return entries
+
+
+@dataclass(frozen=True)
+class ControllerInfo:
+    """The Identify Controller fields the initiator uses (Base 2.0 Figure 275)."""
+
+    vid: int
+    serial: str
+    model: str
+    firmware: str
+    mdts: int
+    cntlid: int
+    version: int
+    cntrltype: int
+    nn: int
+    oncs: int
+    vwc: int
+    sgls: int
+    subnqn: str
+    ioccsz: int
+    iorcsz: int
+    maxcmd: int
+    kas: int
+    aerl: int
+
+    @classmethod
+    def parse(cls, data: bytes | memoryview) -> ControllerInfo:
+        d = memoryview(data)
+        (vid,) = struct.unpack_from("<H", d, 0)
+        (cntlid, version) = struct.unpack_from("<HI", d, 78)
+        (kas,) = struct.unpack_from("<H", d, 320)
+        (maxcmd, nn, oncs) = struct.unpack_from("<HIH", d, 514)
+        (sgls,) = struct.unpack_from("<I", d, 536)
+        (ioccsz, iorcsz) = struct.unpack_from("<II", d, 1792)
+        return cls(vid, _text(d[4:24]), _text(d[24:64]), _text(d[64:72]), d[77], cntlid,
+                   version, d[111], nn, oncs, d[525], sgls, _text(d[768:1024]), ioccsz, iorcsz,
+                   maxcmd, kas, d[259])
+
+
+@dataclass(frozen=True)
+class NamespaceInfo:
+    """The Identify Namespace fields the initiator uses (NVM Command Set Figure 97)."""
+
+    nsid: int
+    nsze: int
+    ncap: int
+    nuse: int
+    nsfeat: int
+    block_size: int
+    nguid: bytes
+    eui64: bytes
+
+    @classmethod
+    def parse(cls, nsid: int, data: bytes | memoryview) -> NamespaceInfo:
+        d = memoryview(data)
+        nsze, ncap, nuse = struct.unpack_from("<QQQ", d, 0)
+        flbas = d[26] & 0x0F
+        lbads = d[128 + 4 * flbas + 2]
+        return cls(nsid, nsze, ncap, nuse, d[24], 1 << lbads, bytes(d[104:120]),
+                   bytes(d[120:128]))
+
+
+def parse_ns_list(data: bytes | memoryview) -> list[int]:
+    ids = struct.unpack_from("<1024I", data)
+    return [n for n in ids if n]
+
+
+def parse_ns_descriptors(data: bytes | memoryview) -> dict[int, bytes]:
+    """Namespace Identification Descriptor list (Base 2.0 Figure 276): type -> value."""
+    d = memoryview(data)
+    out: dict[int, bytes] = {}
+    pos = 0
+    while pos + 4 <= len(d):
+        nidt, nidl = d[pos], d[pos + 1]
+        if nidt == 0:
+            break
+        out[nidt] = bytes(d[pos + 4:pos + 4 + nidl])
+        pos += 4 + nidl
+    return out
+
