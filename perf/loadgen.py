@@ -1,0 +1,116 @@
+"""A load generator over the Python initiator: N queues, a queue depth, a pattern, a duration.
+
+    python3 perf/loadgen.py --port 4420 --nqn nqn.2026-11.io.sbstore:demo --rw randread \
+        --bs 4096 --qd 32 --queues 1 --seconds 10
+
+Every worker owns one slot of queue depth on one queue and issues I/O back to back; the run is
+bounded by time (and by --max-ios). Prints one JSON object: IOPS, MB/s, latency percentiles.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import sys
+import time
+from array import array
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from target.host import Controller  # noqa: E402
+
+PATTERNS = ("randread", "randwrite", "read", "write")
+
+
+def percentile(sorted_ns: list[int], pct: float) -> float:
+    if not sorted_ns:
+        return 0.0
+    index = min(len(sorted_ns) - 1, int(round(pct / 100 * (len(sorted_ns) - 1))))
+    return sorted_ns[index] / 1000.0
+
+
+async def run_load(host: str, port: int, nqn: str, *, rw: str, bs: int, qd: int, queues: int,
+                   seconds: float, max_ios: int = 10**9, nsid: int = 1, span_bytes: int = 0,
+                   hdgst: bool = False, ddgst: bool = False, seed: int = 1) -> dict:
+    if rw not in PATTERNS:
+        raise ValueError(f"--rw must be one of {PATTERNS}")
+    ctrl = await Controller.connect(host, port, nqn, nr_io_queues=queues,
+                                    queue_size=max(qd // queues + 1, 2), hdgst=hdgst, ddgst=ddgst)
+    try:
+        ns = ctrl.namespaces[nsid]
+        blocks = bs // ns.block_size
+        span = (span_bytes // ns.block_size if span_bytes else ns.nsze) // blocks
+        rng = random.Random(seed)
+        payload = os.urandom(bs)
+        latencies = array("q")
+        counts = {"ios": 0}
+        stop_at = time.perf_counter() + seconds
+        seq_next = [0]
+
+        async def worker(index: int) -> None:
+            queue = index % len(ctrl.io_queues)
+            q = ctrl.io_queues[queue]
+            from target.host import commands as cmd
+            while counts["ios"] < max_ios:
+                now = time.perf_counter()
+                if now >= stop_at:
+                    return
+                if rw.startswith("rand"):
+                    slot = rng.randrange(span)
+                else:
+                    slot = seq_next[0] % span
+                    seq_next[0] += 1
+                lba = slot * blocks
+                t0 = time.perf_counter_ns()
+                if rw.endswith("read"):
+                    done = await q.submit(cmd.read(0, nsid, lba, blocks, ns.block_size),
+                                          read_len=bs)
+                else:
+                    done = await q.submit(cmd.write(0, nsid, lba, blocks, ns.block_size),
+                                          data=payload)
+                latencies.append(time.perf_counter_ns() - t0)
+                done.check(rw)
+                counts["ios"] += 1
+
+        t_start = time.perf_counter()
+        await asyncio.gather(*(worker(i) for i in range(qd)))
+        elapsed = time.perf_counter() - t_start
+    finally:
+        await ctrl.close()
+    ordered = sorted(latencies)
+    ios = counts["ios"]
+    return {"rw": rw, "bs": bs, "qd": qd, "queues": queues, "seconds": round(elapsed, 3),
+            "ios": ios, "iops": round(ios / elapsed, 1),
+            "mb_per_s": round(ios * bs / elapsed / 1e6, 2),
+            "lat_us": {"p50": percentile(ordered, 50), "p99": percentile(ordered, 99),
+                       "p999": percentile(ordered, 99.9),
+                       "mean": (sum(ordered) / len(ordered) / 1000.0) if ordered else 0.0}}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=4420)
+    p.add_argument("--nqn", default="nqn.2026-11.io.sbstore:demo")
+    p.add_argument("--rw", default="randread", choices=PATTERNS)
+    p.add_argument("--bs", type=int, default=4096)
+    p.add_argument("--qd", type=int, default=32)
+    p.add_argument("--queues", type=int, default=1)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--max-ios", type=int, default=10**9)
+    p.add_argument("--span-bytes", type=int, default=0)
+    p.add_argument("--digests", action="store_true")
+    args = p.parse_args()
+    import uvloop
+    result = uvloop.run(run_load(args.host, args.port, args.nqn, rw=args.rw, bs=args.bs,
+                                 qd=args.qd, queues=args.queues, seconds=args.seconds,
+                                 max_ios=args.max_ios, span_bytes=args.span_bytes,
+                                 hdgst=args.digests, ddgst=args.digests))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
