@@ -1,0 +1,62 @@
+"""`sbstore serve --demo` as a user runs it: a separate process, real TCP, SIGTERM to stop."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from target.host import Controller, discover
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture
+def demo(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "sbstore", "serve", "--demo", "--listen",
+                             "127.0.0.1:0", "--state-dir", str(tmp_path)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    port = None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and port is None:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line.rstrip())
+        m = re.search(r" on 127\.0\.0\.1:(\d+)$", line.strip())
+        if m:
+            port = int(m.group(1))
+    for _ in range(3):
+        lines.append(proc.stdout.readline().rstrip())
+    try:
+        assert port, f"the demo did not start: {lines}"
+        yield proc, port, lines, tmp_path
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+
+async def test_demo_serves_and_stops_cleanly(demo):
+    proc, port, lines, state_dir = demo
+    text = "\n".join(lines)
+    assert f"nvme discover -t tcp -a 127.0.0.1 -s {port}" in text
+    assert f"nvme connect -t tcp -a 127.0.0.1 -s {port} -n nqn.2026-11.io.sbstore:demo" in text
+    entries = await discover("127.0.0.1", port)
+    assert "nqn.2026-11.io.sbstore:demo" in {e.subnqn for e in entries}
+    async with await Controller.connect("127.0.0.1", port, "nqn.2026-11.io.sbstore:demo",
+                                        nr_io_queues=2) as ctrl:
+        ns = ctrl.namespaces[1]
+        assert ns.nsze * ns.block_size == 1 << 30
+        await ctrl.write(1, 5, b"\xc3" * ns.block_size)
+        await ctrl.flush(1)
+    with open(state_dir / "demo.img", "rb") as f:
+        f.seek(5 * ns.block_size)
+        assert f.read(ns.block_size) == b"\xc3" * ns.block_size
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
