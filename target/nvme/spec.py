@@ -179,3 +179,91 @@ SHST_NORMAL, SHST_OCCURRING, SHST_COMPLETE = 0, 1, 2
 
 # Controller types in Identify Controller CNTRLTYPE (byte 111).
 CNTRLTYPE_IO, CNTRLTYPE_DISCOVERY, CNTRLTYPE_ADMIN = 1, 2, 3
+
+# --- Added for the controller side (target/controller.py and friends) -----------------------
+
+NQN_MAX_LEN = 223  # NVMF_NQN_SIZE: the longest NQN, in bytes (Base 2.0 §4.5)
+NVME_VS_1_3 = 0x00010300  # VS register / Identify VER: major << 16 | minor << 8
+CSI_NVM = 0x00  # Command Set Identifier of the NVM command set (Base 2.0 Figure 285)
+IDENTIFY_DATA_SIZE = 4096
+CONNECT_DATA_SIZE = 1024  # Fabrics 1.1 Figure 20
+DISCOVERY_LOG_HEADER_SIZE = 1024  # Base 2.0 Figure 264
+DISCOVERY_LOG_ENTRY_SIZE = 1024
+
+# Connect command CATTR (Fabrics 1.1 Figure 19) and its response (Figure 21).
+CONNECT_CATTR_DISABLE_SQFLOW = 1 << 2
+SQHD_DISABLED = 0xFFFF  # SQHD of the Connect response when SQ flow control is disabled
+CNTLID_ANY_STATIC = 0xFFFE  # Connect data cntlid: "any static controller" (Fabrics 1.1 §3.3)
+# Connect Invalid Parameters: dword 0 of the completion names the bad field (Fabrics 1.1
+# Figure 22): IPO (byte offset) in bits 15:0, IATTR bit 16 = 1 when the offset is in the data.
+CONNECT_IATTR_DATA = 1 << 16
+CONNECT_SQE_OFFSET_RECFMT, CONNECT_SQE_OFFSET_QID = 40, 42
+CONNECT_SQE_OFFSET_SQSIZE, CONNECT_SQE_OFFSET_CATTR, CONNECT_SQE_OFFSET_KATO = 44, 46, 48
+CONNECT_DATA_OFFSET_CNTLID, CONNECT_DATA_OFFSET_SUBNQN, CONNECT_DATA_OFFSET_HOSTNQN = 16, 256, 512
+
+
+class HostFeatureId(IntEnum):  # Base 2.0 Figure 316, features beyond FeatureId
+    AUTONOMOUS_POWER_STATE = 0x0C
+    TIMESTAMP = 0x0E
+    HOST_IDENTIFIER = 0x81
+
+
+# Asynchronous Event Configuration (feature 0x0B, cdw11) and Identify OAES bits.
+AEC_SMART_MASK = 0xFF
+AEC_NS_ATTRIBUTE = 1 << 8
+AEC_FW_ACTIVATION = 1 << 9
+AEC_DISCOVERY_CHANGE = 1 << 31
+
+# CC fields beyond EN/SHN (Base 2.0 §3.1.3.5).
+CC_CSS_SHIFT, CC_CSS_MASK = 4, 0x7
+CC_MPS_SHIFT, CC_MPS_MASK = 7, 0xF
+CC_AMS_SHIFT, CC_AMS_MASK = 11, 0x7
+CC_IOSQES_SHIFT, CC_IOCQES_SHIFT, CC_QES_MASK = 16, 20, 0xF
+IOSQES, IOCQES = 6, 4  # log2 of the SQE (64 bytes) and CQE (16 bytes) sizes
+
+# CAP fields (Base 2.0 §3.1.3.1).
+CAP_CQR = 1 << 16
+CAP_TO_SHIFT = 24  # timeout in 500 ms units, bits 31:24
+CAP_CSS_NVM = 1 << 37
+CAP_MPSMIN_SHIFT, CAP_MPSMAX_SHIFT = 48, 52
+
+# Identify Controller bits (Base 2.0 Figure 275).
+CMIC_MULTI_CTRL = 1 << 1
+CTRATT_HOST_ID_128 = 1 << 0
+CTRATT_TBKAS = 1 << 6  # traffic based keep alive
+ONCS_DSM = 1 << 2
+ONCS_WRITE_ZEROES = 1 << 3
+VWC_PRESENT = 1 << 0
+VWC_FLUSH_NSID_ALL = 0x3 << 1  # Flush with NSID FFFFFFFFh is supported
+LPA_SMART_PER_NS = 1 << 0
+LPA_CMD_EFFECTS = 1 << 1
+LPA_EXTENDED = 1 << 2
+SGLS_SUPPORTED = 1 << 0  # SGLs supported, no alignment requirement
+SGLS_OFFSET = 1 << 20  # SGL Data Block descriptors may carry an offset (in-capsule data)
+OFCS_DISCONNECT = 1 << 0
+
+# Identify Namespace bits (NVM Command Set 1.0 Figure 97).
+NSFEAT_THIN_PROVISIONING = 1 << 0
+DLFEAT_READ_ZEROES = 0x1  # deallocated blocks read as zeroes
+DLFEAT_WRITE_ZEROES_DEAC = 1 << 3  # Write Zeroes supports the Deallocate bit
+NMIC_SHARED = 1 << 0
+
+# NVM command fields (NVM Command Set 1.0 §3).
+RW_FUA = 1 << 30  # cdw12
+WRITE_ZEROES_DEAC = 1 << 25  # cdw12
+DSM_ATTR_DEALLOCATE = 1 << 2  # cdw11
+DSM_RANGE_SIZE = 16
+DSM_MAX_RANGES = 256
+
+# SQE flags byte: FUSE bits 1:0, PSDT bits 7:6 (01 = SGL, the only form fabrics allows).
+SQE_FLAGS_FUSE_MASK = 0x03
+SQE_FLAGS_PSDT_MASK = 0xC0
+SQE_FLAGS_PSDT_SGL = 0x40
+
+# Discovery log page entry fields (Base 2.0 Figure 265).
+TRTYPE_TCP = 3
+ADRFAM_IPV4, ADRFAM_IPV6 = 1, 2
+SUBTYPE_DISCOVERY_REFERRAL, SUBTYPE_NVME, SUBTYPE_CURRENT_DISCOVERY = 1, 2, 3
+TREQ_NOT_SPECIFIED = 0x0
+TREQ_DISABLE_SQFLOW = 1 << 2  # the host may disable SQ flow control
+TCP_SECTYPE_NONE = 0

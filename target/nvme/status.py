@@ -78,3 +78,16 @@ WriteFault = type("WriteFault", (NvmeError,), {"sct": StatusType.MEDIA,
 UnrecoveredReadError = type("UnrecoveredReadError", (NvmeError,),
                             {"sct": StatusType.MEDIA, "sc": MediaStatus.UNRECOVERED_READ_ERROR,
                              "dnr": False})
+
+# --- Added for the controller side ------------------------------------------------------------
+AbortSqDeleted = _generic("AbortSqDeleted", GS.ABORT_SQ_DELETED, dnr=False)
+KeepAliveExpired = _generic("KeepAliveExpired", GS.KEEP_ALIVE_EXPIRED)
+FeatureNotChangeable = _specific("FeatureNotChangeable", CS.FEATURE_NOT_CHANGEABLE)
+ConnectIncompatibleFormat = _specific("ConnectIncompatibleFormat", CS.CONNECT_INCOMPATIBLE_FORMAT)
+
+
+def with_result(error: NvmeError, dw0: int) -> NvmeError:
+    """Attach the completion's dword 0 to an error (Connect Invalid Parameters carries IPO/IATTR
+    there); the controller reads it back with ``getattr(error, "dw0", 0)``."""
+    error.dw0 = dw0  # type: ignore[attr-defined]
+    return error
