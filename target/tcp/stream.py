@@ -1,0 +1,291 @@
+"""The byte stream under both NVMe/TCP queue roles: PDU framing, digests, receive buffer, output.
+
+Theory of operation. Bytes come in BufferedProtocol-style: ``get_buffer()`` hands out a
+writable memoryview, ``buffer_updated(n)`` says how much was written, and every complete piece
+is processed at once (so the next ``get_buffer()`` can already point into the right place).
+``receive_data(bytes)`` does the same from a bytes object, for tests and plain ``Protocol``s.
+
+A PDU is read in three stages:
+
+1. HEADER: the 8-byte CH, then the rest of the header, its digest, and the padding up to PDO
+   (at most 255 bytes in all, since PDO is a u8). The CH's type and hlen must be ones this role
+   accepts before anything else is trusted; the header digest is verified before any other
+   field is acted on. The role's handler for the type then validates the PDU-specific fields
+   and either finishes the PDU or names a *sink* for its data.
+2. DATA: the data is copied from the receive buffer into the sink (a memoryview over the
+   command's own buffer) as it arrives, or, when a large remainder is due and nothing else is
+   buffered, ``get_buffer()`` returns the sink itself so the socket writes straight into it.
+   A ``None`` sink discards the data (a command already failed), with O(1) memory whatever
+   ``plen`` says.
+3. DDGST: the 4-byte data digest, compared with the CRC32C of what landed in the sink.
+
+Rules:
+- Memory is bounded by construction: the receive buffer is allocated once; what waits in it
+  between calls is less than one header (< 256 bytes); data goes to buffers the handler sized
+  from limits it enforces. No input makes this module allocate in proportion to ``plen``.
+- Every loop consumes bytes or stops; nothing raises out of the public methods on any input.
+  A protocol violation raises :class:`TransportError` inside; it is caught once, answered with
+  a termination request (C2HTermReq or H2CTermReq, by role) carrying FES, FEI and up to 128
+  bytes of the offending header, reported as :class:`ProtocolFailed`, and all later input is
+  ignored. An unexpected exception (a bug) is reported the same way with FES 1 and a message
+  starting with "internal error", so a fuzzer notices it.
+- Output is a list of segments (``data_to_send()``): headers (with their digest and padding),
+  payloads exactly as given, data digests. Payloads are never joined or copied.
+"""
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+from target.tcp.digest import DIGEST, crc32c
+from target.tcp.events import Event, PeerTerminated, ProtocolFailed
+from target.tcp.pdu import (CH, DATA_TYPES, DDGSTF, DIGEST_TYPES, FEI_FLAGS, FEI_HLEN, FEI_PDO,
+                            FEI_PLEN, FEI_TYPE, HDGSTF, HLEN, TERM, TERM_HLEN, TERM_MAX_DATA,
+                            HeaderDigestError, InvalidPduHeader, TransportError)
+
+Buffer = bytes | bytearray | memoryview
+# (start of the PDU in the receive buffer, flags, pdo, plen, end of header + header digest)
+Handler = Callable[[int, int, int, int, int], None]
+
+RECV_BUFFER_SIZE = 256 * 1024
+DIRECT_MIN = 16 * 1024  # receive straight into the sink when at least this much data is due
+_MIN_FREE = 4096  # compact the receive buffer when less room than this is left at its end
+
+HEADER, DATA, DDGST, DEAD = 0, 1, 2, 3
+
+
+class PduStream:
+    """What both queue roles share. A role subclass fills ``_accept`` (type -> handler) and
+    sets ``_term_type`` (the termination request it sends) and ``_rx_align`` (the PDU data
+    alignment, in bytes, it requires of the peer)."""
+
+    _term_type: int
+
+    def __init__(self, *, recv_buffer_size: int = RECV_BUFFER_SIZE) -> None:
+        if recv_buffer_size < 4 * _MIN_FREE:
+            raise ValueError(f"recv_buffer_size must be at least {4 * _MIN_FREE}")
+        self._buf = bytearray(recv_buffer_size)
+        self._mv = memoryview(self._buf)
+        self._start = 0  # first unprocessed byte
+        self._end = 0  # end of received bytes
+        self._state = HEADER
+        self._direct = False  # the last get_buffer() returned the sink
+        # The data of the PDU being received.
+        self._sink: memoryview | None = None
+        self._sink_pos = 0
+        self._data_begin = 0
+        self._data_left = 0
+        self._pdu_ddgst = False
+        self._on_data: Callable[[bool], None] = _no_data
+        # Negotiated at connection setup.
+        self.hdgst = False
+        self.ddgst = False
+        self._rx_align = 4
+        # Per PDU type: handler (None: not accepted from the peer), expected hlen, whether the
+        # type carries a header digest when digests are on, whether it may carry data.
+        self._handlers: list[Handler | None] = [None] * 256
+        self._hlen = [HLEN.get(t, 0) for t in range(256)]
+        self._digest_type = [t in DIGEST_TYPES for t in range(256)]
+        self._data_type = [t in DATA_TYPES for t in range(256)]
+        self._events: deque[Event] = deque()
+        self._out: list[Buffer] = []
+
+    # -- public: receive ----------------------------------------------------------------------
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """A writable buffer for the next bytes from the socket (never empty)."""
+        if self._state == DATA and self._start == self._end:
+            self._start = self._end = 0
+            sink = self._sink
+            left = self._data_left
+            if sink is not None and left >= DIRECT_MIN:
+                self._direct = True
+                pos = self._sink_pos
+                return sink[pos:pos + left]
+        elif self._state == DEAD:
+            self._start = self._end = 0
+            return self._mv
+        end = self._end
+        if len(self._buf) - end < _MIN_FREE:
+            start = self._start
+            pending = end - start
+            # Fewer than 256 bytes wait here (see the module rules): copying them is cheap.
+            self._buf[:pending] = self._buf[start:end]
+            self._start = 0
+            self._end = end = pending
+        return self._mv[end:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` were written into the last buffer from :meth:`get_buffer`."""
+        try:
+            if self._direct:
+                self._direct = False
+                self._sink_pos += nbytes
+                self._data_left -= nbytes
+                if self._data_left == 0:
+                    self._data_complete()
+                return
+            if self._state == DEAD:
+                return
+            self._end += nbytes
+            self._process()
+        except TransportError as err:
+            self._fail(err)
+        except Exception as exc:  # noqa: BLE001 - a bug: input must still never raise
+            self._fail(InvalidPduHeader(0, f"internal error: {type(exc).__name__}: {exc}"))
+
+    def receive_data(self, data: Buffer) -> None:
+        """Feed bytes (copies them in through :meth:`get_buffer`)."""
+        mv = memoryview(data).cast("B") if isinstance(data, memoryview) else memoryview(data)
+        while len(mv):
+            if self._state == DEAD:
+                return
+            target = self.get_buffer(len(mv))
+            n = min(len(target), len(mv))
+            target[:n] = mv[:n]
+            self.buffer_updated(n)
+            mv = mv[n:]
+
+    def next_event(self) -> Event | None:
+        """The next event, or None when there is none until more bytes arrive."""
+        if self._events:
+            return self._events.popleft()
+        return None
+
+    # -- public: send -------------------------------------------------------------------------
+    def data_to_send(self) -> list[Buffer]:
+        """The pending output as segments (header, payload, digest...), and clear it."""
+        out = self._out
+        self._out = []
+        return out
+
+    @property
+    def terminated(self) -> bool:
+        """True after a fatal error or the peer's termination request: input is ignored."""
+        return self._state == DEAD
+
+    # -- receive machinery --------------------------------------------------------------------
+    def _process(self) -> None:
+        buf = self._buf
+        while True:
+            start = self._start
+            avail = self._end - start
+            state = self._state
+            if state == HEADER:
+                if avail < 8:
+                    return
+                ptype, flags, hlen, pdo, plen = CH.unpack_from(buf, start)
+                handler = self._handlers[ptype]
+                if handler is None:
+                    raise InvalidPduHeader(FEI_TYPE, f"unexpected PDU type {ptype:#x}")
+                if hlen != self._hlen[ptype]:
+                    raise InvalidPduHeader(FEI_HLEN, f"PDU type {ptype:#x} with hlen {hlen}")
+                hdr_end = hlen
+                if self._digest_type[ptype]:
+                    if self.hdgst:
+                        if not flags & HDGSTF:
+                            raise InvalidPduHeader(FEI_FLAGS, "header digest flag missing")
+                        hdr_end += 4
+                    elif flags & HDGSTF:
+                        raise InvalidPduHeader(FEI_FLAGS, "header digest not negotiated")
+                need = hdr_end
+                if pdo > hdr_end and plen > hdr_end and self._data_type[ptype]:
+                    need = pdo  # PDO is a u8: the padding is bounded
+                if avail < need:
+                    return
+                if hdr_end != hlen and (crc32c(self._mv[start:start + hlen])
+                                        != DIGEST.unpack_from(buf, start + hlen)[0]):
+                    raise HeaderDigestError(0, "header digest mismatch")
+                handler(start, flags, pdo, plen, hdr_end)
+            elif state == DATA:
+                if not avail:
+                    return
+                n = min(self._data_left, avail)
+                sink = self._sink
+                if sink is not None:
+                    pos = self._sink_pos
+                    sink[pos:pos + n] = self._mv[start:start + n]
+                    self._sink_pos = pos + n
+                self._start = start + n
+                self._data_left -= n
+                if not self._data_left:
+                    self._data_complete()
+            elif state == DDGST:
+                if avail < 4:
+                    return
+                self._start = start + 4
+                self._state = HEADER
+                sink = self._sink
+                ok = sink is None or (crc32c(sink[self._data_begin:self._sink_pos])
+                                      == DIGEST.unpack_from(buf, start)[0])
+                self._on_data(ok)
+            else:
+                return
+
+    def _data_len(self, flags: int, pdo: int, plen: int, hdr_end: int) -> int:
+        """Validate the framing of a data-carrying PDU; its data length (0 if it has none)."""
+        if plen <= hdr_end:
+            if plen < hdr_end:
+                raise InvalidPduHeader(FEI_PLEN, f"plen {plen} shorter than the header")
+            return 0
+        dd = 4 if flags & DDGSTF else 0
+        if bool(dd) != self.ddgst:
+            raise InvalidPduHeader(FEI_FLAGS, "data digest flag does not match the negotiation")
+        if pdo < hdr_end or pdo % self._rx_align or pdo + dd >= plen:
+            raise InvalidPduHeader(FEI_PDO, f"pdo {pdo} (header {hdr_end}, plen {plen})")
+        return plen - pdo - dd
+
+    def _expect_data(self, data_at: int, nbytes: int, sink: memoryview | None, pos: int,
+                     ddgst: bool, on_data: Callable[[bool], None]) -> None:
+        """The current PDU's ``nbytes`` of data start at ``data_at`` in the receive buffer and
+        go to ``sink[pos:]`` (None: discard); ``on_data(digest_ok)`` runs once they are in."""
+        self._start = data_at
+        self._sink = sink
+        self._sink_pos = self._data_begin = pos
+        self._data_left = nbytes
+        self._pdu_ddgst = ddgst
+        self._on_data = on_data
+        self._state = DATA
+
+    def _data_complete(self) -> None:
+        if self._pdu_ddgst:
+            self._state = DDGST
+        else:
+            self._state = HEADER
+            self._on_data(True)
+
+    def _terminated_by_peer(self, start: int, flags: int, pdo: int, plen: int,
+                            hdr_end: int) -> None:
+        """Handler for the peer's termination request: its fixed 24 bytes are all we need."""
+        _, _, _, _, _, fes, fei = TERM.unpack_from(self._buf, start)
+        self._die()
+        self._events.append(PeerTerminated(fes, fei))
+
+    def _fail(self, err: TransportError) -> None:
+        if self._state == DEAD:
+            return
+        hdr = b""
+        if self._state == HEADER:
+            start = self._start
+            avail = self._end - start
+            if avail >= 8:
+                ptype, hlen = self._buf[start], self._buf[start + 2]
+                hd = 4 if self.hdgst and self._digest_type[ptype] else 0
+                hdr = bytes(self._mv[start:start + min(avail, TERM_MAX_DATA, max(8, hlen + hd))])
+        self._out.append(TERM.pack(self._term_type, 0, TERM_HLEN, 0, TERM_HLEN + len(hdr),
+                                   err.fes, err.fei) + hdr)
+        self._die()
+        self._events.append(ProtocolFailed(err.fes, err.message))
+
+    def _die(self) -> None:
+        self._state = DEAD
+        self._start = self._end = 0
+        self._sink = None
+        self._direct = False
+        self._on_dead()
+
+    def _on_dead(self) -> None:
+        """Role hook: drop per-command state once the queue is dead."""
+
+
+def _no_data(ok: bool) -> None:  # pragma: no cover - placeholder until a PDU carries data
+    pass
