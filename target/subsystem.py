@@ -25,8 +25,9 @@ import hashlib
 import ipaddress
 import logging
 import uuid as uuid_mod
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING
 
 from target.blockdev import BlockDevice
 from target.nvme.spec import (
@@ -50,8 +51,8 @@ MAX_IO_QUEUES = 128
 class Listener:
     """A transport address the target listens on (one NVMe subsystem port).
 
-    ``adrfam`` 0 is inferred from ``traddr``; ``portid`` 0 is assigned by
-    :meth:`Target.add_listener` (use the listener it returns)."""
+    Made by :meth:`Target.add_listener`, which assigns the port id; ``adrfam`` 0 is inferred
+    from ``traddr``."""
 
     traddr: str
     trsvcid: str
@@ -73,6 +74,17 @@ class Listener:
             return False
 
 
+def _adrfam_value(adrfam: int | str | None) -> int:
+    if adrfam is None:
+        return 0
+    if isinstance(adrfam, str):
+        try:
+            return {"ipv4": ADRFAM_IPV4, "ipv6": ADRFAM_IPV6}[adrfam.lower()]
+        except KeyError:
+            raise ValueError(f"adrfam {adrfam!r}: ipv4 or ipv6") from None
+    return adrfam
+
+
 def _adrfam_of(traddr: str) -> int:
     try:
         return ADRFAM_IPV6 if ipaddress.ip_address(traddr).version == 6 else ADRFAM_IPV4
@@ -86,7 +98,7 @@ class IoCounters:
     Every I/O command bumps one of them (a failed one bumps ``errors``), which keep-alive uses
     as proof of traffic."""
 
-    __slots__ = ("reads", "writes", "read_bytes", "write_bytes", "other_cmds", "errors")
+    __slots__ = ("errors", "other_cmds", "read_bytes", "reads", "write_bytes", "writes")
 
     def __init__(self) -> None:
         self.reads = 0
@@ -104,8 +116,17 @@ class Namespace:
     """A block device exported under an NSID. ``nblocks`` is cached for the I/O path's range
     check and refreshed by :meth:`Subsystem.namespace_changed`; the device checks again."""
 
-    __slots__ = ("nsid", "device", "block_size", "lba_shift", "nblocks", "counters", "uuid",
-                 "nguid", "eui64")
+    __slots__ = (
+        "block_size",
+        "counters",
+        "device",
+        "eui64",
+        "lba_shift",
+        "nblocks",
+        "nguid",
+        "nsid",
+        "uuid",
+    )
 
     def __init__(self, nsid: int, device: BlockDevice) -> None:
         bs = device.block_size
@@ -151,7 +172,7 @@ class Subsystem:
                 raise ValueError(f"{name} must be ASCII, at most {size} characters")
         if not 1 <= max_namespaces <= 0xFFFFFFFE:
             raise ValueError("max_namespaces out of range")
-        if not 0 <= max_io_queues <= 0xFFFE:
+        if not 1 <= max_io_queues <= 0xFFFE:
             raise ValueError("max_io_queues out of range")
         self.nqn = nqn
         self.serial = serial
@@ -364,12 +385,13 @@ class Target:
     def listeners(self) -> Mapping[int, Listener]:
         return self._listeners
 
-    def add_listener(self, listener: Listener) -> Listener:
-        """Register a listener; returns it with its port id (assigned if 0)."""
-        portid = listener.portid
-        if portid == 0:
+    def add_listener(self, traddr: str, trsvcid: str | int, adrfam: int | str | None = None,
+                     portid: int | None = None) -> Listener:
+        """Register a listener; returns it (port id assigned when None). ``adrfam``: 1/"ipv4",
+        2/"ipv6", or None to infer it from ``traddr``."""
+        if portid is None or portid == 0:
             portid = max(self._listeners, default=0) + 1
-            listener = Listener(listener.traddr, listener.trsvcid, listener.adrfam, portid)
+        listener = Listener(traddr, str(trsvcid), _adrfam_value(adrfam), portid)
         if not 1 <= portid <= 0xFFFF:
             raise ValueError("portid must be 1..65535")
         if portid in self._listeners:
@@ -381,11 +403,13 @@ class Target:
         self.discovery_changed()
         return listener
 
-    def remove_listener(self, portid: int) -> None:
-        """Unregister a listener; controllers that connected through it are deleted."""
-        listener = self._listeners.pop(portid)
+    def remove_listener(self, listener: Listener | int) -> None:
+        """Unregister a listener (or its port id); controllers that connected through it are
+        deleted."""
+        portid = listener if isinstance(listener, int) else listener.portid
+        removed = self._listeners.pop(portid)
         for ctrl in list(self.controllers()):
-            if ctrl.listener == listener:
+            if ctrl.listener == removed:
                 ctrl.delete("listener removed")
         self.discovery_changed()
 
