@@ -2,14 +2,37 @@
 
 See :mod:`sbstore.store.pool` for the API and the commit protocol, FORMAT.md for the bytes.
 """
-from .errors import (AlreadyExists, Busy, Corrupt, HasChildren, InvalidArgument, NoSpace,
-                     NotFound, OutOfRange, PoolFailed, ReadOnly, StoreError)
+from .errors import (
+                     AlreadyExists,
+                     Busy,
+                     Corrupt,
+                     HasChildren,
+                     InvalidArgument,
+                     NoSpace,
+                     NotFound,
+                     OutOfRange,
+                     PoolFailed,
+                     ReadOnly,
+                     StoreError,
+)
 from .layout import DEFAULT_CLUSTER_SIZE
 from .pool import Pool, PoolStats
 from .volume import Volume
 
 __all__ = [
-    "AlreadyExists", "Busy", "Corrupt", "DEFAULT_CLUSTER_SIZE", "HasChildren", "InvalidArgument",
-    "NoSpace", "NotFound", "OutOfRange", "Pool", "PoolFailed", "PoolStats", "ReadOnly",
-    "StoreError", "Volume",
+                     "DEFAULT_CLUSTER_SIZE",
+                     "AlreadyExists",
+                     "Busy",
+                     "Corrupt",
+                     "HasChildren",
+                     "InvalidArgument",
+                     "NoSpace",
+                     "NotFound",
+                     "OutOfRange",
+                     "Pool",
+                     "PoolFailed",
+                     "PoolStats",
+                     "ReadOnly",
+                     "StoreError",
+                     "Volume",
 ]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import fcntl
 import os
 import stat
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from .errors import Busy, Corrupt, InvalidArgument, NotFound
 from .layout import PAGE_SIZE

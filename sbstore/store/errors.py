@@ -8,7 +8,7 @@ Rules of this module:
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 
 class StoreError(Exception):

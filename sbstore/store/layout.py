@@ -182,7 +182,7 @@ def geometry_problem(sb: Superblock) -> str | None:
 
 # --- pointer pages (tree roots, tree directories, volume-table root) -------------------------
 
-def push_pointers(locs: array, crcs: array) -> bytes:
+def push_pointers(locs: array[int], crcs: array[int]) -> bytes:
     """A pointer page: up to 512 (page, crc) pairs; page 0 means "no child"."""
     n = len(locs)
     assert n <= PTRS_PER_PAGE and len(crcs) == n
@@ -192,13 +192,13 @@ def push_pointers(locs: array, crcs: array) -> bytes:
     return page.tobytes()
 
 
-def pull_pointers(data: bytes | bytearray | memoryview) -> tuple[array, array]:
+def pull_pointers(data: bytes | bytearray | memoryview) -> tuple[array[int], array[int]]:
     page = array("I")
     page.frombytes(bytes(data))
     return page[0::2], page[1::2]
 
 
-def pull_u32_page(data: bytes | bytearray | memoryview) -> array:
+def pull_u32_page(data: bytes | bytearray | memoryview) -> array[int]:
     page = array("I")
     page.frombytes(bytes(data))
     return page

@@ -19,11 +19,22 @@ Rules of this module:
 from __future__ import annotations
 
 from array import array
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from .errors import Corrupt
-from .layout import (LEAF_ENTRIES, LEAF_SHIFT, PAGE_SIZE, PTR_SHIFT, PTRS_PER_PAGE, ZERO_PAGE,
-                     page_crc, pull_pointers, push_pointers, tree_shape)
+from .layout import (
+    LEAF_ENTRIES,
+    LEAF_SHIFT,
+    PAGE_SIZE,
+    PTR_SHIFT,
+    PTRS_PER_PAGE,
+    ZERO_PAGE,
+    page_crc,
+    pull_pointers,
+    push_pointers,
+    tree_shape,
+)
 
 
 class PageAllocator(Protocol):
@@ -37,8 +48,19 @@ class PageAllocator(Protocol):
 class PageTree:
     """Where the leaves of one u32 array live, and which of them changed."""
 
-    __slots__ = ("n_entries", "leaf_loc", "leaf_crc", "dir_loc", "dir_crc", "root", "root_crc",
-                 "dirty", "dirs_dirty", "root_dirty", "meta")
+    __slots__ = (
+        "dir_crc",
+        "dir_loc",
+        "dirs_dirty",
+        "dirty",
+        "leaf_crc",
+        "leaf_loc",
+        "meta",
+        "n_entries",
+        "root",
+        "root_crc",
+        "root_dirty",
+    )
 
     def __init__(self, n_entries: int, meta: PageAllocator) -> None:
         leaves, dirs = tree_shape(n_entries)
@@ -170,7 +192,7 @@ class PageTree:
         return True
 
 
-def leaf_slice_bytes(entries: array, j: int) -> bytes:
+def leaf_slice_bytes(entries: array[int], j: int) -> bytes:
     """Leaf ``j`` of a flat u32 array as a 4 KiB page (the last leaf padded with zeroes)."""
     data = entries[j << LEAF_SHIFT:(j + 1) << LEAF_SHIFT].tobytes()
     if len(data) < PAGE_SIZE:
@@ -231,7 +253,7 @@ def load_tree(tree: PageTree, root: int, root_crc: int, read_page: ReadPage, fir
             tree.leaf_loc[j], tree.leaf_crc[j] = lloc, leaf_crcs[k]
 
 
-def load_entries(tree: PageTree, read_page: ReadPage, what: str) -> array:
+def load_entries(tree: PageTree, read_page: ReadPage, what: str) -> array[int]:
     """Read every leaf of ``tree`` into one flat array of ``tree.n_entries`` entries."""
     n_leaves = len(tree.leaf_loc)
     entries = array("I", bytes(4 * n_leaves * LEAF_ENTRIES))

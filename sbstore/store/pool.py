@@ -56,26 +56,66 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import functools
 import logging
 import os
 import time
 import uuid as uuid_mod
 from array import array
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Self
 
 from .backing import Backing
-from .errors import (AlreadyExists, Busy, Corrupt, HasChildren, InvalidArgument, NoSpace,
-                     NotFound, PoolFailed, ReadOnly, StoreError)
-from .layout import (DEFAULT_CLUSTER_SIZE, LEAF_SHIFT, MAX_TREE_ENTRIES, MAX_VOLUME_RECORDS,
-                     META_FIRST_PAGE,
-                     NAME_MAX_BYTES, PAGE_SIZE, PTR_SHIFT, PTRS_PER_PAGE, SB_SLOT_PAGES,
-                     VOL_DYING, VOL_FLAGS_KNOWN, VOL_SNAPSHOT, VOLREC_SIZE, VOLRECS_PER_PAGE,
-                     Superblock, SuperblockInvalid, VolumeRecord, ceil_div, page_crc,
-                     plan_geometry, pull_pointers, pull_superblock, pull_volume_record,
-                     push_pointers, push_superblock, push_volume_record)
-from .pagetree import (PageTree, check_page_number, leaf_slice_bytes, load_entries, load_tree,
-                       read_checked)
+from .errors import (
+    AlreadyExists,
+    Busy,
+    Corrupt,
+    HasChildren,
+    InvalidArgument,
+    NoSpace,
+    NotFound,
+    PoolFailed,
+    ReadOnly,
+    StoreError,
+)
+from .layout import (
+    DEFAULT_CLUSTER_SIZE,
+    LEAF_SHIFT,
+    MAX_TREE_ENTRIES,
+    MAX_VOLUME_RECORDS,
+    META_FIRST_PAGE,
+    NAME_MAX_BYTES,
+    PAGE_SIZE,
+    PTR_SHIFT,
+    PTRS_PER_PAGE,
+    SB_SLOT_PAGES,
+    VOL_DYING,
+    VOL_FLAGS_KNOWN,
+    VOL_SNAPSHOT,
+    VOLREC_SIZE,
+    VOLRECS_PER_PAGE,
+    Superblock,
+    SuperblockInvalid,
+    VolumeRecord,
+    ceil_div,
+    page_crc,
+    plan_geometry,
+    pull_pointers,
+    pull_superblock,
+    pull_volume_record,
+    push_pointers,
+    push_superblock,
+    push_volume_record,
+)
+from .pagetree import (
+    PageTree,
+    check_page_number,
+    leaf_slice_bytes,
+    load_entries,
+    load_tree,
+    read_checked,
+)
 from .space import ClusterSpace, MetaSpace
 from .volume import Volume
 
@@ -209,8 +249,10 @@ class Pool:
             raise
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, readonly: bool = False) -> Pool:
-        """Open an existing pool; finishes any interrupted deletion unless ``readonly``."""
+    def open(cls, path: str | os.PathLike[str], *, readonly: bool = False,
+             finish_deletions: bool = True) -> Pool:
+        """Open an existing pool; finishes any interrupted deletion unless ``readonly``
+        (``finish_deletions=False`` is for ``check --repair`` only)."""
         backing = Backing(path, readonly=readonly)
         try:
             candidates, reasons = read_superblocks(backing)
@@ -232,7 +274,7 @@ class Pool:
                 if i > 0:
                     log.warning("%s: newest superblock unusable (%s); opened generation %d",
                                 backing.path, "; ".join(errors), sb.generation)
-                if not readonly and pool._dying:
+                if not readonly and finish_deletions and pool._dying:
                     pool._finish_dying_sync()
                 return pool
             raise Corrupt(f"{backing.path}: " + "; ".join(errors))
@@ -356,7 +398,7 @@ class Pool:
             self._executor.shutdown(wait=True)
         self._backing.close()
 
-    def __enter__(self) -> Pool:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -613,11 +655,10 @@ class Pool:
                 copied = 0
                 while ci < len(m) and copied < _INFLATE_BATCH:
                     if self._must_copy(vol, m, ci):
-                        await self._make_room(lambda: (1, 4 + self._leaf_unshare_cost(vol, ci)))
-                        if vol._dead:
+                        await self._make_room(functools.partial(self._copy_needs, vol, ci))
+                        if vol._dead or vol._map is None:
                             raise NotFound(f"volume {vol.name!r} was deleted")
                         m = vol._map
-                        assert m is not None
                         if self._must_copy(vol, m, ci):
                             self._copy_out(vol, m, ci)
                             copied += 1
@@ -712,12 +753,13 @@ class Pool:
         touched = {e >> LEAF_SHIFT for e in m[j << LEAF_SHIFT:(j + 1) << LEAF_SHIFT] if e}
         return len(touched - dirty) * 3 + 2
 
-    def _leaf_unshare_cost(self, vol: Volume, ci: int) -> int:
+    def _copy_needs(self, vol: Volume, ci: int) -> tuple[int, int]:
+        """(clusters, pages) giving cluster ``ci`` of ``vol`` a private copy may take."""
         j = ci >> LEAF_SHIFT
         loc = vol.tree.leaf_loc[j]
         if loc and self._meta.refs[loc] > 1:
-            return self._unshare_cost(vol, j)
-        return 0
+            return 1, 4 + self._unshare_cost(vol, j)
+        return 1, 4
 
     def _touch_map_leaf(self, vol: Volume, j: int) -> None:
         """Leaf ``j`` of ``vol``'s map is about to change: make it private and dirty."""
@@ -756,14 +798,14 @@ class Pool:
         u = self._unstable_inflight
         return bool(u) and pcn in u
 
-    def _must_copy(self, vol: Volume, m: array, ci: int) -> bool:
+    def _must_copy(self, vol: Volume, m: array[int], ci: int) -> bool:
         p = m[ci]
         if not p:
             return False
         loc = vol.tree.leaf_loc[ci >> LEAF_SHIFT]
         return bool(loc and self._meta.refs[loc] > 1) or self._space.rc[p] > 1
 
-    def _copy_out(self, vol: Volume, m: array, ci: int) -> None:
+    def _copy_out(self, vol: Volume, m: array[int], ci: int) -> None:
         """Give cluster ``ci`` of ``vol`` a private copy (inflate)."""
         p = m[ci]
         space = self._space
@@ -862,6 +904,32 @@ class Pool:
         self._vt_dirty.add(vol.slot // VOLRECS_PER_PAGE)
         vol._map = None
         return True
+
+    def _repair_counts(self, rc_fixes: dict[int, int], mapped_fixes: dict[int, int]) -> None:
+        """Set reference counts and mapped totals to what ``check`` computed from the maps."""
+        space = self._space
+        for p, want in sorted(rc_fixes.items()):
+            old = space.rc[p]
+            if old == want:
+                continue
+            space.rc[p] = want
+            space.tree.touch(p >> LEAF_SHIFT)
+            if p < space.first_data:
+                continue
+            if old and not want:
+                space.pending.append(p)
+                space.n_used -= 1
+            elif want and not old:
+                if space.free[p]:
+                    space.free[p] = 0
+                    space.n_free -= 1
+                space.n_used += 1
+        for vid, mapped in mapped_fixes.items():
+            for vol in self._all_volumes():
+                if vol.id == vid:
+                    vol.mapped = mapped
+                    self._record_changed(vol)
+        self._note_change()
 
     def _read_meta(self, page: int) -> bytes:
         data = self._inflight_pages.get(page)

@@ -86,7 +86,7 @@ class MetaSpace:
 class ClusterSpace:
     """Reference counts of the data clusters, and their allocator."""
 
-    def __init__(self, n_clusters: int, first_data: int, rc: array, tree: PageTree) -> None:
+    def __init__(self, n_clusters: int, first_data: int, rc: array[int], tree: PageTree) -> None:
         self.n_clusters = n_clusters
         self.first_data = first_data
         self.rc = rc

@@ -24,14 +24,16 @@ The I/O methods are the ``target.blockdev.BlockDevice`` interface; errors are ``
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 import uuid as uuid_mod
 from array import array
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .errors import Corrupt, InvalidArgument, NotFound, OutOfRange, ReadOnly
-from .layout import LEAF_SHIFT, VOL_DYING, VOL_SNAPSHOT, VolumeRecord, ceil_div
+from .layout import LEAF_SHIFT, VOL_SNAPSHOT, VolumeRecord, ceil_div
 from .pagetree import PageTree, leaf_slice_bytes, load_entries
 
 if TYPE_CHECKING:
@@ -59,7 +61,7 @@ class Volume:
         self.mapped = rec.mapped
         self.tree = tree
         self.slot = slot
-        self._map: array | None = None
+        self._map: array[int] | None = None
         self._dead = False
         self._drain_pos = 0  # leaves already dropped, while DYING
         self._fd = pool._backing.fd
@@ -162,7 +164,7 @@ class Volume:
 
     # --- map ----------------------------------------------------------------------------------
 
-    def _load_map(self) -> array:
+    def _load_map(self) -> array[int]:
         """Read the map from its leaves (snapshots are loaded only when first used)."""
         if self._dead:
             raise NotFound(f"volume {self._name!r} was deleted")
@@ -219,7 +221,7 @@ class Volume:
             return buf
         return self._read_span(m, off, n)
 
-    def _read_span(self, m: array, off: int, n: int) -> bytearray:
+    def _read_span(self, m: array[int], off: int, n: int) -> bytearray:
         buf = bytearray(n)
         view = memoryview(buf)
         csize, shift = self._csize, self._cshift
@@ -263,7 +265,7 @@ class Volume:
         if fua:
             await pool.flush()
 
-    async def _write_span(self, m: array, off: int, data: Buffer) -> None:
+    async def _write_span(self, m: array[int], off: int, data: Buffer) -> None:
         view = memoryview(data)
         if view.format != "B" or view.ndim != 1:
             view = view.cast("B")
@@ -277,11 +279,11 @@ class Volume:
             segs.append((ci, co, pos, length))
             pos += length
         pool = self._pool
-        await pool._make_room(lambda: self._needs(segs, zeroing=False))
-        m = self._map
-        assert m is not None
+        await pool._make_room(functools.partial(self._needs, segs, False))
+        m2 = self._map
+        assert m2 is not None
         for ci, co, pos, length in segs:
-            self._write_cluster(m, ci, co, view[pos:pos + length])
+            self._write_cluster(m2, ci, co, view[pos:pos + length])
         pool._note_data()
 
     def _needs(self, segs: Sequence[tuple[int, int, int, int]], zeroing: bool
@@ -311,7 +313,7 @@ class Volume:
             pages += 1 + pool._unshare_cost(self, j)
         return clusters, pages
 
-    def _write_cluster(self, m: array, ci: int, co: int, seg: memoryview) -> None:
+    def _write_cluster(self, m: array[int], ci: int, co: int, seg: memoryview) -> None:
         """Write ``seg`` at offset ``co`` of the volume's cluster ``ci`` (sync; room checked)."""
         pool = self._pool
         p = m[ci]
@@ -404,7 +406,7 @@ class Volume:
                 p += length
             segs = self._mapped_segments(segs)
             if segs:
-                await pool._make_room(lambda: self._needs(segs, zeroing=True))
+                await pool._make_room(functools.partial(self._needs, segs, True))
                 m = self._map
                 assert m is not None
                 zeros = pool._zeros
@@ -436,7 +438,7 @@ class Volume:
                 out.append(seg)
         return out
 
-    def _unmap(self, m: array, ci: int) -> None:
+    def _unmap(self, m: array[int], ci: int) -> None:
         p = m[ci]
         if not p:
             return
