@@ -24,7 +24,7 @@ class Backing:
     """A file or block device holding a pool."""
 
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False,
-                 create_size: int | None = None) -> None:
+                 create_size: int | None = None, lock: bool = True) -> None:
         self.path = os.fspath(path)
         self.readonly = readonly
         flags = os.O_RDONLY if readonly else os.O_RDWR
@@ -38,7 +38,9 @@ class Backing:
             raise InvalidArgument(f"{self.path}: permission denied") from None
         try:
             try:
-                fcntl.flock(self.fd, (fcntl.LOCK_SH if readonly else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+                if lock:
+                    mode = fcntl.LOCK_SH if readonly else fcntl.LOCK_EX
+                    fcntl.flock(self.fd, mode | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise Busy(f"{self.path} is open by another process (sbstore serve?)") from None
             st = os.fstat(self.fd)

@@ -82,9 +82,15 @@ class _Limited:
             self.report.problems.append(f"... and {self.count - _MAX_LISTED} more {self.kind}")
 
 
-def check_pool(path: str, *, repair: bool = False) -> CheckReport:
-    """Check the pool at ``path`` (not open elsewhere); with ``repair``, fix counts."""
-    report = _check(path)
+def check_pool(path: str, *, repair: bool = False, lock: bool = True) -> CheckReport:
+    """Check the pool at ``path`` (not open elsewhere); with ``repair``, fix counts.
+
+    ``lock=False`` checks a pool this process has open (what its last commit wrote): the caller
+    makes sure no commit runs meanwhile. It cannot be combined with ``repair``.
+    """
+    if repair and not lock:
+        raise ValueError("repair needs the pool to itself")
+    report = _check(path, lock)
     if not repair or report.clean:
         return report
     if report.unrepairable:
@@ -101,7 +107,7 @@ def check_pool(path: str, *, repair: bool = False) -> CheckReport:
         pool._finish_dying_sync()
     finally:
         pool.close()
-    after = _check(path)
+    after = _check(path, True)
     after.repaired = _describe_repairs(report)
     return after
 
@@ -120,10 +126,10 @@ def _describe_repairs(report: CheckReport) -> list[str]:
     return out
 
 
-def _check(path: str) -> CheckReport:
+def _check(path: str, lock: bool) -> CheckReport:
     report = CheckReport(path=path)
     try:
-        backing = Backing(path, readonly=True)
+        backing = Backing(path, readonly=True, lock=lock)
     except StoreError as exc:
         report.problems.append(str(exc))
         report.unrepairable += 1
