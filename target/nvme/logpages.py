@@ -10,8 +10,8 @@ agreeing with Linux's ``struct nvme_error_slot``, ``nvme_smart_log``, ``nvme_eff
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from target.nvme.spec import (
     DISCOVERY_LOG_ENTRY_SIZE,
