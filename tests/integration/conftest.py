@@ -5,7 +5,6 @@ import uuid
 from dataclasses import dataclass
 
 import pytest
-import uvloop
 
 from target.blockdev import RamDevice
 from target.server import TargetServer, TransportLimits
@@ -13,11 +12,6 @@ from target.subsystem import Subsystem, Target
 
 NQN = "nqn.2026-11.io.sbstore:test"
 NQN_4K = "nqn.2026-11.io.sbstore:test-4k"
-
-
-@pytest.fixture(scope="session")
-def event_loop_policy():
-    return uvloop.EventLoopPolicy()
 
 
 @dataclass
