@@ -250,6 +250,15 @@ class Subsystem:
         self._allow_any_host = allow
         self._access_changed()
 
+    def set_host_acl(self, allow_any_host: bool, hosts: Iterable[str] = ()) -> None:
+        """Replace the whole ACL at once (access is re-checked once, after the change)."""
+        hosts = set(hosts)
+        for hostnqn in hosts:
+            _check_nqn(hostnqn)
+        self._allow_any_host = allow_any_host
+        self._allowed_hosts = hosts
+        self._access_changed()
+
     def add_host(self, hostnqn: str) -> None:
         _check_nqn(hostnqn)
         self._allowed_hosts.add(hostnqn)
