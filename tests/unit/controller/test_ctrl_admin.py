@@ -10,12 +10,16 @@ from target.nvme.spec import (
     AEC_DISCOVERY_CHANGE,
     AEC_NS_ATTRIBUTE,
     AdminOpcode,
-    CommandSpecificStatus as CS,
     FeatureId,
-    GenericStatus as GS,
     HostFeatureId,
     LogPageId,
     StatusType,
+)
+from target.nvme.spec import (
+    CommandSpecificStatus as CS,
+)
+from target.nvme.spec import (
+    GenericStatus as GS,
 )
 from tests.unit.controller.helpers import (
     HOSTID,
@@ -128,7 +132,7 @@ async def test_error_log_records_failures_newest_first() -> None:
 
 async def test_features_round_trip_and_defaults() -> None:
     env = make_env()
-    admin, cntlid = await bring_up_admin(env, kato_ms=7000)
+    admin, _cntlid = await bring_up_admin(env, kato_ms=7000)
 
     async def value(fid: int, sel: int = 0, cdw11: int = 0) -> int:
         r = await admin.cmd(get_features(fid, sel, cdw11))

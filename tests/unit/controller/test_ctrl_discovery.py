@@ -11,11 +11,15 @@ from target.nvme.spec import (
     AEC_DISCOVERY_CHANGE,
     DISCOVERY_NQN,
     AdminOpcode,
-    CommandSpecificStatus as CS,
     FeatureId,
-    GenericStatus as GS,
     LogPageId,
     StatusType,
+)
+from target.nvme.spec import (
+    CommandSpecificStatus as CS,
+)
+from target.nvme.spec import (
+    GenericStatus as GS,
 )
 from target.subsystem import Subsystem
 from tests.unit.controller.helpers import (
@@ -104,8 +108,8 @@ async def test_wildcard_listener_shows_the_local_address() -> None:
     any4 = env.target.add_listener("0.0.0.0", 4430)
     disc = Conn.open(env.target, any4, local_traddr="192.0.2.7")
     assert (await disc.cmd(connect_sqe(kato_ms=0), connect_data(DISCOVERY_NQN))).ok
-    from tests.unit.controller.helpers import CC_LINUX, prop_set
     from target.nvme.spec import Property
+    from tests.unit.controller.helpers import CC_LINUX, prop_set
 
     assert (await disc.cmd(prop_set(Property.CC, CC_LINUX))).ok
     _, entries = await _log(disc)
@@ -151,7 +155,7 @@ async def test_discovery_connect_needs_a_dynamic_controller_and_has_no_io_queues
     r = await Conn.open(env.target, env.listener).cmd(
         connect_sqe(kato_ms=0), connect_data(DISCOVERY_NQN, cntlid=5))
     assert r.status == (StatusType.COMMAND_SPECIFIC, CS.CONNECT_INVALID_PARAMETERS)
-    disc, cntlid = await bring_up_admin(env, subnqn=DISCOVERY_NQN, kato_ms=0)
+    _disc, cntlid = await bring_up_admin(env, subnqn=DISCOVERY_NQN, kato_ms=0)
     io = Conn.open(env.target, env.listener)
     r = await io.cmd(connect_sqe(1, 31), connect_data(DISCOVERY_NQN, cntlid=cntlid))
     assert r.status == (StatusType.COMMAND_SPECIFIC, CS.CONNECT_INVALID_PARAMETERS)

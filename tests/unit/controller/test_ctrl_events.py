@@ -12,9 +12,11 @@ from target.nvme.spec import (
     NSID_ALL,
     AdminOpcode,
     FeatureId,
-    GenericStatus as GS,
     LogPageId,
     StatusType,
+)
+from target.nvme.spec import (
+    GenericStatus as GS,
 )
 from target.subsystem import Subsystem
 from tests.unit.controller.helpers import (
@@ -160,7 +162,7 @@ async def test_revoking_a_host_deletes_its_controllers() -> None:
     env = make_env()
     a, a_id = await bring_up_admin(env, hostnqn=HOSTNQN)
     a_io, _ = await connect_io(env, a_id, 1, hostnqn=HOSTNQN)
-    b, b_id = await bring_up_admin(env, hostnqn=HOSTNQN2)
+    b, _b_id = await bring_up_admin(env, hostnqn=HOSTNQN2)
     env.subsystem.set_host_acl(False, [HOSTNQN2])
     assert env.subsystem.allowed_hosts == {HOSTNQN2} and not env.subsystem.allow_any_host
     assert a.closed and a_io.closed and a.close_calls == 1 and a_io.close_calls == 1
@@ -181,7 +183,7 @@ async def test_add_host_then_disallow_others_keeps_the_added_host() -> None:
 
 async def test_removing_the_subsystem_or_the_listener_closes_its_controllers() -> None:
     env = make_env()
-    a, a_id = await bring_up_admin(env)
+    a, _a_id = await bring_up_admin(env)
     env.target.remove_subsystem(env.subsystem.nqn)
     assert a.closed
     env2 = make_env()

@@ -4,20 +4,28 @@ from __future__ import annotations
 import pytest
 
 from target.controller import CC_TRANSITIONS, CtrlState
-from target.nvme.identify import pull_identify_controller, pull_identify_namespace
-from target.nvme.identify import pull_namespace_list, pull_ns_id_descriptors
+from target.nvme.identify import (
+    pull_identify_controller,
+    pull_identify_namespace,
+    pull_namespace_list,
+    pull_ns_id_descriptors,
+)
 from target.nvme.spec import (
     AEC_NS_ATTRIBUTE,
     CONNECT_CATTR_DISABLE_SQFLOW,
     NSID_ALL,
     SQHD_DISABLED,
     AdminOpcode,
-    CommandSpecificStatus as CS,
     FeatureId,
-    GenericStatus as GS,
     NsIdDescriptorType,
     Property,
     StatusType,
+)
+from target.nvme.spec import (
+    CommandSpecificStatus as CS,
+)
+from target.nvme.spec import (
+    GenericStatus as GS,
 )
 from target.subsystem import Subsystem
 from tests.unit.controller.helpers import (
@@ -249,7 +257,7 @@ async def test_number_of_queues_is_capped_by_the_subsystem() -> None:
 
 async def test_sq_flow_control_disabled() -> None:
     env = make_env()
-    admin, cntlid = await bring_up_admin(env)
+    _admin, cntlid = await bring_up_admin(env)
     io, r = await connect_io(env, cntlid, 1, cattr=CONNECT_CATTR_DISABLE_SQFLOW)
     assert r.ok and r.cqe.sqhd == SQHD_DISABLED
     assert io.session.allow_success_flag
@@ -260,7 +268,7 @@ async def test_sq_flow_control_disabled() -> None:
 
 async def test_sqhd_tracks_the_queue_and_wraps() -> None:
     env = make_env()
-    admin, cntlid = await bring_up_admin(env)
+    _admin, cntlid = await bring_up_admin(env)
     io, r = await connect_io(env, cntlid, 1, sqsize=3)  # four entries
     assert r.cqe.sqhd == 1
     heads = [(await io.cmd(read(1, 0, 1, cid=i))).cqe.sqhd for i in range(6)]
@@ -371,7 +379,7 @@ async def test_connection_lost_on_admin_deletes_controller_and_closes_io() -> No
 
 async def test_connection_lost_on_io_frees_only_that_queue() -> None:
     env = make_env()
-    admin, cntlid = await bring_up_admin(env)
+    _admin, cntlid = await bring_up_admin(env)
     q1, _ = await connect_io(env, cntlid, 1)
     q2, _ = await connect_io(env, cntlid, 2)
     q1.session.connection_lost()
@@ -398,7 +406,7 @@ async def test_transport_data_status_completes_without_executing() -> None:
 
 async def test_nsid_all_flush_and_other_nsid_checks() -> None:
     env = make_env()
-    admin, cntlid = await bring_up_admin(env)
+    admin, _cntlid = await bring_up_admin(env)
     r = await admin.cmd(identify(0, nsid=NSID_ALL))
     assert r.status == (StatusType.GENERIC, GS.INVALID_NAMESPACE)
     r = await admin.cmd(identify(0, nsid=0))

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from target.blockdev import BlockDeviceError, CapacityExceededError
-from target.nvme.spec import NSID_ALL, GenericStatus as GS, IoOpcode, MediaStatus, StatusType
+from target.nvme.spec import NSID_ALL, IoOpcode, MediaStatus, StatusType
+from target.nvme.spec import GenericStatus as GS
 from tests.unit.controller.helpers import (
     Conn,
     Env,
