@@ -25,19 +25,21 @@ Theory of operation (NVMe/TCP Transport 1.0 §3.3, §3.4; what drivers/nvme/host
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 from target.nvme.spec import SGL_DATA_BLOCK_OFFSET, SGL_TRANSPORT_DATA_BLOCK, GenericStatus
 from target.nvme.status import status_field
 from target.nvme.structs import CQE
 from target.tcp.digest import DIGEST, crc32c
-from target.tcp.events import (Established, PeerTerminated, ProtocolFailed, ResponseReceived,
-                               fast_factory)
+from target.tcp.events import Established, PeerTerminated, ProtocolFailed, ResponseReceived
 from target.tcp.pdu import (CH, CMD_HLEN, DATA, DATA_FIELDS, DATA_HLEN, DATA_LAST, DATA_SUCCESS,
                             DDGST_ENABLE, DDGSTF, FEI_CCCID, FEI_DATAL, FEI_DATAO, FEI_DGST,
                             FEI_FLAGS, FEI_MAXR2T, FEI_PDA, FEI_PFV, FEI_PLEN, FEI_TYPE,
                             HDGST_ENABLE, HDGSTF, IC, IC_PDU_LEN, MIN_MAXH2CDATA, PDA_MAX,
                             PFV_1_0, RESP_HLEN, TERM, TERM_HLEN, TERM_MAX_DATA, DataOutOfRange,
-                            InvalidPduHeader, PduSequenceError, PduType, data_offset, pda_bytes)
+                            InvalidPduHeader, PduSequenceError, data_offset, pda_bytes)
+from target.tcp.pdu import (PDU_C2H_DATA, PDU_C2H_TERM_REQ, PDU_CAPSULE_CMD, PDU_CAPSULE_RESP,
+                            PDU_H2C_DATA, PDU_H2C_TERM_REQ, PDU_IC_REQ, PDU_IC_RESP, PDU_R2T)
 from target.tcp.stream import DEAD, RECV_BUFFER_SIZE, PduStream
 
 __all__ = ["Established", "HostQueue", "PeerTerminated", "ProtocolFailed", "ResponseReceived"]
@@ -49,7 +51,7 @@ _PSDT_SGL = 0x40
 _PAD = bytes(256)
 _CQE_CID = struct.Struct("<H")  # cid at CQE byte 12
 _XFER_ERROR_STATUS = status_field(0, GenericStatus.DATA_TRANSFER_ERROR)
-_response_received = fast_factory(ResponseReceived)
+_response_received = ResponseReceived
 
 
 class _Command:
@@ -69,7 +71,7 @@ class _Command:
 class HostQueue(PduStream):
     """The initiator side of one NVMe/TCP queue (one TCP connection)."""
 
-    _term_type = PduType.H2C_TERM_REQ
+    _term_type = PDU_H2C_TERM_REQ
 
     def __init__(self, hdgst: bool = False, ddgst: bool = False, hpda: int = 0,
                  maxr2t: int = 0, *, recv_buffer_size: int = RECV_BUFFER_SIZE) -> None:
@@ -94,19 +96,18 @@ class HostQueue(PduStream):
         self._dd_len = 0
         self._cur_command: _Command | None = None
         self._cur_flags = 0
-        handlers = self._handlers
-        handlers[PduType.IC_RESP] = self._on_icresp
-        handlers[PduType.C2H_TERM_REQ] = self._terminated_by_peer
-        handlers[PduType.CAPSULE_RESP] = self._on_capsule_resp
-        handlers[PduType.C2H_DATA] = self._on_c2h_data
-        handlers[PduType.R2T] = self._on_r2t
+        self._accept(PDU_IC_RESP, self._on_icresp)
+        self._accept(PDU_C2H_TERM_REQ, self._terminated_by_peer)
+        self._accept(PDU_CAPSULE_RESP, self._on_capsule_resp)
+        self._accept(PDU_C2H_DATA, self._on_c2h_data)
+        self._accept(PDU_R2T, self._on_r2t)
 
     # -- send ---------------------------------------------------------------------------------
     def initiate(self) -> None:
         """Queue the ICReq."""
         dgst = (HDGST_ENABLE if self._want_hdgst else 0) | (DDGST_ENABLE if self._want_ddgst
                                                             else 0)
-        self._out.append(IC.pack(PduType.IC_REQ, 0, IC_PDU_LEN, 0, IC_PDU_LEN, PFV_1_0,
+        self._out.append(IC.pack(PDU_IC_REQ, 0, IC_PDU_LEN, 0, IC_PDU_LEN, PFV_1_0,
                                  self.hpda, dgst, self.maxr2t))
 
     def send_command(self, sqe: Buffer, data: Buffer | None = None, read_len: int = 0,
@@ -139,7 +140,7 @@ class HostQueue(PduStream):
             _SGL_DESC.pack_into(cmd, 24, 0, nbytes, SGL_DATA_BLOCK_OFFSET)
             pdo = data_offset(CMD_HLEN, self.hdgst, self.cpda)
             flags = self._hd_flag | (DDGSTF if self.ddgst else 0)
-            header = CH.pack(PduType.CAPSULE_CMD, flags, CMD_HLEN, pdo,
+            header = CH.pack(PDU_CAPSULE_CMD, flags, CMD_HLEN, pdo,
                              pdo + nbytes + self._dd_len) + cmd
             if hd:
                 header += DIGEST.pack(crc32c(header))
@@ -152,7 +153,7 @@ class HostQueue(PduStream):
             return
         length = nbytes or read_len
         _SGL_DESC.pack_into(cmd, 24, 0, length, SGL_TRANSPORT_DATA_BLOCK)
-        header = CH.pack(PduType.CAPSULE_CMD, self._hd_flag, CMD_HLEN, 0, CMD_HLEN + hd) + cmd
+        header = CH.pack(PDU_CAPSULE_CMD, self._hd_flag, CMD_HLEN, 0, CMD_HLEN + hd) + cmd
         if hd:
             header += DIGEST.pack(crc32c(header))
         out.append(header)
@@ -172,7 +173,7 @@ class HostQueue(PduStream):
         if self._state == DEAD:
             return
         hdr = bytes(hdr[:TERM_MAX_DATA])
-        self._out.append(TERM.pack(PduType.H2C_TERM_REQ, 0, TERM_HLEN, 0, TERM_HLEN + len(hdr),
+        self._out.append(TERM.pack(PDU_H2C_TERM_REQ, 0, TERM_HLEN, 0, TERM_HLEN + len(hdr),
                                    fes, fei) + hdr)
         self._die()
 
@@ -204,15 +205,33 @@ class HostQueue(PduStream):
             raise InvalidPduHeader(FEI_MAXR2T, f"ICResp MAXH2CDATA {maxh2cdata}")
         self._start = start + IC_PDU_LEN
         self.established = True
-        self.hdgst, self.ddgst = self._want_hdgst, self._want_ddgst
         self.cpda, self.maxh2cdata = cpda, maxh2cdata
-        self._hd_flag = HDGSTF if self.hdgst else 0
-        self._dd_len = 4 if self.ddgst else 0
+        self._hd_flag = HDGSTF if self._want_hdgst else 0
+        self._dd_len = 4 if self._want_ddgst else 0
+        self._negotiated(self._want_hdgst, self._want_ddgst)
         self._events.append(Established(cpda, self.hdgst, self.ddgst, maxh2cdata))
 
     def _need_established(self, what: str) -> None:
         if not self.established:
             raise PduSequenceError(FEI_TYPE, f"{what} before ICResp")
+
+    def _fast_path(self) -> tuple[tuple[bytes, ...], Callable[[int, int], bool | None]] | None:
+        if not self.established:
+            return None
+        plen = RESP_HLEN + 4 if self.hdgst else RESP_HLEN
+        return (CH.pack(PDU_CAPSULE_RESP, self._hd_flag, RESP_HLEN, 0, plen),), \
+            self._on_capsule_resp_fast
+
+    def _on_capsule_resp_fast(self, start: int, avail: int) -> bool:
+        """The fast path: a CapsuleResp with exactly the expected CH."""
+        plen = RESP_HLEN + 4 if self.hdgst else RESP_HLEN
+        if avail < plen:
+            return False
+        if self.hdgst:
+            self._check_hdgst(start, RESP_HLEN)
+        self._start = start + plen
+        self._complete(start)
+        return True
 
     def _on_capsule_resp(self, start: int, flags: int, pdo: int, plen: int,
                          hdr_end: int) -> None:
@@ -220,6 +239,10 @@ class HostQueue(PduStream):
         if plen != hdr_end:
             raise InvalidPduHeader(FEI_PLEN, f"CapsuleResp plen {plen}")
         self._start = start + plen
+        self._complete(start)
+
+    def _complete(self, start: int) -> None:
+        """Report the completion in the CapsuleResp at ``start``."""
         cqe = self._mv[start + 8:start + RESP_HLEN].tobytes()
         cid = _CQE_CID.unpack_from(cqe, 12)[0]
         command = self._commands.pop(cid, None)
@@ -291,7 +314,7 @@ class HostQueue(PduStream):
         while offset < end:
             n = min(step, end - offset)
             flags = base | DATA_LAST if offset + n == end else base
-            header = DATA.pack(PduType.H2C_DATA, flags, DATA_HLEN, pdo, pdo + n + dd,
+            header = DATA.pack(PDU_H2C_DATA, flags, DATA_HLEN, pdo, pdo + n + dd,
                                command.cid, ttag, offset, n)
             if hd:
                 header += DIGEST.pack(crc32c(header))

@@ -49,6 +49,11 @@ class PduType(IntEnum):  # §3.6.2, Figure 7
     R2T = 0x9
 
 
+# The same values as plain ints for the hot paths: an IntEnum member costs a class attribute
+# lookup (~70 ns here) at every use, and struct.pack converts it through __index__.
+(PDU_IC_REQ, PDU_IC_RESP, PDU_H2C_TERM_REQ, PDU_C2H_TERM_REQ, PDU_CAPSULE_CMD, PDU_CAPSULE_RESP,
+ PDU_H2C_DATA, PDU_C2H_DATA, PDU_R2T) = (int(t) for t in PduType)
+
 # CH.flags (§3.6.1, Figure 8). DATA_LAST and DATA_SUCCESS only on H2CData/C2HData.
 HDGSTF = 0x01
 DDGSTF = 0x02

@@ -39,18 +39,21 @@ from __future__ import annotations
 
 import struct
 from collections import deque
+from collections.abc import Callable
 
 from target.nvme.spec import SGL_DATA_BLOCK_OFFSET, SGL_TRANSPORT_DATA_BLOCK, GenericStatus
 from target.tcp.digest import DIGEST, crc32c
 from target.tcp.events import (CommandReceived, Established, PeerTerminated, ProtocolFailed,
-                               QueueEstablished, ResponseReceived, fast_factory)
+                               QueueEstablished, ResponseReceived)
 from target.tcp.host import HostQueue
 from target.tcp.pdu import (CH, CMD_HLEN, DATA, DATA_FIELDS, DATA_HLEN, DATA_LAST, DATA_SUCCESS,
                             DDGST_ENABLE, DDGSTF, FEI_CCCID, FEI_DATAL, FEI_DATAO, FEI_FLAGS,
                             FEI_PDA, FEI_PFV, FEI_PLEN, FEI_TTAG, FEI_TYPE, HDGST_ENABLE, HDGSTF,
                             IC, IC_PDU_LEN, MIN_MAXH2CDATA, PDA_MAX, PFV_1_0, RESP_HLEN,
                             DataLimitExceeded, DataOutOfRange, InvalidPduHeader, PduSequenceError,
-                            PduType, data_offset, pda_bytes)
+                            data_offset, pda_bytes)
+from target.tcp.pdu import (PDU_C2H_DATA, PDU_C2H_TERM_REQ, PDU_CAPSULE_CMD, PDU_CAPSULE_RESP,
+                            PDU_H2C_DATA, PDU_H2C_TERM_REQ, PDU_IC_REQ, PDU_IC_RESP, PDU_R2T)
 from target.tcp.stream import DEAD, RECV_BUFFER_SIZE, PduStream
 
 # The host role and its events are re-exported: both roles are "the queue" to their users.
@@ -71,16 +74,17 @@ Buffer = bytes | bytearray | memoryview
 # the fabrics opcode), SGL address @24, length @32, descriptor identifier @39.
 _SQE_FIELDS = struct.Struct("<BxHB19xQI3xB")
 _FABRICS_OPCODE = 0x7F
+_PLEN = struct.Struct("<I")  # CH.plen at offset 4
 _ZERO8 = bytes(8)
 _PAD = bytes(256)
 
-_INVALID_FIELD = GenericStatus.INVALID_FIELD
-_SGL_LENGTH_INVALID = GenericStatus.SGL_DATA_LENGTH_INVALID
-_SGL_TYPE_INVALID = GenericStatus.SGL_TYPE_INVALID
-_SGL_OFFSET_INVALID = GenericStatus.SGL_OFFSET_INVALID
-_TRANSIENT = GenericStatus.TRANSIENT_TRANSPORT_ERROR
+_INVALID_FIELD = int(GenericStatus.INVALID_FIELD)
+_SGL_LENGTH_INVALID = int(GenericStatus.SGL_DATA_LENGTH_INVALID)
+_SGL_TYPE_INVALID = int(GenericStatus.SGL_TYPE_INVALID)
+_SGL_OFFSET_INVALID = int(GenericStatus.SGL_OFFSET_INVALID)
+_TRANSIENT = int(GenericStatus.TRANSIENT_TRANSPORT_ERROR)
 
-_command_received = fast_factory(CommandReceived)
+_command_received = CommandReceived
 _MAX_R2T_PER_COMMAND = 16  # we never have more R2Ts out per command, whatever MAXR2T allows
 
 
@@ -116,7 +120,7 @@ class _Transfer:
 class TargetQueue(PduStream):
     """The controller side of one NVMe/TCP queue (one TCP connection)."""
 
-    _term_type = PduType.C2H_TERM_REQ
+    _term_type = PDU_C2H_TERM_REQ
 
     def __init__(self, *, max_incapsule_data: int = 8192, maxh2cdata: int = 131072,
                  max_data_len: int = 1 << 20, cpda: int = 0, max_r2t_len: int | None = None,
@@ -148,7 +152,7 @@ class TargetQueue(PduStream):
         self._waiting: deque[_Transfer] = deque()
         self._next_ttag = 0
         # Headers that only depend on the negotiation, built once it is done.
-        self._resp_ch = CH.pack(PduType.CAPSULE_RESP, 0, RESP_HLEN, 0, RESP_HLEN)
+        self._resp_ch = CH.pack(PDU_CAPSULE_RESP, 0, RESP_HLEN, 0, RESP_HLEN)
         self._hd_flag = 0
         self._c2h_flags = 0
         self._c2h_pdo = DATA_HLEN
@@ -159,13 +163,17 @@ class TargetQueue(PduStream):
         self._cur_window: list[int] = [0, 0]
         self._cur_cid = 0  # the CapsuleCmd whose in-capsule data is being received
         self._cur_sqe = b""
-        handlers = self._handlers
-        handlers[PduType.IC_REQ] = self._on_icreq
-        handlers[PduType.H2C_TERM_REQ] = self._terminated_by_peer
-        handlers[PduType.CAPSULE_CMD] = self._on_capsule_cmd
-        handlers[PduType.H2C_DATA] = self._on_h2c_data
+        self._accept(PDU_IC_REQ, self._on_icreq)
+        self._accept(PDU_H2C_TERM_REQ, self._terminated_by_peer)
+        # Until the ICReq, capsules and data are out of sequence (FES 2).
+        self._accept(PDU_CAPSULE_CMD, self._before_icreq)
+        self._accept(PDU_H2C_DATA, self._before_icreq)
+        self._c2h_simple_max = 0  # one-PDU reads with no digest or padding: the fast path
 
     # -- receive: handlers --------------------------------------------------------------------
+    def _before_icreq(self, start: int, flags: int, pdo: int, plen: int, hdr_end: int) -> None:
+        raise PduSequenceError(FEI_TYPE, f"PDU type {self._buf[start]:#x} before ICReq")
+
     def _on_icreq(self, start: int, flags: int, pdo: int, plen: int, hdr_end: int) -> None:
         if self.established:
             raise PduSequenceError(FEI_TYPE, "ICReq on an established queue")
@@ -180,29 +188,84 @@ class TargetQueue(PduStream):
         hdgst = bool(dgst & HDGST_ENABLE)
         ddgst = bool(dgst & DDGST_ENABLE)
         self.established = True
-        self.hdgst, self.ddgst, self.hpda, self.maxr2t = hdgst, ddgst, hpda, maxr2t
+        self._negotiated(hdgst, ddgst)
+        self.hpda, self.maxr2t = hpda, maxr2t
         self._r2t_per_command = min(maxr2t + 1, _MAX_R2T_PER_COMMAND)
         hd = 4 if hdgst else 0
         self._hd_flag = HDGSTF if hdgst else 0
-        self._resp_ch = CH.pack(PduType.CAPSULE_RESP, self._hd_flag, RESP_HLEN, 0, RESP_HLEN + hd)
+        self._resp_ch = CH.pack(PDU_CAPSULE_RESP, self._hd_flag, RESP_HLEN, 0, RESP_HLEN + hd)
         self._c2h_flags = self._hd_flag | (DDGSTF if ddgst else 0)
         self._c2h_pdo = data_offset(DATA_HLEN, hdgst, hpda)
         self._c2h_pad = _PAD[:self._c2h_pdo - DATA_HLEN - hd]
         self._dd_len = 4 if ddgst else 0
-        self._out.append(IC.pack(PduType.IC_RESP, 0, IC_PDU_LEN, 0, IC_PDU_LEN, PFV_1_0,
+        if not (hdgst or ddgst or self._c2h_pad):
+            self._c2h_simple_max = self.max_c2h_data
+        self._accept(PDU_CAPSULE_CMD, self._on_capsule_cmd)
+        self._accept(PDU_H2C_DATA, self._on_h2c_data)
+        self._out.append(IC.pack(PDU_IC_RESP, 0, IC_PDU_LEN, 0, IC_PDU_LEN, PFV_1_0,
                                  self.cpda, dgst & (HDGST_ENABLE | DDGST_ENABLE),
                                  self.maxh2cdata))
         self._events.append(QueueEstablished(hdgst, ddgst, maxr2t, hpda))
 
+    def _fast_path(self) -> tuple[tuple[bytes, ...], Callable[[int, int], bool | None]] | None:
+        if not self.established:
+            return None
+        hd = 4 if self.hdgst else 0
+        prefixes = [CH.pack(PDU_CAPSULE_CMD, self._hd_flag, CMD_HLEN, 0, CMD_HLEN + hd)]
+        if not (self.hdgst or self.ddgst or self.cpda):
+            # type, flags, hlen, pdo of a capsule with in-capsule data (plen varies)
+            prefixes.append(bytes((PDU_CAPSULE_CMD, 0, CMD_HLEN, CMD_HLEN)))
+        return tuple(prefixes), self._on_capsule_fast
+
+    def _on_capsule_fast(self, start: int, avail: int) -> bool | None:
+        """The fast path: a CapsuleCmd without data (its exact CH matched), or, with no digests,
+        one whose in-capsule data is all in the buffer and exactly what its SGL describes.
+        Anything else goes to the general path."""
+        buf = self._buf
+        if not buf[start + 3]:  # pdo 0: the no-data CH
+            plen = CMD_HLEN + 4 if self.hdgst else CMD_HLEN
+            if avail < plen:
+                return False
+            if self.hdgst:
+                self._check_hdgst(start, CMD_HLEN)
+                self._on_capsule_cmd(start, HDGSTF, 0, plen, plen)
+                return True
+            opcode, cid, fctype, _, sgl_length, sgl_id = _SQE_FIELDS.unpack_from(buf, start + 8)
+            if sgl_length and (sgl_id != SGL_TRANSPORT_DATA_BLOCK
+                               or (fctype if opcode == _FABRICS_OPCODE else opcode) & 1):
+                self._on_capsule_cmd(start, 0, 0, CMD_HLEN, CMD_HLEN)  # R2T or a bad SGL
+                return True
+            self._start = start + CMD_HLEN
+            self._events.append(_command_received(
+                cid, self._mv[start + 8:start + CMD_HLEN].tobytes(), None, 0))
+            return True
+        plen = _PLEN.unpack_from(buf, start + 4)[0]
+        if avail < plen:
+            return None  # streams in: the general path
+        opcode, cid, fctype, address, sgl_length, sgl_id = _SQE_FIELDS.unpack_from(buf,
+                                                                                   start + 8)
+        if (sgl_id != SGL_DATA_BLOCK_OFFSET or address or sgl_length != plen - CMD_HLEN
+                or sgl_length > self.max_incapsule_data or not sgl_length
+                or not (fctype if opcode == _FABRICS_OPCODE else opcode) & 1):
+            return None
+        self._start = start + plen
+        self._events.append(_command_received(  # (a bytearray slice is the cheapest copy)
+            cid, self._mv[start + 8:start + CMD_HLEN].tobytes(),
+            memoryview(buf[start + CMD_HLEN:start + plen]), 0))
+        return True
+
     def _on_capsule_cmd(self, start: int, flags: int, pdo: int, plen: int,
                         hdr_end: int) -> None:
-        if not self.established:
-            raise PduSequenceError(FEI_TYPE, "CapsuleCmd before ICReq")
-        nbytes = self._data_len(flags, pdo, plen, hdr_end)
+        nbytes = self._data_len(flags, pdo, plen, hdr_end) if plen != hdr_end else 0
         opcode, cid, fctype, sgl_address, sgl_length, sgl_id = _SQE_FIELDS.unpack_from(
             self._buf, start + 8)
         sqe = self._mv[start + 8:start + CMD_HLEN].tobytes()
         write = (fctype if opcode == _FABRICS_OPCODE else opcode) & 1
+        if not nbytes and (not sgl_length or (sgl_id == SGL_TRANSPORT_DATA_BLOCK and not write)):
+            # The hot path: a read, or a command without data.
+            self._start = start + plen
+            self._events.append(_command_received(cid, sqe, None, 0))
+            return
         status = 0
         if sgl_id == SGL_TRANSPORT_DATA_BLOCK:
             if nbytes:
@@ -225,8 +288,23 @@ class TargetQueue(PduStream):
                 elif sgl_length > self.max_incapsule_data or nbytes != sgl_length:
                     status = _SGL_LENGTH_INVALID
                 else:
+                    data_at = start + pdo
+                    end = data_at + nbytes
+                    if self._end >= end + (4 if flags & DDGSTF else 0):
+                        # All of it is in the buffer already (the usual case): one copy.
+                        data = memoryview(self._buf[data_at:end])
+                        if flags & DDGSTF:
+                            self._start = end + 4
+                            if crc32c(data) != DIGEST.unpack_from(self._buf, end)[0]:
+                                self._events.append(_command_received(cid, sqe, None,
+                                                                      _TRANSIENT))
+                                return
+                        else:
+                            self._start = end
+                        self._events.append(_command_received(cid, sqe, data, 0))
+                        return
                     self._cur_cid, self._cur_sqe = cid, sqe
-                    self._expect_data(start + pdo, nbytes, memoryview(bytearray(nbytes)), 0,
+                    self._expect_data(data_at, nbytes, memoryview(bytearray(nbytes)), 0,
                                       bool(flags & DDGSTF), self._incapsule_done)
                     return
         elif nbytes or sgl_length:
@@ -246,8 +324,6 @@ class TargetQueue(PduStream):
                                                   _TRANSIENT))
 
     def _on_h2c_data(self, start: int, flags: int, pdo: int, plen: int, hdr_end: int) -> None:
-        if not self.established:
-            raise PduSequenceError(FEI_TYPE, "H2CData before ICReq")
         nbytes = self._data_len(flags, pdo, plen, hdr_end)
         cccid, ttag, datao, datal = DATA_FIELDS.unpack_from(self._buf, start + 8)
         if datal != nbytes or not nbytes:
@@ -316,7 +392,7 @@ class TargetQueue(PduStream):
             n = min(self.max_r2t_len, length - offset)
             transfer.windows.append([offset, offset + n])
             transfer.solicited = offset + n
-            header = DATA.pack(PduType.R2T, self._hd_flag, DATA_HLEN, 0,
+            header = DATA.pack(PDU_R2T, self._hd_flag, DATA_HLEN, 0,
                                DATA_HLEN + (4 if self.hdgst else 0), transfer.cid,
                                transfer.ttag, offset, n)
             if self.hdgst:
@@ -340,6 +416,7 @@ class TargetQueue(PduStream):
             self._begin_transfer(nxt)
 
     def _on_dead(self) -> None:
+        self._c2h_simple_max = 0
         self._transfers.clear()
         self._waiting.clear()
         self._transfer_bytes = 0
@@ -347,12 +424,12 @@ class TargetQueue(PduStream):
     # -- send ---------------------------------------------------------------------------------
     def send_completion(self, cqe: Buffer) -> None:
         """Queue a CapsuleResp carrying the 16-byte completion ``cqe``."""
-        if self._state == DEAD:
-            return
         if type(cqe) is not bytes:
             cqe = bytes(cqe)
         if len(cqe) != 16:
             raise ValueError(f"a CQE is 16 bytes, got {len(cqe)}")
+        if self._state == DEAD:
+            return
         header = self._resp_ch + cqe
         if self.hdgst:
             header += DIGEST.pack(crc32c(header))
@@ -364,18 +441,37 @@ class TargetQueue(PduStream):
         is plain success (status 0, dw0 = dw1 = 0), mark the last C2HData LAST_PDU|SUCCESS and
         send no CapsuleResp (NVMe/TCP §3.3.7.1: only when SQ flow control is disabled).
         ``data`` is sent as is (not copied): keep it unchanged until it is written."""
-        if self._state == DEAD:
-            return
         if type(cqe) is not bytes:
             cqe = bytes(cqe)
-        if type(data) is memoryview and data.itemsize != 1:
-            data = data.cast("B")
+        if type(data) is not bytes:
+            data = _byte_view(data)
         total = len(data)
+        if 0 < total <= self._c2h_simple_max and len(cqe) == 16:
+            # The hot path: one PDU, no digests, no padding; a live queue.
+            out = self._out
+            if self.allow_success_flag and cqe[15] == 0 and cqe[14] <= 1 and cqe[:8] == _ZERO8:
+                out.append(DATA.pack(PDU_C2H_DATA, DATA_LAST | DATA_SUCCESS, DATA_HLEN,
+                                     DATA_HLEN, DATA_HLEN + total, cid, 0, 0, total))
+                out.append(data)
+            else:
+                out.append(DATA.pack(PDU_C2H_DATA, DATA_LAST, DATA_HLEN, DATA_HLEN,
+                                     DATA_HLEN + total, cid, 0, 0, total))
+                out.append(data)
+                out.append(self._resp_ch + cqe)
+            return
+        self._send_c2h_data(cid, data, total, cqe)
+
+    def _send_c2h_data(self, cid: int, data: Buffer, total: int, cqe: bytes) -> None:
+        """send_read_data, the general case: digests, padding, several PDUs, no data."""
+        if len(cqe) != 16:
+            raise ValueError(f"a CQE is 16 bytes, got {len(cqe)}")
+        if self._state == DEAD:
+            return
         if not total:
             self.send_completion(cqe)
             return
-        success = (self.allow_success_flag and len(cqe) == 16 and cqe[15] == 0
-                   and cqe[14] <= 1 and cqe[:8] == _ZERO8)
+        success = (self.allow_success_flag and cqe[15] == 0 and cqe[14] <= 1
+                   and cqe[:8] == _ZERO8)
         hdgst = self.hdgst
         dd = self._dd_len
         pdo = self._c2h_pdo
@@ -383,38 +479,25 @@ class TargetQueue(PduStream):
         out = self._out
         flags = self._c2h_flags
         limit = self.max_c2h_data
-        if total <= limit:  # the common case: one PDU
-            flags |= DATA_LAST | DATA_SUCCESS if success else DATA_LAST
-            header = DATA.pack(PduType.C2H_DATA, flags, DATA_HLEN, pdo, pdo + total + dd, cid, 0,
-                               0, total)
+        view = data if type(data) is memoryview or total <= limit else memoryview(data)
+        offset = 0
+        while offset < total:
+            n = min(limit, total - offset)
+            f = flags
+            if offset + n == total:
+                f |= DATA_LAST | DATA_SUCCESS if success else DATA_LAST
+            header = DATA.pack(PDU_C2H_DATA, f, DATA_HLEN, pdo, pdo + n + dd, cid, 0,
+                               offset, n)
             if hdgst:
                 header += DIGEST.pack(crc32c(header))
             if pad:
                 header += pad
+            chunk = view if n == total else view[offset:offset + n]
             out.append(header)
-            out.append(data)
+            out.append(chunk)
             if dd:
-                out.append(DIGEST.pack(crc32c(data)))
-        else:
-            view = data if type(data) is memoryview else memoryview(data)
-            offset = 0
-            while offset < total:
-                n = min(limit, total - offset)
-                f = flags
-                if offset + n == total:
-                    f |= DATA_LAST | DATA_SUCCESS if success else DATA_LAST
-                header = DATA.pack(PduType.C2H_DATA, f, DATA_HLEN, pdo, pdo + n + dd, cid, 0,
-                                   offset, n)
-                if hdgst:
-                    header += DIGEST.pack(crc32c(header))
-                if pad:
-                    header += pad
-                chunk = view[offset:offset + n]
-                out.append(header)
-                out.append(chunk)
-                if dd:
-                    out.append(DIGEST.pack(crc32c(chunk)))
-                offset += n
+                out.append(DIGEST.pack(crc32c(chunk)))
+            offset += n
         if not success:
             self.send_completion(cqe)
 
@@ -422,6 +505,13 @@ class TargetQueue(PduStream):
     def pending_transfers(self) -> int:
         """Commands whose data is being solicited or waits to be (for metrics and tests)."""
         return len(self._transfers) + len(self._waiting)
+
+
+def _byte_view(data: Buffer) -> Buffer:
+    """``data`` as something whose len() counts bytes."""
+    if type(data) is memoryview and data.itemsize != 1:
+        return data.cast("B")
+    return data
 
 
 def _ignore(ok: bool) -> None:

@@ -46,6 +46,7 @@ from target.tcp.pdu import (CH, DATA_TYPES, DDGSTF, DIGEST_TYPES, FEI_FLAGS, FEI
 Buffer = bytes | bytearray | memoryview
 # (start of the PDU in the receive buffer, flags, pdo, plen, end of header + header digest)
 Handler = Callable[[int, int, int, int, int], None]
+FastHandler = Callable[[int, int], "bool | None"]
 
 RECV_BUFFER_SIZE = 256 * 1024
 DIRECT_MIN = 16 * 1024  # receive straight into the sink when at least this much data is due
@@ -81,12 +82,14 @@ class PduStream:
         self.hdgst = False
         self.ddgst = False
         self._rx_align = 4
-        # Per PDU type: handler (None: not accepted from the peer), expected hlen, whether the
-        # type carries a header digest when digests are on, whether it may carry data.
-        self._handlers: list[Handler | None] = [None] * 256
-        self._hlen = [HLEN.get(t, 0) for t in range(256)]
-        self._digest_type = [t in DIGEST_TYPES for t in range(256)]
-        self._data_type = [t in DATA_TYPES for t in range(256)]
+        # Per PDU type: None (not accepted from the peer) or (handler, hlen, mask of the HDGSTF
+        # flag, the value it must have, may carry data). Rebuilt by _accept/_negotiated.
+        self._handlers: dict[int, Handler] = {}
+        self._rx: list[tuple[Handler, int, int, int, bool] | None] = [None] * 256
+        # The fast path (a role's _fast_path()): CH prefixes of the PDUs that carry most of the
+        # traffic, and a handler(start, avail) for a PDU starting with one of them. It returns
+        # True (handled), False (more bytes needed) or None (let the general path decide).
+        self._fast: tuple[tuple[bytes, ...], FastHandler] = (_NO_CH, _no_fast)
         self._events: deque[Event] = deque()
         self._out: list[Buffer] = []
 
@@ -105,7 +108,9 @@ class PduStream:
             self._start = self._end = 0
             return self._mv
         end = self._end
-        if len(self._buf) - end < _MIN_FREE:
+        if self._start == end:  # nothing pending: offer the whole buffer to the next read
+            self._start = self._end = end = 0
+        elif len(self._buf) - end < _MIN_FREE:
             start = self._start
             pending = end - start
             # Fewer than 256 bytes wait here (see the module rules): copying them is cheap.
@@ -166,6 +171,8 @@ class PduStream:
     # -- receive machinery --------------------------------------------------------------------
     def _process(self) -> None:
         buf = self._buf
+        fast_prefixes, fast = self._fast
+        starts_with = buf.startswith
         while True:
             start = self._start
             avail = self._end - start
@@ -173,27 +180,30 @@ class PduStream:
             if state == HEADER:
                 if avail < 8:
                     return
+                if starts_with(fast_prefixes, start):
+                    done = fast(start, avail)
+                    if done:
+                        continue
+                    if done is False:
+                        return  # more bytes needed
+                    # None: the general path below decides.
                 ptype, flags, hlen, pdo, plen = CH.unpack_from(buf, start)
-                handler = self._handlers[ptype]
-                if handler is None:
+                spec = self._rx[ptype]
+                if spec is None:
                     raise InvalidPduHeader(FEI_TYPE, f"unexpected PDU type {ptype:#x}")
-                if hlen != self._hlen[ptype]:
+                handler, expected_hlen, hd_mask, hd_flag, may_carry_data = spec
+                if hlen != expected_hlen:
                     raise InvalidPduHeader(FEI_HLEN, f"PDU type {ptype:#x} with hlen {hlen}")
-                hdr_end = hlen
-                if self._digest_type[ptype]:
-                    if self.hdgst:
-                        if not flags & HDGSTF:
-                            raise InvalidPduHeader(FEI_FLAGS, "header digest flag missing")
-                        hdr_end += 4
-                    elif flags & HDGSTF:
-                        raise InvalidPduHeader(FEI_FLAGS, "header digest not negotiated")
-                need = hdr_end
-                if pdo > hdr_end and plen > hdr_end and self._data_type[ptype]:
-                    need = pdo  # PDO is a u8: the padding is bounded
+                if flags & hd_mask != hd_flag:
+                    raise InvalidPduHeader(FEI_FLAGS, "header digest flag does not match the "
+                                                      "negotiation")
+                hdr_end = hlen + 4 if hd_flag else hlen
+                # PDO is a u8: waiting for the padding up to it is bounded.
+                need = pdo if pdo > hdr_end and plen > hdr_end and may_carry_data else hdr_end
                 if avail < need:
                     return
-                if hdr_end != hlen and (crc32c(self._mv[start:start + hlen])
-                                        != DIGEST.unpack_from(buf, start + hlen)[0]):
+                if hd_flag and (crc32c(self._mv[start:start + hlen])
+                                != DIGEST.unpack_from(buf, start + hlen)[0]):
                     raise HeaderDigestError(0, "header digest mismatch")
                 handler(start, flags, pdo, plen, hdr_end)
             elif state == DATA:
@@ -221,6 +231,35 @@ class PduStream:
             else:
                 return
 
+    def _accept(self, ptype: int, handler: Handler) -> None:
+        """Accept PDUs of ``ptype`` from the peer, handled by ``handler``."""
+        self._handlers[ptype] = handler
+        self._rebuild_rx()
+
+    def _negotiated(self, hdgst: bool, ddgst: bool) -> None:
+        """Digests are on (or off) from now on, as the ICReq/ICResp exchange decided."""
+        self.hdgst, self.ddgst = hdgst, ddgst
+        self._rebuild_rx()
+
+    def _rebuild_rx(self) -> None:
+        rx: list[tuple[Handler, int, int, int, bool] | None] = [None] * 256
+        for ptype, handler in self._handlers.items():
+            digests = ptype in DIGEST_TYPES
+            rx[ptype] = (handler, HLEN[ptype], HDGSTF if digests else 0,
+                         HDGSTF if digests and self.hdgst else 0, ptype in DATA_TYPES)
+        self._rx = rx
+        self._fast = self._fast_path() or (_NO_CH, _no_fast)
+
+    def _fast_path(self) -> tuple[tuple[bytes, ...], FastHandler] | None:
+        """Role hook, called whenever the accepted types or the digests change: the CH prefixes
+        worth a fast path and their handler (see ``_fast`` in ``__init__``). A prefix match
+        proves nothing beyond its own bytes: the handler checks what it relies on."""
+        return None
+
+    def _check_hdgst(self, start: int, hlen: int) -> None:
+        if crc32c(self._mv[start:start + hlen]) != DIGEST.unpack_from(self._buf, start + hlen)[0]:
+            raise HeaderDigestError(0, "header digest mismatch")
+
     def _data_len(self, flags: int, pdo: int, plen: int, hdr_end: int) -> int:
         """Validate the framing of a data-carrying PDU; its data length (0 if it has none)."""
         if plen <= hdr_end:
@@ -238,9 +277,24 @@ class PduStream:
                      ddgst: bool, on_data: Callable[[bool], None]) -> None:
         """The current PDU's ``nbytes`` of data start at ``data_at`` in the receive buffer and
         go to ``sink[pos:]`` (None: discard); ``on_data(digest_ok)`` runs once they are in."""
-        self._start = data_at
         self._sink = sink
-        self._sink_pos = self._data_begin = pos
+        self._data_begin = pos
+        end = data_at + nbytes
+        if self._end >= end + 4 if ddgst else self._end >= end:
+            # All of it is in the buffer already: copy it now, no DATA/DDGST stages.
+            if sink is not None:
+                sink[pos:pos + nbytes] = self._mv[data_at:end]
+            self._sink_pos = pos + nbytes
+            if ddgst:
+                self._start = end + 4
+                on_data(sink is None or crc32c(sink[pos:pos + nbytes])
+                        == DIGEST.unpack_from(self._buf, end)[0])
+            else:
+                self._start = end
+                on_data(True)
+            return
+        self._start = data_at
+        self._sink_pos = pos
         self._data_left = nbytes
         self._pdu_ddgst = ddgst
         self._on_data = on_data
@@ -269,7 +323,7 @@ class PduStream:
             avail = self._end - start
             if avail >= 8:
                 ptype, hlen = self._buf[start], self._buf[start + 2]
-                hd = 4 if self.hdgst and self._digest_type[ptype] else 0
+                hd = 4 if self.hdgst and ptype in DIGEST_TYPES else 0
                 hdr = bytes(self._mv[start:start + min(avail, TERM_MAX_DATA, max(8, hlen + hd))])
         self._out.append(TERM.pack(self._term_type, 0, TERM_HLEN, 0, TERM_HLEN + len(hdr),
                                    err.fes, err.fei) + hdr)
@@ -285,6 +339,13 @@ class PduStream:
 
     def _on_dead(self) -> None:
         """Role hook: drop per-command state once the queue is dead."""
+
+
+_NO_CH: tuple[bytes, ...] = ()  # bytearray.startswith(()) is always False: no fast path
+
+
+def _no_fast(start: int, avail: int) -> bool | None:  # pragma: no cover - never matched
+    return None
 
 
 def _no_data(ok: bool) -> None:  # pragma: no cover - placeholder until a PDU carries data

@@ -193,7 +193,7 @@ def test_a_bug_in_a_handler_still_ends_in_protocol_failed() -> None:
     def broken(*args: int) -> None:
         raise KeyError("boom")
 
-    queue._handlers[P.PduType.IC_REQ] = broken
+    queue._accept(P.PduType.IC_REQ, broken)
     queue.receive_data(P.push_icreq(P.ICReq()))
     (event,) = drain(queue)
     assert isinstance(event, ProtocolFailed) and event.message.startswith("internal error")
