@@ -123,6 +123,8 @@ class HostQueue(PduStream):
             return
         if len(sqe) != 64:
             raise ValueError(f"an SQE is 64 bytes, got {len(sqe)}")
+        if type(data) is memoryview and data.itemsize != 1:
+            data = data.cast("B")
         nbytes = len(data) if data is not None else 0
         if nbytes and read_len:
             raise ValueError("bidirectional data transfers are not supported")
