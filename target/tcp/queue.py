@@ -226,16 +226,14 @@ class TargetQueue(PduStream):
             plen = CMD_HLEN + 4 if self.hdgst else CMD_HLEN
             if avail < plen:
                 return False
-            if self.hdgst:
+            if plen != CMD_HLEN:
                 self._check_hdgst(start, CMD_HLEN)
-                self._on_capsule_cmd(start, HDGSTF, 0, plen, plen)
-                return True
             opcode, cid, fctype, _, sgl_length, sgl_id = _SQE_FIELDS.unpack_from(buf, start + 8)
             if sgl_length and (sgl_id != SGL_TRANSPORT_DATA_BLOCK
                                or (fctype if opcode == _FABRICS_OPCODE else opcode) & 1):
-                self._on_capsule_cmd(start, 0, 0, CMD_HLEN, CMD_HLEN)  # R2T or a bad SGL
+                self._on_capsule_cmd(start, buf[start + 1], 0, plen, plen)  # R2T or a bad SGL
                 return True
-            self._start = start + CMD_HLEN
+            self._start = start + plen
             self._events.append(_command_received(
                 cid, self._mv[start + 8:start + CMD_HLEN].tobytes(), None, 0))
             return True
@@ -472,6 +470,24 @@ class TargetQueue(PduStream):
             return
         success = (self.allow_success_flag and cqe[15] == 0 and cqe[14] <= 1
                    and cqe[:8] == _ZERO8)
+        if total <= self.max_c2h_data:  # one PDU, with digests or padding
+            pdo = self._c2h_pdo
+            header = DATA.pack(PDU_C2H_DATA, self._c2h_flags | (DATA_LAST | DATA_SUCCESS
+                                                                 if success else DATA_LAST),
+                               DATA_HLEN, pdo, pdo + total + self._dd_len, cid, 0, 0, total)
+            if self.hdgst:
+                header += DIGEST.pack(crc32c(header))
+            out = self._out
+            out.append(header + self._c2h_pad if self._c2h_pad else header)
+            out.append(data)
+            if self._dd_len:
+                out.append(DIGEST.pack(crc32c(data)))
+            if not success:
+                header = self._resp_ch + cqe
+                if self.hdgst:
+                    header += DIGEST.pack(crc32c(header))
+                out.append(header)
+            return
         hdgst = self.hdgst
         dd = self._dd_len
         pdo = self._c2h_pdo
