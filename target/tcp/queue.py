@@ -9,9 +9,9 @@ Theory of operation (NVMe/TCP Transport 1.0 §3.3 and §3.4):
   answer is an ICResp with pfv 0, our CPDA, the digests the host asked for (we support both)
   and MAXH2CDATA; then :class:`QueueEstablished`. Anything else first is a PDU sequence error.
 - A CapsuleCmd's data pointer is an SGL descriptor (SQE bytes 24..39; its last byte is the
-  descriptor identifier). The data direction comes from the opcode (for the fabrics opcode 0x7F,
-  from fctype), bits 1:0: 01 host-to-controller, 10 controller-to-host (Base 2.0 §5 Figure 139
-  note; Linux ``nvme_is_write`` tests bit 0).
+  descriptor identifier). A command moves data to the controller when bit 0 of its opcode is
+  set (for the fabrics opcode 0x7F, bit 0 of fctype): opcode bits 1:0 give the direction (Base
+  2.0 §5 Figure 139), and Linux ``nvme_is_write`` tests the same bit.
   * identifier 0x01 (data block, offset): in-capsule data. It must be a host-to-controller
     command, offset 0, the SGL length equal to the data the capsule carries and at most
     ``max_incapsule_data``. Otherwise the command is reported with a ``data_status`` (0x02,

@@ -19,6 +19,11 @@ A PDU is read in three stages:
    ``plen`` says.
 3. DDGST: the 4-byte data digest, compared with the CRC32C of what landed in the sink.
 
+When a PDU's data (and digest) are already all in the receive buffer, which is the usual case
+for small PDUs, they are copied and checked at once, without the DATA and DDGST stages. And a
+role may name CH prefixes of its busiest PDUs (``_fast_path``): a PDU starting with one goes
+straight to its handler, which checks whatever the prefix does not prove.
+
 Rules:
 - Memory is bounded by construction: the receive buffer is allocated once; what waits in it
   between calls is less than one header (< 256 bytes); data goes to buffers the handler sized
@@ -56,9 +61,10 @@ HEADER, DATA, DDGST, DEAD = 0, 1, 2, 3
 
 
 class PduStream:
-    """What both queue roles share. A role subclass fills ``_accept`` (type -> handler) and
-    sets ``_term_type`` (the termination request it sends) and ``_rx_align`` (the PDU data
-    alignment, in bytes, it requires of the peer)."""
+    """What both queue roles share. A role subclass registers a handler per PDU type it
+    accepts (``_accept``), sets ``_term_type`` (the termination request it sends) and
+    ``_rx_align`` (the PDU data alignment, in bytes, it requires of the peer), calls
+    ``_negotiated`` once digests are settled, and may offer ``_fast_path``."""
 
     _term_type: int
 
