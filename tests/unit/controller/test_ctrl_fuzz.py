@@ -114,7 +114,7 @@ def check(session: QueueSession, raw: bytes, response: Response | None) -> None:
         assert raw[0] == AdminOpcode.ASYNC_EVENT_REQUEST and session.qid == 0, raw[:8].hex()
         return
     assert isinstance(response.cqe, bytes) and len(response.cqe) == 16
-    dw0, dw1, sqhd, sqid, cid, status = struct.unpack("<IIHHHH", response.cqe)
+    _dw0, _dw1, _sqhd, sqid, cid, status = struct.unpack("<IIHHHH", response.cqe)
     assert cid == struct.unpack_from("<H", raw, 2)[0]
     assert status & 1 == 0  # phase bit left to the transport
     assert sqid in (0, 1)
