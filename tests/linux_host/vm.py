@@ -378,11 +378,16 @@ done
 # One command per line: "SBX ID LIMIT LEN BASE64(script)". Markers start with \036 (RS), which
 # no command output of ours contains, and carry the id, so late output of an older command is
 # recognisable and dropped by the host.
-# Busybox ash restarts `read` from scratch when a signal (SIGCHLD) interrupts it, losing what it
-# had read of the line: so the agent reaps every child before it reads again, and a line that
-# lost its head is answered with BAD (nothing run) and the host sends it again.
-# The watchdog marks the timeout before it kills, so the mark cannot be lost to the agent's
-# own kill of the watchdog.
+# Busybox ash is racy with asynchronous children, so the agent never has any when it reads or
+# waits:
+# - `read` restarts from scratch when a signal (SIGCHLD) interrupts it, losing what it had read
+#   of the line; a line that lost its head is answered with BAD (nothing run) and the host sends
+#   it again.
+# - `wait PID` can miss the child's exit and hang until some other child exits.
+# So the command runs in the foreground (in its own session, so the watchdog can kill its whole
+# process group), and the watchdog is double-forked: a child of init, not of the agent. The
+# watchdog writes .dog (its pid) then checks .done; the agent writes .done then reads .dog: so
+# either the agent kills the watchdog (and its sleep), or the watchdog sees .done and leaves.
 AGENT_SCRIPT = r"""# command agent of the sbstore linux-host guest; stdin/stdout are ttyS1
 stty raw -echo 2>/dev/null
 printf '\036@@READY@@\n'
@@ -393,22 +398,23 @@ while IFS=' ' read -r magic id limit len code; do
     printf '\036@@BAD@@\n'
     continue
   fi
-  rm -f /tmp/.sbstore-timeout
-  if ! printf '%s' "$code" | base64 -d > /tmp/.sbstore-cmd 2>/dev/null; then
+  f=/tmp/.sbstore-$id
+  if ! printf '%s' "$code" | base64 -d > "$f.sh" 2>/dev/null; then
     printf '\036@@BAD@@\n'
     continue
   fi
+  (setsid sh -c 'echo $$ > "$1.dog"; [ -e "$1.done" ] || sleep "$2"
+     if [ -e "$1.done" ]; then rm -f "$1.done" "$1.dog"; exit 0; fi
+     : > "$1.timeout"; p=$(cat "$1.pgid") && kill -9 -"$p"' dog "$f" "$limit" \
+     < /dev/null > /dev/null 2>&1 &)
   printf '\036@@B:%s@@\n' "$id"
-  setsid sh /tmp/.sbstore-cmd < /dev/null 2>&1 &
-  pid=$!
-  (sleep "$limit"; : > /tmp/.sbstore-timeout; kill -9 -"$pid") < /dev/null > /dev/null 2>&1 &
-  dog=$!
-  wait "$pid"
+  setsid sh -c 'echo $$ > "$1.pgid"; exec sh "$1.sh"' cmd "$f" < /dev/null 2>&1
   rc=$?
-  kill -9 "$dog" 2>/dev/null
-  wait "$dog" 2>/dev/null
+  : > "$f.done"
+  dog=$(cat "$f.dog" 2>/dev/null) && kill -9 -"$dog" 2>/dev/null && rm -f "$f.done"
   to=0
-  [ -e /tmp/.sbstore-timeout ] && to=1
+  [ -e "$f.timeout" ] && to=1
+  rm -f "$f.sh" "$f.pgid" "$f.dog" "$f.timeout"
   printf '\n\036@@E:%s:%s:%s@@\n' "$id" "$rc" "$to"
 done
 """
@@ -660,7 +666,7 @@ def _kill_all() -> None:
         vm.stop(graceful=False)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """preexec_fn: QEMU gets SIGKILL when the process that started it dies."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -726,7 +732,7 @@ class LinuxHostVM:
         t0 = time.monotonic()
         self._qemu_log = open(self._dir / "qemu.log", "wb")
         self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._qemu_log,
-                                      stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+                                      stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         _LIVE.add(self)
         try:
             self._connect(sock_path, t0 + 30)

@@ -1,0 +1,80 @@
+"""Fixtures for the linux-host tests: the guest image, a booted guest, the sbstore demo target.
+
+- ``linux_host_image`` (session): the kernel + initramfs, built once and cached on disk
+  (see :mod:`.vm`). Missing tools are apt-installed when running as root; otherwise the test
+  fails with the list of packages. These tests are never skipped.
+- ``linux_host`` (module): one booted :class:`LinuxHostVM`, powered off (killed if need be)
+  after the module's last test.
+- ``sbstore_demo`` (module): ``python3 -m sbstore serve --demo`` on a free 127.0.0.1 port,
+  reachable from the guest at 10.0.2.2:PORT; SIGTERM then SIGKILL after the module.
+- On a failed test, every fixture value with ``failure_sections()`` (the guest: console, dmesg,
+  QEMU log; the server: its output) adds its sections to the report.
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from .sbstore_process import SbstoreServer
+from .vm import GuestImage, LinuxHostVM, VMError, build_image
+
+
+@pytest.fixture(scope="session")
+def linux_host_image() -> GuestImage:
+    try:
+        return build_image(log=sys.stderr)
+    except VMError as exc:
+        pytest.fail(f"cannot build the linux-host guest image: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def linux_host(linux_host_image: GuestImage) -> Iterator[LinuxHostVM]:
+    vm = LinuxHostVM(linux_host_image)
+    try:
+        vm.start()
+    except VMError as exc:
+        pytest.fail(f"cannot boot the linux-host guest: {exc}", pytrace=False)
+    try:
+        yield vm
+    finally:
+        vm.stop()
+
+
+@pytest.fixture(scope="module")
+def sbstore_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SbstoreServer]:
+    server = SbstoreServer(tmp_path_factory.mktemp("sbstore-state"))
+    try:
+        server.start()
+    except Exception as exc:
+        output = server.output()
+        server.stop()
+        pytest.fail(f"sbstore serve --demo did not come up: {exc}\n--- server output ---\n"
+                    f"{output}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if not report.failed:
+        return
+    seen: set[int] = set()
+    funcargs = getattr(item, "funcargs", {})
+    for name in getattr(item, "fixturenames", ()):
+        value = funcargs.get(name)
+        if value is None or id(value) in seen or not hasattr(value, "failure_sections"):
+            continue
+        seen.add(id(value))
+        try:
+            sections = value.failure_sections()
+        except Exception as exc:  # a report must not hide the failure it explains
+            sections = [(f"{name}: no failure details", repr(exc))]
+        for title, text in sections:
+            report.sections.append((title, text))

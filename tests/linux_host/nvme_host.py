@@ -1,0 +1,243 @@
+"""What the Linux NVMe host does, driven from the test process through a :class:`LinuxHostVM`.
+
+Rules:
+- Functions return what the guest said (``ExecResult`` and parsed JSON) and leave the verdict
+  to the test, so each test asserts with its own message; they raise only when the guest
+  itself misbehaves (VMError).
+- Devices are found from sysfs by subsystem NQN, never assumed to be ``nvme0``: controller and
+  namespace instance numbers grow with every connect, and with native multipath (the Debian
+  kernel's default) the block device is named after the subsystem, not the controller.
+- Every wait polls with a deadline (the block device appears a moment after ``nvme connect``).
+- nvme-cli and fio write JSON to stdout and diagnostics to stderr: JSON commands keep stderr in
+  a file and return it separately, so a warning cannot break the parse.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .vm import ExecResult, LinuxHostVM, VMError
+
+
+@dataclass(frozen=True)
+class JsonResult:
+    """A guest command whose stdout is JSON: rc, parsed stdout (None if not JSON), stderr."""
+
+    rc: int
+    data: Any
+    stdout: str
+    stderr: str
+
+    def describe(self) -> str:
+        return f"rc={self.rc}\n--- stdout ---\n{self.stdout}\n--- stderr ---\n{self.stderr}"
+
+
+def run_json(vm: LinuxHostVM, cmd: str, timeout: float = 60.0) -> JsonResult:
+    """Run ``cmd`` with stderr kept apart; parse its stdout as JSON."""
+    r = vm.exec(f"{cmd} 2>/tmp/.json-stderr", timeout=timeout)
+    err = vm.exec("cat /tmp/.json-stderr; rm -f /tmp/.json-stderr", timeout=30).output
+    try:
+        data = json.loads(r.output) if r.output.strip() else None
+    except json.JSONDecodeError:
+        data = None
+    return JsonResult(r.rc, data, r.output, err)
+
+
+@dataclass(frozen=True)
+class Attached:
+    """The controllers and namespace block devices the host has for one subsystem NQN."""
+
+    controllers: tuple[str, ...]  # e.g. ("nvme0",)
+    namespaces: tuple[str, ...]  # e.g. ("/dev/nvme0n1",)
+
+
+def attached(vm: LinuxHostVM, subnqn: str) -> Attached:
+    """Controllers and namespaces of ``subnqn`` from sysfs (multipath or not)."""
+    q = shlex.quote(subnqn)
+    script = f"""
+for c in /sys/class/nvme/nvme*; do
+  [ "$(cat "$c/subsysnqn" 2>/dev/null)" = {q} ] || continue
+  echo "ctrl ${{c##*/}}"
+  ls "$c" | grep -E '^nvme[0-9]+n[0-9]+$' | sed 's/^/ns /'
+done
+for s in /sys/class/nvme-subsystem/nvme-subsys*; do
+  [ "$(cat "$s/subsysnqn" 2>/dev/null)" = {q} ] || continue
+  ls "$s" | grep -E '^nvme[0-9]+n[0-9]+$' | sed 's/^/ns /'
+done
+true"""
+    out = vm.exec(script, timeout=30).check("listing nvme devices").output
+    ctrls: list[str] = []
+    nss: list[str] = []
+    for line in out.splitlines():
+        kind, _, name = line.partition(" ")
+        if kind == "ctrl" and name not in ctrls:
+            ctrls.append(name)
+        elif kind == "ns" and f"/dev/{name}" not in nss:
+            nss.append(f"/dev/{name}")
+    return Attached(tuple(ctrls), tuple(nss))
+
+
+def wait_attached(vm: LinuxHostVM, subnqn: str, timeout: float = 15.0) -> Attached:
+    """Poll until ``subnqn`` has a controller and a namespace block device node."""
+    deadline = time.monotonic() + timeout
+    while True:
+        a = attached(vm, subnqn)
+        if a.controllers and a.namespaces:
+            dev = shlex.quote(a.namespaces[0])
+            if vm.exec(f"[ -b {dev} ]", timeout=10).rc == 0:
+                return a
+        if time.monotonic() > deadline:
+            raise VMError(f"no namespace block device for {subnqn} within {timeout}s: {a}")
+        time.sleep(0.2)
+
+
+def wait_detached(vm: LinuxHostVM, subnqn: str, timeout: float = 15.0) -> Attached:
+    """Poll until the host has no controller for ``subnqn``; return what is left (empty)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        a = attached(vm, subnqn)
+        if not a.controllers and not a.namespaces:
+            return a
+        if time.monotonic() > deadline:
+            return a
+        time.sleep(0.2)
+
+
+def connect_args(traddr: str, trsvcid: int, subnqn: str, *, hdr_digest: bool = False,
+                 data_digest: bool = False) -> str:
+    """The ``nvme connect`` command line for a TCP target."""
+    args = ["nvme", "connect", "-t", "tcp", "-a", traddr, "-s", str(trsvcid), "-n", subnqn]
+    if hdr_digest:
+        args.append("--hdr-digest")
+    if data_digest:
+        args.append("--data-digest")
+    return shlex.join(args)
+
+
+def discover(vm: LinuxHostVM, traddr: str, trsvcid: int, timeout: float = 60.0) -> JsonResult:
+    return run_json(vm, f"nvme discover -t tcp -a {shlex.quote(traddr)} -s {trsvcid} -o json",
+                    timeout=timeout)
+
+
+def discovery_records(result: JsonResult) -> list[dict[str, Any]]:
+    if not isinstance(result.data, dict):
+        return []
+    records = result.data.get("records", [])
+    return [r for r in records if isinstance(r, dict)]
+
+
+def disconnect(vm: LinuxHostVM, subnqn: str, timeout: float = 60.0) -> ExecResult:
+    return vm.exec(f"nvme disconnect -n {shlex.quote(subnqn)}", timeout=timeout)
+
+
+@dataclass(frozen=True)
+class FioResult:
+    rc: int
+    output: str  # fio's stdout/stderr (errors, verify failures)
+    job: dict[str, Any] | None  # jobs[0] of the JSON report
+
+    def describe(self) -> str:
+        brief = ""
+        if self.job is not None:
+            brief = json.dumps({k: self.job.get(k) for k in ("jobname", "error")}) + "\n"
+            for d in ("read", "write"):
+                side = self.job.get(d, {})
+                brief += (f"{d}: io_bytes={side.get('io_bytes')} iops={side.get('iops')} "
+                          f"bw_KiB/s={side.get('bw')}\n")
+        return f"rc={self.rc}\n{brief}--- fio output ---\n{self.output}"
+
+    def io_bytes(self, direction: str) -> int:
+        if self.job is None:
+            return 0
+        return int(self.job.get(direction, {}).get("io_bytes", 0))
+
+
+def fio(vm: LinuxHostVM, name: str, filename: str, timeout: float = 180.0,
+        **options: str | int) -> FioResult:
+    """Run one fio job (libaio, O_DIRECT unless overridden) and return its JSON report.
+
+    Options are fio's, with ``_`` for ``-`` not needed (fio uses ``_``): ``rw="randwrite"``.
+    """
+    opts: dict[str, str | int] = {"ioengine": "libaio", "direct": 1}
+    opts.update(options)
+    report = f"/tmp/fio-{name}.json"
+    args = ["fio", f"--name={name}", f"--filename={filename}", "--output-format=json",
+            f"--output={report}"] + [f"--{k}={v}" for k, v in opts.items()]
+    r = vm.exec(shlex.join(args), timeout=timeout)
+    raw = vm.exec(f"cat {report} 2>/dev/null; rm -f {report}", timeout=30).output
+    job = None
+    try:
+        # fio may print notes before the JSON object in the report file.
+        data = json.loads(raw[raw.index("{"):]) if "{" in raw else None
+        if isinstance(data, dict) and data.get("jobs"):
+            job = data["jobs"][0]
+    except json.JSONDecodeError:
+        pass
+    return FioResult(r.rc, r.output if job is not None else r.output + raw, job)
+
+
+def nonzero_bytes(vm: LinuxHostVM, dev: str, offset: int, length: int,
+                  timeout: float = 60.0) -> int:
+    """How many bytes in [offset, offset+length) of ``dev`` are not zero (O_DIRECT reads)."""
+    mib = 1 << 20
+    if offset % mib or length % mib:
+        raise ValueError("offset and length must be whole MiB")
+    r = vm.exec(f"dd if={shlex.quote(dev)} bs=1M skip={offset // mib} count={length // mib} "
+                f"iflag=direct 2>/dev/null | tr -d '\\000' | wc -c", timeout=timeout)
+    r.check("reading back")
+    return int(r.output.strip())
+
+
+# ---------------------------------------------------------------------------------------------
+# The guest's own kernel target (nvmet), a reference independent of sbstore.
+
+
+@dataclass(frozen=True)
+class KernelTarget:
+    subnqn: str
+    traddr: str
+    trsvcid: int
+    backing_file: str
+
+
+def setup_kernel_target(vm: LinuxHostVM, subnqn: str, *, size_mib: int = 128,
+                        traddr: str = "127.0.0.1", trsvcid: int = 4420,
+                        port_id: int = 1) -> KernelTarget:
+    """A kernel nvmet subsystem with one file namespace on tmpfs, listening on TCP.
+
+    tmpfs has no O_DIRECT, so the namespace needs ``buffered_io`` = 1 (else enable fails -22).
+    """
+    backing = f"/tmp/nvmet-{port_id}.img"
+    sub = f"/sys/kernel/config/nvmet/subsystems/{subnqn}"
+    port = f"/sys/kernel/config/nvmet/ports/{port_id}"
+    script = f"""set -e
+truncate -s {size_mib}M {backing}
+mkdir {sub}
+echo 1 > {sub}/attr_allow_any_host
+mkdir {sub}/namespaces/1
+printf %s {backing} > {sub}/namespaces/1/device_path
+echo 1 > {sub}/namespaces/1/buffered_io
+echo 1 > {sub}/namespaces/1/enable
+mkdir {port}
+echo tcp > {port}/addr_trtype
+echo ipv4 > {port}/addr_adrfam
+echo {traddr} > {port}/addr_traddr
+echo {trsvcid} > {port}/addr_trsvcid
+ln -s {sub} {port}/subsystems/{subnqn}
+"""
+    vm.exec(script, timeout=60).check("kernel nvmet setup")
+    return KernelTarget(subnqn, traddr, trsvcid, backing)
+
+
+def teardown_kernel_target(vm: LinuxHostVM, target: KernelTarget, port_id: int = 1) -> None:
+    sub = f"/sys/kernel/config/nvmet/subsystems/{target.subnqn}"
+    port = f"/sys/kernel/config/nvmet/ports/{port_id}"
+    vm.exec(f"""rm -f {port}/subsystems/{target.subnqn}
+rmdir {port} 2>/dev/null
+echo 0 > {sub}/namespaces/1/enable 2>/dev/null
+rmdir {sub}/namespaces/1 {sub} 2>/dev/null
+rm -f {target.backing_file}
+true""", timeout=60)
