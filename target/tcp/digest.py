@@ -1,4 +1,4 @@
-"""CRC32C, the NVMe/TCP header and data digest (NVMe/TCP Transport 1.0, §3.6.1 "Digests").
+"""CRC32C, the NVMe/TCP header and data digest (NVMe/TCP Transport 1.0, "Digests").
 
 Rules:
 - CRC-32C (Castagnoli, polynomial 0x1EDC6F41 reflected), initial value 0xFFFFFFFF, final XOR

@@ -3,7 +3,7 @@
 Used by the asyncio initiator (``target/host/``), the load generator and the tests. Same shape
 as :class:`target.tcp.queue.TargetQueue`: bytes in, events out, commands in, segments out.
 
-Theory of operation (NVMe/TCP Transport 1.0 §3.3, §3.4; what drivers/nvme/host/tcp.c does):
+Theory of operation (NVMe/TCP Transport 1.0; what drivers/nvme/host/tcp.c does):
 - ``initiate()`` queues the ICReq (our HPDA, digests, MAXR2T). The ICResp is accepted only with
   pfv 0, hlen = plen = 128, CPDA 0..31, exactly the digests we asked for, and MAXH2CDATA a
   multiple of 4 of at least 4096; then :class:`Established`.
@@ -116,7 +116,7 @@ class HostQueue(PduStream):
         not change it); ``read_len``: bytes of controller-to-host data to expect.
         ``incapsule_limit`` overrides the ``incapsule_limit`` attribute for this command (the
         Connect command's 1024 bytes go in-capsule before Identify has told the real limit:
-        every controller takes 8 KiB on the admin queue, NVMe/TCP §3.3.5)."""
+        every controller takes 8 KiB on the admin queue: NVME_TCP_ADMIN_CCSZ)."""
         if not self.established:
             raise RuntimeError("send_command before the ICResp was received")
         if self._state == DEAD:

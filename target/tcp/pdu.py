@@ -1,11 +1,13 @@
 """NVMe/TCP PDUs: layouts, values, and ``pull_x``/``push_x`` codecs for all nine PDU types.
 
-Layouts follow NVMe/TCP Transport Specification 1.0 §3.6 (and include/linux/nvme-tcp.h). Every
-PDU starts with the 8-byte common header (CH, §3.6.1): type u8, flags u8, hlen u8, pdo u8,
-plen u32 (the whole PDU on the wire: header, header digest, padding, data, data digest). All
-multi-byte fields are little-endian.
+Layouts follow the NVMe/TCP Transport Specification 1.0, "PDU definitions" (and
+include/linux/nvme-tcp.h). Every PDU starts with the 8-byte common header (CH): type u8,
+flags u8, hlen u8, pdo u8, plen u32 (the whole PDU on the wire: header, header digest,
+padding, data, data digest). All multi-byte fields are little-endian. The termination requests
+carry FEI at byte 10, as the specification and SPDK lay it out (the kernel's C struct would
+align it to 12; Linux reads only FES).
 
-Wire order of a PDU (§3.6.1, Figure 6)::
+Wire order of a PDU::
 
     CH + PSH (hlen bytes) | HDGST (4, if flags.HDGSTF) | PAD (to pdo) | DATA | DDGST (4, if DDGSTF)
 
@@ -16,10 +18,10 @@ Rules of this module:
   dwords) and sets the flags; ``pull_x`` follows the flags it reads and verifies the digests.
 - ``pull_pdu(buf)`` frames: it returns ``None`` while ``buf`` holds less than a whole PDU, or
   ``(pdu, nbytes)`` once it does, leaving trailing bytes alone. Malformed input raises a
-  :class:`TransportError` carrying the fatal error status (FES, §3.6.2.3 Figure 12) and the
+  :class:`TransportError` carrying the fatal error status (FES) and the
   fatal error information (FEI: the byte offset of the offending header field) a peer would
-  send in a termination request. A data digest mismatch is not fatal (§3.6.1.1.3 lets the
-  receiver fail the command only) and raises :class:`DataDigestError` carrying the decoded PDU.
+  send in a termination request. A data digest mismatch is not fatal (the
+  receiver may fail just the command) and raises :class:`DataDigestError` carrying the decoded PDU.
 - Negotiated state (which digests are on, CPDA/HPDA alignment, MAXH2CDATA) is checked by the
   queues (``target.tcp.queue``, ``target.tcp.host``), not here: the codec decodes any PDU that is
   self-consistent. The hot path of the queues uses the ``struct.Struct`` objects below directly.
@@ -37,7 +39,7 @@ from target.tcp.digest import DIGEST, DIGEST_LEN, crc32c
 Buffer = bytes | bytearray | memoryview
 
 
-class PduType(IntEnum):  # §3.6.2, Figure 7
+class PduType(IntEnum):  # the PDU-type field of the CH
     IC_REQ = 0x0
     IC_RESP = 0x1
     H2C_TERM_REQ = 0x2
@@ -54,18 +56,18 @@ class PduType(IntEnum):  # §3.6.2, Figure 7
 (PDU_IC_REQ, PDU_IC_RESP, PDU_H2C_TERM_REQ, PDU_C2H_TERM_REQ, PDU_CAPSULE_CMD, PDU_CAPSULE_RESP,
  PDU_H2C_DATA, PDU_C2H_DATA, PDU_R2T) = (int(t) for t in PduType)
 
-# CH.flags (§3.6.1, Figure 8). DATA_LAST and DATA_SUCCESS only on H2CData/C2HData.
+# CH.flags. DATA_LAST and DATA_SUCCESS only on H2CData/C2HData.
 HDGSTF = 0x01
 DDGSTF = 0x02
 DATA_LAST = 0x04
 DATA_SUCCESS = 0x08
 
-# ICReq/ICResp DGST field (§3.6.2.1/2).
+# ICReq/ICResp DGST field.
 HDGST_ENABLE = 0x01
 DDGST_ENABLE = 0x02
 
 
-class Fes(IntEnum):  # fatal error status of a termination request, §3.6.2.3 Figure 12
+class Fes(IntEnum):  # fatal error status of a termination request (H2CTermReq/C2HTermReq)
     INVALID_PDU_HEADER = 0x01  # FEI: byte offset of the offending header field
     PDU_SEQUENCE_ERROR = 0x02
     HEADER_DIGEST_ERROR = 0x03
@@ -199,7 +201,7 @@ def data_offset(hlen: int, hdgst: bool, pda: int) -> int:
 
 # -- values -----------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
-class ICReq:  # §3.6.2.2
+class ICReq:  # Initialize Connection Request
     pfv: int = PFV_1_0
     hpda: int = 0
     dgst: int = 0  # HDGST_ENABLE | DDGST_ENABLE
@@ -215,7 +217,7 @@ class ICReq:  # §3.6.2.2
 
 
 @dataclass(frozen=True, slots=True)
-class ICResp:  # §3.6.2.3
+class ICResp:  # Initialize Connection Response
     pfv: int = PFV_1_0
     cpda: int = 0
     dgst: int = 0
@@ -231,32 +233,32 @@ class ICResp:  # §3.6.2.3
 
 
 @dataclass(frozen=True, slots=True)
-class H2CTermReq:  # §3.6.2.4
+class H2CTermReq:  # Host to Controller Terminate Connection Request
     fes: int
     fei: int = 0
     hdr: bytes = b""  # the header of the PDU in error, at most 128 bytes
 
 
 @dataclass(frozen=True, slots=True)
-class C2HTermReq:  # §3.6.2.5
+class C2HTermReq:  # Controller to Host Terminate Connection Request
     fes: int
     fei: int = 0
     hdr: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
-class CapsuleCmd:  # §3.6.2.6
+class CapsuleCmd:  # Command Capsule
     sqe: bytes  # 64 bytes
     data: bytes = b""  # in-capsule data
 
 
 @dataclass(frozen=True, slots=True)
-class CapsuleResp:  # §3.6.2.7
+class CapsuleResp:  # Response Capsule
     cqe: bytes  # 16 bytes
 
 
 @dataclass(frozen=True, slots=True)
-class H2CData:  # §3.6.2.8
+class H2CData:  # Host to Controller Data Transfer
     cccid: int
     ttag: int
     datao: int
@@ -265,7 +267,7 @@ class H2CData:  # §3.6.2.8
 
 
 @dataclass(frozen=True, slots=True)
-class C2HData:  # §3.6.2.9 (TTAG is reserved in C2HData)
+class C2HData:  # Controller to Host Data Transfer (its TTAG field is reserved)
     cccid: int
     datao: int
     data: bytes
@@ -274,7 +276,7 @@ class C2HData:  # §3.6.2.9 (TTAG is reserved in C2HData)
 
 
 @dataclass(frozen=True, slots=True)
-class R2T:  # §3.6.2.10
+class R2T:  # Ready to Transfer
     cccid: int
     ttag: int
     r2to: int

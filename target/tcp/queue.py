@@ -4,7 +4,7 @@ See docs/target-contract.md for how the server joins it to the controller. Bytes
 (``get_buffer``/``buffer_updated`` or ``receive_data``), events out (``next_event``), responses
 in (``send_completion``, ``send_read_data``), segments out (``data_to_send``).
 
-Theory of operation (NVMe/TCP Transport 1.0 §3.3 and §3.4):
+Theory of operation (NVMe/TCP Transport 1.0; drivers/nvme/target/tcp.c and SPDK for practice):
 - Connection setup: the first PDU must be an ICReq (pfv 0, hlen = plen = 128, HPDA 0..31). The
   answer is an ICResp with pfv 0, our CPDA, the digests the host asked for (we support both)
   and MAXH2CDATA; then :class:`QueueEstablished`. Anything else first is a PDU sequence error.
@@ -437,7 +437,7 @@ class TargetQueue(PduStream):
         """Queue ``data`` for command ``cid`` as C2HData PDUs (at most ``max_c2h_data`` bytes
         each), then the CapsuleResp; or, when ``allow_success_flag`` is set and the completion
         is plain success (status 0, dw0 = dw1 = 0), mark the last C2HData LAST_PDU|SUCCESS and
-        send no CapsuleResp (NVMe/TCP §3.3.7.1: only when SQ flow control is disabled).
+        send no CapsuleResp (NVMe/TCP allows it only when SQ flow control is disabled).
         ``data`` is sent as is (not copied): keep it unchanged until it is written."""
         if type(cqe) is not bytes:
             cqe = bytes(cqe)
