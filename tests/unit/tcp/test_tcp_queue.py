@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 import pytest
 
@@ -291,7 +292,7 @@ def _target_waiting_for(length: int, **kw: int) -> tuple[TargetQueue, P.R2T]:
     (lambda t: P.DATA.pack(6, 0, 24, 24, 24 + 512, 7, t, 0, 500) + bytes(512), 1, P.FEI_DATAL),
     (lambda t: P.DATA.pack(6, 0, 24, 0, 24, 7, t, 0, 0), 1, P.FEI_DATAL),
 ])
-def test_h2c_data_errors_are_fatal(make, fes: int, fei: int) -> None:  # type: ignore[no-untyped-def]
+def test_h2c_data_errors_are_fatal(make: Callable[[int], bytes], fes: int, fei: int) -> None:
     queue, r2t = _target_waiting_for(4096)
     queue.receive_data(make(r2t.ttag))
     expect_failure(queue, fes, fei)
