@@ -188,7 +188,6 @@ class TargetQueue(PduStream):
         hdgst = bool(dgst & HDGST_ENABLE)
         ddgst = bool(dgst & DDGST_ENABLE)
         self.established = True
-        self._negotiated(hdgst, ddgst)
         self.hpda, self.maxr2t = hpda, maxr2t
         self._r2t_per_command = min(maxr2t + 1, _MAX_R2T_PER_COMMAND)
         hd = 4 if hdgst else 0
@@ -200,8 +199,9 @@ class TargetQueue(PduStream):
         self._dd_len = 4 if ddgst else 0
         if not (hdgst or ddgst or self._c2h_pad):
             self._c2h_simple_max = self.max_c2h_data
-        self._accept(PDU_CAPSULE_CMD, self._on_capsule_cmd)
-        self._accept(PDU_H2C_DATA, self._on_h2c_data)
+        self._handlers[PDU_CAPSULE_CMD] = self._on_capsule_cmd
+        self._handlers[PDU_H2C_DATA] = self._on_h2c_data
+        self._negotiated(hdgst, ddgst)  # rebuilds the receive tables, fast path included
         self._out.append(IC.pack(PDU_IC_RESP, 0, IC_PDU_LEN, 0, IC_PDU_LEN, PFV_1_0,
                                  self.cpda, dgst & (HDGST_ENABLE | DDGST_ENABLE),
                                  self.maxh2cdata))

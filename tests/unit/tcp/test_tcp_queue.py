@@ -57,6 +57,10 @@ def test_icreq_icresp(hdgst: bool, ddgst: bool) -> None:
     assert link.take_host_events() == [Established(0, hdgst, ddgst, 65536)]
     icresp = decode_all(link.to_host[0])
     assert icresp == [P.ICResp(0, 0, (1 if hdgst else 0) | (2 if ddgst else 0), 65536)]
+    # Both fast paths expect the negotiated header digest.
+    flag, hd = (P.HDGSTF, 4) if hdgst else (0, 0)
+    assert link.target._fast[0][0] == P.CH.pack(4, flag, 72, 0, 72 + hd)
+    assert link.host._fast[0] == (P.CH.pack(5, flag, 24, 0, 24 + hd),)
 
 
 def test_icresp_echoes_only_known_digest_bits() -> None:
