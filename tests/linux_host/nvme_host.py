@@ -107,9 +107,15 @@ def wait_detached(vm: LinuxHostVM, subnqn: str, timeout: float = 15.0) -> Attach
 
 
 def connect_args(traddr: str, trsvcid: int, subnqn: str, *, hdr_digest: bool = False,
-                 data_digest: bool = False) -> str:
-    """The ``nvme connect`` command line for a TCP target."""
+                 data_digest: bool = False, ctrl_loss_tmo: int | None = 15) -> str:
+    """The ``nvme connect`` command line for a TCP target.
+
+    ``ctrl_loss_tmo`` (default 600 s in Linux) is shortened so that when a target dies, the
+    host gives up and fails I/O within seconds instead of leaving fio and nvme-cli blocked.
+    """
     args = ["nvme", "connect", "-t", "tcp", "-a", traddr, "-s", str(trsvcid), "-n", subnqn]
+    if ctrl_loss_tmo is not None:
+        args.append(f"--ctrl-loss-tmo={ctrl_loss_tmo}")
     if hdr_digest:
         args.append("--hdr-digest")
     if data_digest:
