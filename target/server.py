@@ -43,7 +43,10 @@ class TransportLimits:
     """What the target advertises at ICResp and Identify time, per connection."""
 
     max_incapsule_data: int = 8192
-    maxh2cdata: int = 128 * 1024
+    # As large as the largest transfer: a write then needs one R2T round trip, not eight (the
+    # Linux host keeps one R2T outstanding per command). The data lands straight in the
+    # command's buffer, so a large PDU costs no extra memory.
+    maxh2cdata: int = 1 << 20
     max_data_len: int = 1 << 20
 
 

@@ -162,6 +162,10 @@ class QueueClient(asyncio.BufferedProtocol):
                 if timeout_s is None:
                     return await fut
                 return await asyncio.wait_for(fut, timeout_s)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                # The target may still answer this cid; forget it so the cid can be reused.
+                self._hq.abandon(cid)
+                raise
             finally:
                 self._pending.pop(cid, None)
                 self._free_cids.append(cid)
