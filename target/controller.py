@@ -21,8 +21,9 @@ Theory of operation (after Linux drivers/nvme/target/core.c).
   ``next_deadline()``; on expiry ``handle_timer`` deletes the controller and every one of its
   sessions gets ``on_close``. Keep Alive restarts the timer; so does any other command on any of
   the controller's queues (traffic based keep-alive, TBKAS, checked lazily at the deadline so the
-  I/O path does no timer work): a controller with traffic lives at least KATO after its last
-  command and at most twice that.
+  I/O path does no timer work). A silent controller goes once KATO x (1 + the target's
+  ``keep_alive_slack``, default 0.5) has passed since its last command, and at most one more
+  such period later (the lazy check).
 - Asynchronous events: an Asynchronous Event Request returns None and completes later through
   the admin session's ``on_async_response``. At most AERL+1 (4) are outstanding. An event is
   sent once, then masked until the host reads its log page without RAE (Base 2.0 §5.2).
@@ -263,7 +264,8 @@ class Controller:
         return (self.admin_cmds, c.reads, c.writes, c.other_cmds, c.errors)
 
     def _restart_keep_alive(self, now: float) -> None:
-        self._ka_deadline = now + self.kato_ms / 1000 if self.kato_ms else None
+        self._ka_deadline = (now + self.kato_ms / 1000 * (1 + self.target.keep_alive_slack)
+                             if self.kato_ms else None)
         self._traffic = self._traffic_mark()
 
     def keep_alive(self, now: float) -> None:

@@ -329,6 +329,7 @@ class Subsystem:
 class Target:
     """All subsystems, listeners and the discovery subsystem; the discovery generation counter.
 
+    ``keep_alive_slack``: the fraction of KATO a silent host is given on top of KATO.
     Parameters that the transport must agree with: ``max_data_transfer`` (MDTS, bytes; the TCP
     queue's ``max_data_len``) and ``incapsule_data_size`` (IOCCSZ; the TCP queue's
     ``max_incapsule_data``)."""
@@ -336,19 +337,25 @@ class Target:
     def __init__(self, *, model: str = "sbstore", firmware: str = "0.1",
                  discovery_serial: str = "", max_data_transfer: int = 1 << 20,
                  incapsule_data_size: int = 8192, queue_entries: int = 1024,
-                 discovery_kato_ms: int = 120_000) -> None:
+                 discovery_kato_ms: int = 120_000, keep_alive_slack: float = 0.5) -> None:
         if max_data_transfer < 4096 or max_data_transfer & (max_data_transfer - 1):
             raise ValueError("max_data_transfer must be a power of two >= 4096")
         if incapsule_data_size < 0 or incapsule_data_size % 16:
             raise ValueError("incapsule_data_size must be a multiple of 16")
         if not 2 <= queue_entries <= 65536:
             raise ValueError("queue_entries must be 2..65536")
+        if not 0 <= keep_alive_slack <= 10:
+            raise ValueError("keep_alive_slack is a fraction of KATO, 0..10")
         self.model = model
         self.firmware = firmware
         self.max_data_transfer = max_data_transfer
         self.incapsule_data_size = incapsule_data_size
         self.queue_entries = queue_entries
         self.discovery_kato_ms = discovery_kato_ms
+        # A controller is dropped after KATO x (1 + slack) without traffic. Linux 6.1 asks for
+        # KATO 5 s with no grace of its own and sends Keep Alive every KATO/2; a loaded host (or
+        # a TCG guest, where keep-alive round trips of 3 s were seen) can be seconds late.
+        self.keep_alive_slack = keep_alive_slack
         self.discovery = Subsystem(DISCOVERY_NQN, discovery_serial, model, firmware=firmware,
                                    _discovery=True)
         self.discovery._target = self

@@ -15,7 +15,7 @@ from tests.unit.controller.helpers import (
 
 
 async def test_kato_expiry_drops_the_silent_controller_only() -> None:
-    env = make_env()
+    env = make_env(keep_alive_slack=0)
     silent, silent_id = await bring_up_admin(env, kato_ms=1000, now=0.0)
     silent_io, _ = await connect_io(env, silent_id, 1, now=0.0)
     talker, talker_id = await bring_up_admin(env, hostnqn=HOSTNQN2, kato_ms=1000, now=0.0)
@@ -43,7 +43,7 @@ async def test_kato_expiry_drops_the_silent_controller_only() -> None:
 
 
 async def test_keep_alive_restarts_the_timer() -> None:
-    env = make_env()
+    env = make_env(keep_alive_slack=0)
     admin, cntlid = await bring_up_admin(env, kato_ms=2000, now=10.0)
     ctrl = env.subsystem.controllers[cntlid]
     assert (await admin.cmd(sqe(AdminOpcode.KEEP_ALIVE), now=11.5)).ok
@@ -55,7 +55,7 @@ async def test_keep_alive_restarts_the_timer() -> None:
 
 
 async def test_io_traffic_counts_as_keep_alive() -> None:
-    env = make_env()
+    env = make_env(keep_alive_slack=0)
     admin, cntlid = await bring_up_admin(env, kato_ms=1000, now=0.0)
     io, _ = await connect_io(env, cntlid, 1)
     for t in (0.5, 1.0, 1.5, 2.0, 2.5, 3.0):
@@ -70,7 +70,7 @@ async def test_io_traffic_counts_as_keep_alive() -> None:
 
 
 async def test_kato_zero_disables_and_set_features_rearms() -> None:
-    env = make_env()
+    env = make_env(keep_alive_slack=0)
     admin, _ = await bring_up_admin(env, kato_ms=0, now=0.0)
     assert admin.session.next_deadline() is None
     admin.session.handle_timer(1e9)
@@ -82,6 +82,17 @@ async def test_kato_zero_disables_and_set_features_rearms() -> None:
 
 
 async def test_discovery_controller_without_kato_gets_the_target_default() -> None:
-    env = make_env()
+    env = make_env(keep_alive_slack=0)
     admin, _ = await bring_up_admin(env, subnqn=DISCOVERY_NQN, kato_ms=0, now=0.0)
     assert admin.session.next_deadline() == env.target.discovery_kato_ms / 1000
+
+
+async def test_default_slack_gives_a_late_host_half_a_kato_more() -> None:
+    env = make_env()  # keep_alive_slack 0.5: Linux sends Keep Alive every KATO/2, no grace
+    admin, _ = await bring_up_admin(env, kato_ms=4000, now=0.0)
+    assert (await admin.cmd(sqe(AdminOpcode.KEEP_ALIVE), now=2.0)).ok
+    assert admin.session.next_deadline() == 8.0
+    admin.session.handle_timer(7.9)
+    assert not admin.closed
+    admin.session.handle_timer(8.0)
+    assert admin.closed
