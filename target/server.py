@@ -40,14 +40,14 @@ WRITE_LOW_WATER = 1 << 20
 
 @dataclass(frozen=True)
 class TransportLimits:
-    """What the target advertises at ICResp and Identify time, per connection."""
+    """Transport tuning that the NVMe layer does not see. The in-capsule size and the largest
+    transfer are the Target's (``incapsule_data_size``, ``max_data_transfer``): Identify
+    advertises them, so they are read from there, never configured twice."""
 
-    max_incapsule_data: int = 8192
-    # As large as the largest transfer: a write then needs one R2T round trip, not eight (the
-    # Linux host keeps one R2T outstanding per command). The data lands straight in the
+    # None: as large as the largest transfer. A write then needs one R2T round trip, not eight
+    # (the Linux host keeps one R2T outstanding per command); the data lands straight in the
     # command's buffer, so a large PDU costs no extra memory.
-    maxh2cdata: int = 1 << 20
-    max_data_len: int = 1 << 20
+    maxh2cdata: int | None = None
 
 
 def _run_eagerly(coro: Coroutine[Any, Any, Any], done: Callable[[Any, BaseException | None], None],
@@ -106,9 +106,10 @@ class QueueConnection(asyncio.BufferedProtocol):
         self._server = server
         self._listener = listener
         self._loop = asyncio.get_running_loop()
-        limits = server.limits
-        self._queue = TargetQueue(max_incapsule_data=limits.max_incapsule_data,
-                                  maxh2cdata=limits.maxh2cdata, max_data_len=limits.max_data_len)
+        target = server.target
+        self._queue = TargetQueue(max_incapsule_data=target.incapsule_data_size,
+                                  maxh2cdata=server.limits.maxh2cdata or target.max_data_transfer,
+                                  max_data_len=target.max_data_transfer)
         self._session: QueueSession | None = None
         self._transport: asyncio.Transport | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -199,7 +200,11 @@ class QueueConnection(asyncio.BufferedProtocol):
                 return
 
     def _start_session(self) -> None:
-        session = QueueSession(self._server.target, self._listener)
+        # A wildcard listener (0.0.0.0, ::) tells the discovery log the address this
+        # connection actually reached.
+        local = self._transport.get_extra_info("sockname") if self._transport else None
+        session = QueueSession(self._server.target, self._listener,
+                               local_traddr=local[0] if local else None)
         session.on_close = self.close
         session.on_async_response = self._send_response
         self._session = session

@@ -39,8 +39,7 @@ async def served():
                       allow_any_host=True)
     sub4k.add_namespace(ram4k)
     target.add_subsystem(sub4k)
-    server = TargetServer(target, TransportLimits(max_incapsule_data=8192, maxh2cdata=64 * 1024,
-                                                  max_data_len=1 << 20))
+    server = TargetServer(target, TransportLimits(maxh2cdata=64 * 1024))
     listener = await server.listen("127.0.0.1", 0)
     try:
         yield Served(target, server, int(listener.trsvcid), ram512, ram4k)

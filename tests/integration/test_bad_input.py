@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from target.host import Controller, QueueClient, discover
+from target.host import Controller, QueueClient
 from target.host import commands as cmd
 from target.host.queue_client import CommandFailed
 from target.nvme.spec import CommandSpecificStatus, GenericStatus, StatusType
@@ -89,12 +89,3 @@ async def test_garbage_before_icreq_terminates(served):
     assert data == b"" or data[0] == 0x03
     writer.close()
     await _still_serves(served)
-
-
-async def test_discovery_lists_the_subsystems(served):
-    entries = await discover(*served.addr)
-    nqns = {e.subnqn for e in entries}
-    assert NQN in nqns
-    nvm = [e for e in entries if e.subnqn == NQN][0]
-    assert nvm.trtype == 3 and nvm.adrfam == 1 and nvm.subtype == 2
-    assert nvm.traddr == "127.0.0.1" and nvm.trsvcid == str(served.port)
