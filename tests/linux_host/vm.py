@@ -7,7 +7,8 @@ The machines that run the suite cannot load nvme-tcp themselves, so the stock Li
 Image (:func:`build_image`): a kernel and an initramfs, built only from Debian packages.
   - The kernel is the package ``linux-image-cloud-amd64`` depends on, fetched with
     ``apt-get download`` and unpacked with ``dpkg -x``; ``depmod -b`` makes ``modules.dep``.
-  - The initramfs (newc cpio written here, gzip level 1) holds busybox as ``/init``'s shell, the
+  - The initramfs (newc cpio written here, uncompressed: decompressing 40 MB of gzip costs the
+    TCG guest over a second of every boot) holds busybox as ``/init``'s shell, the
     kernel modules in :data:`GUEST_MODULES` with their dependencies, and the host's own binaries
     (:data:`HOST_BINARIES`) with every library ``ldd`` lists.
   - Cached under ``$SBSTORE_VM_CACHE`` or ``~/.cache/sbstore/linux-host``, keyed by the kernel
@@ -54,14 +55,13 @@ import sys
 import tempfile
 import time
 import weakref
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, NamedTuple
 
 # Bump when the image recipe changes in a way the key below would not notice.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
 
@@ -211,17 +211,19 @@ class KernelPackage:
 def resolve_kernel_package() -> KernelPackage:
     """The kernel package the cloud meta-package depends on, at its candidate version."""
     def query() -> KernelPackage:
-        out = _run(["apt-cache", "depends", "--no-recommends", "--no-suggests",
-                    KERNEL_META_PACKAGE])
-        m = re.search(r"Depends:\s*(linux-image-\S+-cloud-amd64)\b", out)
+        meta = _run(["apt-cache", "show", "--no-all-versions", KERNEL_META_PACKAGE])
+        m = re.search(r"^Depends:.*?\b(linux-image-\S+-cloud-amd64)(?:\s*\(=\s*([^)\s]+)\))?",
+                      meta, re.MULTILINE)
         if not m:
-            raise VMError(f"no kernel dependency in apt-cache depends {KERNEL_META_PACKAGE}:\n{out}")
-        name = m.group(1)
-        show = _run(["apt-cache", "show", "--no-all-versions", name])
-        v = re.search(r"^Version:\s*(\S+)", show, re.MULTILINE)
-        if not v:
-            raise VMError(f"no Version in apt-cache show {name}")
-        return KernelPackage(name, v.group(1))
+            raise VMError(f"no kernel dependency in apt-cache show {KERNEL_META_PACKAGE}:\n{meta}")
+        name, version = m.group(1), m.group(2)
+        if version is None:  # not pinned by the meta package: take the candidate
+            show = _run(["apt-cache", "show", "--no-all-versions", name])
+            v = re.search(r"^Version:\s*(\S+)", show, re.MULTILINE)
+            if not v:
+                raise VMError(f"no Version in apt-cache show {name}")
+            version = v.group(1)
+        return KernelPackage(name, version)
 
     try:
         return query()
@@ -322,21 +324,6 @@ class CpioWriter:
 
     def close(self) -> None:
         self._header("TRAILER!!!", 0, 0)
-
-
-class _GzipStream:
-    """Minimal write-only gzip member (level 1: the guest decompresses it under TCG)."""
-
-    def __init__(self, raw: IO[bytes], level: int = 1) -> None:
-        self._raw = raw
-        self._z = zlib.compressobj(level, zlib.DEFLATED, 31)
-
-    def write(self, data: bytes) -> int:
-        self._raw.write(self._z.compress(data))
-        return len(data)
-
-    def close(self) -> None:
-        self._raw.write(self._z.flush())
 
 
 # --------------------------------------------------------------------------------------------
@@ -542,8 +529,7 @@ def _write_initramfs(out_path: Path, kroot: Path, kernel_release: str,
     _run(["depmod", "-b", str(stage), kernel_release])
 
     with open(out_path, "wb") as raw:
-        gz = _GzipStream(raw)
-        cpio = CpioWriter(gz)  # type: ignore[arg-type]
+        cpio = CpioWriter(raw)
         for d in ("usr", "usr/bin", "usr/sbin", "usr/lib", "usr/lib64", "dev", "proc", "sys",
                   "run", "root", "etc", "etc/sbstore", "var"):
             cpio.directory(d)
@@ -589,36 +575,71 @@ def _write_initramfs(out_path: Path, kroot: Path, kernel_release: str,
             for name in sorted(files):
                 cpio.file(os.path.normpath(os.path.join(rel, name)), os.path.join(root, name))
         cpio.close()
-        gz.close()
+
+
+def _load_image(dest: Path, build_seconds: float = 0.0) -> GuestImage | None:
+    manifest = dest / "manifest.json"
+    if not manifest.exists():
+        return None
+    info = json.loads(manifest.read_text())
+    return GuestImage(dest / "vmlinuz", dest / "initrd.cpio", info["kernel_release"],
+                      info["kernel_package"], dest.name, build_seconds)
+
+
+def _newest_image(cache: Path) -> GuestImage | None:
+    images = cache / "images"
+    if not images.is_dir():
+        return None
+    built = sorted((p for p in images.iterdir() if (p / "manifest.json").exists()),
+                   key=lambda p: p.stat().st_mtime, reverse=True)
+    return _load_image(built[0]) if built else None
 
 
 def build_image(cache_dir: Path | None = None, *, log: IO[str] | None = None) -> GuestImage:
-    """The guest image for the current kernel package and host binaries, built if not cached."""
+    """The guest image for the current kernel package and host binaries, built if not cached.
+
+    When apt cannot say which kernel is current (no package lists, no network) the newest
+    cached image is used. When the kernel download fails (lists older than the mirror), the
+    lists are refreshed (as root) and the newer kernel is used.
+    """
     ensure_host_packages()
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
-    pkg = resolve_kernel_package()
+    (cache / "images").mkdir(parents=True, exist_ok=True)
     host_files = _host_files()
-    key = _image_key(pkg, host_files)
-    dest = cache / "images" / key
-    manifest = dest / "manifest.json"
-
-    def load(build_seconds: float) -> GuestImage:
-        info = json.loads(manifest.read_text())
-        return GuestImage(dest / "vmlinuz", dest / "initrd.gz", info["kernel_release"],
-                          info["kernel_package"], key, build_seconds)
-
-    if manifest.exists():
-        return load(0.0)
-    with open(cache / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if manifest.exists():
-            return load(0.0)
-        t0 = time.monotonic()
+    try:
+        pkg = resolve_kernel_package()
+    except VMError as exc:
+        fallback = _newest_image(cache)
+        if fallback is None:
+            raise
         if log:
-            print(f"building linux-host guest image {key} ({pkg.name}={pkg.version})", file=log)
-        deb = fetch_kernel_deb(pkg, cache / "debs")
-        (cache / "images").mkdir(exist_ok=True)
+            print(f"linux-host: using cached {fallback.kernel_package}: {exc}", file=log)
+        return fallback
+    cached = _load_image(cache / "images" / _image_key(pkg, host_files))
+    if cached is not None:
+        return cached
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another test run may be building the same image
+        cached = _load_image(cache / "images" / _image_key(pkg, host_files))
+        if cached is not None:
+            return cached
+        t0 = time.monotonic()
+        try:
+            deb = fetch_kernel_deb(pkg, cache / "debs")
+        except VMError:
+            if os.geteuid() != 0:
+                raise
+            _run(["apt-get", "update", "-q"],
+                 env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"), timeout=600)
+            pkg = resolve_kernel_package()
+            cached = _load_image(cache / "images" / _image_key(pkg, host_files))
+            if cached is not None:
+                return cached
+            deb = fetch_kernel_deb(pkg, cache / "debs")
+        key = _image_key(pkg, host_files)
+        if log:
+            print(f"linux-host: building guest image {key} ({pkg.name}={pkg.version})", file=log)
+        dest = cache / "images" / key
         work = Path(tempfile.mkdtemp(dir=cache / "images", prefix=".build-"))
         try:
             kroot = work / "kernel"
@@ -631,7 +652,7 @@ def build_image(cache_dir: Path | None = None, *, log: IO[str] | None = None) ->
             out = work / "out"
             out.mkdir()
             shutil.copy2(kroot / "boot" / f"vmlinuz-{release}", out / "vmlinuz")
-            _write_initramfs(out / "initrd.gz", kroot, release, host_files, work / "modstage")
+            _write_initramfs(out / "initrd.cpio", kroot, release, host_files, work / "modstage")
             (out / "manifest.json").write_text(json.dumps({
                 "kernel_release": release,
                 "kernel_package": f"{pkg.name}={pkg.version}",
@@ -643,15 +664,23 @@ def build_image(cache_dir: Path | None = None, *, log: IO[str] | None = None) ->
         finally:
             shutil.rmtree(work, ignore_errors=True)
         _prune(cache / "images", keep=3)
-        return load(time.monotonic() - t0)
+        _prune(cache / "debs", keep=2)
+        image = _load_image(dest, time.monotonic() - t0)
+        assert image is not None
+        return image
 
 
-def _prune(images: Path, keep: int) -> None:
-    """Drop all but the ``keep`` newest images (old kernels and old host binaries)."""
-    built = sorted((p for p in images.iterdir() if not p.name.startswith(".")),
-                   key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in built[keep:]:
-        shutil.rmtree(old, ignore_errors=True)
+def _prune(directory: Path, keep: int) -> None:
+    """Drop all but the ``keep`` newest entries (old kernels and old host binaries)."""
+    if not directory.is_dir():
+        return
+    entries = sorted((p for p in directory.iterdir() if not p.name.startswith(".")),
+                     key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in entries[keep:]:
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -716,7 +745,9 @@ class LinuxHostVM:
             raise VMError(f"{self.qemu} not found: apt-get install -y qemu-system-x86")
         self._dir = Path(tempfile.mkdtemp(prefix="sbstore-vm-"))
         sock_path = self._dir / "cmd.sock"
-        append = f"console=ttyS0 quiet panic=-1 rdinit=/init {self.extra_append}".strip()
+        # mitigations=off: nothing untrusted runs in the guest, and TCG boots it faster.
+        append = (f"console=ttyS0 quiet panic=-1 rdinit=/init mitigations=off "
+                  f"{self.extra_append}").strip()
         argv = [
             qemu, "-accel", "tcg", "-m", str(self.memory_mb), "-smp", str(self.cpus),
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
@@ -910,7 +941,8 @@ class LinuxHostVM:
         sections = [("guest console (ttyS0)", self.console()[-64000:] or "(empty)")]
         if self.alive:
             sections.append(("guest dmesg", self.dmesg(timeout=20)[-64000:]))
-        qlog = self._qemu_log_text().strip()
+        qlog = "\n".join(line for line in self._qemu_log_text().splitlines()
+                         if "waiting for connection" not in line).strip()
         if qlog:
             sections.append(("qemu log", qlog[-8000:]))
         return sections
