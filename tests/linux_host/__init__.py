@@ -1,1 +1,1 @@
-"""Tests that drive the real Linux NVMe/TCP host (kernel nvme-tcp, nvme-cli, fio) in a QEMU guest."""
+"""Tests that drive the real Linux NVMe/TCP host (nvme-tcp, nvme-cli, fio) in a QEMU guest."""

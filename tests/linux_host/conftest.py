@@ -48,7 +48,7 @@ def sbstore_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SbstoreSe
     server = SbstoreServer(tmp_path_factory.mktemp("sbstore-state"))
     try:
         server.start()
-    except Exception as exc:
+    except (RuntimeError, OSError) as exc:
         output = server.output()
         server.stop()
         pytest.fail(f"sbstore serve --demo did not come up: {exc}\n--- server output ---\n"

@@ -155,6 +155,18 @@ class FioResult:
                           f"bw_KiB/s={side.get('bw')}\n")
         return f"rc={self.rc}\n{brief}--- fio output ---\n{self.output}"
 
+    def summary(self) -> str:
+        """One line: bytes, IOPS and bandwidth per direction that did I/O."""
+        if self.job is None:
+            return f"rc={self.rc}, no report"
+        parts = []
+        for d in ("write", "read"):
+            side = self.job.get(d, {})
+            if side.get("io_bytes"):
+                parts.append(f"{d} {side['io_bytes'] >> 20} MiB {side.get('iops', 0):.0f} IOPS "
+                             f"{side.get('bw', 0) / 1024:.1f} MiB/s")
+        return f"{self.job.get('jobname')}: " + "; ".join(parts)
+
     def io_bytes(self, direction: str) -> int:
         if self.job is None:
             return 0

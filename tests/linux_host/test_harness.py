@@ -72,6 +72,11 @@ def test_kernel_nvmet_discover_connect_fio_disconnect(linux_host: LinuxHostVM) -
         assert job.io_bytes("write") == 16 << 20, job.describe()
         assert job.io_bytes("read") == 16 << 20, f"verify did not read back: {job.describe()}"
 
+        # The filesystem tools work on it too (a test may want a file system over NVMe/TCP).
+        r = vm.exec(f"mkfs.ext4 -q -F {dev} && mkdir -p /mnt/t && mount -t ext4 {dev} /mnt/t"
+                    f" && echo data > /mnt/t/f && umount /mnt/t && fsck -n {dev}", timeout=120)
+        assert r.rc == 0, f"mkfs.ext4 / mount / fsck failed: {r.output}"
+
         r = nh.disconnect(vm, KERNEL_NQN)
         assert r.rc == 0 and "disconnected 1 controller" in r.output, r.output
         left = nh.wait_detached(vm, KERNEL_NQN)

@@ -21,7 +21,7 @@ import pytest
 
 from . import nvme_host as nh
 from .sbstore_process import DEMO_NQN, DEMO_SIZE, SbstoreServer
-from .vm import HOST_FROM_GUEST, LinuxHostVM
+from .vm import HOST_FROM_GUEST, LinuxHostVM, VMError
 
 pytestmark = pytest.mark.linux_host
 
@@ -45,7 +45,7 @@ class DemoHost:
             return r, None, f"`{cmd}` failed with rc={r.rc}:\n{r.output}"
         try:
             attached = nh.wait_attached(self.vm, DEMO_NQN, timeout=20)
-        except nh.VMError as exc:
+        except VMError as exc:
             return r, None, f"`{cmd}` returned 0 but: {exc}"
         self.digests = digests
         return r, attached, ""
@@ -75,7 +75,7 @@ def demo(linux_host: LinuxHostVM, sbstore_demo: SbstoreServer) -> Iterator[DemoH
     if linux_host.alive:
         try:
             host.disconnect()
-        except nh.VMError:
+        except VMError:
             pass
 
 
@@ -101,7 +101,7 @@ def test_discover_lists_the_demo_subsystem(demo: DemoHost) -> None:
 
 def test_connect_without_digests(demo: DemoHost) -> None:
     demo.disconnect()
-    r, attached, error = demo.connect(digests=False)
+    _, attached, error = demo.connect(digests=False)
     assert attached is not None, error
     assert len(attached.controllers) == 1, f"expected one controller: {attached}"
     assert len(attached.namespaces) >= 1, f"no namespace block device: {attached}"
@@ -161,39 +161,40 @@ def test_identify_namespace(demo: DemoHost) -> None:
 # --- I/O ----------------------------------------------------------------------------------
 
 
-def _fio_ok(job: nh.FioResult, direction: str, expected_bytes: int | None = None) -> None:
+def _fio_ok(job: nh.FioResult, **expected_bytes: int | None) -> None:
+    """fio exited 0 with no job error, and moved the expected bytes (None: some) each way."""
+    print(job.summary())
     assert job.rc == 0, f"fio failed: {job.describe()}"
     assert job.job is not None, f"fio wrote no JSON report: {job.describe()}"
     assert job.job.get("error") == 0, f"fio job error {job.job.get('error')}: {job.describe()}"
-    if expected_bytes is None:
-        assert job.io_bytes(direction) > 0, f"fio did no {direction}s: {job.describe()}"
-    else:
-        assert job.io_bytes(direction) == expected_bytes, (
-            f"fio {direction} {job.io_bytes(direction)} bytes, expected {expected_bytes}: "
-            f"{job.describe()}")
+    for direction, expected in expected_bytes.items():
+        done = job.io_bytes(direction)
+        if expected is None:
+            assert done > 0, f"fio did no {direction}s: {job.describe()}"
+        else:
+            assert done == expected, (
+                f"fio {direction} {done} bytes, expected {expected}: {job.describe()}")
 
 
 def test_fio_random_write_4k_verify(demo: DemoHost) -> None:
     dev = _namespace(demo)
     job = nh.fio(demo.vm, "randwrite-4k", dev, rw="randwrite", bs="4k", iodepth=16,
                  offset="0", size="16m", verify="crc32c", verify_fatal=1, runtime=120)
-    _fio_ok(job, "write", 16 * MiB)
-    _fio_ok(job, "read", 16 * MiB)  # the verify pass read everything back
+    _fio_ok(job, write=16 * MiB, read=16 * MiB)  # the verify pass reads everything back
 
 
 def test_fio_sequential_write_128k_verify(demo: DemoHost) -> None:
     dev = _namespace(demo)
     job = nh.fio(demo.vm, "seqwrite-128k", dev, rw="write", bs="128k", iodepth=8,
                  offset="64m", size="64m", verify="crc32c", verify_fatal=1, runtime=120)
-    _fio_ok(job, "write", 64 * MiB)
-    _fio_ok(job, "read", 64 * MiB)
+    _fio_ok(job, write=64 * MiB, read=64 * MiB)
 
 
 def test_fio_random_read_4k(demo: DemoHost) -> None:
     dev = _namespace(demo)
     job = nh.fio(demo.vm, "randread-4k", dev, rw="randread", bs="4k", iodepth=16,
                  offset="0", size="128m", runtime=5, time_based=1)
-    _fio_ok(job, "read")
+    _fio_ok(job, read=None)
 
 
 def test_flush(demo: DemoHost) -> None:
@@ -245,7 +246,7 @@ def test_disconnect(demo: DemoHost) -> None:
 
 def test_connect_with_header_and_data_digests(demo: DemoHost) -> None:
     demo.disconnect()
-    r, attached, error = demo.connect(digests=True)
+    _, attached, error = demo.connect(digests=True)
     assert attached is not None, error
     assert attached.namespaces, f"no namespace block device: {attached}"
 
@@ -254,12 +255,10 @@ def test_fio_verify_with_digests(demo: DemoHost) -> None:
     dev = _namespace(demo, digests=True)
     job = nh.fio(demo.vm, "digests-4k", dev, rw="randwrite", bs="4k", iodepth=16,
                  offset="256m", size="8m", verify="crc32c", verify_fatal=1, runtime=120)
-    _fio_ok(job, "write", 8 * MiB)
-    _fio_ok(job, "read", 8 * MiB)
+    _fio_ok(job, write=8 * MiB, read=8 * MiB)
     job = nh.fio(demo.vm, "digests-128k", dev, rw="write", bs="128k", iodepth=4,
                  offset="320m", size="16m", verify="crc32c", verify_fatal=1, runtime=120)
-    _fio_ok(job, "write", 16 * MiB)
-    _fio_ok(job, "read", 16 * MiB)
+    _fio_ok(job, write=16 * MiB, read=16 * MiB)
     log = demo.vm.dmesg()
     assert "digest error" not in log, f"the host logged digest errors:\n{log[-4000:]}"
 

@@ -153,8 +153,9 @@ def _run(argv: Sequence[str], *, timeout: float = 300, cwd: str | Path | None = 
          env: dict[str, str] | None = None) -> str:
     """Run a build step; raise VMError with its output when it fails."""
     try:
-        proc = subprocess.run(list(argv), cwd=cwd, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, timeout=timeout)
+        proc = subprocess.run(list(argv), check=False, cwd=cwd, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              timeout=timeout)
     except FileNotFoundError as exc:
         raise VMError(f"{argv[0]} not found: {exc}") from exc
     except subprocess.TimeoutExpired as exc:
@@ -409,8 +410,8 @@ done
 
 def _ldd_closure(binary: str) -> list[str]:
     """Absolute paths of the shared objects ``binary`` loads (empty for a static binary)."""
-    proc = subprocess.run(["ldd", binary], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=60)
+    proc = subprocess.run(["ldd", binary], check=False, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=60)
     if proc.returncode != 0:
         if "not a dynamic executable" in proc.stdout or "statically linked" in proc.stdout:
             return []
