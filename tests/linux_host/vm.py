@@ -19,8 +19,8 @@ Image (:func:`build_image`): a kernel and an initramfs, built only from Debian p
 Guest (:class:`LinuxHostVM`): TCG (``/dev/kvm`` is not usable for a stock kernel here), user
 networking with nothing forwarded inward (the guest reaches the host's 127.0.0.1:PORT as
 10.0.2.2:PORT). Two serial ports:
-  - ttyS0 -> a file: the kernel console (:meth:`LinuxHostVM.console`). After boot the guest
-    raises the console log level so every kernel message after boot lands there too.
+  - ttyS0 -> a file: the kernel console (:meth:`LinuxHostVM.console`), every kernel message
+    (loglevel=7) and what /init prints.
   - ttyS1 -> a unix socket: the command channel. A busybox shell agent reads one line per command
     (``ID LIMIT BASE64``), runs the decoded script in its own session with stdin /dev/null and
     stdout+stderr to the port, then prints an end marker carrying ``$?``. The port is in raw mode
@@ -354,7 +354,6 @@ ip link set eth0 up && ip addr add @GUEST_IP@/24 dev eth0 && ip route add defaul
 uuid=$(cat /proc/sys/kernel/random/uuid)
 echo "nqn.2014-08.org.nvmexpress:uuid:$uuid" > /etc/nvme/hostnqn
 echo "$uuid" > /etc/nvme/hostid
-echo 7 > /proc/sys/kernel/printk
 echo "sbstore-init: ready"
 while :; do
   sh /etc/sbstore/agent.sh < /dev/ttyS1 > /dev/ttyS1 2>&1
@@ -746,8 +745,9 @@ class LinuxHostVM:
             raise VMError(f"{self.qemu} not found: apt-get install -y qemu-system-x86")
         self._dir = Path(tempfile.mkdtemp(prefix="sbstore-vm-"))
         sock_path = self._dir / "cmd.sock"
-        # mitigations=off: nothing untrusted runs in the guest, and TCG boots it faster.
-        append = (f"console=ttyS0 quiet panic=-1 rdinit=/init mitigations=off "
+        # loglevel=7: every kernel message reaches the console file (costs no measurable boot
+        # time). mitigations=off: nothing untrusted runs in the guest, and TCG boots faster.
+        append = (f"console=ttyS0 loglevel=7 panic=-1 rdinit=/init mitigations=off "
                   f"{self.extra_append}").strip()
         argv = [
             qemu, "-accel", "tcg", "-m", str(self.memory_mb), "-smp", str(self.cpus),
@@ -769,6 +769,11 @@ class LinuxHostVM:
         try:
             self._connect(sock_path, t0 + 30)
             self._wait_ready(t0 + self.boot_timeout)
+        except GuestTimeout as exc:
+            console, qlog = self.console(), self._qemu_log_text()
+            self.stop(graceful=False)
+            raise VMError(f"{exc} (no agent after {self.boot_timeout}s)\n--- qemu ---\n{qlog}"
+                          f"\n--- console ---\n{console[-16000:]}") from exc
         except BaseException:
             self.stop(graceful=False)
             raise
