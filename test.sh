@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 need_apt=()
-for pair in qemu-system-x86_64:qemu-system-x86 busybox:busybox-static cpio:cpio nvme:nvme-cli \
-            fio:fio depmod:kmod; do
+for pair in qemu-system-x86_64:qemu-system-x86 busybox:busybox-static nvme:nvme-cli fio:fio \
+            depmod:kmod mke2fs:e2fsprogs blkdiscard:util-linux ip:iproute2; do
   cmd=${pair%%:*} pkg=${pair##*:}
   command -v "$cmd" >/dev/null 2>&1 || [[ -x /sbin/$cmd || -x /usr/sbin/$cmd ]] || need_apt+=("$pkg")
 done
