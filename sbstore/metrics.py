@@ -427,6 +427,11 @@ class MetricsServer:
         self._httpd.server_close()
         self._thread.join(timeout_s)
 
+    async def aclose(self, timeout_s: float = 5.0) -> None:
+        """:meth:`close` from a coroutine: stopping the server thread takes up to its poll
+        interval (0.5 s), which the event loop should not sit through."""
+        await asyncio.to_thread(self.close, timeout_s)
+
     def __enter__(self) -> Self:
         return self
 
