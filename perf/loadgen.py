@@ -33,11 +33,24 @@ def percentile(sorted_ns: list[int], pct: float) -> float:
 
 async def run_load(host: str, port: int, nqn: str, *, rw: str, bs: int, qd: int, queues: int,
                    seconds: float, max_ios: int = 10**9, nsid: int = 1, span_bytes: int = 0,
-                   hdgst: bool = False, ddgst: bool = False, seed: int = 1) -> dict:
+                   hdgst: bool = False, ddgst: bool = False, seed: int = 1,
+                   engine: str = "general") -> dict:
+    """``qd`` is the total depth, spread over ``queues``."""
     if rw not in PATTERNS:
         raise ValueError(f"--rw must be one of {PATTERNS}")
     ctrl = await Controller.connect(host, port, nqn, nr_io_queues=queues,
                                     queue_size=max(qd // queues + 1, 2), hdgst=hdgst, ddgst=ddgst)
+    if engine == "fast":
+        from perf.fastload import run_fast
+        try:
+            ios, errors, latencies, elapsed = await run_fast(
+                ctrl, nsid=nsid, rw=rw, bs=bs, qd=max(1, qd // queues), seconds=seconds,
+                max_ios=max_ios, span_bytes=span_bytes, seed=seed)
+        finally:
+            await ctrl.close(shutdown=False)
+        if errors:
+            raise RuntimeError(f"{errors} commands failed")
+        return _summary(rw, bs, qd, queues, engine, ios, elapsed, latencies)
     try:
         ns = ctrl.namespaces[nsid]
         blocks = bs // ns.block_size
@@ -79,9 +92,14 @@ async def run_load(host: str, port: int, nqn: str, *, rw: str, bs: int, qd: int,
         elapsed = time.perf_counter() - t_start
     finally:
         await ctrl.close()
+    return _summary(rw, bs, qd, queues, engine, counts["ios"], elapsed, latencies)
+
+
+def _summary(rw: str, bs: int, qd: int, queues: int, engine: str, ios: int, elapsed: float,
+             latencies: array) -> dict:
     ordered = sorted(latencies)
-    ios = counts["ios"]
-    return {"rw": rw, "bs": bs, "qd": qd, "queues": queues, "seconds": round(elapsed, 3),
+    return {"rw": rw, "bs": bs, "qd": qd, "queues": queues, "engine": engine,
+            "seconds": round(elapsed, 3),
             "ios": ios, "iops": round(ios / elapsed, 1),
             "mb_per_s": round(ios * bs / elapsed / 1e6, 2),
             "lat_us": {"p50": percentile(ordered, 50), "p99": percentile(ordered, 99),
@@ -102,12 +120,15 @@ def main() -> int:
     p.add_argument("--max-ios", type=int, default=10**9)
     p.add_argument("--span-bytes", type=int, default=0)
     p.add_argument("--digests", action="store_true")
+    p.add_argument("--engine", choices=["general", "fast"], default="general",
+                   help="general: the target.host initiator; fast: perf/fastload.py (random "
+                   "reads and in-capsule writes, for measuring the target near saturation)")
     args = p.parse_args()
     import uvloop
     result = uvloop.run(run_load(args.host, args.port, args.nqn, rw=args.rw, bs=args.bs,
                                  qd=args.qd, queues=args.queues, seconds=args.seconds,
                                  max_ios=args.max_ios, span_bytes=args.span_bytes,
-                                 hdgst=args.digests, ddgst=args.digests))
+                                 hdgst=args.digests, ddgst=args.digests, engine=args.engine))
     print(json.dumps(result))
     return 0
 

@@ -1,0 +1,35 @@
+"""The benchmarks keep working: each runs briefly and writes its JSON. No figure is asserted
+(DESIGN: performance lives in perf/, never in timed tests); only that I/O happened without
+errors and the report has its fields."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_target_benchmark_runs_and_reports(tmp_path):
+    out = tmp_path / "target.json"
+    proc = subprocess.run([sys.executable, "perf/run.py", "--seconds", "0.5", "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    names = {r["name"] for r in report["results"]}
+    assert {"4k-randread-qd32", "128k-seqread-qd16"} <= names
+    for r in report["results"]:
+        assert r["ios"] > 0 and r["iops"] > 0 and r["target_cpu_us_per_io"] > 0
+        assert r["lat_us"]["p99"] >= r["lat_us"]["p50"] > 0
+    assert "IOPS" in proc.stdout and "us/IO" in proc.stdout
+
+
+def test_general_engine_with_digests(tmp_path):
+    out = tmp_path / "target.json"
+    proc = subprocess.run([sys.executable, "perf/run.py", "--seconds", "0.3", "--engine",
+                           "general", "--digests", "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    names = {r["name"] for r in json.loads(out.read_text())["results"]}
+    assert "4k-randread-qd32-digests-general" in names
