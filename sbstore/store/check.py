@@ -37,7 +37,7 @@ from .layout import (
     pull_volume_record,
 )
 from .pagetree import PageTree, load_entries, load_tree, read_checked
-from .pool import Pool, read_superblocks, record_problem
+from .pool import Pool, read_superblocks, record_problem, verify_manifest
 from .space import MetaSpace
 
 _MAX_LISTED = 20  # per kind of problem, list this many and then count the rest
@@ -190,6 +190,15 @@ def _check_generation(backing: Backing, sb: Superblock, report: CheckReport) -> 
 
     def claim_own(page: int, kind: str) -> None:
         claim(page, "own")
+
+    # The last commit is whole.
+    try:
+        for page in verify_manifest(read_page, sb):
+            claim(page, "own")
+    except Corrupt as exc:
+        report.problems.append(str(exc))
+        report.unrepairable += 1
+        return False
 
     # The refcount table.
     rc_tree = PageTree(sb.n_clusters, meta)

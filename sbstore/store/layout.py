@@ -17,6 +17,7 @@ import struct
 import uuid as uuid_mod
 import zlib
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
 
 PAGE_SIZE = 4096
@@ -76,6 +77,7 @@ _SB = struct.Struct(
     "II"    # refcount table root: page, crc
     "I"     # next volume id
     "I"     # volume records in use (including dying ones)
+    "III"   # manifest of this commit's pages: first manifest page, its crc, entries
 )
 SB_CRC_OFFSET = PAGE_SIZE - 4
 
@@ -97,6 +99,9 @@ class Superblock:
     rc_root_crc: int = 0
     next_volume_id: int = 1
     volume_count: int = 0
+    manifest: int = 0
+    manifest_crc: int = 0
+    manifest_entries: int = 0
     version: int = FORMAT_VERSION
     incompat: int = 0
     ro_compat: int = 0
@@ -118,7 +123,8 @@ def push_superblock(sb: Superblock) -> bytes:
                   sb.generation, sb.pool_uuid.bytes, sb.created_ns, sb.page_size,
                   sb.cluster_size, sb.total_bytes, sb.n_clusters, sb.first_data_cluster,
                   sb.meta_first_page, sb.meta_pages, sb.vt_root, sb.vt_root_crc, sb.rc_root,
-                  sb.rc_root_crc, sb.next_volume_id, sb.volume_count)
+                  sb.rc_root_crc, sb.next_volume_id, sb.volume_count, sb.manifest,
+                  sb.manifest_crc, sb.manifest_entries)
     struct.pack_into("<I", buf, SB_CRC_OFFSET, page_crc(buf))
     return bytes(buf)
 
@@ -134,7 +140,8 @@ def pull_superblock(data: bytes | bytearray | memoryview) -> Superblock:
     data = bytes(data[:PAGE_SIZE])
     (magic, version, incompat, ro_compat, compat, generation, uuid_b, created_ns, page_size,
      cluster_size, total_bytes, n_clusters, first_data, meta_first, meta_pages, vt_root, vt_crc,
-     rc_root, rc_crc, next_id, vcount) = _SB.unpack_from(data, 0)
+     rc_root, rc_crc, next_id, vcount, manifest, manifest_crc,
+     manifest_entries) = _SB.unpack_from(data, 0)
     if magic != MAGIC:
         raise SuperblockInvalid("no sbstore pool magic")
     (stored_crc,) = struct.unpack_from("<I", data, SB_CRC_OFFSET)
@@ -150,7 +157,9 @@ def pull_superblock(data: bytes | bytearray | memoryview) -> Superblock:
                     n_clusters=n_clusters, first_data_cluster=first_data,
                     meta_first_page=meta_first, meta_pages=meta_pages, vt_root=vt_root,
                     vt_root_crc=vt_crc, rc_root=rc_root, rc_root_crc=rc_crc,
-                    next_volume_id=next_id, volume_count=vcount, version=version,
+                    next_volume_id=next_id, volume_count=vcount, manifest=manifest,
+                    manifest_crc=manifest_crc, manifest_entries=manifest_entries,
+                    version=version,
                     incompat=incompat, ro_compat=ro_compat, compat=compat, page_size=page_size)
     problem = geometry_problem(sb)
     if problem:
@@ -196,6 +205,28 @@ def pull_pointers(data: bytes | bytearray | memoryview) -> tuple[array[int], arr
     page = array("I")
     page.frombytes(bytes(data))
     return page[0::2], page[1::2]
+
+
+MANIFEST_ENTRIES_PER_PAGE = PTRS_PER_PAGE - 1  # entry 0 points to the next manifest page
+
+
+def push_manifest(entries: list[tuple[int, int]], alloc: Callable[[], int]
+                  ) -> list[tuple[int, bytes]]:
+    """The manifest of one commit: every (page, crc) it wrote, in a chain of pointer pages
+    (entry 0 of each: the next page and its crc). Returns the manifest pages, first first."""
+    chunks = [entries[i:i + MANIFEST_ENTRIES_PER_PAGE]
+              for i in range(0, len(entries), MANIFEST_ENTRIES_PER_PAGE)]
+    pages = [alloc() for _ in chunks]
+    out: list[tuple[int, bytes]] = []
+    nxt, nxt_crc = 0, 0
+    for page, chunk in zip(reversed(pages), reversed(chunks)):
+        locs = array("I", [nxt] + [p for p, _ in chunk])
+        crcs = array("I", [nxt_crc] + [c for _, c in chunk])
+        data = push_pointers(locs, crcs)
+        out.append((page, data))
+        nxt, nxt_crc = page, page_crc(data)
+    out.reverse()
+    return out
 
 
 def pull_u32_page(data: bytes | bytearray | memoryview) -> array[int]:

@@ -82,6 +82,7 @@ from .errors import (
 from .layout import (
     DEFAULT_CLUSTER_SIZE,
     LEAF_SHIFT,
+    MANIFEST_ENTRIES_PER_PAGE,
     MAX_TREE_ENTRIES,
     MAX_VOLUME_RECORDS,
     META_FIRST_PAGE,
@@ -104,6 +105,7 @@ from .layout import (
     pull_pointers,
     pull_superblock,
     pull_volume_record,
+    push_manifest,
     push_pointers,
     push_superblock,
     push_volume_record,
@@ -178,6 +180,7 @@ class Pool:
         self._vt_crc = array("I", bytes(4 * PTRS_PER_PAGE))
         self._vt_dirty: set[int] = set()
         self._vt_root_ptr = (sb.vt_root, sb.vt_root_crc)
+        self._manifest_pages: list[int] = []  # the newest commit's manifest
         self._by_id: dict[int, Volume] = {}
         self._by_name: dict[str, Volume] = {}
         self._dying: list[Volume] = []
@@ -288,6 +291,12 @@ class Pool:
         first, end = sb.meta_first_page, sb.meta_end_page
         meta = self._meta
         kinds = bytearray(end)  # 1: page of one owner, 2: shared map leaf
+        # The last commit must be whole (every page it wrote matches the checksum it recorded),
+        # else the caller falls back to the other superblock slot.
+        self._manifest_pages = verify_manifest(read_page, sb)
+        for page in self._manifest_pages:
+            kinds[page] = 1
+            meta.refs[page] = 1
 
         def claim(page: int, kind: str) -> None:
             if kind == "leaf" and kinds[page] != 1:
@@ -1065,6 +1074,7 @@ class Pool:
         vt_pages.update(v.slot // VOLRECS_PER_PAGE for v in vols)
         need = sum(v.tree.pages_needed() for v in vols) + space.tree.pages_needed()
         need += len(vt_pages) + 1
+        need += need // MANIFEST_ENTRIES_PER_PAGE + 1  # the manifest of this commit
         if need > meta.n_free:
             raise NoSpace(f"the pool's metadata area is full: the commit needs {need} pages, "
                           f"{meta.n_free} are free; delete snapshots or volumes")
@@ -1081,7 +1091,19 @@ class Pool:
             vt_root_crc=self._vt_root_ptr[1], rc_root=space.tree.root,
             rc_root_crc=space.tree.root_crc, next_volume_id=self._next_id,
             volume_count=sum(1 for v in self._slots if v is not None))
-        changed = writes or dataclasses.replace(sb, generation=old.generation) != old
+        changed = bool(writes) or dataclasses.replace(sb, generation=old.generation) != old
+        if changed:
+            # Every page this commit writes, with its checksum: opening the pool verifies them
+            # all before trusting the new superblock. The old manifest is released.
+            for page in self._manifest_pages:
+                meta.unref(page)
+            manifest = push_manifest([(p, page_crc(d)) for p, d in writes], meta.alloc)
+            writes.extend(manifest)
+            self._manifest_pages = [p for p, _ in manifest]
+            first = manifest[0] if manifest else (0, b"")
+            sb = dataclasses.replace(sb, manifest=first[0],
+                                     manifest_crc=page_crc(first[1]) if manifest else 0,
+                                     manifest_entries=len(writes) - len(manifest))
         plan = _Plan(txn=txn, writes=writes, sb=sb if changed else None,
                      release_meta=meta.take_pending(), release_data=space.take_pending())
         self._vt_dirty.clear()
@@ -1147,6 +1169,36 @@ class Pool:
 def _log_commit_error(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("pool commit failed: %s", task.exception())
+
+
+def verify_manifest(read_page: Callable[[int], bytes], sb: Superblock) -> list[int]:
+    """Check every page the commit of ``sb`` wrote; return the manifest's own pages.
+
+    Raises Corrupt naming the first page that does not match (a torn or lost write)."""
+    pages: list[int] = []
+    entries = 0
+    page, crc = sb.manifest, sb.manifest_crc
+    first, end = sb.meta_first_page, sb.meta_end_page
+    while page:
+        check_page_number(page, first, end, "commit manifest")
+        if page in pages or len(pages) > sb.meta_pages:
+            raise Corrupt("the commit manifest loops")
+        data = read_checked(read_page, page, crc,
+                            f"commit manifest of generation {sb.generation}")
+        pages.append(page)
+        locs, crcs = pull_pointers(data)
+        for k in range(1, PTRS_PER_PAGE):
+            if not locs[k]:
+                continue
+            check_page_number(locs[k], first, end, "commit manifest entry")
+            read_checked(read_page, locs[k], crcs[k],
+                         f"a page written by the last commit (generation {sb.generation})")
+            entries += 1
+        page, crc = locs[0], crcs[0]
+    if entries != sb.manifest_entries:
+        raise Corrupt(f"the commit manifest lists {entries} pages, the superblock "
+                      f"{sb.manifest_entries}")
+    return pages
 
 
 def _is_block_device(path: str) -> bool:
