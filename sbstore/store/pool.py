@@ -181,6 +181,7 @@ class Pool:
         self._vt_dirty: set[int] = set()
         self._vt_root_ptr = (sb.vt_root, sb.vt_root_crc)
         self._manifest_pages: list[int] = []  # the newest commit's manifest
+        self._sb_dirty = False  # write a superblock at the next commit even if nothing changed
         self._by_id: dict[int, Volume] = {}
         self._by_name: dict[str, Volume] = {}
         self._dying: list[Volume] = []
@@ -277,6 +278,10 @@ class Pool:
                 if i > 0:
                     log.warning("%s: newest superblock unusable (%s); opened generation %d",
                                 backing.path, "; ".join(errors), sb.generation)
+                if not readonly and i > 0:
+                    # Overwrite the unusable newest slot now, with the state we opened.
+                    pool._sb_dirty = pool._dirty = True
+                    pool.commit_sync()
                 if not readonly and finish_deletions and pool._dying:
                     pool._finish_dying_sync()
                 return pool
@@ -1091,7 +1096,9 @@ class Pool:
             vt_root_crc=self._vt_root_ptr[1], rc_root=space.tree.root,
             rc_root_crc=space.tree.root_crc, next_volume_id=self._next_id,
             volume_count=sum(1 for v in self._slots if v is not None))
-        changed = bool(writes) or dataclasses.replace(sb, generation=old.generation) != old
+        changed = (bool(writes) or self._sb_dirty
+                   or dataclasses.replace(sb, generation=old.generation) != old)
+        self._sb_dirty = False
         if changed:
             # Every page this commit writes, with its checksum: opening the pool verifies them
             # all before trusting the new superblock. The old manifest is released.
