@@ -1,0 +1,431 @@
+"""The daemon's settings: frozen dataclasses, loaded from TOML and validated once.
+
+Rules of this module:
+- Every setting the daemon reads at start lives in :class:`Config`; nothing else parses the
+  file. Loading checks everything it can without touching the system (types, ranges, unknown
+  keys, duplicates) and raises :class:`ConfigError` naming the key (``pools[1].path``) and what
+  would be right. Whether a path or an interface exists is the daemon's business at start.
+- Relative paths are taken relative to the config file's directory, so a config and its pool
+  files can travel together.
+- Sizes are integers (bytes) or strings with a binary suffix: ``"4G"``, ``"512K"``.
+- Stdlib only: this is a leaf every layer may import (the QoS policy type lives here too, so
+  ``sbstore.qos`` can consume it without importing the control module).
+
+The keys (see systemd/sbstore.toml for a commented example)::
+
+    state_dir = "/var/lib/sbstore"      # state.db (exports, hosts, tenants, listeners)
+    [log]      level = "info"
+    [api]      socket = "/run/sbstore/api.sock"     # "" disables the unix socket
+               listen = "127.0.0.1:8420"            # optional TCP, needs token_file
+               token_file = "/etc/sbstore/api.token"
+    [metrics]  listen = "127.0.0.1:9420"  allow_remote = false  enabled = true
+    [[pools]]  name = "local"  path = "local.pool"  create_size = "100G"  cluster_size = "256K"
+    [[listeners]] address = "192.0.2.10" | interface = "eth1";  port = 4420
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+DEFAULT_API_SOCKET = Path("/run/sbstore/api.sock")
+DEFAULT_METRICS_PORT = 9420
+DEFAULT_NVME_PORT = 4420
+LOG_LEVELS = ("debug", "info", "warning", "error")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
+
+
+class ConfigError(ValueError):
+    """The configuration is wrong; the message names the key and the file."""
+
+
+# --- QoS policy (stored by the control module, enforced by sbstore.qos) ---------------------
+
+@dataclass(frozen=True)
+class QosPolicy:
+    """Limits and share of a tenant or of one volume. A limit of 0 means none.
+
+    ``iops``/``bps`` cap reads and writes together, the ``read_``/``write_`` ones each
+    direction; ``burst_s`` is the allowance a bucket holds, in seconds of its rate; ``weight``
+    (1..1000) is the tenant's share when tenants compete for the device.
+    """
+
+    iops: int = 0
+    read_iops: int = 0
+    write_iops: int = 0
+    bps: int = 0
+    read_bps: int = 0
+    write_bps: int = 0
+    burst_s: float = 1.0
+    weight: int = 100
+
+    LIMIT_FIELDS = ("iops", "read_iops", "write_iops", "bps", "read_bps", "write_bps")
+    MAX_LIMIT = 1 << 62
+    MAX_BURST_S = 3600.0
+
+    def __post_init__(self) -> None:
+        problem = self.problem()
+        if problem:
+            raise ValueError(problem)
+
+    def problem(self) -> str | None:
+        """Why this policy is invalid, or None."""
+        for name in self.LIMIT_FIELDS:
+            value = getattr(self, name)
+            if type(value) is not int or not 0 <= value <= self.MAX_LIMIT:
+                return f"{name} must be an integer from 0 (no limit) to {self.MAX_LIMIT}, " \
+                       f"not {value!r}"
+        if type(self.weight) is not int or not 1 <= self.weight <= 1000:
+            return f"weight must be an integer from 1 to 1000, not {self.weight!r}"
+        if (type(self.burst_s) not in (int, float) or self.burst_s != self.burst_s
+                or not 0 <= self.burst_s <= self.MAX_BURST_S):
+            return f"burst_s must be a number of seconds from 0 to {self.MAX_BURST_S:g}, " \
+                   f"not {self.burst_s!r}"
+        return None
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.field_names()}
+
+    @property
+    def unlimited(self) -> bool:
+        return all(getattr(self, name) == 0 for name in self.LIMIT_FIELDS)
+
+
+# --- the daemon's configuration -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """The admin API: a unix socket (None: none) and optionally TCP with a bearer token."""
+
+    socket: Path | None = DEFAULT_API_SOCKET
+    listen: tuple[str, int] | None = None
+    token_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """The Prometheus endpoint. ``optional``: a busy port only warns (the demo)."""
+
+    enabled: bool = True
+    listen: tuple[str, int] = ("127.0.0.1", DEFAULT_METRICS_PORT)
+    allow_remote: bool = False
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """A pool to open at start. ``create_size``: format ``path`` (a file) with this size when
+    it does not exist yet; otherwise a missing pool is an error."""
+
+    name: str
+    path: Path
+    create_size: int | None = None
+    cluster_size: int | None = None
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    """An NVMe/TCP listener the daemon always opens: by address, or every address of an
+    interface (followed as they change)."""
+
+    port: int
+    address: str | None = None
+    interface: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.address is None) == (self.interface is None):
+            raise ValueError("a listener has either an address or an interface")
+
+    @property
+    def where(self) -> str:
+        if self.interface is not None:
+            return f"interface {self.interface} port {self.port}"
+        host = f"[{self.address}]" if self.address and ":" in self.address else self.address
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Config:
+    state_dir: Path
+    log: LogConfig = field(default_factory=LogConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    pools: tuple[PoolConfig, ...] = ()
+    listeners: tuple[ListenerConfig, ...] = ()
+    source: str = "<built in>"  # the file it came from, for messages
+
+    @property
+    def state_db(self) -> Path:
+        return self.state_dir / "state.db"
+
+
+# --- parsing helpers ----------------------------------------------------------------------
+
+def parse_size(text: str | int) -> int:
+    """``10G`` -> 10737418240; an int is taken as bytes. Suffixes K, M, G, T, P (powers of
+    1024), optionally followed by ``iB`` or ``B``. ValueError when it is not a size."""
+    if isinstance(text, bool):
+        raise ValueError(f"{text!r} is not a size")
+    if isinstance(text, int):
+        if text < 0:
+            raise ValueError(f"{text} is not a size (negative)")
+        return text
+    if not isinstance(text, str):
+        raise ValueError(f"{text!r} is not a size")
+    m = re.fullmatch(r"\s*(\d+)\s*([KMGTP]?)(?:I?B)?\s*", text.upper())
+    if not m:
+        raise ValueError(f"{text!r} is not a size (examples: 4096, 512K, 10G)")
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+def parse_host_port(text: str, default_port: int | None = None) -> tuple[str, int]:
+    """``HOST:PORT``, ``[V6]:PORT``, or ``HOST`` when ``default_port`` is given. HOST is an IP
+    address or ``localhost``. ValueError with a reason otherwise."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep:
+            raise ValueError(f"{text!r}: missing ']'")
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"{text!r}: expected ':PORT' after ']'")
+        port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    elif text.count(":") > 1:
+        host, port_text = text, ""  # a bare IPv6 address
+    else:
+        host, port_text = text, ""
+    if not host:
+        raise ValueError(f"{text!r}: no address")
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{text!r}: {host!r} is not an IP address") from None
+    if not port_text:
+        if default_port is None:
+            raise ValueError(f"{text!r}: no port (HOST:PORT)")
+        return host, default_port
+    if not port_text.isdigit():
+        raise ValueError(f"{text!r}: port {port_text!r} is not a number")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{text!r}: port {port} is out of range 0..65535")
+    return host, port
+
+
+def check_name(kind: str, name: object) -> str:
+    """Pool and tenant names: 1..64 of letters, digits, ``_ . -``, starting alphanumeric."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise ValueError(f"{kind} name {name!r} must be 1 to 64 letters, digits, '_', '.' or "
+                         f"'-', starting with a letter or digit")
+    return name
+
+
+class _Section:
+    """Reads one table of the TOML document, remembering which keys were used."""
+
+    def __init__(self, data: object, where: str, source: str) -> None:
+        self.where = where
+        self.source = source
+        if not isinstance(data, Mapping):
+            raise self.error(f"must be a table, not {_kind(data)}")
+        self.data: Mapping[str, Any] = data
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.where}.{name}" if self.where else name
+
+    def error(self, message: str, key: str | None = None) -> ConfigError:
+        what = self.key(key) if key else (self.where or "the file")
+        return ConfigError(f"{self.source}: {what}: {message}")
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+        self.used.add(name)
+        if name not in self.data:
+            return default
+        value = self.data[name]
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            raise self.error(f"must be {_kind_name(kind)}, not a boolean", name)
+        if not isinstance(value, kind):
+            raise self.error(f"must be {_kind_name(kind)}, not {_kind(value)}", name)
+        return value
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            known = ", ".join(sorted(self.used))
+            raise self.error(f"unknown key {unknown[0]!r} (known here: {known})")
+
+
+def _kind(value: object) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(_kind(k()) if k is not Path else "a path" for k in kinds)
+
+
+def _path(value: str, base: Path) -> Path:
+    p = Path(os.path.expanduser(value))
+    return p if p.is_absolute() else base / p
+
+
+def parse_config(data: Mapping[str, Any], *, source: str = "<config>",
+                 base_dir: Path | None = None) -> Config:
+    """Validate a parsed TOML document into a :class:`Config` (ConfigError otherwise)."""
+    base = base_dir or Path.cwd()
+    top = _Section(data, "", source)
+    state_dir_text = top.get("state_dir", str)
+    if state_dir_text is None:
+        raise top.error("missing; the directory for the state database, e.g. "
+                        "state_dir = \"/var/lib/sbstore\"", "state_dir")
+    if not state_dir_text.strip():
+        raise top.error("must not be empty", "state_dir")
+    state_dir = _path(state_dir_text, base)
+
+    log_s = _Section(top.get("log", dict, {}), "log", source)
+    level = log_s.get("level", str, "info")
+    if level not in LOG_LEVELS:
+        raise log_s.error(f"{level!r} is not one of {', '.join(LOG_LEVELS)}", "level")
+    log_s.done()
+
+    api_s = _Section(top.get("api", dict, {}), "api", source)
+    socket_text = api_s.get("socket", str, str(DEFAULT_API_SOCKET))
+    socket_path = _path(socket_text, base) if socket_text else None
+    if socket_path is not None and len(os.fsencode(socket_path)) > 107:
+        raise api_s.error("is longer than a unix socket path may be (107 bytes)", "socket")
+    api_listen = None
+    listen_text = api_s.get("listen", str)
+    if listen_text:
+        try:
+            api_listen = parse_host_port(listen_text)
+        except ValueError as exc:
+            raise api_s.error(str(exc), "listen") from None
+    token_text = api_s.get("token_file", str)
+    token_file = _path(token_text, base) if token_text else None
+    if api_listen is not None and token_file is None:
+        raise api_s.error("the API on TCP needs a bearer token: set token_file to a file "
+                          "holding it", "token_file")
+    if api_listen is None and socket_path is None:
+        raise api_s.error("neither a socket nor a TCP listen address: the API would be "
+                          "unreachable")
+    api_s.done()
+    api = ApiConfig(socket=socket_path, listen=api_listen, token_file=token_file)
+
+    m_s = _Section(top.get("metrics", dict, {}), "metrics", source)
+    enabled = m_s.get("enabled", bool, True)
+    allow_remote = m_s.get("allow_remote", bool, False)
+    try:
+        m_listen = parse_host_port(m_s.get("listen", str, f"127.0.0.1:{DEFAULT_METRICS_PORT}"),
+                                   DEFAULT_METRICS_PORT)
+    except ValueError as exc:
+        raise m_s.error(str(exc), "listen") from None
+    if enabled and not allow_remote and m_listen[0] != "localhost" \
+            and not ipaddress.ip_address(m_listen[0]).is_loopback:
+        raise m_s.error(f"{m_listen[0]} is not a loopback address; the series name tenants "
+                        f"and volumes: set allow_remote = true to serve them to the network",
+                        "listen")
+    m_s.done()
+    metrics = MetricsConfig(enabled=enabled, listen=m_listen, allow_remote=allow_remote)
+
+    pools: list[PoolConfig] = []
+    raw_pools = top.get("pools", list, [])
+    for i, raw in enumerate(raw_pools):
+        s = _Section(raw, f"pools[{i}]", source)
+        name = s.get("name", str)
+        if name is None:
+            raise s.error("missing (the name the API and metrics use)", "name")
+        try:
+            check_name("pool", name)
+        except ValueError as exc:
+            raise s.error(str(exc), "name") from None
+        path_text = s.get("path", str)
+        if not path_text:
+            raise s.error("missing (a pool file or block device)", "path")
+        create_size = cluster_size = None
+        for key in ("create_size", "cluster_size"):
+            raw_size = s.get(key, (int, str))
+            if raw_size is None:
+                continue
+            try:
+                size = parse_size(raw_size)
+            except ValueError as exc:
+                raise s.error(str(exc), key) from None
+            if size <= 0:
+                raise s.error("must be positive", key)
+            if key == "create_size":
+                create_size = size
+            else:
+                cluster_size = size
+        if cluster_size is not None and create_size is None:
+            raise s.error("only applies when the pool is created: set create_size too",
+                          "cluster_size")
+        s.done()
+        pools.append(PoolConfig(name, _path(path_text, base), create_size, cluster_size))
+    for i, p in enumerate(pools):
+        for earlier in pools[:i]:
+            if earlier.name == p.name:
+                raise top.error(f"two pools are named {p.name!r}", f"pools[{i}].name")
+            if earlier.path == p.path:
+                raise top.error(f"{p.path} is already pool {earlier.name!r}", f"pools[{i}].path")
+
+    listeners: list[ListenerConfig] = []
+    for i, raw in enumerate(top.get("listeners", list, [])):
+        s = _Section(raw, f"listeners[{i}]", source)
+        address = s.get("address", str)
+        interface = s.get("interface", str)
+        port = s.get("port", int, DEFAULT_NVME_PORT)
+        if (address is None) == (interface is None):
+            raise s.error("give either address or interface (not both)")
+        if address is not None:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise s.error(f"{address!r} is not an IP address", "address") from None
+        if interface is not None and not re.fullmatch(r"[^\s/:]{1,15}", interface):
+            raise s.error(f"{interface!r} is not an interface name", "interface")
+        if not 0 <= port <= 65535:
+            raise s.error(f"{port} is out of range 0..65535", "port")
+        s.done()
+        lc = ListenerConfig(port=port, address=address, interface=interface)
+        if lc in listeners:
+            raise s.error(f"{lc.where} is listed twice")
+        listeners.append(lc)
+    top.done()
+    return Config(state_dir=state_dir, log=LogConfig(level), api=api, metrics=metrics,
+                  pools=tuple(pools), listeners=tuple(listeners), source=source)
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a TOML config file (ConfigError with the key at fault)."""
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read it: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    return parse_config(data, source=str(p), base_dir=p.resolve().parent)
