@@ -1,0 +1,334 @@
+"""The control module's persistent state: one SQLite database, ``state_dir/state.db``.
+
+What it holds is what the pools do not: listeners, subsystems (exports), their allowed hosts and
+namespaces (subsystem NQN, NSID, pool, volume uuid), tenants and their policies, and each
+volume's tenant and own limits. Volumes themselves (names, sizes, lineage) live in the pools;
+rows here name them by ``(pool, uuid)``, which a rename does not change.
+
+Rules of this module:
+- Every change is one transaction: a method that writes commits before it returns, or, inside
+  ``with state.transaction():``, with the other writes of that block (all or none). A failed
+  write raises and leaves the database as it was.
+- Durability: WAL journal with ``synchronous=FULL``, so a committed change survives a crash or a
+  power loss (the WAL is fsynced at each commit) and a reader never sees half of one.
+- The schema enforces what it can (foreign keys with cascades for a subsystem's hosts and
+  namespaces, a tenant that still has volumes cannot go, one NSID per volume per subsystem,
+  a listener has an address or an interface); the service checks first so the user gets a
+  sentence, not a constraint name.
+- Used from the event loop's thread only; each write is a few rows, fast enough to run inline.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sbstore.config import QosPolicy
+
+SCHEMA_VERSION = 1
+_POLICY_FIELDS = QosPolicy.field_names()
+
+
+class StateError(Exception):
+    """The state database cannot be opened or is not ours."""
+
+
+@dataclass(frozen=True)
+class ListenerRecord:
+    """``source`` is ``config`` (opened from the config at every start) or ``api`` (added with
+    the API, restored at start). ``id`` is the NVMe port id (``portid``), stable across
+    restarts."""
+
+    id: int
+    source: str
+    port: int
+    address: str | None = None
+    interface: str | None = None
+
+
+@dataclass(frozen=True)
+class NamespaceRecord:
+    nsid: int
+    pool: str
+    volume_uuid: str
+
+
+@dataclass(frozen=True)
+class SubsystemRecord:
+    nqn: str
+    allow_any_host: bool
+    serial: str
+    model: str
+    hosts: tuple[str, ...] = ()
+    namespaces: tuple[NamespaceRecord, ...] = ()
+
+
+@dataclass(frozen=True)
+class TenantRecord:
+    name: str
+    policy: QosPolicy
+
+
+@dataclass(frozen=True)
+class VolumeRecord:
+    """A volume's tenant and its own limits (None: only the tenant's apply)."""
+
+    pool: str
+    uuid: str
+    tenant: str
+    limits: QosPolicy | None = None
+
+
+def _policy_columns(prefix: str = "", nullable: bool = False) -> str:
+    kinds = {"burst_s": "REAL"}
+    null = "" if nullable else " NOT NULL"
+    return ", ".join(f"{prefix}{name} {kinds.get(name, 'INTEGER')}{null}"
+                     for name in _POLICY_FIELDS)
+
+
+_SCHEMA = f"""
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE listeners (
+    id INTEGER PRIMARY KEY CHECK (id BETWEEN 1 AND 65535),
+    source TEXT NOT NULL CHECK (source IN ('config', 'api')),
+    address TEXT, interface TEXT,
+    port INTEGER NOT NULL CHECK (port BETWEEN 0 AND 65535),
+    CHECK ((address IS NULL) <> (interface IS NULL)));
+CREATE TABLE subsystems (
+    nqn TEXT PRIMARY KEY,
+    allow_any_host INTEGER NOT NULL,
+    serial TEXT NOT NULL, model TEXT NOT NULL);
+CREATE TABLE hosts (
+    subsystem TEXT NOT NULL REFERENCES subsystems (nqn) ON DELETE CASCADE,
+    host_nqn TEXT NOT NULL,
+    PRIMARY KEY (subsystem, host_nqn));
+CREATE TABLE namespaces (
+    subsystem TEXT NOT NULL REFERENCES subsystems (nqn) ON DELETE CASCADE,
+    nsid INTEGER NOT NULL CHECK (nsid >= 1),
+    pool TEXT NOT NULL, volume_uuid TEXT NOT NULL,
+    PRIMARY KEY (subsystem, nsid), UNIQUE (subsystem, pool, volume_uuid));
+CREATE TABLE tenants (name TEXT PRIMARY KEY, {_policy_columns()});
+CREATE TABLE volumes (
+    pool TEXT NOT NULL, uuid TEXT NOT NULL,
+    tenant TEXT NOT NULL REFERENCES tenants (name) ON DELETE RESTRICT,
+    has_limits INTEGER NOT NULL DEFAULT 0, {_policy_columns(nullable=True)},
+    PRIMARY KEY (pool, uuid));
+"""
+
+DEFAULT_TENANT = "default"
+
+
+class StateStore:
+    """The database. ``StateStore(path)`` opens (creating it and the ``default`` tenant if
+    new); ``close()`` when done."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
+        except sqlite3.Error as exc:
+            raise StateError(f"{self.path}: cannot open the state database: {exc}") from None
+        self._depth = 0
+        self.created = False  # True when this open made the database
+        try:
+            self._db.execute("PRAGMA foreign_keys = ON")
+            mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                self._db.execute("PRAGMA journal_mode = DELETE")
+            self._db.execute("PRAGMA synchronous = FULL")
+            self._init_schema()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise StateError(f"{self.path}: not a usable sbstore state database: {exc}") from None
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _init_schema(self) -> None:
+        tables = {r[0] for r in self._db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables:
+            with self.transaction():
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)",
+                                 (str(SCHEMA_VERSION),))
+                self._put_tenant(TenantRecord(DEFAULT_TENANT, QosPolicy()))
+            self.created = True
+            return
+        if "meta" not in tables:
+            raise StateError(f"{self.path}: not an sbstore state database (no meta table)")
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None or row[0] != str(SCHEMA_VERSION):
+            raise StateError(f"{self.path}: state schema version {row and row[0]!r}, this "
+                             f"sbstore reads version {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self._db.close()
+
+    # --- transactions -------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group writes: they commit together at the end of the block, or not at all."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self._depth = 0
+            self._db.execute("ROLLBACK")
+            raise
+        self._depth = 0
+        try:
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+
+    def _write(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        with self.transaction():
+            return self._db.execute(sql, params)
+
+    # --- meta ---------------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._write("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    # --- listeners ----------------------------------------------------------------------------
+
+    def listeners(self) -> list[ListenerRecord]:
+        return [ListenerRecord(id=r[0], source=r[1], address=r[2], interface=r[3], port=r[4])
+                for r in self._db.execute(
+                    "SELECT id, source, address, interface, port FROM listeners ORDER BY id")]
+
+    def add_listener(self, rec: ListenerRecord) -> None:
+        self._write("INSERT INTO listeners (id, source, address, interface, port) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (rec.id, rec.source, rec.address, rec.interface, rec.port))
+
+    def set_listener_port(self, listener_id: int, port: int) -> None:
+        self._write("UPDATE listeners SET port = ? WHERE id = ?", (port, listener_id))
+
+    def remove_listener(self, listener_id: int) -> None:
+        self._write("DELETE FROM listeners WHERE id = ?", (listener_id,))
+
+    # --- subsystems, hosts, namespaces --------------------------------------------------------
+
+    def subsystems(self) -> list[SubsystemRecord]:
+        hosts: dict[str, list[str]] = {}
+        for sub, host in self._db.execute(
+                "SELECT subsystem, host_nqn FROM hosts ORDER BY subsystem, host_nqn"):
+            hosts.setdefault(sub, []).append(host)
+        namespaces: dict[str, list[NamespaceRecord]] = {}
+        for sub, nsid, pool, uuid in self._db.execute(
+                "SELECT subsystem, nsid, pool, volume_uuid FROM namespaces "
+                "ORDER BY subsystem, nsid"):
+            namespaces.setdefault(sub, []).append(NamespaceRecord(nsid, pool, uuid))
+        return [SubsystemRecord(nqn=nqn, allow_any_host=bool(any_host), serial=serial,
+                                model=model, hosts=tuple(hosts.get(nqn, ())),
+                                namespaces=tuple(namespaces.get(nqn, ())))
+                for nqn, any_host, serial, model in self._db.execute(
+                    "SELECT nqn, allow_any_host, serial, model FROM subsystems ORDER BY nqn")]
+
+    def add_subsystem(self, rec: SubsystemRecord) -> None:
+        with self.transaction():
+            self._db.execute("INSERT INTO subsystems (nqn, allow_any_host, serial, model) "
+                             "VALUES (?, ?, ?, ?)",
+                             (rec.nqn, int(rec.allow_any_host), rec.serial, rec.model))
+            for host in rec.hosts:
+                self._db.execute("INSERT INTO hosts VALUES (?, ?)", (rec.nqn, host))
+            for ns in rec.namespaces:
+                self._db.execute("INSERT INTO namespaces VALUES (?, ?, ?, ?)",
+                                 (rec.nqn, ns.nsid, ns.pool, ns.volume_uuid))
+
+    def remove_subsystem(self, nqn: str) -> None:
+        self._write("DELETE FROM subsystems WHERE nqn = ?", (nqn,))
+
+    def set_allow_any_host(self, nqn: str, allow: bool) -> None:
+        self._write("UPDATE subsystems SET allow_any_host = ? WHERE nqn = ?", (int(allow), nqn))
+
+    def add_host(self, nqn: str, host_nqn: str) -> None:
+        self._write("INSERT INTO hosts VALUES (?, ?)", (nqn, host_nqn))
+
+    def remove_host(self, nqn: str, host_nqn: str) -> None:
+        self._write("DELETE FROM hosts WHERE subsystem = ? AND host_nqn = ?", (nqn, host_nqn))
+
+    def add_namespace(self, nqn: str, ns: NamespaceRecord) -> None:
+        self._write("INSERT INTO namespaces VALUES (?, ?, ?, ?)",
+                    (nqn, ns.nsid, ns.pool, ns.volume_uuid))
+
+    def remove_namespace(self, nqn: str, nsid: int) -> None:
+        self._write("DELETE FROM namespaces WHERE subsystem = ? AND nsid = ?", (nqn, nsid))
+
+    # --- tenants and volumes ------------------------------------------------------------------
+
+    def tenants(self) -> list[TenantRecord]:
+        cols = ", ".join(_POLICY_FIELDS)
+        return [TenantRecord(r[0], QosPolicy(**dict(zip(_POLICY_FIELDS, r[1:], strict=True))))
+                for r in self._db.execute(f"SELECT name, {cols} FROM tenants ORDER BY name")]
+
+    def _put_tenant(self, rec: TenantRecord) -> None:
+        cols = ", ".join(_POLICY_FIELDS)
+        marks = ", ".join("?" for _ in _POLICY_FIELDS)
+        self._db.execute(f"INSERT OR REPLACE INTO tenants (name, {cols}) VALUES (?, {marks})",
+                         (rec.name, *(getattr(rec.policy, f) for f in _POLICY_FIELDS)))
+
+    def put_tenant(self, rec: TenantRecord) -> None:
+        """Create or replace a tenant's policy."""
+        with self.transaction():
+            self._put_tenant(rec)
+
+    def remove_tenant(self, name: str) -> None:
+        self._write("DELETE FROM tenants WHERE name = ?", (name,))
+
+    def volumes(self) -> list[VolumeRecord]:
+        cols = ", ".join(_POLICY_FIELDS)
+        out = []
+        for r in self._db.execute(
+                f"SELECT pool, uuid, tenant, has_limits, {cols} FROM volumes ORDER BY pool, uuid"):
+            limits = (QosPolicy(**dict(zip(_POLICY_FIELDS, r[4:], strict=True)))
+                      if r[3] else None)
+            out.append(VolumeRecord(pool=r[0], uuid=r[1], tenant=r[2], limits=limits))
+        return out
+
+    def put_volume(self, rec: VolumeRecord) -> None:
+        """Create or replace a volume's tenant and limits."""
+        cols = ", ".join(_POLICY_FIELDS)
+        marks = ", ".join("?" for _ in _POLICY_FIELDS)
+        values = tuple(getattr(rec.limits, f) if rec.limits else None for f in _POLICY_FIELDS)
+        self._write(f"INSERT OR REPLACE INTO volumes (pool, uuid, tenant, has_limits, {cols}) "
+                    f"VALUES (?, ?, ?, ?, {marks})",
+                    (rec.pool, rec.uuid, rec.tenant, int(rec.limits is not None), *values))
+
+    def remove_volume(self, pool: str, uuid: str) -> None:
+        self._write("DELETE FROM volumes WHERE pool = ? AND uuid = ?", (pool, uuid))
+
+    # --- whole-state views (tests, diagnostics) -----------------------------------------------
+
+    def dump(self) -> dict[str, list[tuple[Any, ...]]]:
+        """Every row of every table, sorted: compare two dumps to see whether anything
+        changed."""
+        out = {}
+        for (table,) in self._db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"):
+            out[table] = sorted(self._db.execute(f"SELECT * FROM {table}").fetchall(),
+                                key=json.dumps)
+        return out
