@@ -1,0 +1,148 @@
+"""NVMe/TCP listeners as the control module keeps them: by address or by interface name.
+
+Rules of this module:
+- A listener is a :class:`~sbstore.control.state.ListenerRecord` (id, address or interface,
+  port) plus what is bound for it now. An address listener binds one socket whose NVMe port
+  id (``portid``) is the listener's id, so it is stable across restarts.
+- An interface listener binds one socket per listenable address of the interface (see
+  :mod:`sbstore.control.netif`) and follows the interface with an
+  :class:`~sbstore.control.netif.InterfaceWatcher`: an address that appears is bound, one that
+  goes away is unbound (its controllers are deleted, as when any listener goes). These sockets
+  take port ids from :data:`INTERFACE_PORTID_BASE` up, handed out as the addresses appear.
+- Failing to bind one address of an interface (it went away again, the port is taken) is
+  logged and shown in the listener's ``errors``; the others keep serving.
+- Nothing here persists: the service decides what is stored.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from sbstore.control.netif import InterfaceWatcher
+from sbstore.control.state import ListenerRecord
+from target.server import TargetServer
+from target.subsystem import Listener
+
+log = logging.getLogger("sbstore.control.listeners")
+
+INTERFACE_PORTID_BASE = 0x8000  # port ids of an interface's addresses: 32768..65535
+MAX_LISTENER_ID = INTERFACE_PORTID_BASE - 1
+
+
+@dataclass
+class LiveListener:
+    record: ListenerRecord
+    bound: dict[str, Listener] = field(default_factory=dict)  # address -> target listener
+    errors: dict[str, str] = field(default_factory=dict)  # address -> why it is not bound
+    watcher: InterfaceWatcher | None = None
+
+    def info(self) -> dict[str, Any]:
+        rec = self.record
+        bound = [{"address": a, "port": int(x.trsvcid), "portid": x.portid}
+                 for a, x in sorted(self.bound.items())]
+        if self.errors:
+            state = "error"
+        elif bound:
+            state = "listening"
+        else:
+            state = "waiting for an address" if rec.interface else "not listening"
+        return {"id": rec.id, "source": rec.source, "address": rec.address,
+                "interface": rec.interface, "port": rec.port, "state": state,
+                "bound": bound,
+                "errors": [{"address": a, "error": e} for a, e in sorted(self.errors.items())]}
+
+
+class ListenerSet:
+    """The live listeners of one target server, by listener id."""
+
+    def __init__(self, server: TargetServer) -> None:
+        self.server = server
+        self.live: dict[int, LiveListener] = {}
+
+    def __contains__(self, listener_id: int) -> bool:
+        return listener_id in self.live
+
+    def _free_interface_portid(self) -> int:
+        used = set(self.server.target.listeners)
+        for portid in range(INTERFACE_PORTID_BASE, 0x10000):
+            if portid not in used:
+                return portid
+        raise OSError("every NVMe port id is in use")
+
+    async def _bind(self, live: LiveListener, address: str, port: int, portid: int) -> Listener:
+        if portid in self.server.target.listeners:
+            # TargetServer.listen would bind first and then fail to register: refuse before.
+            raise ValueError(f"NVMe port id {portid} is in use")
+        try:
+            listener = await self.server.listen(address, port, portid=portid)
+        except (OSError, ValueError) as exc:
+            why = getattr(exc, "strerror", None) or str(exc)
+            live.errors[address] = why
+            raise
+        live.errors.pop(address, None)
+        live.bound[address] = listener
+        log.info("listening on %s:%s (port id %d, listener %d)", listener.traddr,
+                 listener.trsvcid, listener.portid, live.record.id)
+        return listener
+
+    async def open(self, record: ListenerRecord) -> LiveListener:
+        """Bind a listener. An address listener that cannot bind raises OSError (nothing is
+        kept); an interface listener is kept even when no address is bound yet."""
+        if record.id in self.live:
+            raise ValueError(f"listener {record.id} is open")
+        live = LiveListener(record)
+        if record.address is not None:
+            await self._bind(live, record.address, record.port, record.id)
+            self.live[record.id] = live
+            return live
+        assert record.interface is not None
+        watcher = InterfaceWatcher(record.interface,
+                                   lambda added, removed: self._follow(live, added, removed))
+        addresses = await watcher.start()
+        live.watcher = watcher
+        self.live[record.id] = live
+        for address in sorted(addresses):
+            try:
+                await self._bind(live, address, record.port, self._free_interface_portid())
+            except (OSError, ValueError) as exc:
+                log.warning("listener %d: cannot listen on %s port %d (interface %s): %s",
+                            record.id, address, record.port, record.interface, exc)
+        return live
+
+    async def _follow(self, live: LiveListener, added: set[str], removed: set[str]) -> None:
+        if self.live.get(live.record.id) is not live:
+            return  # closed meanwhile
+        for address in sorted(removed):
+            live.errors.pop(address, None)
+            listener = live.bound.pop(address, None)
+            if listener is not None:
+                log.info("listener %d: %s left interface %s: no longer listening on it",
+                         live.record.id, address, live.record.interface)
+                await self.server.stop_listening(listener)
+        for address in sorted(added):
+            if address in live.bound:
+                continue
+            try:
+                await self._bind(live, address, live.record.port, self._free_interface_portid())
+            except (OSError, ValueError) as exc:
+                log.warning("listener %d: cannot listen on new address %s port %d: %s",
+                            live.record.id, address, live.record.port, exc)
+
+    async def close(self, listener_id: int) -> None:
+        live = self.live.pop(listener_id)
+        if live.watcher is not None:
+            await live.watcher.close()
+        for listener in list(live.bound.values()):
+            await self.server.stop_listening(listener)
+        live.bound.clear()
+
+    async def close_all(self) -> None:
+        for listener_id in list(self.live):
+            try:
+                await self.close(listener_id)
+            except Exception:  # noqa: BLE001 (shutting down: close the others)
+                log.exception("closing listener %d failed", listener_id)
+
+    def info(self) -> list[dict[str, Any]]:
+        return [self.live[i].info() for i in sorted(self.live)]
