@@ -77,6 +77,8 @@ class MetaSpace:
         for p in pages:
             free[p] = 1
         self.n_free += len(pages)
+        if pages:
+            self._cursor = min(self._cursor, min(pages))  # reuse low pages first
 
     @property
     def used(self) -> int:
@@ -161,3 +163,7 @@ class ClusterSpace:
         for p in clusters:
             free[p] = 1
         self.n_free += len(clusters)
+        if clusters:
+            # Next fit from the lowest released cluster: space comes back into use soon after
+            # the commit that freed it (keeps a pool file compact), never before.
+            self._cursor = min(self._cursor, min(clusters))

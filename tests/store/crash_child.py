@@ -1,0 +1,100 @@
+"""The process ``test_crash.py`` kills: random I/O and management on a pool, narrated on stdout.
+
+Usage: python -m tests.store.crash_child POOL SEED FIRST_SEQ
+
+Every operation gets a sequence number and is announced on stdout *before* it starts, so the
+parent knows every value a block may hold. Acknowledgements are printed *after* completion:
+``F seq`` means every operation numbered below ``seq`` is durable (a flush, a FUA write or a
+management operation completed). Lines:
+
+    W seq vol lba n fua   write n blocks of pattern(seq, block) at lba
+    T seq vol lba n       deallocate
+    F seq                 durable below seq
+    S seq vol snap / SD seq      snapshot started / done
+    C seq snap clone / CD seq    clone started / done
+    D seq name / DD seq / DH seq delete started / done / refused (children)
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import struct
+import sys
+
+from sbstore.store import HasChildren, Pool
+
+BS = 512
+
+
+def pattern(seq: int, lba: int, n: int) -> bytes:
+    return b"".join(struct.pack("<QQ", seq, lba + i) * (BS // 16) for i in range(n))
+
+
+def say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+async def main(path: str, seed: int, seq: int) -> None:
+    rng = random.Random(seed)
+    pool = Pool.open(path)
+    pool.commit_interval = rng.choice([0.005, 0.05, 0.2])  # timer commits race the I/O
+    say("READY")
+    while True:
+        vols = [v for v in pool.volumes if not v.is_snapshot]
+        snaps = [v for v in pool.volumes if v.is_snapshot]
+        r = rng.random()
+        if r < 0.75:
+            v = rng.choice(vols)
+            n = rng.choice([1, 1, 2, 7, 8, 9, 16, 33])
+            lba = rng.randrange(0, v.num_blocks - n) if rng.random() < 0.5 else \
+                rng.randrange(0, 64)
+            fua = rng.random() < 0.05
+            say(f"W {seq} {v.name} {lba} {n} {int(fua)}")
+            await v.write(lba, pattern(seq, lba, n), fua)
+            seq += 1
+            if fua:
+                say(f"F {seq}")
+        elif r < 0.92:
+            v = rng.choice(vols)
+            n = rng.choice([1, 8, 64, 200])
+            lba = rng.randrange(0, v.num_blocks - n)
+            say(f"T {seq} {v.name} {lba} {n}")
+            await v.deallocate([(lba, n)])
+            seq += 1
+        elif r < 0.95:
+            await pool.flush()
+            say(f"F {seq}")
+        elif r < 0.97 and len(snaps) < 6:
+            v = rng.choice(vols)
+            name = f"s{seq}"
+            say(f"S {seq} {v.name} {name}")
+            await v.snapshot(name)
+            seq += 1
+            say(f"SD {seq - 1}")
+            say(f"F {seq}")
+        elif r < 0.98 and snaps and len(vols) < 4:
+            s = rng.choice(snaps)
+            name = f"c{seq}"
+            say(f"C {seq} {s.name} {name}")
+            await pool.clone(s, name)
+            seq += 1
+            say(f"CD {seq - 1}")
+            say(f"F {seq}")
+        elif snaps or len(vols) > 2:
+            victims = snaps + [v for v in vols if v.name.startswith("c")]
+            x = rng.choice(victims)
+            say(f"D {seq} {x.name}")
+            try:
+                await pool.delete(x)
+            except HasChildren:
+                say(f"DH {seq}")
+                seq += 1
+            else:
+                say(f"DD {seq}")
+                seq += 1
+                say(f"F {seq}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))

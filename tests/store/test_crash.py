@@ -1,0 +1,176 @@
+"""kill -9 at random points: a child process writes, trims, flushes, snapshots, clones and
+deletes on a pool (``crash_child.py``) and is killed with SIGKILL after a random delay, many times.
+
+After each kill: ``check`` finds the pool clean; it opens; every volume and snapshot whose
+creation was acknowledged exists, every acknowledged deletion is gone; each snapshot reads
+exactly what its volume held when it was taken; each block of a writable volume reads its value
+as of the last acknowledged flush, or a value some later write gave it (a volatile write cache
+may or may not have kept it), never anything else. The next child continues on the same pool.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import selectors
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from sbstore.store import Pool
+from sbstore.store.check import check_pool
+from tests.store.crash_child import BS, pattern
+
+REPO = Path(__file__).resolve().parents[2]
+KILLS = int(os.environ.get("SBSTORE_CRASH_KILLS", "30"))
+VOLUME_BYTES = 2 << 20
+
+
+@dataclass
+class Vol:
+    snap: bool
+    base: bytes  # content when this child started (or when it was created in this run)
+    ops: list[tuple[int, int, int, bool]] = field(default_factory=list)  # seq, lba, n, trim
+    maybe_exists: bool = False  # creation announced, not acknowledged
+    maybe_deleted: bool = False  # deletion announced, not acknowledged
+
+    def current(self) -> bytearray:
+        """Content with every announced operation applied (what a snapshot now captures)."""
+        data = bytearray(self.base)
+        for seq, lba, n, trim in self.ops:
+            data[lba * BS:(lba + n) * BS] = bytes(n * BS) if trim else pattern(seq, lba, n)
+        return data
+
+
+def run_child(path: Path, seed: int, seq: int, lifetime: float) -> list[str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "tests.store.crash_child", str(path),
+                             str(seed), str(seq)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, bufsize=0)  # no read-ahead past READY
+    try:
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
+        assert sel.select(timeout=30), "the child did not start"
+        first = proc.stdout.readline()  # type: ignore[union-attr]
+        assert first == b"READY\n", first + proc.stderr.read()  # type: ignore[union-attr]
+        time.sleep(lifetime)
+        proc.kill()
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    assert proc.returncode == -9, err.decode()[-2000:]
+    text = out.decode()
+    lines = text.split("\n")
+    return lines[:-1]  # the last piece is empty or a line the kill cut short
+
+
+def apply(model: dict[str, Vol], lines: list[str]) -> tuple[int, int]:
+    """Feed the child's narration to the model; return (durable seq, next seq)."""
+    durable = 0
+    nxt = 0
+    pending: dict[int, str] = {}  # seq of an unacknowledged create/delete -> name
+    for line in lines:
+        f = line.split()
+        kind, seq = f[0], int(f[1])
+        nxt = max(nxt, seq + 1)
+        if kind == "W" or kind == "T":
+            model[f[2]].ops.append((seq, int(f[3]), int(f[4]), kind == "T"))
+        elif kind == "F":
+            durable = max(durable, seq)
+        elif kind == "S":
+            model[f[3]] = Vol(snap=True, base=bytes(model[f[2]].current()), maybe_exists=True)
+            pending[seq] = f[3]
+        elif kind == "C":
+            model[f[3]] = Vol(snap=False, base=bytes(model[f[2]].current()), maybe_exists=True)
+            pending[seq] = f[3]
+        elif kind in ("SD", "CD"):
+            model[pending.pop(seq)].maybe_exists = False
+        elif kind == "D":
+            model[f[2]].maybe_deleted = True
+            pending[seq] = f[2]
+        elif kind == "DD":
+            del model[pending.pop(seq)]
+        elif kind == "DH":
+            model[pending.pop(seq)].maybe_deleted = False
+        else:
+            raise AssertionError(f"unknown line {line!r}")
+    return durable, nxt
+
+
+def allowed(vol: Vol, durable: int) -> tuple[bytearray, dict[int, set[bytes]]]:
+    """The block values as of the durable point, and the later values each block may hold."""
+    dur = bytearray(vol.base)
+    later: dict[int, set[bytes]] = {}
+    for seq, lba, n, trim in vol.ops:
+        data = bytes(n * BS) if trim else pattern(seq, lba, n)
+        if seq < durable:
+            dur[lba * BS:(lba + n) * BS] = data
+        else:
+            for i in range(n):
+                later.setdefault(lba + i, set()).add(data[i * BS:(i + 1) * BS])
+    return dur, later
+
+
+async def verify(path: Path, model: dict[str, Vol], durable: int, run: int) -> dict[str, Vol]:
+    report = check_pool(str(path))
+    assert report.clean, (run, report.problems)
+    pool = Pool.open(path)
+    try:
+        actual = {v.name: v for v in pool.volumes}
+        for name, vol in model.items():
+            if not (vol.maybe_exists or vol.maybe_deleted):
+                assert name in actual, (run, f"{name} was acknowledged but is gone")
+        unknown = set(actual) - set(model)
+        assert not unknown, (run, f"volumes nobody created: {unknown}")
+        new_model: dict[str, Vol] = {}
+        for name, v in actual.items():
+            vol = model[name]
+            assert v.is_snapshot == vol.snap
+            got = bytes(await v.read(0, v.num_blocks))
+            if vol.snap or not vol.ops:
+                assert got == vol.base, (run, f"{name} changed")
+            else:
+                dur, later = allowed(vol, durable)
+                if got != bytes(dur):
+                    for b in range(len(got) // BS):
+                        block = got[b * BS:(b + 1) * BS]
+                        if block != dur[b * BS:(b + 1) * BS]:
+                            why = (f"{name} block {b} holds {block[:16].hex()}, neither its "
+                                   f"value at the last flush nor a later write")
+                            assert block in later.get(b, ()), (run, why)
+            new_model[name] = Vol(snap=vol.snap, base=got)
+    finally:
+        await pool.aclose()
+    report = check_pool(str(path))
+    assert report.clean, (run, "after reopening", report.problems)
+    return new_model
+
+
+async def setup(path: Path) -> dict[str, Vol]:
+    pool = Pool.create(path, 64 << 20, cluster_size=4096)
+    for name in ("v0", "v1"):
+        await pool.create_volume(name, VOLUME_BYTES)
+    await pool.aclose()
+    return {name: Vol(snap=False, base=bytes(VOLUME_BYTES)) for name in ("v0", "v1")}
+
+
+@pytest.mark.crash
+def test_kill_9_at_random_points(pool_dir: Path) -> None:
+    path = pool_dir / "pool.img"
+    model = asyncio.run(setup(path))
+    rng = random.Random(int(os.environ.get("SBSTORE_CRASH_SEED", "20261126")))
+    seq = 1
+    deadline = time.monotonic() + 150
+    for run in range(KILLS):
+        assert time.monotonic() < deadline, f"only {run} kills in the time allowed"
+        lines = run_child(path, rng.randrange(1 << 30), seq, rng.uniform(0.02, 0.35))
+        durable, nxt = apply(model, lines)
+        assert lines, "the child did nothing"
+        seq = max(seq, nxt)
+        model = asyncio.run(verify(path, model, durable, run))
