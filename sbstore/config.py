@@ -41,6 +41,14 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
 
 
+def default_state_dir() -> Path:
+    """Where ``serve --demo`` keeps its state without ``--state-dir``:
+    ``$XDG_STATE_HOME/sbstore``, else ``~/.local/state/sbstore``."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                            "state")
+    return Path(base) / "sbstore"
+
+
 class ConfigError(ValueError):
     """The configuration is wrong; the message names the key and the file."""
 
