@@ -2,20 +2,42 @@
 
 Each module in :mod:`sbstore.commands` exposes ``register(subparsers)``, which adds its parsers
 and sets ``func`` on them; ``func(args) -> int`` is the exit status. A module is imported only
-when the CLI starts, so a command that needs nothing heavy stays fast.
+when the CLI starts, so a command that needs nothing heavy stays fast. When two modules
+register the same noun, the first one listed in :data:`COMMAND_MODULES` keeps it.
 
-Exit status: 0 success, 1 the operation failed (message on stderr), 2 bad usage (argparse).
+The admin commands (``volume``, ``snapshot``, ``clone``, ``export``, ``host``, ``listener``,
+``tenant``, ``status``) are clients of the daemon's API: they find it with ``--socket PATH``
+(or ``$SBSTORE_SOCKET``), or ``--url http://HOST:PORT --token-file FILE`` for the API on TCP;
+by default ``/run/sbstore/api.sock``, else the demo's ``~/.local/state/sbstore/api.sock``.
+Every one takes ``--json``: the API's answer on stdout, stable for scripts.
+
+Exit status: 0 success; 1 the operation was refused or failed (the message on stderr; with
+``--json``, ``{"error": {"code", "message"}}`` on stderr); 2 bad usage (a missing, malformed
+or conflicting argument, caught before anything is sent); 3 no daemon answered.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
-# Order is the order of ``sbstore --help``.
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+# Order is the order of ``sbstore --help``; on a name clash the first module wins.
 COMMAND_MODULES = (
     "sbstore.commands.serve",
+    "sbstore.commands.status",
+    "sbstore.commands.volume",
+    "sbstore.commands.snapshot",
+    "sbstore.commands.clone",
+    "sbstore.commands.export",
+    "sbstore.commands.host",
+    "sbstore.commands.listener",
+    "sbstore.commands.tenant",
     "sbstore.commands.pool",
 )
 
@@ -23,12 +45,48 @@ COMMAND_MODULES = (
 class CommandError(Exception):
     """An operation failed in a way the user can act on; printed without a traceback."""
 
+    def __init__(self, message: str, *, exit_code: int = EXIT_FAILED, code: str | None = None,
+                 status: int | None = None) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.code = code
+        self.status = status
+
+
+class _FirstWins:
+    """The sub-parsers action, except that a noun registered twice keeps its first parser
+    (the later registration gets a detached parser nobody reaches)."""
+
+    def __init__(self, action: Any) -> None:
+        self._action = action
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        taken = self._action._name_parser_map
+        if name in taken or any(a in taken for a in kwargs.get("aliases", ())):
+            return argparse.ArgumentParser(prog=f"sbstore {name} (shadowed)", add_help=False)
+        return self._action.add_parser(name, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._action, name)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="sbstore", description="Software-defined NVMe/TCP block storage for hypervisors.")
+        prog="sbstore", description="Software-defined NVMe/TCP block storage for hypervisors.",
+        epilog="Exit status: 0 done, 1 refused or failed, 2 bad usage, 3 no daemon answered.")
+    api = parser.add_argument_group("reaching the daemon (admin commands)")
+    api.add_argument("--socket", metavar="PATH",
+                     help="the API's unix socket (default: $SBSTORE_SOCKET, else "
+                          "/run/sbstore/api.sock, else ~/.local/state/sbstore/api.sock)")
+    api.add_argument("--url", metavar="URL",
+                     help="the API on TCP, http://HOST:PORT (default: $SBSTORE_URL)")
+    api.add_argument("--token-file", metavar="FILE",
+                     help="bearer token for --url (default: $SBSTORE_TOKEN_FILE)")
+    api.add_argument("--timeout", type=float, metavar="SECONDS",
+                     help="how long to wait for an answer (default 600)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
+    shield = _FirstWins(subparsers)
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
@@ -36,17 +94,28 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name != name:
                 raise
             continue  # a command module not written yet
-        module.register(subparsers)
+        module.register(shield)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or bad usage (argparse printed why)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
         return int(args.func(args) or 0)
     except CommandError as exc:
-        print(f"sbstore {args.command}: {exc}", file=sys.stderr)
-        return 1
+        what = " ".join(x for x in (args.command, getattr(args, "action", None)) if
+                        isinstance(x, str))
+        if getattr(args, "json", False):
+            error = {"code": exc.code or "FAILED", "message": str(exc)}
+            if exc.status is not None:
+                error["status"] = exc.status
+            print(json.dumps({"error": error}), file=sys.stderr)
+        else:
+            print(f"sbstore {what}: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         return 130

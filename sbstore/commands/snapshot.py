@@ -1,0 +1,78 @@
+"""``sbstore snapshot create|list|show|delete|revert``: read-only, instant snapshots."""
+from __future__ import annotations
+
+import argparse
+
+from sbstore.commands._common import Subparsers, add_json, add_pool, call, emit, human, table
+from sbstore.commands.volume import volume_text
+from sbstore.control.client import path
+
+
+def register(subparsers: Subparsers) -> None:
+    snap = subparsers.add_parser("snapshot", help="snapshot volumes, revert to snapshots",
+                                 description="Read-only, instant snapshots of volumes.")
+    sub = snap.add_subparsers(dest="action", metavar="ACTION")
+    sub.required = True
+
+    p = sub.add_parser("create", help="snapshot VOLUME as NAME")
+    p.add_argument("volume"), p.add_argument("name")
+    add_pool(p), add_json(p)
+    p.set_defaults(func=run_create)
+
+    p = sub.add_parser("list", help="list snapshots")
+    p.add_argument("--volume", help="only those in this volume's history (newest first)")
+    add_pool(p), add_json(p)
+    p.set_defaults(func=run_list)
+
+    p = sub.add_parser("show", help="one snapshot in detail")
+    p.add_argument("name")
+    add_pool(p), add_json(p)
+    p.set_defaults(func=run_show)
+
+    p = sub.add_parser("delete", help="delete a snapshot (one child: folded into it)")
+    p.add_argument("name")
+    p.add_argument("--force", action="store_true", help="even if exported")
+    add_pool(p), add_json(p)
+    p.set_defaults(func=run_delete)
+
+    p = sub.add_parser("revert", help="make VOLUME read what SNAPSHOT reads")
+    p.add_argument("volume"), p.add_argument("snapshot")
+    p.add_argument("--force", action="store_true",
+                   help="even if the volume is exported (its hosts see the data change)")
+    add_pool(p), add_json(p)
+    p.set_defaults(func=run_revert)
+
+
+def run_create(args: argparse.Namespace) -> int:
+    v = call(args, lambda c: c.post("/v1/snapshots", {"volume": args.volume, "name": args.name,
+                                                      "pool": args.pool}))
+    return emit(args, v, lambda v: f"created snapshot {v['name']} of {args.volume} "
+                                   f"(uuid {v['uuid']})")
+
+
+def run_list(args: argparse.Namespace) -> int:
+    snaps = call(args, lambda c: c.get("/v1/snapshots", pool=args.pool, volume=args.volume))
+    rows = [(s["pool"], s["name"], human(s["size_bytes"]), human(s["allocated_bytes"]),
+             s["parent"], ",".join(s["children"]) or None, s["created"]) for s in snaps]
+    return emit(args, snaps, lambda _: table(rows, ("POOL", "NAME", "SIZE", "ALLOC", "PARENT",
+                                                    "CHILDREN", "CREATED"),
+                                             right=("SIZE", "ALLOC")))
+
+
+def run_show(args: argparse.Namespace) -> int:
+    v = call(args, lambda c: c.get(path("v1", "snapshots", args.name), pool=args.pool))
+    return emit(args, v, volume_text)
+
+
+def run_delete(args: argparse.Namespace) -> int:
+    call(args, lambda c: c.delete(path("v1", "snapshots", args.name), pool=args.pool,
+                                  force=args.force or None))
+    return emit(args, {"deleted": {"snapshot": args.name, "pool": args.pool}},
+                f"deleted snapshot {args.name}")
+
+
+def run_revert(args: argparse.Namespace) -> int:
+    body = {"snapshot": args.snapshot, "force": args.force}
+    v = call(args, lambda c: c.post(path("v1", "volumes", args.volume, "revert"), body,
+                                    pool=args.pool))
+    return emit(args, v, lambda v: f"reverted {v['name']} to {args.snapshot}")
