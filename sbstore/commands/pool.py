@@ -1,8 +1,9 @@
-"""``sbstore pool``, ``sbstore check`` and ``sbstore volume``: offline commands on a pool.
+"""``sbstore pool`` and ``sbstore check``: offline commands on a pool file or device.
 
-They open the pool file or device themselves, so they refuse to run while a daemon holds it
-(the pool takes an exclusive lock); once the daemon drives the pool, the control module's API
-replaces the ``volume`` verbs. Sizes take binary suffixes: 512K, 1M, 10G, 2T.
+They open the pool themselves, so they refuse to run while a daemon holds it (the pool takes an
+exclusive lock). ``sbstore pool volume ...`` manages volumes offline (tools, recovery, tests);
+with a daemon running, ``sbstore volume ...`` goes through its API instead. Sizes take binary
+suffixes: 512K, 1M, 10G, 2T.
 
 Exit status: 0 success (``check``: the pool is clean), 1 failure (``check``: problems found),
 2 bad usage.
@@ -63,16 +64,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_check)
 
-    vol = subparsers.add_parser("volume", help="offline volume operations on a pool file",
-                                description="Offline volume operations (the pool must not be "
-                                "served meanwhile).")
+    vol = pool_sub.add_parser("volume", help="offline volume operations (no daemon running)",
+                              description="Offline volume operations on a pool file or device "
+                              "(the pool must not be served meanwhile).")
     vsub = vol.add_subparsers(dest="volume_command", metavar="ACTION")
     vsub.required = True
     p = vsub.add_parser("create", help="create a thin volume")
     p.add_argument("pool"), p.add_argument("name")
     p.add_argument("--size", type=parse_size, required=True)
     p.add_argument("--block-size", type=int, choices=[512, 4096], default=512)
-    p.set_defaults(func=run_volume, action=_create)
+    p.set_defaults(func=run_volume, op=_create)
     p = vsub.add_parser("list", help="list volumes and snapshots")
     p.add_argument("pool")
     p.add_argument("--json", action="store_true")
@@ -82,20 +83,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                                ("rename", "rename VOLUME to NEW", _rename)):
         p = vsub.add_parser(name, help=helptext)
         p.add_argument("pool"), p.add_argument("source"), p.add_argument("new")
-        p.set_defaults(func=run_volume, action=fn)
+        p.set_defaults(func=run_volume, op=fn)
     p = vsub.add_parser("revert", help="revert VOLUME to SNAPSHOT")
     p.add_argument("pool"), p.add_argument("source"), p.add_argument("new", metavar="snapshot")
-    p.set_defaults(func=run_volume, action=_revert)
+    p.set_defaults(func=run_volume, op=_revert)
     for name, helptext, fn in (("delete", "delete a volume or snapshot", _delete),
                                ("inflate", "make a clone independent of its snapshot",
                                 _inflate)):
         p = vsub.add_parser(name, help=helptext)
         p.add_argument("pool"), p.add_argument("source")
-        p.set_defaults(func=run_volume, action=fn)
+        p.set_defaults(func=run_volume, op=fn)
     p = vsub.add_parser("resize", help="grow a volume")
     p.add_argument("pool"), p.add_argument("source")
     p.add_argument("--size", type=parse_size, required=True)
-    p.set_defaults(func=run_volume, action=_resize)
+    p.set_defaults(func=run_volume, op=_resize)
 
 
 def _store_error(exc: Exception) -> CommandError:
@@ -194,12 +195,12 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_volume(args: argparse.Namespace) -> int:
     from sbstore.store import Pool, StoreError
-    action: Callable[[Any, argparse.Namespace], Awaitable[str]] = args.action
+    op: Callable[[Any, argparse.Namespace], Awaitable[str]] = args.op
 
     async def go() -> str:
         pool = Pool.open(args.pool)
         try:
-            return await action(pool, args)
+            return await op(pool, args)
         finally:
             await pool.aclose()
 

@@ -280,8 +280,7 @@ class Volume:
             pos += length
         pool = self._pool
         await pool._make_room(functools.partial(self._needs, segs, False))
-        m2 = self._map
-        assert m2 is not None
+        m2 = self._after_wait(off + n)
         for ci, co, pos, length in segs:
             self._write_cluster(m2, ci, co, view[pos:pos + length])
         pool._note_data()
@@ -407,8 +406,7 @@ class Volume:
             segs = self._mapped_segments(segs)
             if segs:
                 await pool._make_room(functools.partial(self._needs, segs, True))
-                m = self._map
-                assert m is not None
+                m = self._after_wait(stop)
                 zeros = pool._zeros
                 for ci, co, _pos, length in segs:
                     if length == csize:
@@ -419,8 +417,20 @@ class Volume:
             pos = stop
             if pos < end:
                 await asyncio.sleep(0)
-                if self._dead:
-                    raise NotFound(f"volume {self._name!r} was deleted")
+                self._after_wait(end)
+
+    def _after_wait(self, end: int) -> array[int]:
+        """After an await inside an I/O: the volume may have been deleted, reverted or grown
+        meanwhile; go on only if the range still lies inside it. Returns the current map."""
+        if self._dead:
+            raise NotFound(f"volume {self._name!r} was deleted")
+        if end > self._size:
+            raise OutOfRange(f"{self._name!r} shrank to {self._size} bytes (reverted) during "
+                             f"the I/O")
+        m = self._map
+        if m is None:
+            m = self._load_map()
+        return m
 
     def _mapped_segments(self, segs: list[tuple[int, int, int, int]]
                          ) -> list[tuple[int, int, int, int]]:
