@@ -1,19 +1,45 @@
-"""The composition root: builds the target from its parts and runs it until told to stop.
+"""The composition root: builds the daemon from its parts and runs it until told to stop.
 
 Rules: this is the only module that knows every part. It owns the event loop's lifetime, the
-signals (SIGINT/SIGTERM stop it cleanly) and what the operator is told on start.
+signals (SIGINT/SIGTERM stop it cleanly), systemd's readiness protocol and what the operator is
+told on start.
+
+Start, in order (each step undone on the way out if a later one fails):
+  1. the state directory and its lock (one daemon per state directory), the state database;
+  2. the pools of the config (opened, or created when ``create_size`` says so);
+  3. the target and its server; the control service restores every export from the state;
+  4. the demo's volume and export (``--demo`` only, created when missing);
+  5. the listeners (the config's: a failure stops the start; the API-added ones: logged);
+  6. the API (unix socket, and TCP with a bearer token when configured), the metrics endpoint;
+  7. ``READY=1`` to systemd, the watchdog pings, the lines for the operator.
+Stop (SIGTERM, SIGINT, or ``stop`` set): ``STOPPING=1``; the API, the listeners and every
+connection close; the pools flush and close; the state database closes; exit status 0.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import hashlib
 import logging
 import os
 import signal
-from dataclasses import dataclass
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
-from target.blockdev import BlockDevice, FileDevice
+from sbstore import sdnotify
+from sbstore.config import (
+    ApiConfig,
+    Config,
+    ListenerConfig,
+    MetricsConfig,
+    PoolConfig,
+    default_state_dir,
+)
+from sbstore.control.state import ListenerRecord, StateError, StateStore
 from target.server import TargetServer
 from target.subsystem import Subsystem, Target
 
@@ -21,31 +47,31 @@ log = logging.getLogger("sbstore.daemon")
 
 DEMO_NQN = "nqn.2026-11.io.sbstore:demo"
 DEMO_SIZE = 1 << 30
+DEMO_POOL = "demo"
+DEMO_VOLUME = "demo"
+DEMO_POOL_SIZE = 4 << 30
 DEFAULT_PORT = 4420
+MAX_SOCKET_PATH = 107
+
+__all__ = ["DEFAULT_PORT", "DEMO_NQN", "DaemonError", "DemoConfig", "connect_lines",
+           "default_state_dir", "demo_config", "run_daemon", "serve_demo"]
 
 
-def default_state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local",
-                                                            "state")
-    return Path(base) / "sbstore"
+class DaemonError(Exception):
+    """The daemon cannot start; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
 class DemoConfig:
+    """``serve --demo``: a file pool in the state directory with one volume exported to any
+    host (or, with ``ram``, a RAM device and no pool: the protocol alone, for benchmarks)."""
+
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
-    state_dir: Path = Path(".")
-    ram: bool = False  # serve a RAM device instead of the file (benchmarks: the protocol alone)
+    state_dir: Path = field(default_factory=default_state_dir)
+    ram: bool = False
     size_bytes: int = DEMO_SIZE
-
-
-def open_demo_device(config: DemoConfig) -> BlockDevice:
-    if config.ram:
-        from target.blockdev import RamDevice
-        return RamDevice(config.size_bytes, block_size=4096)
-    config.state_dir.mkdir(parents=True, exist_ok=True)
-    return FileDevice(config.state_dir / "demo.img", block_size=4096,
-                      size_bytes=config.size_bytes)
+    metrics_port: int = 9420
 
 
 def connect_lines(nqn: str, host: str, port: int) -> list[str]:
@@ -53,9 +79,140 @@ def connect_lines(nqn: str, host: str, port: int) -> list[str]:
             f"nvme connect -t tcp -a {host} -s {port} -n {nqn}"]
 
 
-async def serve_demo(config: DemoConfig, *, announce: Callable[[str], None] = print,
+def _socket_path(state_dir: Path) -> Path:
+    """``state_dir/api.sock``, or a short path under the runtime directory when that is too
+    long for a unix socket (a deep state directory)."""
+    p = state_dir.resolve() / "api.sock"
+    if len(os.fsencode(p)) <= MAX_SOCKET_PATH:
+        return p
+    base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+    digest = hashlib.sha1(os.fsencode(state_dir.resolve())).hexdigest()[:12]
+    return base / f"sbstore-{digest}" / "api.sock"
+
+
+def demo_config(demo: DemoConfig) -> Config:
+    """The configuration ``serve --demo`` runs with."""
+    state_dir = demo.state_dir
+    pools = () if demo.ram else (PoolConfig(DEMO_POOL, state_dir / "demo.pool",
+                                            create_size=max(DEMO_POOL_SIZE,
+                                                            demo.size_bytes * 2)),)
+    return Config(
+        state_dir=state_dir,
+        api=ApiConfig(socket=_socket_path(state_dir)),
+        metrics=MetricsConfig(listen=("127.0.0.1", demo.metrics_port), optional=True),
+        pools=pools,
+        listeners=(ListenerConfig(port=demo.port, address=demo.host),),
+        source="--demo")
+
+
+# --- startup steps ----------------------------------------------------------------------------
+
+def _lock_state_dir(state_dir: Path) -> int:
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise DaemonError(f"cannot create the state directory {state_dir}: "
+                          f"{exc.strerror or exc}") from None
+    fd = os.open(state_dir / "daemon.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DaemonError(f"another sbstore daemon is using {state_dir}") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _open_pool(pc: PoolConfig) -> Any:
+    from sbstore.store import DEFAULT_CLUSTER_SIZE, Pool, StoreError
+
+    try:
+        if pc.create_size is not None and not pc.path.exists():
+            pc.path.parent.mkdir(parents=True, exist_ok=True)
+            log.info("pool %s: creating %s (%d bytes)", pc.name, pc.path, pc.create_size)
+            return Pool.create(pc.path, pc.create_size,
+                               cluster_size=pc.cluster_size or DEFAULT_CLUSTER_SIZE)
+        if not pc.path.exists():
+            raise DaemonError(f"pool {pc.name!r}: {pc.path} does not exist (format it with "
+                              f"'sbstore pool create --file {pc.path} --size SIZE', or set "
+                              f"create_size in the config)")
+        return Pool.open(pc.path)
+    except StoreError as exc:
+        raise DaemonError(f"pool {pc.name!r} ({pc.path}): {exc}") from None
+    except OSError as exc:
+        raise DaemonError(f"pool {pc.name!r} ({pc.path}): {exc.strerror or exc}") from None
+
+
+async def _ensure_demo(service: Any) -> None:
+    """The demo's volume and export, created when missing (and left alone when present)."""
+    from sbstore.control.service import DEFAULT_BLOCK_SIZE
+
+    pool = service.pools[DEMO_POOL]
+    names = {v.name for v in pool.volumes}
+    if DEMO_VOLUME not in names:
+        await service.create_volume(DEMO_VOLUME, DEMO_SIZE, pool=DEMO_POOL,
+                                    block_size=DEFAULT_BLOCK_SIZE)
+    if DEMO_NQN not in {e["nqn"] for e in service.list_exports()}:
+        await service.create_export(DEMO_NQN, volumes=[DEMO_VOLUME], pool=DEMO_POOL,
+                                    allow_any_host=True, model="sbstore demo volume",
+                                    serial="SBSDEMO0001")
+
+
+def _read_token(path: Path) -> str:
+    from sbstore.control.client import read_token
+    try:
+        return read_token(path)
+    except (OSError, ValueError) as exc:
+        raise DaemonError(f"[api] token_file {path}: {getattr(exc, 'strerror', None) or exc}"
+                          ) from None
+
+
+def _start_metrics(config: MetricsConfig, service: Any, pools: dict[str, Any], target: Target,
+                   server: TargetServer) -> Any:
+    from sbstore.metrics import (
+        MetricsSource,
+        PoolSample,
+        SbstoreCollector,
+        TargetSample,
+        VolumeSample,
+        start_metrics_server,
+    )
+
+    source = MetricsSource(
+        volumes=lambda: [VolumeSample(pool=p, volume=v.name, tenant=t, stats=s,
+                                      size_bytes=v.size_bytes)
+                         for p, v, t, s in service.exported_volumes()],
+        pools=lambda: [PoolSample.of(name, pool) for name, pool in pools.items()],
+        target=lambda: TargetSample.of(target, server))
+    collector = SbstoreCollector(source, loop=asyncio.get_running_loop())
+    host, port = config.listen
+    try:
+        return start_metrics_server(host, port, collector=collector,
+                                    allow_remote=config.allow_remote)
+    except OSError as exc:
+        if not config.optional:
+            raise DaemonError(f"[metrics] cannot listen on {host}:{port}: "
+                              f"{exc.strerror or exc}") from None
+        log.warning("metrics: %s:%d is busy (%s); using a free port instead", host, port,
+                    exc.strerror or exc)
+        return start_metrics_server(host, 0, collector=collector,
+                                    allow_remote=config.allow_remote)
+
+
+def _where(host: str, port: int | str) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# --- the daemon -------------------------------------------------------------------------------
+
+async def run_daemon(config: Config, *, demo: DemoConfig | None = None,
+                     announce: Callable[[str], None] = print,
                      stop: asyncio.Event | None = None) -> None:
-    """Serve one demo volume to any host until ``stop`` is set (or SIGINT/SIGTERM)."""
+    """Run until ``stop`` is set (or SIGINT/SIGTERM). DaemonError when it cannot start."""
+    from sbstore.control.api import ApiServer
+    from sbstore.control.service import ControlError, ControlService
+
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -64,26 +221,122 @@ async def serve_demo(config: DemoConfig, *, announce: Callable[[str], None] = pr
         except (NotImplementedError, RuntimeError, ValueError):
             pass  # not the main thread (tests run the daemon in-process)
 
-    device = open_demo_device(config)
-    target = Target()
-    subsystem = Subsystem(DEMO_NQN, serial="SBSDEMO0001", model="sbstore demo volume",
-                          allow_any_host=True)
-    subsystem.add_namespace(device)
-    target.add_subsystem(subsystem)
-    server = TargetServer(target)
-    listener = await server.listen(config.host, config.port)
-    port = int(listener.trsvcid)
-    what = "RAM" if config.ram else f"file {config.state_dir / 'demo.img'}"
-    announce(f"sbstore: serving {DEMO_NQN} ({config.size_bytes >> 20} MiB, {what}) "
-             f"on {config.host}:{port}")
-    announce("A host attaches it with:")
-    for line in connect_lines(DEMO_NQN, config.host, port):
-        announce(f"  {line}")
-    try:
-        await stop.wait()
-    finally:
-        announce("sbstore: stopping")
-        await server.close()
-        close = getattr(device, "close", None)
-        if close is not None:
-            close()
+    async with contextlib.AsyncExitStack() as stack:
+        lock_fd = _lock_state_dir(config.state_dir)
+        stack.callback(os.close, lock_fd)
+        try:
+            state = StateStore(config.state_db)
+        except StateError as exc:
+            raise DaemonError(str(exc)) from None
+        stack.callback(state.close)
+
+        pools: dict[str, Any] = {}
+
+        async def close_pools() -> None:
+            for name, pool in pools.items():
+                try:
+                    await pool.aclose()
+                except Exception:  # noqa: BLE001 (close the others)
+                    log.exception("closing pool %s failed", name)
+        stack.push_async_callback(close_pools)
+        for pc in config.pools:
+            pools[pc.name] = _open_pool(pc)
+            log.info("pool %s: %s open", pc.name, pc.path)
+
+        target = Target()
+        server = TargetServer(target)
+        stack.push_async_callback(server.close)
+        service = ControlService(state, pools, target, server)
+        stack.push_async_callback(service.close)
+        await service.restore()
+
+        ram_device = None
+        if demo is not None:
+            if demo.ram:
+                from target.blockdev import RamDevice
+                ram_device = RamDevice(demo.size_bytes, block_size=4096)
+                subsystem = Subsystem(DEMO_NQN, serial="SBSDEMO0001",
+                                      model="sbstore demo volume", allow_any_host=True)
+                subsystem.add_namespace(ram_device)
+                target.add_subsystem(subsystem)
+            else:
+                try:
+                    await _ensure_demo(service)
+                except ControlError as exc:
+                    raise DaemonError(f"cannot set up the demo volume: {exc}") from None
+
+        token = _read_token(config.api.token_file) if config.api.listen else None
+        configured = [ListenerRecord(0, "config", lc.port, lc.address, lc.interface)
+                      for lc in config.listeners]
+        try:
+            problems = await service.open_listeners(configured)
+        except (OSError, ValueError) as exc:
+            where = ", ".join(lc.where for lc in config.listeners)
+            raise DaemonError(f"cannot listen on {where}: "
+                              f"{getattr(exc, 'strerror', None) or exc}") from None
+        for problem in problems:
+            log.error("listener not restored: %s", problem)
+
+        api = ApiServer(service, token=token)
+        stack.push_async_callback(api.close)
+        try:
+            await api.start(socket_path=str(config.api.socket) if config.api.socket else None,
+                            tcp=config.api.listen)
+        except OSError as exc:
+            raise DaemonError(f"cannot start the API: {exc.strerror or exc}") from None
+
+        metrics = None
+        if config.metrics.enabled:
+            metrics = _start_metrics(config.metrics, service, pools, target, server)
+            stack.push_async_callback(metrics.aclose)
+
+        watchdog = asyncio.ensure_future(sdnotify.watchdog_loop())
+
+        async def stop_watchdog() -> None:
+            watchdog.cancel()
+            await asyncio.gather(watchdog, return_exceptions=True)
+        stack.push_async_callback(stop_watchdog)
+
+        live = service.list_listeners()
+        bound = [(b["address"], b["port"]) for x in live for b in x["bound"]]
+        sdnotify.ready(f"serving {len(service.list_exports())} export(s) on "
+                       f"{len(bound)} address(es)")
+        if demo is not None:
+            first = next((x for x in live if x["source"] == "config"), None)
+            port = first["bound"][0]["port"] if first and first["bound"] else demo.port
+            what = "RAM" if demo.ram else f"pool {pools[DEMO_POOL].path}"
+            announce(f"sbstore: serving {DEMO_NQN} ({demo.size_bytes >> 20} MiB, {what}) "
+                     f"on {demo.host}:{port}")
+            announce("A host attaches it with:")
+            for line in connect_lines(DEMO_NQN, demo.host, port):
+                announce(f"  {line}")
+        else:
+            for address, port in bound:
+                announce(f"sbstore: NVMe/TCP on {_where(address, port)}")
+        if api.socket_path:
+            announce(f"Manage it with: sbstore --socket {api.socket_path} volume list")
+        if api.tcp_address:
+            announce(f"API on http://{_where(*api.tcp_address)} (bearer token from "
+                     f"{config.api.token_file})")
+        if metrics is not None:
+            announce(f"Metrics: {metrics.url}")
+
+        try:
+            await stop.wait()
+        finally:
+            sdnotify.stopping("stopping")
+            announce("sbstore: stopping")
+    log.info("stopped")
+
+
+async def serve_demo(config: DemoConfig, *, announce: Callable[[str], None] = print,
+                     stop: asyncio.Event | None = None) -> None:
+    """Serve the demo volume to any host until ``stop`` is set (or SIGINT/SIGTERM)."""
+    if config.ram and config.state_dir == default_state_dir():
+        # A RAM demo keeps nothing: do not touch the user's state directory.
+        with tempfile.TemporaryDirectory(prefix="sbstore-ram-") as tmp:
+            ram = DemoConfig(config.host, config.port, Path(tmp), True, config.size_bytes,
+                             config.metrics_port)
+            await run_daemon(demo_config(ram), demo=ram, announce=announce, stop=stop)
+        return
+    await run_daemon(demo_config(config), demo=config, announce=announce, stop=stop)

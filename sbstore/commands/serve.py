@@ -1,4 +1,4 @@
-"""``sbstore serve``: run the target daemon."""
+"""``sbstore serve``: run the daemon, from a config file or as the self-contained demo."""
 from __future__ import annotations
 
 import argparse
@@ -10,54 +10,69 @@ from sbstore.cli import CommandError
 
 def parse_listen(text: str) -> tuple[str, int]:
     """``HOST:PORT``, ``[V6]:PORT`` or ``HOST`` (port 4420)."""
-    from sbstore.daemon import DEFAULT_PORT
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = rest.lstrip(":") or str(DEFAULT_PORT)
-    elif text.count(":") == 1:
-        host, port = text.split(":")
-    else:
-        host, port = text, str(DEFAULT_PORT)
-    if not host:
-        raise argparse.ArgumentTypeError(f"{text!r}: no address")
+    from sbstore.config import DEFAULT_NVME_PORT, parse_host_port
     try:
-        number = int(port)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: port {port!r} is not a number") from None
-    if not 0 <= number <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r}: port {number} is out of range")
-    return host, number
+        return parse_host_port(text, DEFAULT_NVME_PORT)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("serve", help="run the NVMe/TCP target daemon",
-                              description="Run the sbstore daemon. With --demo: a file-backed "
-                              "1 GiB volume exported to any host, nothing else needed.")
-    p.add_argument("--demo", action="store_true", required=True,
-                   help="serve the embedded demo volume (nqn.2026-11.io.sbstore:demo)")
-    p.add_argument("--listen", type=parse_listen, default=None, metavar="HOST:PORT",
-                   help="address to listen on (default 127.0.0.1:4420)")
-    p.add_argument("--state-dir", type=Path, default=None,
-                   help="where the demo keeps its data (default ~/.local/state/sbstore)")
-    p.add_argument("--ram", action="store_true",
-                   help="serve a RAM device instead of the file (measures the protocol alone)")
-    p.add_argument("--log-level", default="info",
-                   choices=["debug", "info", "warning", "error"])
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "serve", help="run the NVMe/TCP target daemon",
+        description="Run the sbstore daemon: from a TOML config (--config, see "
+                    "systemd/sbstore.toml), or the demo (--demo: a pool file in the state "
+                    "directory with one 1 GiB volume exported to any host, nothing else "
+                    "needed).")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--config", type=Path, metavar="FILE", help="the daemon's TOML config")
+    mode.add_argument("--demo", action="store_true",
+                      help="serve the embedded demo volume (nqn.2026-11.io.sbstore:demo)")
+    demo = p.add_argument_group("--demo only")
+    demo.add_argument("--listen", type=parse_listen, default=None, metavar="HOST:PORT",
+                      help="address to listen on (default 127.0.0.1:4420)")
+    demo.add_argument("--state-dir", type=Path, default=None,
+                      help="where the demo keeps its pool, state and API socket (default "
+                           "~/.local/state/sbstore)")
+    demo.add_argument("--ram", action="store_true",
+                      help="serve a RAM device instead of the pool volume (measures the "
+                           "protocol alone; nothing is kept)")
+    p.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"],
+                   help="default: the config's [log] level, info for the demo")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import uvloop
 
-    from sbstore.daemon import DEFAULT_PORT, DemoConfig, default_state_dir, serve_demo
+    from sbstore.config import ConfigError, default_state_dir, load_config
+    from sbstore.daemon import DEFAULT_PORT, DaemonError, DemoConfig, run_daemon, serve_demo
 
-    logging.basicConfig(level=args.log_level.upper(),
+    if args.config is not None:
+        for flag in ("listen", "state_dir"):
+            if getattr(args, flag) is not None:
+                raise CommandError(f"--{flag.replace('_', '-')} is for --demo; with --config "
+                                   f"set it in the config file", exit_code=2)
+        if args.ram:
+            raise CommandError("--ram is for --demo", exit_code=2)
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            raise CommandError(str(exc), exit_code=2) from None
+        level = args.log_level or config.log.level
+    else:
+        level = args.log_level or "info"
+    logging.basicConfig(level=level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    host, port = args.listen or ("127.0.0.1", DEFAULT_PORT)
-    config = DemoConfig(host=host, port=port, state_dir=args.state_dir or default_state_dir(),
-                        ram=args.ram)
+    announce = lambda line: print(line, flush=True)  # noqa: E731
     try:
-        uvloop.run(serve_demo(config, announce=lambda line: print(line, flush=True)))
-    except OSError as exc:
-        raise CommandError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from exc
+        if args.config is not None:
+            uvloop.run(run_daemon(config, announce=announce))
+        else:
+            host, port = args.listen or ("127.0.0.1", DEFAULT_PORT)
+            demo = DemoConfig(host=host, port=port,
+                              state_dir=args.state_dir or default_state_dir(), ram=args.ram)
+            uvloop.run(serve_demo(demo, announce=announce))
+    except DaemonError as exc:
+        raise CommandError(str(exc)) from None
     return 0
