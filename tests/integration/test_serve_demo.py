@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from sbstore.store import Pool
 from target.host import Controller, discover
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -31,7 +32,7 @@ def demo(tmp_path):
         m = re.search(r" on 127\.0\.0\.1:(\d+)$", line.strip())
         if m:
             port = int(m.group(1))
-    for _ in range(3):
+    for _ in range(5):
         lines.append(proc.stdout.readline().rstrip())
     try:
         assert port, f"the demo did not start: {lines}"
@@ -47,6 +48,7 @@ async def test_demo_serves_and_stops_cleanly(demo):
     text = "\n".join(lines)
     assert f"nvme discover -t tcp -a 127.0.0.1 -s {port}" in text
     assert f"nvme connect -t tcp -a 127.0.0.1 -s {port} -n nqn.2026-11.io.sbstore:demo" in text
+    assert f"sbstore --socket {state_dir / 'api.sock'} volume list" in text
     entries = await discover("127.0.0.1", port)
     assert "nqn.2026-11.io.sbstore:demo" in {e.subnqn for e in entries}
     async with await Controller.connect("127.0.0.1", port, "nqn.2026-11.io.sbstore:demo",
@@ -55,8 +57,11 @@ async def test_demo_serves_and_stops_cleanly(demo):
         assert ns.nsze * ns.block_size == 1 << 30
         await ctrl.write(1, 5, b"\xc3" * ns.block_size)
         await ctrl.flush(1)
-    with open(state_dir / "demo.img", "rb") as f:
-        f.seek(5 * ns.block_size)
-        assert f.read(ns.block_size) == b"\xc3" * ns.block_size
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(10) == 0
+    # The flushed block is in the demo volume of the demo pool (opened once the daemon let go).
+    with Pool.open(state_dir / "demo.pool", readonly=True) as pool:
+        vol = pool.volume("demo")
+        assert vol.size_bytes == 1 << 30 and vol.block_size == ns.block_size
+        assert bytes(await vol.read(5, 1)) == b"\xc3" * ns.block_size
+        assert bytes(await vol.read(6, 1)) == bytes(ns.block_size)
