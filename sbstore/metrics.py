@@ -36,6 +36,8 @@ Per tenant, label ``tenant``, summed over its exported volumes:
   sbstore_tenant_reads_total ... sbstore_tenant_flush_latency_seconds  (as per volume)
   sbstore_tenant_queued_ios                  I/Os waiting in the QoS queue (with a QoS source)
   sbstore_tenant_throttled_seconds_total     time I/Os spent held by limits (with a QoS source)
+  sbstore_tenant_qos_dispatched_ios_total    I/Os the QoS queue passed to the backend (idem)
+  sbstore_tenant_qos_dispatched_bytes_total  bytes of those I/Os (idem)
 Per pool, label ``pool``:
   sbstore_pool_info{uuid,path}               1
   sbstore_pool_capacity_bytes                data capacity
@@ -81,6 +83,7 @@ import sbstore
 from sbstore.iostats import IoStats
 
 if TYPE_CHECKING:
+    from sbstore.qos import TenantQosStats
     from sbstore.store.pool import Pool, PoolStats
     from target.server import TargetServer
     from target.subsystem import Target
@@ -141,11 +144,19 @@ class TargetSample:
 
 @dataclass(frozen=True)
 class TenantQosSample:
-    """What a tenant's QoS queue reports (room for sbstore.qos)."""
+    """What a tenant's QoS queue reports (``sbstore.qos.QosManager.stats()``)."""
 
     tenant: str
     queued_ios: int
     throttled_seconds: float
+    dispatched_ios: int = 0
+    dispatched_bytes: int = 0
+
+    @classmethod
+    def of(cls, stats: TenantQosStats) -> TenantQosSample:
+        """From one tenant's ``QosManager.stats()`` entry."""
+        return cls(stats.tenant, stats.queued_ios, stats.throttled_seconds,
+                   stats.dispatched_ios, stats.dispatched_bytes)
 
 
 def _none() -> tuple[()]:
@@ -314,10 +325,18 @@ def families(snap: Snapshot) -> list[Metric]:
         throttled = CounterMetricFamily("sbstore_tenant_throttled_seconds",
                                         "Time the tenant's I/Os were held by its limits.",
                                         labels=["tenant"])
+        dispatched = CounterMetricFamily("sbstore_tenant_qos_dispatched_ios",
+                                         "I/Os the tenant's QoS queue passed to the backend.",
+                                         labels=["tenant"])
+        dispatched_bytes = CounterMetricFamily(
+            "sbstore_tenant_qos_dispatched_bytes",
+            "Bytes of the I/Os the tenant's QoS queue passed to the backend.", labels=["tenant"])
         for q in snap.qos:
             queued.add_metric([q.tenant], q.queued_ios)
             throttled.add_metric([q.tenant], q.throttled_seconds)
-        out += [queued, throttled]
+            dispatched.add_metric([q.tenant], q.dispatched_ios)
+            dispatched_bytes.add_metric([q.tenant], q.dispatched_bytes)
+        out += [queued, throttled, dispatched, dispatched_bytes]
 
     # Pools.
     info = GaugeMetricFamily("sbstore_pool_info", "A pool's identity.",
