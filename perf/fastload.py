@@ -6,7 +6,9 @@ the physical core, slows it. This engine keeps ``qd`` reads or in-capsule writes
 queue with almost no per-I/O work: capsules are prebuilt and only cid and SLBA are patched;
 responses are parsed with ``struct.unpack_from`` straight from a reusable receive buffer and
 every completion's status is checked. Reads need the SUCCESS flag path or a CapsuleResp; both
-are handled. Writes must fit in the capsule (the target advertises 8 KiB).
+are handled. A write that fits in the capsule (the target advertises 8 KiB) carries its data
+in-capsule; a larger one is sent as a bare capsule (SGL transport data block) and its data
+follows each R2T as H2CData PDUs of at most the queue's MAXH2CDATA (so 128k writes work).
 
 It speaks only what it needs (digests off, HPDA 0); correctness testing is the general
 initiator's job, not this one's.
@@ -24,7 +26,9 @@ from target.host.controller import Controller
 
 CH = struct.Struct("<BBBBI")  # type, flags, hlen, pdo, plen
 CAPSULE_HLEN = 72
-T_CAPSULE_CMD, T_CAPSULE_RESP, T_C2H_DATA = 0x04, 0x05, 0x07
+T_CAPSULE_CMD, T_CAPSULE_RESP, T_H2C_DATA, T_C2H_DATA, T_R2T = 0x04, 0x05, 0x06, 0x07, 0x09
+DATA_HDR = struct.Struct("<BBBBIHHII4x")  # CH, cccid, ttag, datao|r2to, datal|r2tl
+DATA_HLEN = 24
 F_LAST, F_SUCCESS = 0x04, 0x08
 RECV_BUF = 4 << 20
 
@@ -34,7 +38,8 @@ class FastQueue(asyncio.BufferedProtocol):
 
     def __init__(self, *, nsid: int, block_size: int, bs: int, qd: int, write: bool,
                  span_blocks: int, stop_at: float, max_ios: int, seed: int,
-                 done: asyncio.Future[None], sequential: bool = False) -> None:
+                 done: asyncio.Future[None], sequential: bool = False,
+                 incapsule: bool = True, maxh2cdata: int = 1 << 20) -> None:
         self.nblocks = bs // block_size
         self.span = max(1, span_blocks // self.nblocks)
         self.qd, self.write, self.stop_at, self.max_ios = qd, write, stop_at, max_ios
@@ -54,18 +59,23 @@ class FastQueue(asyncio.BufferedProtocol):
         self.transport: Any = None
         self.stopping = False
         # The capsule: common header + SQE (+ in-capsule data for writes).
-        data_len = bs if write else 0
+        in_capsule = write and incapsule
+        data_len = bs if in_capsule else 0
         sqe = bytearray(64)
         struct.pack_into("<BBHI", sqe, 0, 0x01 if write else 0x02, 0x40, 0, nsid)
-        # SGL: in-capsule (0x01) for writes, transport data block (0x5A) for reads.
-        struct.pack_into("<QI3xB", sqe, 24, 0, bs, 0x01 if write else 0x5A)
+        # SGL: in-capsule (0x01) for small writes, transport data block (0x5A) for reads and
+        # for writes whose data follows an R2T.
+        struct.pack_into("<QI3xB", sqe, 24, 0, bs, 0x01 if in_capsule else 0x5A)
         struct.pack_into("<I", sqe, 48, self.nblocks - 1)
-        header = CH.pack(T_CAPSULE_CMD, 0, CAPSULE_HLEN, CAPSULE_HLEN if write else 0,
+        header = CH.pack(T_CAPSULE_CMD, 0, CAPSULE_HLEN, CAPSULE_HLEN if in_capsule else 0,
                          CAPSULE_HLEN + data_len)
         self.template = [bytearray(header + sqe) for _ in range(qd)]
         for cid, t in enumerate(self.template):
             struct.pack_into("<H", t, 8 + 2, cid)
         self.payload = bytes(random.Random(seed).randbytes(bs)) if write else b""
+        self.payload_view = memoryview(self.payload)
+        self.maxh2cdata = maxh2cdata
+        self.r2t_writes = write and not incapsule  # data goes after R2T, not in the capsule
 
     def _capsule(self, cid: int, out: list[Any]) -> None:
         t = self.template[cid]
@@ -78,8 +88,21 @@ class FastQueue(asyncio.BufferedProtocol):
         self.sent_at[cid] = time.perf_counter_ns()
         self.issued += 1
         out.append(bytes(t))
-        if self.write:
+        if self.write and not self.r2t_writes:
             out.append(self.payload)
+
+    def _send_data(self, buf: bytearray, pos: int, out: list[Any]) -> None:
+        """Answer the R2T at ``pos`` with H2CData PDUs carrying the range it asks for."""
+        _, _, _, _, _, cccid, ttag, r2to, r2tl = DATA_HDR.unpack_from(buf, pos)
+        end = r2to + r2tl
+        step = self.maxh2cdata
+        off = r2to
+        while off < end:
+            n = min(step, end - off)
+            out.append(DATA_HDR.pack(T_H2C_DATA, F_LAST if off + n == end else 0, DATA_HLEN,
+                                     DATA_HLEN, DATA_HLEN + n, cccid, ttag, off, n))
+            out.append(self.payload_view[off:off + n])
+            off += n
 
     def begin(self, transport: Any) -> None:
         self.transport = transport
@@ -118,6 +141,10 @@ class FastQueue(asyncio.BufferedProtocol):
                     pos += plen
                     continue  # the CapsuleResp that follows completes it
                 cid = struct.unpack_from("<H", buf, pos + 8)[0]
+            elif ptype == T_R2T and self.r2t_writes:
+                self._send_data(buf, pos, out)
+                pos += plen
+                continue
             else:
                 self.errors += 1
                 self.stopping = True
@@ -149,19 +176,22 @@ async def run_fast(ctrl: Controller, *, nsid: int, rw: str, bs: int, qd: int, se
     ns = ctrl.namespaces[nsid]
     write = rw.endswith("write")
     if rw not in ("randread", "randwrite", "read", "write"):
-        raise ValueError("the fast engine does reads and in-capsule writes")
-    if write and bs > ctrl.admin.incapsule_limit and bs > (ctrl.info.ioccsz * 16 - 64):
-        raise ValueError("fast writes must fit in the capsule")
+        raise ValueError("the fast engine does reads and writes")
+    incapsule = bs <= ctrl.admin.incapsule_limit or bs <= (ctrl.info.ioccsz * 16 - 64)
     span = (span_bytes // ns.block_size) if span_bytes else ns.nsze
     loop = asyncio.get_running_loop()
     stop_at = time.perf_counter() + seconds
     queues = []
     for i, qc in enumerate(ctrl.io_queues):
         fut: asyncio.Future[None] = loop.create_future()
+        params = qc.params
+        if params is not None and (params.cpda or params.hdgst or params.ddgst):
+            raise ValueError("the fast engine speaks CPDA 0 without digests")
         fq = FastQueue(nsid=nsid, block_size=ns.block_size, bs=bs, qd=qd, write=write,
                        span_blocks=span, stop_at=stop_at,
                        max_ios=max_ios // len(ctrl.io_queues), seed=seed + i, done=fut,
-                       sequential=not rw.startswith("rand"))
+                       sequential=not rw.startswith("rand"), incapsule=incapsule,
+                       maxh2cdata=params.maxh2cdata if params is not None else 1 << 20)
         transport = qc._transport
         transport.set_protocol(fq)
         queues.append((fq, transport, fut))
