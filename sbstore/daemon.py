@@ -53,12 +53,28 @@ DEMO_POOL_SIZE = 4 << 30
 DEFAULT_PORT = 4420
 MAX_SOCKET_PATH = 107
 
-__all__ = ["DEFAULT_PORT", "DEMO_NQN", "DaemonError", "DemoConfig", "connect_lines",
+__all__ = ["DEFAULT_PORT", "DEMO_NQN", "DaemonError", "DemoConfig", "Running", "connect_lines",
            "default_state_dir", "demo_config", "run_daemon", "serve_demo"]
 
 
 class DaemonError(Exception):
     """The daemon cannot start; the message says why and what to do."""
+
+
+@dataclass
+class Running:
+    """What a started daemon is made of (handed to ``run_daemon``'s ``ready`` callback, for
+    tests and embedding; use it from the daemon's loop only)."""
+
+    config: Config
+    service: Any
+    api: Any
+    metrics: Any
+    target: Target
+    server: TargetServer
+    pools: dict[str, Any]
+    loop: asyncio.AbstractEventLoop
+    stop: asyncio.Event
 
 
 @dataclass(frozen=True)
@@ -208,8 +224,10 @@ def _where(host: str, port: int | str) -> str:
 
 async def run_daemon(config: Config, *, demo: DemoConfig | None = None,
                      announce: Callable[[str], None] = print,
-                     stop: asyncio.Event | None = None) -> None:
-    """Run until ``stop`` is set (or SIGINT/SIGTERM). DaemonError when it cannot start."""
+                     stop: asyncio.Event | None = None,
+                     ready: Callable[[Running], None] | None = None) -> None:
+    """Run until ``stop`` is set (or SIGINT/SIGTERM). DaemonError when it cannot start.
+    ``ready(running)`` is called once everything is up."""
     from sbstore.control.api import ApiServer
     from sbstore.control.service import ControlError, ControlService
 
@@ -321,6 +339,8 @@ async def run_daemon(config: Config, *, demo: DemoConfig | None = None,
         if metrics is not None:
             announce(f"Metrics: {metrics.url}")
 
+        if ready is not None:
+            ready(Running(config, service, api, metrics, target, server, pools, loop, stop))
         try:
             await stop.wait()
         finally:
