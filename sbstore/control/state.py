@@ -126,10 +126,10 @@ class StateStore:
     """The database. ``StateStore(path)`` opens (creating it and the ``default`` tenant if
     new); ``close()`` when done."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 5.0) -> None:
         self.path = Path(path)
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=busy_timeout_s)
         except sqlite3.Error as exc:
             raise StateError(f"{self.path}: cannot open the state database: {exc}") from None
         self._depth = 0
@@ -288,7 +288,11 @@ class StateStore:
     def _put_tenant(self, rec: TenantRecord) -> None:
         cols = ", ".join(_POLICY_FIELDS)
         marks = ", ".join("?" for _ in _POLICY_FIELDS)
-        self._db.execute(f"INSERT OR REPLACE INTO tenants (name, {cols}) VALUES (?, {marks})",
+        # An upsert, not INSERT OR REPLACE: replacing deletes the row first, which the
+        # volumes' foreign key refuses while the tenant has volumes.
+        updates = ", ".join(f"{f} = excluded.{f}" for f in _POLICY_FIELDS)
+        self._db.execute(f"INSERT INTO tenants (name, {cols}) VALUES (?, {marks}) "
+                         f"ON CONFLICT (name) DO UPDATE SET {updates}",
                          (rec.name, *(getattr(rec.policy, f) for f in _POLICY_FIELDS)))
 
     def put_tenant(self, rec: TenantRecord) -> None:
@@ -314,8 +318,11 @@ class StateStore:
         cols = ", ".join(_POLICY_FIELDS)
         marks = ", ".join("?" for _ in _POLICY_FIELDS)
         values = tuple(getattr(rec.limits, f) if rec.limits else None for f in _POLICY_FIELDS)
-        self._write(f"INSERT OR REPLACE INTO volumes (pool, uuid, tenant, has_limits, {cols}) "
-                    f"VALUES (?, ?, ?, ?, {marks})",
+        updates = ", ".join(f"{f} = excluded.{f}" for f in ("tenant", "has_limits",
+                                                              *_POLICY_FIELDS))
+        self._write(f"INSERT INTO volumes (pool, uuid, tenant, has_limits, {cols}) "
+                    f"VALUES (?, ?, ?, ?, {marks}) ON CONFLICT (pool, uuid) DO UPDATE SET "
+                    f"{updates}",
                     (rec.pool, rec.uuid, rec.tenant, int(rec.limits is not None), *values))
 
     def remove_volume(self, pool: str, uuid: str) -> None:

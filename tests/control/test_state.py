@@ -1,0 +1,180 @@
+"""The state database (one transaction per change, constraints, reopen) and the service's
+compensation: when persisting fails, what was applied to the pool or the target is undone.
+
+The failure is real, not mocked: a second SQLite connection holds the write lock, so the
+service's write times out ("database is locked")."""
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from sbstore.config import QosPolicy
+from sbstore.control.service import ControlError, ControlService, ErrorCode
+from sbstore.control.state import (
+    ListenerRecord,
+    NamespaceRecord,
+    StateError,
+    StateStore,
+    SubsystemRecord,
+    TenantRecord,
+    VolumeRecord,
+)
+from sbstore.store import Pool
+from target.server import TargetServer
+from target.subsystem import Target
+from tests.control.conftest import HOST_A, NQN_1
+
+
+def test_a_new_database_has_the_default_tenant_and_reopens(tmp_path: Path) -> None:
+    s = StateStore(tmp_path / "state.db")
+    assert s.created and s.tenants() == [TenantRecord("default", QosPolicy())]
+    s.add_listener(ListenerRecord(3, "api", 4420, address="127.0.0.1"))
+    s.add_subsystem(SubsystemRecord(NQN_1, False, "SER", "model", (HOST_A,),
+                                    (NamespaceRecord(2, "p", "u-1"),)))
+    s.put_tenant(TenantRecord("gold", QosPolicy(iops=10, burst_s=0.25, weight=9)))
+    s.put_volume(VolumeRecord("p", "u-1", "gold", QosPolicy(write_bps=1 << 20)))
+    dump = s.dump()
+    s.close()
+    s = StateStore(tmp_path / "state.db")
+    try:
+        assert not s.created and s.dump() == dump
+        assert s.listeners() == [ListenerRecord(3, "api", 4420, address="127.0.0.1")]
+        [sub] = s.subsystems()
+        assert sub.hosts == (HOST_A,) and sub.namespaces == (NamespaceRecord(2, "p", "u-1"),)
+        assert s.tenants()[1] == TenantRecord("gold", QosPolicy(iops=10, burst_s=0.25,
+                                                                  weight=9))
+        assert s.volumes() == [VolumeRecord("p", "u-1", "gold", QosPolicy(write_bps=1 << 20))]
+    finally:
+        s.close()
+
+
+def test_constraints_and_atomic_transactions(tmp_path: Path) -> None:
+    s = StateStore(tmp_path / "state.db")
+    try:
+        s.put_tenant(TenantRecord("gold", QosPolicy()))
+        s.put_volume(VolumeRecord("p", "u-1", "gold"))
+        before = s.dump()
+        with pytest.raises(sqlite3.IntegrityError):
+            s.remove_tenant("gold")  # it still has a volume
+        with pytest.raises(sqlite3.IntegrityError):
+            s.put_volume(VolumeRecord("p", "u-2", "nobody"))
+        with pytest.raises(sqlite3.IntegrityError):
+            s.add_namespace("nqn.none", NamespaceRecord(1, "p", "u-1"))
+        with pytest.raises(RuntimeError), s.transaction():
+            s.put_tenant(TenantRecord("silver", QosPolicy()))
+            s.add_subsystem(SubsystemRecord(NQN_1, True, "S", "M"))
+            raise RuntimeError("abandon the block")
+        assert s.dump() == before
+        # Changing a tenant that has volumes keeps them (an upsert, not delete + insert).
+        s.put_tenant(TenantRecord("gold", QosPolicy(iops=5)))
+        assert s.volumes() == [VolumeRecord("p", "u-1", "gold")]
+        # Deleting a subsystem takes its hosts and namespaces with it.
+        s.add_subsystem(SubsystemRecord(NQN_1, False, "S", "M", (HOST_A,),
+                                        (NamespaceRecord(1, "p", "u-1"),)))
+        s.remove_subsystem(NQN_1)
+        assert s.dump()["hosts"] == [] and s.dump()["namespaces"] == []
+    finally:
+        s.close()
+
+
+def test_not_a_state_database(tmp_path: Path) -> None:
+    (tmp_path / "junk.db").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StateError, match="not a usable sbstore state database"):
+        StateStore(tmp_path / "junk.db")
+    other = sqlite3.connect(tmp_path / "other.db")
+    other.execute("CREATE TABLE t (x)")
+    other.commit()
+    other.close()
+    with pytest.raises(StateError, match="not an sbstore state database"):
+        StateStore(tmp_path / "other.db")
+
+
+# --- compensation ---------------------------------------------------------------------------
+
+@dataclass
+class Parts:
+    service: ControlService
+    pool: Pool
+    target: Target
+    db: Path
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Another connection holds the database's write lock."""
+        other = sqlite3.connect(self.db, isolation_level=None, timeout=0.1)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+
+
+@pytest.fixture
+async def parts(tmp_path: Path) -> AsyncIterator[Parts]:
+    pool = Pool.create(tmp_path / "p.pool", 256 << 20)
+    state = StateStore(tmp_path / "state.db", busy_timeout_s=0.1)
+    target = Target()
+    server = TargetServer(target)
+    service = ControlService(state, {"p": pool}, target, server)
+    await service.restore()
+    try:
+        yield Parts(service, pool, target, tmp_path / "state.db")
+    finally:
+        await service.close()
+        await server.close()
+        await pool.aclose()
+        state.close()
+
+
+async def test_create_volume_is_undone_when_it_cannot_be_persisted(parts: Parts) -> None:
+    with parts.locked(), pytest.raises(sqlite3.OperationalError, match="locked"):
+        await parts.service.create_volume("v", 4 << 20)
+    assert [v.name for v in parts.pool.volumes] == []
+    assert parts.service.list_volumes() == []
+
+
+async def test_export_changes_are_undone_when_they_cannot_be_persisted(parts: Parts) -> None:
+    svc = parts.service
+    await svc.create_volume("v", 4 << 20)
+    await svc.create_volume("w", 4 << 20)
+    with parts.locked(), pytest.raises(sqlite3.OperationalError):
+        await svc.create_export(NQN_1, volumes=["v"], allow_any_host=True)
+    assert NQN_1 not in parts.target.subsystems and svc.list_exports() == []
+
+    await svc.create_export(NQN_1, volumes=["v"], allow_any_host=True)
+    before = svc.show_export(NQN_1)
+    with parts.locked():
+        with pytest.raises(sqlite3.OperationalError):
+            await svc.add_namespace(NQN_1, "w")
+        with pytest.raises(sqlite3.OperationalError):
+            await svc.remove_namespace(NQN_1, nsid=1)
+        with pytest.raises(sqlite3.OperationalError):
+            await svc.delete_volume("v", force=True)
+        with pytest.raises(sqlite3.OperationalError):
+            await svc.delete_export(NQN_1, force=True)
+    assert svc.show_export(NQN_1) == before
+    assert sorted(parts.target.subsystems[NQN_1].namespaces) == [1]
+    assert sorted(v.name for v in parts.pool.volumes) == ["v", "w"]
+
+
+async def test_a_failed_pool_delete_puts_the_namespaces_back(parts: Parts) -> None:
+    """Deleting a snapshot with two children fails in the pool after the force removed its
+    namespace: the namespace is exported again, under the same NSID."""
+    svc = parts.service
+    await svc.create_volume("v", 4 << 20)
+    await svc.create_snapshot("v", "s")
+    await svc.create_clone("s", "c")
+    await svc.create_export(NQN_1, volumes=["v", "s"], allow_any_host=True)
+    before = svc.show_export(NQN_1)
+    with pytest.raises(ControlError) as refused:
+        await svc.delete_volume("s", force=True, kind="snapshot")
+    assert refused.value.code is ErrorCode.FAILED_PRECONDITION
+    assert "children" in refused.value.message
+    assert svc.show_export(NQN_1) == before
+    assert sorted(parts.target.subsystems[NQN_1].namespaces) == [1, 2]
