@@ -563,6 +563,7 @@ class Pool:
             if vol.is_snapshot:
                 raise InvalidArgument(f"{vol.name!r} is a snapshot; clone it to get a volume "
                                       f"you can snapshot")
+            self._check_not_busy(vol)  # an inflate would leave the new snapshot sharing data
             self._check_new_name(name)
             await self._make_room(lambda: (0, self._share_cost(vol)))
             vol = self._resolve(vol)

@@ -374,7 +374,37 @@ async def test_deleted_volume_io_fails_and_busy_inflate(pool: Pool) -> None:
     pool._busy[c.id] = "inflating"
     with pytest.raises(Busy, match="inflating"):
         await pool.delete(c)
+    with pytest.raises(Busy, match="inflating"):
+        await c.snapshot("during-inflate")
+    with pytest.raises(Busy, match="inflating"):
+        await c.resize(2 << 20)
     pool._busy.clear()
+
+
+async def test_io_during_inflate(pool: Pool) -> None:
+    """Writes and reads go on while an inflate copies (it yields between batches)."""
+    v = await pool.create_volume("v", 4 << 20)
+    base = os.urandom(4 << 20)
+    await v.write(0, base)
+    s = await v.snapshot("s")
+    c = await pool.clone(s, "c")
+    expect = bytearray(base)
+
+    async def io() -> None:
+        for i in range(40):
+            lba = (i * 977) % (8192 - 8)
+            data = bytes([i]) * 4096
+            await c.write(lba, data)
+            expect[lba * 512:lba * 512 + 4096] = data
+            assert bytes(await c.read(lba, 8)) == data
+            await asyncio.sleep(0)
+
+    await asyncio.gather(pool.inflate(c), io())
+    assert c.parent is None
+    assert bytes(await c.read(0, 8192)) == bytes(expect)
+    assert bytes(await s.read(0, 8192)) == base
+    await pool.flush()
+    assert_clean(pool.path)
 
 
 async def test_new_pool_refuses_to_overwrite_without_force(pool_path: Path) -> None:
