@@ -24,6 +24,7 @@ The I/O methods are the ``target.blockdev.BlockDevice`` interface; errors are ``
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import os
 import time
@@ -32,7 +33,7 @@ from array import array
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .errors import Corrupt, InvalidArgument, NotFound, OutOfRange, ReadOnly
+from .errors import Corrupt, InvalidArgument, NoSpace, NotFound, OutOfRange, ReadOnly
 from .layout import LEAF_SHIFT, VOL_SNAPSHOT, VolumeRecord, ceil_div
 from .pagetree import PageTree, leaf_slice_bytes, load_entries
 
@@ -41,8 +42,13 @@ if TYPE_CHECKING:
 
 Buffer = bytes | bytearray | memoryview
 
-# A deallocate/write-zeroes over a large range yields to the event loop after this many leaves.
-_LEAVES_PER_SLICE = 16
+
+
+def _write_error(exc: OSError) -> Exception:
+    """A full file system under a pool file is the pool being full (Capacity Exceeded)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpace(f"the file system holding the pool is full ({exc.strerror})")
+    return exc
 
 
 class Volume:
@@ -254,7 +260,11 @@ class Volume:
             if p and self._rc[p] == 1:
                 loc = self.tree.leaf_loc[ci >> LEAF_SHIFT]
                 if (not loc or self._mrefs[loc] == 1) and not pool._is_unstable(p):
-                    if os.pwritev(self._fd, [data], (p << self._cshift) + co) != n:
+                    try:
+                        done = os.pwritev(self._fd, [data], (p << self._cshift) + co)
+                    except OSError as exc:
+                        raise _write_error(exc) from exc
+                    if done != n:
                         raise OSError(f"short write to cluster {p}")
                     if not pool._dirty:
                         pool._note_data()
@@ -322,7 +332,11 @@ class Volume:
         n = len(seg)
         if p and self._rc[p] == 1 and (not loc or self._mrefs[loc] == 1) \
                 and not pool._is_unstable(p):
-            if os.pwritev(self._fd, [seg], (p << shift) + co) != n:
+            try:
+                done = os.pwritev(self._fd, [seg], (p << shift) + co)
+            except OSError as exc:
+                raise _write_error(exc) from exc
+            if done != n:
                 raise OSError(f"short write to cluster {p}")
             return
         space = pool._space
@@ -351,7 +365,11 @@ class Volume:
                     iov.insert(0, zeros[:co])
                 if tail:
                     iov.append(zeros[:tail])
-            if os.pwritev(self._fd, iov, new << shift) != csize:
+            try:
+                done = os.pwritev(self._fd, iov, new << shift)
+            except OSError as exc:
+                raise _write_error(exc) from exc
+            if done != csize:
                 raise OSError(f"short write to cluster {new}")
         except BaseException:
             space.unalloc(new)

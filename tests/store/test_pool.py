@@ -471,3 +471,29 @@ async def test_stats_accounting(pool: Pool) -> None:
     info = v.info()
     assert info["parent"] == "s" and info["kind"] == "volume"
     assert s.info()["children"] == ["v"]
+
+
+async def test_full_file_system_under_the_pool_is_no_space(pool: Pool,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC from the file system (an edge we do not own, so simulated) is NoSpace, and the
+    cluster the failed write took goes back."""
+    import errno
+
+    import sbstore.store.volume as volume_mod
+    v = await pool.create_volume("v", 1 << 20)
+    await v.write(0, b"a" * 512)
+    free = pool.stats().free_bytes
+    real = os.pwritev
+
+    def full(fd: int, bufs: list[bytes], offset: int) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(volume_mod.os, "pwritev", full)
+    with pytest.raises(NoSpace, match="file system holding the pool is full"):
+        await v.write(C // 512, b"b" * 512)  # a new cluster
+    with pytest.raises(NoSpace):
+        await v.write(0, b"c" * 512)  # in place
+    monkeypatch.setattr(volume_mod.os, "pwritev", real)
+    assert pool.stats().free_bytes == free
+    assert bytes(await v.read(0, 1)) == b"a" * 512
+    assert bytes(await v.read(C // 512, 1)) == bytes(512)
