@@ -1,0 +1,118 @@
+"""The daemon's metrics endpoint after real I/O through the target: the series docs/metrics.md
+documents, with the counts the host caused, per volume, per tenant, per pool and target-wide."""
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from target.host import Controller
+from target.host.queue_client import CommandFailed
+from tests.control.conftest import NQN_1, NQN_2, DaemonThread, in_thread
+
+DOCUMENTED = [
+    *(f"sbstore_volume_{s}" for s in (
+        "reads_total", "writes_total", "read_bytes_total", "written_bytes_total",
+        "flushes_total", "write_zeroes_total", "deallocates_total", "errors_total",
+        "read_latency_seconds", "write_latency_seconds", "flush_latency_seconds",
+        "size_bytes")),
+    "sbstore_tenant_volumes",
+    *(f"sbstore_tenant_{s}" for s in (
+        "reads_total", "writes_total", "read_bytes_total", "written_bytes_total",
+        "flushes_total", "write_zeroes_total", "deallocates_total", "errors_total",
+        "read_latency_seconds", "write_latency_seconds", "flush_latency_seconds")),
+    *(f"sbstore_pool_{s}" for s in (
+        "info", "capacity_bytes", "allocated_bytes", "free_bytes", "metadata_bytes",
+        "metadata_used_bytes", "volumes", "snapshots")),
+    "sbstore_connections", "sbstore_controllers", "sbstore_subsystems", "sbstore_namespaces",
+    "sbstore_listeners", "sbstore_build_info",
+]
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+async def test_metrics_after_io(daemon: DaemonThread) -> None:
+    daemon.ok("tenant", "create", "gold")
+    daemon.ok("volume", "create", "vol", "--size", "16M", "--tenant", "gold")
+    daemon.ok("snapshot", "create", "vol", "snap")
+    daemon.ok("export", "create", NQN_1, "--volume", "vol", "--allow-any-host")
+    daemon.ok("export", "create", NQN_2, "--volume", "snap", "--allow-any-host")
+    async with await Controller.connect("127.0.0.1", daemon.port, NQN_1,
+                                        nr_io_queues=2) as ctrl:
+        bs = ctrl.block_size(1)
+        for lba in range(8):
+            await ctrl.write(1, lba, bytes([lba]) * bs)
+        await ctrl.flush(1)
+        for lba in range(5):
+            await ctrl.read(1, lba, 1)
+        async with await Controller.connect("127.0.0.1", daemon.port, NQN_2) as snap_ctrl:
+            with pytest.raises(CommandFailed):
+                await snap_ctrl.write(1, 0, b"\x01" * bs)  # a snapshot is read-only
+            samples = await in_thread(scrape, daemon.metrics_url)
+
+    names = {name for name, _ in samples}
+    for series in DOCUMENTED:
+        assert any(n == series or n.startswith(series + "_") for n in names), series
+
+    vol = {"pool": "p1", "volume": "vol", "tenant": "gold"}
+    assert value(samples, "sbstore_volume_writes_total", **vol) == 8
+    assert value(samples, "sbstore_volume_written_bytes_total", **vol) == 8 * bs
+    assert value(samples, "sbstore_volume_reads_total", **vol) == 5
+    assert value(samples, "sbstore_volume_read_bytes_total", **vol) == 5 * bs
+    assert value(samples, "sbstore_volume_flushes_total", **vol) == 1
+    assert value(samples, "sbstore_volume_read_latency_seconds_count", **vol) == 5
+    assert value(samples, "sbstore_volume_write_latency_seconds_bucket", le="+Inf", **vol) == 8
+    assert value(samples, "sbstore_volume_read_latency_seconds_sum", **vol) > 0
+    assert value(samples, "sbstore_volume_size_bytes", **vol) == 16 << 20
+    assert value(samples, "sbstore_volume_errors_total", op="write", **vol) == 0
+    snap = {"pool": "p1", "volume": "snap", "tenant": "gold"}
+    assert value(samples, "sbstore_volume_errors_total", op="write", **snap) == 1
+
+    assert value(samples, "sbstore_tenant_volumes", tenant="gold") == 2
+    assert value(samples, "sbstore_tenant_writes_total", tenant="gold") == 8
+    assert value(samples, "sbstore_tenant_errors_total", tenant="gold", op="write") == 1
+
+    pool = {"pool": "p1"}
+    capacity = value(samples, "sbstore_pool_capacity_bytes", **pool)
+    allocated = value(samples, "sbstore_pool_allocated_bytes", **pool)
+    assert allocated > 0 and value(samples, "sbstore_pool_free_bytes", **pool) == \
+        capacity - allocated
+    assert value(samples, "sbstore_pool_volumes", **pool) == 1
+    assert value(samples, "sbstore_pool_snapshots", **pool) == 1
+
+    assert value(samples, "sbstore_subsystems") == 2
+    assert value(samples, "sbstore_namespaces") == 2
+    assert value(samples, "sbstore_listeners") == 1
+    assert value(samples, "sbstore_controllers", kind="io") == 2
+    assert value(samples, "sbstore_connections") >= 4  # two admin queues, three I/O queues
+
+
+async def test_counters_survive_a_re_export(daemon: DaemonThread) -> None:
+    daemon.ok("volume", "create", "vol", "--size", "4M")
+    daemon.ok("export", "create", NQN_1, "--volume", "vol", "--allow-any-host")
+    async with await Controller.connect("127.0.0.1", daemon.port, NQN_1) as ctrl:
+        await ctrl.read(1, 0, 1)
+    daemon.ok("export", "remove-volume", NQN_1, "vol")
+    samples = await in_thread(scrape, daemon.metrics_url)
+    assert not any(labels and dict(labels).get("volume") == "vol" for _, labels in samples)
+    daemon.ok("export", "add-volume", NQN_1, "vol")
+    async with await Controller.connect("127.0.0.1", daemon.port, NQN_1) as ctrl:
+        await ctrl.read(1, 0, 2)
+    await asyncio.sleep(0)
+    samples = await in_thread(scrape, daemon.metrics_url)
+    assert value(samples, "sbstore_volume_reads_total", pool="p1", volume="vol",
+                 tenant="default") == 2
