@@ -21,7 +21,8 @@ import argparse
 import importlib
 import json
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -110,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         what = " ".join(x for x in (args.command, getattr(args, "action", None)) if
                         isinstance(x, str))
         if getattr(args, "json", False):
-            error = {"code": exc.code or "FAILED", "message": str(exc)}
+            error: dict[str, Any] = {"code": exc.code or "FAILED", "message": str(exc)}
             if exc.status is not None:
                 error["status"] = exc.status
             print(json.dumps({"error": error}), file=sys.stderr)

@@ -188,13 +188,13 @@ def parse_size(text: str | int) -> int:
     """``10G`` -> 10737418240; an int is taken as bytes. Suffixes K, M, G, T, P (powers of
     1024), optionally followed by ``iB`` or ``B``. ValueError when it is not a size."""
     if isinstance(text, bool):
-        raise ValueError(f"{text!r} is not a size")
+        raise ValueError(f"{text!r} is not a size")  # noqa: TRY004 (callers catch ValueError)
     if isinstance(text, int):
         if text < 0:
             raise ValueError(f"{text} is not a size (negative)")
         return text
     if not isinstance(text, str):
-        raise ValueError(f"{text!r} is not a size")
+        raise ValueError(f"{text!r} is not a size")  # noqa: TRY004
     m = re.fullmatch(r"\s*(\d+)\s*([KMGTP]?)(?:I?B)?\s*", text.upper())
     if not m:
         raise ValueError(f"{text!r} is not a size (examples: 4096, 512K, 10G)")

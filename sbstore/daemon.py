@@ -254,7 +254,7 @@ async def run_daemon(config: Config, *, demo: DemoConfig | None = None,
             for name, pool in pools.items():
                 try:
                     await pool.aclose()
-                except Exception:  # noqa: BLE001 (close the others)
+                except Exception:
                     log.exception("closing pool %s failed", name)
         stack.push_async_callback(close_pools)
         for pc in config.pools:
@@ -283,7 +283,10 @@ async def run_daemon(config: Config, *, demo: DemoConfig | None = None,
                 except ControlError as exc:
                     raise DaemonError(f"cannot set up the demo volume: {exc}") from None
 
-        token = _read_token(config.api.token_file) if config.api.listen else None
+        token = None
+        if config.api.listen is not None:
+            assert config.api.token_file is not None  # the config's loader insists
+            token = _read_token(config.api.token_file)
         configured = [ListenerRecord(0, "config", lc.port, lc.address, lc.interface)
                       for lc in config.listeners]
         try:

@@ -14,14 +14,17 @@ def register(subparsers: Subparsers) -> None:
     sub.required = True
 
     p = sub.add_parser("create", help="clone SNAPSHOT as NAME")
-    p.add_argument("snapshot"), p.add_argument("name")
+    p.add_argument("snapshot")
+    p.add_argument("name")
     p.add_argument("--tenant", help="its tenant (default: the snapshot's)")
-    add_pool(p), add_json(p)
+    add_pool(p)
+    add_json(p)
     p.set_defaults(func=run_create)
 
     p = sub.add_parser("inflate", help="copy shared data so NAME no longer needs its snapshot")
     p.add_argument("name")
-    add_pool(p), add_json(p)
+    add_pool(p)
+    add_json(p)
     p.set_defaults(func=run_inflate)
 
 

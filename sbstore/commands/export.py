@@ -38,7 +38,8 @@ def register(subparsers: Subparsers) -> None:
     who.add_argument("--allow-any-host", action="store_true", help="admit every host")
     p.add_argument("--model", help="model number hosts see (default sbstore)")
     p.add_argument("--serial", help="serial number hosts see (default: from the NQN)")
-    add_pool(p), add_json(p)
+    add_pool(p)
+    add_json(p)
     p.set_defaults(func=run_create)
 
     p = sub.add_parser("list", help="list exports with namespaces and hosts")
@@ -60,16 +61,19 @@ def register(subparsers: Subparsers) -> None:
     p.set_defaults(func=run_set)
 
     p = sub.add_parser("add-volume", help="export one more volume (live)")
-    p.add_argument("nqn"), p.add_argument("volume")
+    p.add_argument("nqn")
+    p.add_argument("volume")
     p.add_argument("--nsid", type=int, help="the namespace id (default: the lowest free)")
-    add_pool(p), add_json(p)
+    add_pool(p)
+    add_json(p)
     p.set_defaults(func=run_add_volume)
 
     p = sub.add_parser("remove-volume", help="stop exporting a volume (live)")
     p.add_argument("nqn")
     p.add_argument("volume", nargs="?", help="the volume (or give --nsid)")
     p.add_argument("--nsid", type=int, help="the namespace id")
-    add_pool(p), add_json(p)
+    add_pool(p)
+    add_json(p)
     p.set_defaults(func=run_remove_volume)
 
     p = sub.add_parser("delete", help="delete an export (its hosts are disconnected)")

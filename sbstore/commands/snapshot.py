@@ -3,7 +3,15 @@ from __future__ import annotations
 
 import argparse
 
-from sbstore.commands._common import Subparsers, add_json, add_pool, call, emit, human, table
+from sbstore.commands._common import (
+    Subparsers,
+    add_json,
+    add_pool,
+    call,
+    emit,
+    human,
+    table,
+)
 from sbstore.commands.volume import volume_text
 from sbstore.control.client import path
 
@@ -15,31 +23,38 @@ def register(subparsers: Subparsers) -> None:
     sub.required = True
 
     p = sub.add_parser("create", help="snapshot VOLUME as NAME")
-    p.add_argument("volume"), p.add_argument("name")
-    add_pool(p), add_json(p)
+    p.add_argument("volume")
+    p.add_argument("name")
+    add_pool(p)
+    add_json(p)
     p.set_defaults(func=run_create)
 
     p = sub.add_parser("list", help="list snapshots")
     p.add_argument("--volume", help="only those in this volume's history (newest first)")
-    add_pool(p), add_json(p)
+    add_pool(p)
+    add_json(p)
     p.set_defaults(func=run_list)
 
     p = sub.add_parser("show", help="one snapshot in detail")
     p.add_argument("name")
-    add_pool(p), add_json(p)
+    add_pool(p)
+    add_json(p)
     p.set_defaults(func=run_show)
 
     p = sub.add_parser("delete", help="delete a snapshot (one child: folded into it)")
     p.add_argument("name")
     p.add_argument("--force", action="store_true", help="even if exported")
-    add_pool(p), add_json(p)
+    add_pool(p)
+    add_json(p)
     p.set_defaults(func=run_delete)
 
     p = sub.add_parser("revert", help="make VOLUME read what SNAPSHOT reads")
-    p.add_argument("volume"), p.add_argument("snapshot")
+    p.add_argument("volume")
+    p.add_argument("snapshot")
     p.add_argument("--force", action="store_true",
                    help="even if the volume is exported (its hosts see the data change)")
-    add_pool(p), add_json(p)
+    add_pool(p)
+    add_json(p)
     p.set_defaults(func=run_revert)
 
 

@@ -31,12 +31,14 @@ def register(subparsers: Subparsers) -> None:
 
     p = sub.add_parser("create", help="create a tenant")
     p.add_argument("name")
-    add_policy_options(p), add_json(p)
+    add_policy_options(p)
+    add_json(p)
     p.set_defaults(func=run_create)
 
     p = sub.add_parser("set", help="change a tenant's policy (only the fields given)")
     p.add_argument("name")
-    add_policy_options(p), add_json(p)
+    add_policy_options(p)
+    add_json(p)
     p.set_defaults(func=run_set)
 
     p = sub.add_parser("list", help="list tenants")

@@ -32,29 +32,35 @@ def register(subparsers: Subparsers) -> None:
     p.add_argument("--size", type=positive_size, required=True, help="e.g. 10G")
     p.add_argument("--block-size", type=int, choices=(512, 4096), default=4096)
     p.add_argument("--tenant", help="its tenant (default: default)")
-    add_pool(p), add_json(p)
+    add_pool(p)
+    add_json(p)
     p.set_defaults(func=run_create)
 
     p = sub.add_parser("list", help="list volumes")
     p.add_argument("--all", action="store_true", help="snapshots too")
     p.add_argument("--tenant", help="only this tenant's")
-    add_pool(p), add_json(p)
+    add_pool(p)
+    add_json(p)
     p.set_defaults(func=run_list)
 
     p = sub.add_parser("show", help="one volume or snapshot in detail")
     p.add_argument("name")
-    add_pool(p), add_json(p)
+    add_pool(p)
+    add_json(p)
     p.set_defaults(func=run_show)
 
     p = sub.add_parser("resize", help="grow a volume (connected hosts are told)")
     p.add_argument("name")
     p.add_argument("--size", type=positive_size, required=True, help="the new size")
-    add_pool(p), add_json(p)
+    add_pool(p)
+    add_json(p)
     p.set_defaults(func=run_resize)
 
     p = sub.add_parser("rename", help="rename a volume")
-    p.add_argument("name"), p.add_argument("new_name")
-    add_pool(p), add_json(p)
+    p.add_argument("name")
+    p.add_argument("new_name")
+    add_pool(p)
+    add_json(p)
     p.set_defaults(func=run_rename)
 
     p = sub.add_parser("set", help="move a volume to a tenant, set or clear its own limits")
@@ -62,14 +68,16 @@ def register(subparsers: Subparsers) -> None:
     p.add_argument("--tenant")
     p.add_argument("--clear-limits", action="store_true", help="drop the volume's own limits")
     add_policy_options(p)
-    add_pool(p), add_json(p)
+    add_pool(p)
+    add_json(p)
     p.set_defaults(func=run_set)
 
     p = sub.add_parser("delete", help="delete a volume")
     p.add_argument("name")
     p.add_argument("--force", action="store_true",
                    help="even if exported (it is removed from its exports first)")
-    add_pool(p), add_json(p)
+    add_pool(p)
+    add_json(p)
     p.set_defaults(func=run_delete)
 
 
@@ -77,8 +85,8 @@ def volume_text(v: dict[str, Any]) -> str:
     exports = ", ".join(f"{e['nqn']} (nsid {e['nsid']})" for e in v["exports"]) or "none"
     return fields([
         ("name", v["name"]), ("pool", v["pool"]), ("kind", v["kind"]), ("uuid", v["uuid"]),
-        ("size", f"{human(v['size_bytes'])} ({v['size_bytes']} bytes, "
-                 f"{v['block_size']}-byte blocks)"),
+        ("size", (f"{human(v['size_bytes'])} ({v['size_bytes']} bytes, "
+                  f"{v['block_size']}-byte blocks)")),
         ("allocated", human(v["allocated_bytes"])), ("parent", v["parent"]),
         ("children", ", ".join(v["children"]) or None), ("tenant", v["tenant"]),
         ("limits", policy_text(v["limits"]) if v["limits"] else "none (the tenant's apply)"),

@@ -18,7 +18,7 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import quote, urlencode, urlsplit
 
 from sbstore.config import DEFAULT_API_SOCKET, default_state_dir
@@ -117,7 +117,7 @@ class Client:
             self._conn.close()
             self._conn = None
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -162,7 +162,7 @@ class Client:
                 self.close()
                 raise Unreachable(f"no permission to use {self.where}: run as the daemon's "
                                   f"user (root for the system daemon)") from None
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 self.close()
                 raise Unreachable(f"the sbstore daemon at {self.where} did not answer within "
                                   f"{self.timeout_s:g} s") from None

@@ -13,7 +13,14 @@ from typing import Any
 import pytest
 
 from sbstore.control.client import _UnixConnection, path
-from tests.control.conftest import HOST_A, HOST_B, NQN_1, NQN_2, DaemonThread, make_config
+from tests.control.conftest import (
+    HOST_A,
+    HOST_B,
+    NQN_1,
+    NQN_2,
+    DaemonThread,
+    make_config,
+)
 
 NO_EXPORT = "nqn.2026-11.io.sbstore.test:none"
 
@@ -283,8 +290,8 @@ def test_http_level_errors_keep_the_daemon_serving(setup: DaemonThread) -> None:
         (b"POST /v1/volumes HTTP/1.1\r\nHost: x\r\n\r\n", 411),
         (b"POST /v1/volumes HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", 411),
         (b"POST /v1/volumes HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n", 413),
-        (b"POST /v1/volumes HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2"
-         b"\r\n\r\n", 400),
+        (b"POST /v1/volumes HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n"
+         + b"Content-Length: 2\r\n\r\n", 400),
         (b"GET /v1/status HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 20000 + b"\r\n\r\n", 431),
         (b"GET /v1/status HTTP/1.1\r\nHost: x\r\n Folded: y\r\n\r\n", 400),
         (b"GET v1/status HTTP/1.1\r\nHost: x\r\n\r\n", 400),

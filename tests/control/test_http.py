@@ -183,7 +183,7 @@ async def test_server_times_out_a_slow_request(tmp_path) -> None:
     try:
         reader, writer = await asyncio.open_connection(host, port)
         writer.write(b"GET /slow HTTP/1.1\r\nHo")
-        status, _, body = await asyncio.wait_for(_exchange(reader), 5)
+        status, _, _ = await asyncio.wait_for(_exchange(reader), 5)
         assert status == 408
         writer.close()
         # An idle connection is closed without an answer.

@@ -99,8 +99,8 @@ port = 4420
                                                                 ("10.99.1.1", 4420)})
             # A host in the namespace reaches the target on the new address.
             r = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c",
-                                "import socket; socket.create_connection(('10.99.1.1', 4420),"
-                                " timeout=5).close()"], capture_output=True, text=True,
+                                ("import socket; socket.create_connection(('10.99.1.1', "
+                                 "4420), timeout=5).close()")], capture_output=True, text=True,
                                timeout=30, check=False)
             assert r.returncode == 0, r.stderr
             ip("-n", netns, "addr", "del", "10.99.0.1/24", "dev", "sbs0")
