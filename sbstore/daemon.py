@@ -254,7 +254,7 @@ async def run_daemon(config: Config, *, demo: DemoConfig | None = None,
             for name, pool in pools.items():
                 try:
                     await pool.aclose()
-                except Exception:
+                except Exception:  # close the others
                     log.exception("closing pool %s failed", name)
         stack.push_async_callback(close_pools)
         for pc in config.pools:

@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sbstore.cli import EXIT_FAILED, EXIT_UNREACHABLE, CommandError
-from sbstore.config import QosPolicy, parse_size as _parse_size
+from sbstore.config import QosPolicy
+from sbstore.config import parse_size as _parse_size
 from sbstore.control.client import ApiError, Client, Unreachable
 
 Subparsers = argparse._SubParsersAction  # type: ignore[type-arg]

@@ -46,7 +46,13 @@ def run(args: argparse.Namespace) -> int:
     import uvloop
 
     from sbstore.config import ConfigError, default_state_dir, load_config
-    from sbstore.daemon import DEFAULT_PORT, DaemonError, DemoConfig, run_daemon, serve_demo
+    from sbstore.daemon import (
+        DEFAULT_PORT,
+        DaemonError,
+        DemoConfig,
+        run_daemon,
+        serve_demo,
+    )
 
     if args.config is not None:
         for flag in ("listen", "state_dir"):
@@ -64,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
         level = args.log_level or "info"
     logging.basicConfig(level=level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    announce = lambda line: print(line, flush=True)  # noqa: E731
+    def announce(line: str) -> None:
+        print(line, flush=True)
     try:
         if args.config is not None:
             uvloop.run(run_daemon(config, announce=announce))

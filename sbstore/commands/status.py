@@ -4,7 +4,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sbstore.commands._common import Subparsers, add_json, call, emit, fields, human, table
+from sbstore.commands._common import (
+    Subparsers,
+    add_json,
+    call,
+    emit,
+    fields,
+    human,
+    table,
+)
 
 
 def register(subparsers: Subparsers) -> None:

@@ -291,7 +291,7 @@ class HttpServer:
         for server in self._servers:
             try:
                 await asyncio.wait_for(server.wait_closed(), 5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         self._servers.clear()
         for p in self._unix_paths:
@@ -317,7 +317,7 @@ class HttpServer:
             pass
         except asyncio.CancelledError:
             pass
-        except Exception:  # noqa: BLE001 (one connection's failure must not stop the server)
+        except Exception:  # one connection's failure must not stop the server
             log.exception("API connection failed")
         finally:
             self._tasks.discard(task)
@@ -337,7 +337,7 @@ class HttpServer:
                 timeout = self.request_timeout_s if parser.pending else self.idle_timeout_s
                 try:
                     data = await asyncio.wait_for(reader.read(65536), timeout)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     if parser.pending:
                         writer.write(render_response(
                             error_response(408, "the request did not arrive in time"), False))
@@ -349,7 +349,7 @@ class HttpServer:
                 continue
             try:
                 response = await self.handler(request)
-            except Exception:  # noqa: BLE001 (answered as 500)
+            except Exception:  # answered as 500
                 log.exception("API handler failed on %s %s", request.method, request.target)
                 response = error_response(500, "internal error; the daemon's log has the "
                                                "details")

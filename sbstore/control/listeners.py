@@ -141,7 +141,7 @@ class ListenerSet:
         for listener_id in list(self.live):
             try:
                 await self.close(listener_id)
-            except Exception:  # noqa: BLE001 (shutting down: close the others)
+            except Exception:  # shutting down: close the others
                 log.exception("closing listener %d failed", listener_id)
 
     def info(self) -> list[dict[str, Any]]:

@@ -219,7 +219,7 @@ class ControlService:
         for observer in list(self._observers):
             try:
                 observer(change)
-            except Exception:
+            except Exception:  # an observer must not undo a committed change
                 log.exception("policy observer %r failed on %s", observer, change)
 
     def policies(self) -> tuple[dict[str, QosPolicy], dict[tuple[str, str], VolumeRecord]]:

@@ -8,7 +8,14 @@ from pathlib import Path
 
 from sbstore.config import ListenerConfig
 from target.host import Controller
-from tests.control.conftest import HOST_A, HOST_B, NQN_1, NQN_2, DaemonThread, make_config
+from tests.control.conftest import (
+    HOST_A,
+    HOST_B,
+    NQN_1,
+    NQN_2,
+    DaemonThread,
+    make_config,
+)
 
 
 def _free_port() -> int:
