@@ -47,24 +47,28 @@ def register(subparsers: Subparsers) -> None:
     p.set_defaults(func=run_remove)
 
 
+def _hostport(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
 def _where(x: dict[str, Any]) -> str:
     if x["interface"]:
         return f"interface {x['interface']} port {x['port']}"
-    host = f"[{x['address']}]" if ":" in x["address"] else x["address"]
-    return f"{host}:{x['port']}"
+    return _hostport(x["address"], x["port"])
 
 
 def run_add(args: argparse.Namespace) -> int:
     body = {"address": args.address, "interface": args.interface, "port": args.port}
     x = call(args, lambda c: c.post("/v1/listeners", body))
-    bound = ", ".join(f"{b['address']}:{b['port']}" for b in x["bound"]) or "no address yet"
+    bound = ", ".join(_hostport(b["address"], b["port"]) for b in x["bound"]) or \
+        "no address yet"
     return emit(args, x, f"listener {x['id']}: {_where(x)} ({bound})")
 
 
 def run_list(args: argparse.Namespace) -> int:
     xs = call(args, lambda c: c.get("/v1/listeners"))
     rows = [(x["id"], x["source"], _where(x), x["state"],
-             " ".join(f"{b['address']}:{b['port']}" for b in x["bound"]) or None)
+             " ".join(_hostport(b["address"], b["port"]) for b in x["bound"]) or None)
             for x in xs]
     return emit(args, xs, lambda _: table(rows, ("ID", "SOURCE", "WHERE", "STATE", "BOUND"),
                                           right=("ID",)))
