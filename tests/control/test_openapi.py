@@ -54,3 +54,11 @@ def test_served_document_and_unknown_fields(daemon: DaemonThread) -> None:
                 assert exc.status == 400 and "unknown field" in exc.message, (route, exc)
             else:
                 raise AssertionError(f"{route.method} {target} accepted an unknown field")
+
+
+def test_docs_list_every_route() -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    missing = [f"{r.method} {r.path}" for r in ROUTES if f"`{r.method} {r.path}`" not in text]
+    assert not missing, f"docs/api.md does not list {missing}"
