@@ -130,3 +130,37 @@ def test_a_volume_created_offline_joins_the_default_tenant(tmp_path: Path,
         assert [r[1] for r in rows] == [vols[0]["uuid"]]
     finally:
         d.stop()
+
+
+def test_an_exported_volume_gone_offline_shows_missing(tmp_path: Path, sock_dir: Path) -> None:
+    import asyncio
+
+    from sbstore.store import Pool
+
+    d = DaemonThread(make_config(tmp_path, sock_dir)).start()
+    d.ok("volume", "create", "keep", "--size", "4M")
+    d.ok("volume", "create", "lost", "--size", "4M")
+    d.ok("export", "create", NQN_1, "--volume", "keep", "--volume", "lost", "--allow-any-host")
+    d.stop()
+
+    async def offline() -> None:
+        pool = Pool.open(tmp_path / "p1.pool")
+        try:
+            await pool.delete("lost")
+        finally:
+            await pool.aclose()
+    asyncio.run(offline())
+
+    d.start()
+    try:
+        ns = d.ok("export", "show", NQN_1, "--json").json["namespaces"]
+        assert [(n["nsid"], n["volume"], n["state"]) for n in ns] == [
+            (1, "keep", "serving"), (2, None, "missing")]
+        assert "?" in d.ok("export", "list").out  # a missing volume is shown by its uuid
+        r = d.cli("export", "add-volume", NQN_1, "keep")
+        assert r.rc == 1 and "already namespace 1" in r.err
+        d.ok("export", "remove-volume", NQN_1, "--nsid", "2")
+        assert [n["nsid"] for n in d.ok("export", "show", NQN_1, "--json").json[
+            "namespaces"]] == [1]
+    finally:
+        d.stop()

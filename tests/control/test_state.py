@@ -178,3 +178,32 @@ async def test_a_failed_pool_delete_puts_the_namespaces_back(parts: Parts) -> No
     assert "children" in refused.value.message
     assert svc.show_export(NQN_1) == before
     assert sorted(parts.target.subsystems[NQN_1].namespaces) == [1, 2]
+
+
+async def test_policy_observer_sees_every_change(parts: Parts) -> None:
+    """The hook QoS attaches to: tenants' policies, volumes' tenancy and limits, deletions."""
+    from sbstore.control.service import PolicyChange
+
+    seen: list[PolicyChange] = []
+    svc = parts.service
+    svc.add_policy_observer(seen.append)
+    svc.add_policy_observer(lambda change: 1 / 0)  # a failing observer changes nothing
+    await svc.create_tenant("gold", {"iops": 100})
+    v = await svc.create_volume("v", 4 << 20, tenant="gold")
+    await svc.set_volume("v", limits={"write_bps": 1 << 20})
+    await svc.set_tenant("gold", {"weight": 5})
+    await svc.set_volume("v", tenant="default", clear_limits=True)
+    await svc.delete_volume("v")
+    await svc.delete_tenant("gold")
+    uuid = v["uuid"]
+    assert [(c.kind, c.tenant, c.policy, c.volume_uuid, c.deleted) for c in seen] == [
+        ("tenant", "gold", QosPolicy(iops=100), None, False),
+        ("volume", "gold", None, uuid, False),
+        ("volume", "gold", QosPolicy(write_bps=1 << 20), uuid, False),
+        ("tenant", "gold", QosPolicy(iops=100, weight=5), None, False),
+        ("volume", "default", None, uuid, False),
+        ("volume", "default", None, uuid, True),
+        ("tenant", "gold", None, None, True),
+    ]
+    tenants, volumes = svc.policies()
+    assert set(tenants) == {"default"} and volumes == {}
