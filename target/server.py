@@ -301,9 +301,14 @@ class TargetServer:
         server = await loop.create_server(lambda: QueueConnection(self, holder[0]), host, port,
                                           reuse_address=True, backlog=256)
         sockname = server.sockets[0].getsockname()
-        listener = self.target.add_listener(
-            traddr=sockname[0], trsvcid=str(sockname[1]),
-            adrfam="ipv6" if ":" in sockname[0] else "ipv4", portid=portid)
+        try:
+            listener = self.target.add_listener(
+                traddr=sockname[0], trsvcid=str(sockname[1]),
+                adrfam="ipv6" if ":" in sockname[0] else "ipv4", portid=portid)
+        except BaseException:
+            server.close()  # e.g. the port id is taken: do not leave the socket bound
+            await server.wait_closed()
+            raise
         holder.append(listener)
         self._bound.append(_Bound(listener, server))
         return listener

@@ -28,3 +28,19 @@ async def test_wildcard_listener_reports_the_address_reached(served):
             await ctrl.write(1, 3, b"\x33" * 512)
     finally:
         await server.close()
+
+
+async def test_listen_with_a_taken_portid_leaves_no_socket_bound(served):
+    import socket
+
+    import pytest
+    taken = served.server.listeners[0].portid
+    server = TargetServer(served.target)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(Exception):
+        await server.listen("127.0.0.1", port, portid=taken)
+    with socket.socket() as again:  # the port is free again: nothing kept it bound
+        again.bind(("127.0.0.1", port))
+    assert server.listeners == []
