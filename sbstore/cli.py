@@ -1,9 +1,8 @@
 """The ``sbstore`` command line: one sub-command module per noun, registered here.
 
 Each module in :mod:`sbstore.commands` exposes ``register(subparsers)``, which adds its parsers
-and sets ``func`` on them; ``func(args) -> int`` is the exit status. A module is imported only
-when the CLI starts, so a command that needs nothing heavy stays fast. When two modules
-register the same noun, the first one listed in :data:`COMMAND_MODULES` keeps it.
+and sets ``func`` on them; ``func(args) -> int`` is the exit status. Modules import
+what is heavy (the daemon, the store) inside ``func``, so the CLI starts fast.
 
 The admin commands (``volume``, ``snapshot``, ``clone``, ``export``, ``host``, ``listener``,
 ``tenant``, ``status``) are clients of the daemon's API: they find it with ``--socket PATH``
@@ -28,7 +27,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 
-# Order is the order of ``sbstore --help``; on a name clash the first module wins.
+# Order is the order of ``sbstore --help``.
 COMMAND_MODULES = (
     "sbstore.commands.serve",
     "sbstore.commands.status",
@@ -54,23 +53,6 @@ class CommandError(Exception):
         self.status = status
 
 
-class _FirstWins:
-    """The sub-parsers action, except that a noun registered twice keeps its first parser
-    (the later registration gets a detached parser nobody reaches)."""
-
-    def __init__(self, action: Any) -> None:
-        self._action = action
-
-    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
-        taken = self._action._name_parser_map
-        if name in taken or any(a in taken for a in kwargs.get("aliases", ())):
-            return argparse.ArgumentParser(prog=f"sbstore {name} (shadowed)", add_help=False)
-        return self._action.add_parser(name, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._action, name)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sbstore", description="Software-defined NVMe/TCP block storage for hypervisors.",
@@ -87,15 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="how long to wait for an answer (default 600)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
-    shield = _FirstWins(subparsers)
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue  # a command module not written yet
-        module.register(shield)
+        importlib.import_module(name).register(subparsers)
     return parser
 
 

@@ -23,7 +23,7 @@ import logging
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Coroutine
+from typing import Any, Awaitable, Callable, Coroutine, cast
 
 from target.controller import QueueSession, Response
 from target.subsystem import Listener, Target
@@ -50,7 +50,7 @@ class TransportLimits:
     maxh2cdata: int | None = None
 
 
-def _run_eagerly(coro: Coroutine[Any, Any, Any], done: Callable[[Any, BaseException | None], None],
+def _run_eagerly(coro: Awaitable[Any], done: Callable[[Any, BaseException | None], None],
                  tasks: set[asyncio.Task[Any]]) -> None:
     """Run ``coro`` until it first suspends; if it finishes, call ``done`` at once, else let a
     Task finish it. ``done(result, exc)`` is called exactly once either way.
@@ -58,6 +58,7 @@ def _run_eagerly(coro: Coroutine[Any, Any, Any], done: Callable[[Any, BaseExcept
     The coroutine's first step runs outside a Task, so handlers must not rely on
     ``asyncio.current_task()`` (``asyncio.timeout`` does): they await futures and that is all.
     """
+    assert isinstance(coro, Coroutine)  # handlers are coroutine functions
     try:
         yielded = coro.send(None)
     except StopIteration as stop:
@@ -122,7 +123,8 @@ class QueueConnection(asyncio.BufferedProtocol):
 
     # -- asyncio.BufferedProtocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = transport = cast(asyncio.Transport, transport)
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):

@@ -9,6 +9,7 @@ or failed the operation, 3: no daemon answered).
 from __future__ import annotations
 
 import argparse
+from typing import TypeAlias
 import json
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -18,7 +19,8 @@ from sbstore.config import QosPolicy
 from sbstore.config import parse_size as _parse_size
 from sbstore.control.client import ApiError, Client, Unreachable
 
-Subparsers = argparse._SubParsersAction  # type: ignore[type-arg]
+# A string: argparse._SubParsersAction is generic only to type checkers.
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def parse_size(text: str) -> int:

@@ -17,7 +17,7 @@ def parse_listen(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "serve", help="run the NVMe/TCP target daemon",
         description="Run the sbstore daemon: from a TOML config (--config, see "

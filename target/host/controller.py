@@ -76,7 +76,7 @@ class Controller:
                                                 no_sq_fc=False)
         await self.enable(timeout_s)
         self.info = ControllerInfo.parse(
-            (await self.admin_cmd(cmd.identify(0, IdentifyCns.CONTROLLER), read_len=4096)).data)
+            (await self.admin_cmd(cmd.identify(0, IdentifyCns.CONTROLLER), read_len=4096)).payload)
         # IOCCSZ counts 16-byte units of the whole capsule: the 64-byte SQE plus data.
         in_capsule = max(0, self.info.ioccsz * 16 - 64)
         if self.subnqn == DISCOVERY_NQN:
@@ -125,7 +125,7 @@ class Controller:
         listing = await self.admin_cmd(cmd.identify(0, IdentifyCns.ACTIVE_NAMESPACE_LIST),
                                        read_len=4096)
         found = {}
-        for nsid in cmd.parse_ns_list(listing.data):
+        for nsid in cmd.parse_ns_list(listing.payload):
             found[nsid] = await self.identify_namespace(nsid)
         self.namespaces = found
         return found
@@ -146,12 +146,12 @@ class Controller:
     async def identify_namespace(self, nsid: int) -> NamespaceInfo:
         done = await self.admin_cmd(cmd.identify(0, IdentifyCns.NAMESPACE, nsid=nsid),
                                     read_len=4096)
-        return NamespaceInfo.parse(nsid, done.data)
+        return NamespaceInfo.parse(nsid, done.payload)
 
     async def ns_descriptors(self, nsid: int) -> dict[int, bytes]:
         done = await self.admin_cmd(cmd.identify(0, IdentifyCns.NS_ID_DESCRIPTORS, nsid=nsid),
                                     read_len=4096)
-        return cmd.parse_ns_descriptors(done.data)
+        return cmd.parse_ns_descriptors(done.payload)
 
     async def set_number_of_queues(self, count: int) -> int:
         value = (count - 1) | ((count - 1) << 16)
@@ -163,8 +163,7 @@ class Controller:
                            nsid: int = 0xFFFFFFFF, rae: bool = False) -> memoryview:
         done = await self.admin_cmd(cmd.get_log_page(0, lid, nbytes, offset=offset, nsid=nsid,
                                                      rae=rae), read_len=nbytes)
-        assert done.data is not None
-        return done.data
+        return done.payload
 
     async def keep_alive_once(self) -> None:
         await self.admin_cmd(cmd.keep_alive(0))

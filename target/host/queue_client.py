@@ -45,6 +45,13 @@ class Completion:
     def dnr(self) -> bool:
         return split_status(self.cqe.status)[2]
 
+    @property
+    def payload(self) -> memoryview:
+        """The controller-to-host data; a command that asked for data always has it."""
+        if self.data is None:
+            raise ValueError("this command returned no data")
+        return self.data
+
     def check(self, what: str = "command") -> Completion:
         """Return self, or raise CommandFailed carrying the status."""
         if self.cqe.status:
