@@ -186,17 +186,17 @@ async def test_cancelled_queued_io_leaves_its_queue_and_slots_come_back():
     await asyncio.sleep(0.01)
     second = asyncio.create_task(dev.read(8, 1))  # queued
     await asyncio.sleep(0.01)
-    assert b.sched.queued == 1 and b.idle_slots == 0
+    assert b.queued == 1 and b.idle_slots == 0
     second.cancel()
     with pytest.raises(asyncio.CancelledError):
         await second
-    assert b.sched.queued == 0 and mgr.stats()["t"].queued_ios == 0
+    assert b.queued == 0 and mgr.stats()["t"].queued_ios == 0
     # The target's way: it closes the coroutine where it waits (GeneratorExit).
     coro = dev.read(16, 1)
     fut = coro.send(None)
-    assert isinstance(fut, asyncio.Future) and b.sched.queued == 1
+    assert isinstance(fut, asyncio.Future) and b.queued == 1
     coro.close()
-    assert b.sched.queued == 0
+    assert b.queued == 0
     # Cancelled while in the backend: the slot comes back.
     first.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -220,7 +220,7 @@ async def test_cancelled_after_dispatch_before_running_gives_the_slot_back():
     await first  # its slot goes to the queued read: the waiter resolves...
     assert waiter.done() and b.idle_slots == 0
     coro.close()  # ...but its connection went before it ran
-    assert b.idle_slots == 1 and b.sched.queued == 0
+    assert b.idle_slots == 1 and b.queued == 0
 
 
 async def test_policy_change_releases_queued_io_without_reconnecting():
@@ -289,7 +289,7 @@ async def test_manager_follows_the_control_service():
     mgr.on_policy_change(Change("tenant", "gold", {"weight": 500, "iops": 10}))
     mgr.on_policy_change(Change("volume", "gold", {"read_iops": 5}, "pool0", "1234"))
     assert dev.tenant == "gold"
-    sched = mgr.backends["pool0"].sched
+    sched = mgr.backends["pool0"]
     assert sched.tenants["gold"].weight == 500
     assert sched.volumes[("pool0", "1234")].limits.limits.read_iops == 5
     mgr.sync({"default": None, "silver": {"iops": 7}},
@@ -300,3 +300,24 @@ async def test_manager_follows_the_control_service():
     assert ("pool0", "1234") not in sched.volumes
     assert set(mgr.stats()) >= {"default", "silver"}
     mgr.close()
+
+
+async def test_inline_backend_hands_back_the_inner_coroutine_until_a_limit_is_set():
+    mgr = QosManager()
+    mgr.backend("ram", inline=True)
+    ram = RamDevice(1 << 20, BS)
+    dev = mgr.wrap(ram, "v", "t", backend="ram")
+    coro = dev.read(0, 1)
+    assert coro.cr_code is RamDevice.read.__code__  # the inner device's own coroutine
+    await coro
+    await dev.write(0, bytes(BS))
+    s = mgr.stats()["t"]
+    assert (s.read_ios, s.write_ios, s.read_bytes, s.write_bytes) == (1, 1, BS, BS)
+    assert mgr.backend("ram").idle_slots == mgr.backend("ram").max_outstanding
+    # A limit puts it back through the queue (and the limit holds).
+    mgr.set_tenant_policy("t", {"iops": 200, "burst_s": 0.05})
+    coro = dev.read(0, 1)
+    assert coro.cr_code is not RamDevice.read.__code__
+    await coro
+    n = await hammer(dev, 1.0, depth=8)
+    assert n == pytest.approx(200, rel=0.2)

@@ -81,4 +81,4 @@ async def test_host_gone_with_io_queued_leaves_nothing_behind(served):
         await asyncio.sleep(0.01)
     assert mgr.stats()["a"].queued_ios == 0
     b = mgr.backend()
-    assert b.idle_slots == b.max_outstanding and b.sched.queued == 0
+    assert b.idle_slots == b.max_outstanding and b.queued == 0

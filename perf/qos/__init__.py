@@ -1,0 +1,1 @@
+"""Parts of the QoS benchmark (perf/qos_bench.py): a disk model and a load process."""
