@@ -1,7 +1,7 @@
 """The QoS benchmark: limits, fair shares, a noisy neighbour, and the layer's cost.
 
     python3 perf/qos_bench.py [--seconds 10] [--only limits,fair,noisy,overhead]
-                              [--json perf/results/qos.json]
+                              [--rounds 10] [--json perf/results/qos.json]
 
 How it runs. This process is the target: a ``Target`` + ``TargetServer`` on 127.0.0.1, one
 subsystem per tenant (only that tenant's host NQNs admitted), each namespace a volume behind
@@ -374,7 +374,10 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
                        "capacity_128k_mb_s": round(SLOTS / (IO_S + (128 << 10) * BYTE_S)
                                                    * (128 << 10) / 1e6)}}
     for name in args.only:
-        report[name] = await BENCHES[name](args.seconds)
+        if name == "overhead":
+            report[name] = await bench_overhead(args.seconds, args.rounds)
+        else:
+            report[name] = await BENCHES[name](args.seconds)
     return report
 
 
@@ -383,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=10.0, help="length of each run")
     p.add_argument("--only", default=",".join(BENCHES),
                    help=f"comma-separated scenarios among {', '.join(BENCHES)}")
+    p.add_argument("--rounds", type=int, default=10,
+                   help="overhead: rounds of runs (each --seconds / rounds long)")
     p.add_argument("--json", default=os.path.join(ROOT, "perf", "results", "qos.json"))
     args = p.parse_args(argv)
     args.only = [s for s in args.only.split(",") if s]
