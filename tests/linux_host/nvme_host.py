@@ -107,15 +107,22 @@ def wait_detached(vm: LinuxHostVM, subnqn: str, timeout: float = 15.0) -> Attach
 
 
 def connect_args(traddr: str, trsvcid: int, subnqn: str, *, hdr_digest: bool = False,
-                 data_digest: bool = False, ctrl_loss_tmo: int | None = 15) -> str:
+                 data_digest: bool = False, ctrl_loss_tmo: int | None = 15,
+                 hostnqn: str | None = None, hostid: str | None = None,
+                 reconnect_delay: int | None = None) -> str:
     """The ``nvme connect`` command line for a TCP target.
 
     ``ctrl_loss_tmo`` (default 600 s in Linux) is shortened so that when a target dies, the
     host gives up and fails I/O within seconds instead of leaving fio and nvme-cli blocked.
+    ``hostnqn``/``hostid`` default to the guest's /etc/nvme files (random per boot);
+    ``reconnect_delay`` (Linux default 10 s) is how long the host waits between reconnects.
     """
     args = ["nvme", "connect", "-t", "tcp", "-a", traddr, "-s", str(trsvcid), "-n", subnqn]
+    args += _host_identity(hostnqn, hostid)
     if ctrl_loss_tmo is not None:
         args.append(f"--ctrl-loss-tmo={ctrl_loss_tmo}")
+    if reconnect_delay is not None:
+        args.append(f"--reconnect-delay={reconnect_delay}")
     if hdr_digest:
         args.append("--hdr-digest")
     if data_digest:
@@ -123,9 +130,36 @@ def connect_args(traddr: str, trsvcid: int, subnqn: str, *, hdr_digest: bool = F
     return shlex.join(args)
 
 
-def discover(vm: LinuxHostVM, traddr: str, trsvcid: int, timeout: float = 60.0) -> JsonResult:
-    return run_json(vm, f"nvme discover -t tcp -a {shlex.quote(traddr)} -s {trsvcid} -o json",
-                    timeout=timeout)
+def connect_raw(vm: LinuxHostVM, traddr: str, trsvcid: int, subnqn: str, *, hostnqn: str,
+                hostid: str, timeout: float = 60.0) -> ExecResult:
+    """Ask the kernel for a controller directly (write the options to /dev/nvme-fabrics).
+
+    What ``nvme connect`` does, minus nvme-cli's own check: nvme-cli 2.3 answers "already
+    connected" without asking the kernel when any controller has the same address and
+    subsystem, whatever its host NQN (``--duplicate-connect`` does not skip that check). The
+    kernel's own duplicate check includes the host NQN, so this reaches the target's Connect.
+    rc 0: a controller was created (find it with :func:`attached`).
+    """
+    opts = (f"transport=tcp,traddr={traddr},trsvcid={trsvcid},nqn={subnqn},"
+            f"hostnqn={hostnqn},hostid={hostid}")
+    return vm.exec(f"printf %s {shlex.quote(opts)} > /dev/nvme-fabrics", timeout=timeout)
+
+
+def _host_identity(hostnqn: str | None, hostid: str | None) -> list[str]:
+    args = []
+    if hostnqn is not None:
+        args.append(f"--hostnqn={hostnqn}")
+    if hostid is not None:
+        args.append(f"--hostid={hostid}")
+    return args
+
+
+def discover(vm: LinuxHostVM, traddr: str, trsvcid: int, timeout: float = 60.0, *,
+             hostnqn: str | None = None, hostid: str | None = None) -> JsonResult:
+    """``nvme discover -o json``, as the guest's own host NQN unless ``hostnqn`` is given."""
+    ident = "".join(" " + shlex.quote(a) for a in _host_identity(hostnqn, hostid))
+    return run_json(vm, f"nvme discover -t tcp -a {shlex.quote(traddr)} -s {trsvcid}{ident} "
+                        f"-o json", timeout=timeout)
 
 
 def discovery_records(result: JsonResult) -> list[dict[str, Any]]:
@@ -207,6 +241,48 @@ def nonzero_bytes(vm: LinuxHostVM, dev: str, offset: int, length: int,
                 f"iflag=direct 2>/dev/null | tr -d '\\000' | wc -c", timeout=timeout)
     r.check("reading back")
     return int(r.output.strip())
+
+
+def namespaces_by_nsid(vm: LinuxHostVM, subnqn: str) -> dict[int, str]:
+    """NSID -> block device of ``subnqn``'s namespaces (from each device's sysfs ``nsid``)."""
+    out: dict[int, str] = {}
+    for dev in attached(vm, subnqn).namespaces:
+        name = dev.rsplit("/", 1)[1]
+        r = vm.exec(f"cat /sys/block/{shlex.quote(name)}/nsid", timeout=30)
+        if r.rc == 0 and r.output.strip().isdigit():
+            out[int(r.output.strip())] = dev
+    return out
+
+
+def wait_namespace(vm: LinuxHostVM, subnqn: str, nsid: int, timeout: float = 15.0) -> str:
+    """Poll until ``subnqn`` has a block device for ``nsid``; return its path (VMError if not
+    within ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        dev = namespaces_by_nsid(vm, subnqn).get(nsid)
+        if dev is not None and vm.exec(f"[ -b {shlex.quote(dev)} ]", timeout=10).rc == 0:
+            return dev
+        if time.monotonic() > deadline:
+            raise VMError(f"no block device for nsid {nsid} of {subnqn} within {timeout}s: "
+                          f"{attached(vm, subnqn)}")
+        time.sleep(0.2)
+
+
+def controller_state(vm: LinuxHostVM, ctrl: str) -> str:
+    """``/sys/class/nvme/CTRL/state`` (live, connecting, resetting, deleting...), or ``gone``."""
+    r = vm.exec(f"cat /sys/class/nvme/{shlex.quote(ctrl)}/state 2>/dev/null", timeout=30)
+    return r.output.strip() if r.rc == 0 and r.output.strip() else "gone"
+
+
+def sha256_device(vm: LinuxHostVM, dev: str, mib: int, timeout: float = 120.0) -> str:
+    """sha256 of the first ``mib`` MiB of ``dev``, read with O_DIRECT (not the page cache)."""
+    r = vm.exec(f"set -o pipefail; dd if={shlex.quote(dev)} bs=1M count={mib} iflag=direct "
+                f"2>/dev/null | sha256sum", timeout=timeout)
+    r.check(f"hashing {dev}")
+    digest = r.output.split()[0] if r.output.split() else ""
+    if len(digest) != 64:
+        raise VMError(f"sha256sum of {dev} printed {r.output!r}")
+    return digest
 
 
 # ---------------------------------------------------------------------------------------------
