@@ -46,7 +46,7 @@ POOL = "e2e"
 VOLUME = "vm1"
 SNAPSHOT = "vm1-snap"
 CLONE = "vm1-clone"
-VOLUME_MIB = 128
+VOLUME_MIB = 64
 BLOCK_SIZE = 4096
 RANDOM_MIB = 8
 MOUNT = "/mnt/e2e"
@@ -136,6 +136,12 @@ def _uuid_of(vm: LinuxHostVM, dev: str) -> str:
     """The namespace's UUID as the kernel reports it (sysfs ``uuid``: NS UUID, else NGUID)."""
     name = dev.rsplit("/", 1)[1]
     return vm.exec(f"cat /sys/block/{name}/uuid", timeout=30).output.strip()
+
+
+def _no_errors_logged(daemon: SbstoreDaemon) -> None:
+    bad = [line for line in daemon.output().splitlines()
+           if "Traceback" in line or " ERROR " in line or " CRITICAL " in line]
+    assert not bad, "the daemon logged errors:\n" + "\n".join(bad)
 
 
 def _files_sha(vm: LinuxHostVM) -> dict[str, str]:
@@ -333,10 +339,12 @@ def test_daemon_restarts_with_the_same_state(flow: Flow) -> None:
     flow.need("clone")
     before_volumes = _without(flow.cli("volume", "list", "--all"))
     before_exports = _without(flow.cli("export", "list"), "controllers")
+    before_listeners = flow.cli("listener", "list")
     assert {v["name"] for v in before_volumes} == {VOLUME, SNAPSHOT, CLONE}, before_volumes
     t0 = time.monotonic()
     rc = flow.daemon.stop()
     assert rc == 0, f"the daemon exited with {rc} on SIGTERM"
+    _no_errors_logged(flow.daemon)
     print(f"stopped in {flow.daemon.stop_seconds:.1f}s")
     print(f"host controller {flow.ctrl} after the stop: {nh.controller_state(flow.vm, flow.ctrl)}")
     try:
@@ -346,6 +354,9 @@ def test_daemon_restarts_with_the_same_state(flow: Flow) -> None:
     _timed(f"restarted (start {flow.daemon.start_seconds:.1f}s)", t0)
     after_volumes = _without(flow.cli("volume", "list", "--all"))
     after_exports = _without(flow.cli("export", "list"), "controllers")
+    after_listeners = flow.cli("listener", "list")
+    assert after_listeners == before_listeners, (
+        f"listeners before the restart:\n{before_listeners}\nafter:\n{after_listeners}")
     assert after_volumes == before_volumes, (
         f"volumes before the restart:\n{before_volumes}\nafter:\n{after_volumes}")
     assert after_exports == before_exports, (
@@ -417,3 +428,4 @@ def test_cleanup_through_the_cli(flow: Flow) -> None:
     assert pool["allocated_bytes"] == 0, f"clusters still allocated after deleting all: {pool}"
     rc = flow.daemon.stop()
     assert rc == 0, f"the daemon exited with {rc} on SIGTERM"
+    _no_errors_logged(flow.daemon)
