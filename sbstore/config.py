@@ -136,6 +136,16 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class QosConfig:
+    """Tenant queues in front of each pool. At most ``max_outstanding`` I/Os are in the pool at
+    once; beyond that they wait in their tenant's queue and leave it by weight. An I/O of
+    ``cost_bytes`` costs as much as a second I/O when shares are counted."""
+
+    max_outstanding: int = 32
+    cost_bytes: int = 64 << 10
+
+
+@dataclass(frozen=True)
 class PoolConfig:
     """A pool to open at start. ``create_size``: format ``path`` (a file) with this size when
     it does not exist yet; otherwise a missing pool is an error."""
@@ -173,6 +183,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    qos: QosConfig = field(default_factory=QosConfig)
     pools: tuple[PoolConfig, ...] = ()
     listeners: tuple[ListenerConfig, ...] = ()
     source: str = "<built in>"  # the file it came from, for messages
@@ -356,6 +367,19 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>",
     m_s.done()
     metrics = MetricsConfig(enabled=enabled, listen=m_listen, allow_remote=allow_remote)
 
+    q_s = _Section(top.get("qos", dict, {}), "qos", source)
+    max_outstanding = q_s.get("max_outstanding", int, QosConfig.max_outstanding)
+    if not 1 <= max_outstanding <= 65536:
+        raise q_s.error(f"{max_outstanding} is out of range 1..65536", "max_outstanding")
+    try:
+        cost_bytes = parse_size(q_s.get("cost_bytes", (int, str), QosConfig.cost_bytes))
+    except ValueError as exc:
+        raise q_s.error(str(exc), "cost_bytes") from None
+    if cost_bytes < 512:
+        raise q_s.error("must be at least 512 bytes", "cost_bytes")
+    q_s.done()
+    qos = QosConfig(max_outstanding=max_outstanding, cost_bytes=cost_bytes)
+
     pools: list[PoolConfig] = []
     raw_pools = top.get("pools", list, [])
     for i, raw in enumerate(raw_pools):
@@ -421,7 +445,7 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>",
         listeners.append(lc)
     top.done()
     return Config(state_dir=state_dir, log=LogConfig(level), api=api, metrics=metrics,
-                  pools=tuple(pools), listeners=tuple(listeners), source=source)
+                  qos=qos, pools=tuple(pools), listeners=tuple(listeners), source=source)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

@@ -39,7 +39,8 @@ from sbstore.config import (
     PoolConfig,
     default_state_dir,
 )
-from sbstore.control.state import ListenerRecord, StateError, StateStore
+from sbstore.control.state import DEFAULT_TENANT, ListenerRecord, StateError, StateStore
+from sbstore.qos import QosManager
 from target.server import TargetServer
 from target.subsystem import Subsystem, Target
 
@@ -185,12 +186,13 @@ def _read_token(path: Path) -> str:
 
 
 def _start_metrics(config: MetricsConfig, service: Any, pools: dict[str, Any], target: Target,
-                   server: TargetServer) -> Any:
+                   server: TargetServer, qos: QosManager) -> Any:
     from sbstore.metrics import (
         MetricsSource,
         PoolSample,
         SbstoreCollector,
         TargetSample,
+        TenantQosSample,
         VolumeSample,
         start_metrics_server,
     )
@@ -200,7 +202,8 @@ def _start_metrics(config: MetricsConfig, service: Any, pools: dict[str, Any], t
                                       size_bytes=v.size_bytes)
                          for p, v, t, s in service.exported_volumes()],
         pools=lambda: [PoolSample.of(name, pool) for name, pool in pools.items()],
-        target=lambda: TargetSample.of(target, server))
+        target=lambda: TargetSample.of(target, server),
+        qos=lambda: [TenantQosSample.of(t) for t in qos.stats().values()])
     collector = SbstoreCollector(source, loop=asyncio.get_running_loop())
     host, port = config.listen
     try:
@@ -264,9 +267,18 @@ async def run_daemon(config: Config, *, demo: DemoConfig | None = None,
         target = Target()
         server = TargetServer(target)
         stack.push_async_callback(server.close)
-        service = ControlService(state, pools, target, server)
+        # Every exported volume sits behind its tenant's queue on its pool's dispatcher. The
+        # store does its I/O inline on the loop, hence inline backends (see sbstore.qos).
+        qos = QosManager(max_outstanding=config.qos.max_outstanding,
+                         cost_bytes=config.qos.cost_bytes, default_tenant=DEFAULT_TENANT)
+        stack.callback(qos.close)
+        for name in pools:
+            qos.backend(name, inline=True)
+        service = ControlService(state, pools, target, server, device_wrapper=qos.device_hook)
         stack.push_async_callback(service.close)
+        service.add_policy_observer(qos.on_policy_change)
         await service.restore()
+        qos.sync(*service.policies())
 
         ram_device = None
         if demo is not None:
@@ -308,7 +320,7 @@ async def run_daemon(config: Config, *, demo: DemoConfig | None = None,
 
         metrics = None
         if config.metrics.enabled:
-            metrics = _start_metrics(config.metrics, service, pools, target, server)
+            metrics = _start_metrics(config.metrics, service, pools, target, server, qos)
             stack.push_async_callback(metrics.aclose)
 
         watchdog = asyncio.ensure_future(sdnotify.watchdog_loop())

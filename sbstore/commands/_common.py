@@ -69,7 +69,7 @@ def add_pool(p: argparse.ArgumentParser) -> None:
 
 def add_policy_options(p: argparse.ArgumentParser) -> None:
     """``--iops N --read-iops N ... --weight N``: QosPolicy fields (0 = no limit)."""
-    g = p.add_argument_group("QoS policy (stored now, enforced by the QoS scheduler)")
+    g = p.add_argument_group("QoS policy (enforced live: takes effect without hosts reconnecting)")
     for name in QosPolicy.field_names():
         flag = "--" + name.replace("_", "-")
         if name == "burst_s":

@@ -446,7 +446,7 @@ class QosManager:
         else:
             raise ValueError(f"unknown policy change kind {change.kind!r}")
 
-    def sync(self, tenants: Mapping[str, Any], volumes: Mapping[Hashable, Any]) -> None:
+    def sync(self, tenants: Mapping[str, Any], volumes: Mapping[Any, Any]) -> None:
         """Catch up with the whole state: ``tenants`` name -> policy, ``volumes`` key -> a
         record with ``tenant`` and ``limits`` (or a ``(tenant, limits)`` pair). Tenants not
         named lose their policy; volumes not named keep their devices but lose their limits
