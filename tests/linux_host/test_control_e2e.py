@@ -17,6 +17,7 @@ that one did not pass, rather than failing obscurely.
 7. the discovery log is filtered per host;
 8. SIGTERM, start again: the CLI shows the same volumes, snapshot, clone and export;
 9. the host's controller reconnects by itself and both namespaces read back the same bytes;
+   writing to the clone then leaves the volume alone (copy on write through the host);
 10. CLI: everything removed again, nothing left allocated in the pool.
 
 The test must be able to fail: every comparison is against hashes taken in the guest of data
@@ -397,6 +398,26 @@ def test_host_reconnects_and_reads_the_same_data(flow: Flow) -> None:
     counts = flow.cli("status")["status"]
     assert counts["controllers"] == 1, f"the daemon's counts after the reconnect: {counts}"
     flow.passed.add("reconnect")
+
+
+def test_writes_to_the_clone_leave_the_volume_alone(flow: Flow) -> None:
+    flow.need("reconnect")
+    vm = flow.vm
+    clone, volume = shlex.quote(flow.devices[2]), flow.devices[1]
+    offset_mib, length_mib = 16, 4
+    r = vm.exec(f"""set -e
+head -c {length_mib * MiB} /dev/urandom > /tmp/patch.bin
+dd if=/tmp/patch.bin of={clone} bs=1M seek={offset_mib} oflag=direct conv=fsync 2>/dev/null
+sha256sum < /tmp/patch.bin
+set -o pipefail
+dd if={clone} bs=1M skip={offset_mib} count={length_mib} iflag=direct 2>/dev/null | sha256sum
+rm -f /tmp/patch.bin""", timeout=120)
+    assert r.rc == 0, f"writing to the clone failed (rc={r.rc}):\n{r.output}"
+    written, read = (line.split()[0] for line in r.output.split("\n") if line.strip())
+    assert read == written, "the clone does not read back what was just written to it"
+    assert nh.sha256_device(vm, volume, VOLUME_MIB) == flow.device_sha, (
+        "writing to the clone changed the volume it was cloned from")
+    flow.passed.add("clone-cow")
 
 
 # --- 10. clean up ---------------------------------------------------------------------------
