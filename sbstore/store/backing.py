@@ -6,18 +6,43 @@ Rules of this module:
   against the page cache that costs a few microseconds, less than a hop to a thread.
 - The commit path goes through :meth:`Backing.write_pages`, :meth:`write_superblock` and
   :meth:`sync` only, so tests can record, tear or drop exactly those writes.
+- A new cluster is zeroed with ``fallocate(FALLOC_FL_ZERO_RANGE)`` where the file system or
+  device supports it (ext4, xfs, block devices: no data is written, ~8x cheaper than writing a
+  256 KiB cluster of zeroes); elsewhere (tmpfs) :meth:`Backing.zero_range` says so once and the
+  caller writes the zeroes itself.
 - A pool is opened by one process at a time: a read-write open takes an exclusive ``flock``, a
   read-only open (``sbstore check``) a shared one.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import errno
 import fcntl
 import os
 import stat
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from .errors import Busy, Corrupt, InvalidArgument, NotFound
 from .layout import PAGE_SIZE
+
+
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_ZERO_RANGE = 0x10
+
+def _load_fallocate() -> object | None:
+    """libc's fallocate(2), or None where there is none (then clusters are zeroed by writing)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.fallocate
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+    return fn
+
+
+_fallocate: Any = _load_fallocate()
 
 
 class Backing:
@@ -48,9 +73,24 @@ class Backing:
             if create_size is not None and not self.is_block_device:
                 os.ftruncate(self.fd, create_size)
             self.size = os.lseek(self.fd, 0, os.SEEK_END)
+            self.zero_range_supported = _fallocate is not None and not readonly
         except BaseException:
             os.close(self.fd)
             raise
+
+    def zero_range(self, offset: int, nbytes: int) -> bool:
+        """Make ``[offset, offset+nbytes)`` read as zeroes without writing them; False when
+        this backing cannot (then it is not tried again), and the caller writes zeroes."""
+        if not self.zero_range_supported:
+            return False
+        rc = _fallocate(self.fd, _FALLOC_FL_ZERO_RANGE | _FALLOC_FL_KEEP_SIZE, offset, nbytes)
+        if rc == 0:
+            return True
+        err = ctypes.get_errno()
+        if err in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS, errno.ENODEV):
+            self.zero_range_supported = False
+            return False
+        raise OSError(err, f"zeroing {nbytes} bytes at {offset}: {os.strerror(err)}")
 
     def close(self) -> None:
         if self.fd >= 0:

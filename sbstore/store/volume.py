@@ -342,6 +342,7 @@ class Volume:
         space = pool._space
         csize = self._csize
         new = space.alloc()
+        at, expect = new << shift, csize  # where the vector below goes, and its length
         try:
             tail = csize - co - n
             if p:
@@ -358,6 +359,10 @@ class Volume:
                     if os.preadv(self._fd, [tail_buf], (p << shift) + co + n) != tail:
                         raise Corrupt(f"short read from cluster {p}")
                     iov.append(tail_buf)
+            elif pool._backing.zero_range(new << shift, csize):
+                # First write: the file system zeroes the cluster; only the data is written.
+                iov = [seg]
+                at, expect = (new << shift) + co, n
             else:
                 zeros = pool._zeros
                 iov = [seg]
@@ -366,10 +371,10 @@ class Volume:
                 if tail:
                     iov.append(zeros[:tail])
             try:
-                done = os.pwritev(self._fd, iov, new << shift)
+                done = os.pwritev(self._fd, iov, at)
             except OSError as exc:
                 raise _write_error(exc) from exc
-            if done != csize:
+            if done != expect:
                 raise OSError(f"short write to cluster {new}")
         except BaseException:
             space.unalloc(new)
