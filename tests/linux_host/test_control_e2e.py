@@ -61,6 +61,7 @@ OTHER_HOSTNQN = f"nqn.2014-08.org.nvmexpress:uuid:{OTHER_ID}"
 CTRL_LOSS_TMO = 30
 RECONNECT_DELAY = 1
 RECONNECT_WAIT = 20.0
+LOSS_WAIT = 10.0  # for the host to notice the daemon stopped
 
 
 @dataclass
@@ -347,7 +348,15 @@ def test_daemon_restarts_with_the_same_state(flow: Flow) -> None:
     assert rc == 0, f"the daemon exited with {rc} on SIGTERM"
     _no_errors_logged(flow.daemon)
     print(f"stopped in {flow.daemon.stop_seconds:.1f}s")
-    print(f"host controller {flow.ctrl} after the stop: {nh.controller_state(flow.vm, flow.ctrl)}")
+    # The host must notice the target is gone (its connection closed) before the daemon is
+    # back, so that "live" in the next step means it reconnected.
+    deadline = time.monotonic() + LOSS_WAIT
+    while (state := nh.controller_state(flow.vm, flow.ctrl)) == "live":
+        if time.monotonic() > deadline:
+            pytest.fail(f"{flow.ctrl} still live {LOSS_WAIT}s after the daemon stopped: the "
+                        f"host did not see its connection close")
+        time.sleep(0.1)
+    print(f"host controller {flow.ctrl} after the stop: {state}")
     try:
         flow.daemon.start()
     except (RuntimeError, OSError) as exc:
