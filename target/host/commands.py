@@ -6,12 +6,14 @@ offset u32 @44, value u64 @48); Base 2.0 §5.16 (Get Log Page: LID, RAE, NUMDL/N
 §5.17 (Identify: CNS, CNTID), §5.27 (Set Features); NVM Command Set §3.2 (Read/Write: SLBA in
 cdw10-11, NLB 0's based in cdw12 15:0, FUA cdw12 bit 30; Write Zeroes DEAC cdw12 bit 25;
 Dataset Management NR cdw10 7:0, AD cdw11 bit 2, 16-byte ranges).
+
+What comes back (Identify data, log pages) is decoded by the same codecs that encode it on the
+target side: ``target.nvme.identify`` and ``target.nvme.logpages`` (``pull_*``).
 """
 from __future__ import annotations
 
 import struct
 import uuid as uuid_mod
-from dataclasses import dataclass
 from typing import Iterable
 
 from target.nvme.spec import (NQN_FIELD_LEN, AdminOpcode, FabricsType, IoOpcode,
@@ -127,120 +129,3 @@ def dataset_management(cid: int, nsid: int, nranges: int) -> Sqe:
 
 def dsm_ranges(ranges: Iterable[tuple[int, int]]) -> bytes:
     return b"".join(DSM_RANGE.pack(0, nblocks, lba) for lba, nblocks in ranges)
-
-
-# -- what the initiator reads back ------------------------------------------------------------
-
-def _text(raw: bytes | memoryview) -> str:
-    return bytes(raw).split(b"\0", 1)[0].decode("ascii", "replace").strip()
-
-
-@dataclass(frozen=True)
-class DiscoveryEntry:
-    """One Discovery Log Page entry (Fabrics 1.1 §5.3, Figure 38)."""
-
-    trtype: int
-    adrfam: int
-    subtype: int
-    treq: int
-    portid: int
-    cntlid: int
-    asqsz: int
-    trsvcid: str
-    subnqn: str
-    traddr: str
-
-
-DISCOVERY_HEADER = struct.Struct("<QQH")  # genctr, numrec, recfmt
-DISCOVERY_ENTRY_LEN = 1024
-DISCOVERY_HEADER_LEN = 1024
-
-
-def parse_discovery_entries(page: bytes | memoryview, numrec: int) -> list[DiscoveryEntry]:
-    entries = []
-    for i in range(numrec):
-        e = memoryview(page)[i * DISCOVERY_ENTRY_LEN:(i + 1) * DISCOVERY_ENTRY_LEN]
-        trtype, adrfam, subtype, treq, portid, cntlid, asqsz = struct.unpack_from("<BBBBHHH", e)
-        entries.append(DiscoveryEntry(trtype, adrfam, subtype, treq, portid, cntlid, asqsz,
-                                      _text(e[32:64]), _text(e[256:512]), _text(e[512:768])))
-    return entries
-
-
-@dataclass(frozen=True)
-class ControllerInfo:
-    """The Identify Controller fields the initiator uses (Base 2.0 Figure 275)."""
-
-    vid: int
-    serial: str
-    model: str
-    firmware: str
-    mdts: int
-    cntlid: int
-    version: int
-    cntrltype: int
-    nn: int
-    oncs: int
-    vwc: int
-    sgls: int
-    subnqn: str
-    ioccsz: int
-    iorcsz: int
-    maxcmd: int
-    kas: int
-    aerl: int
-
-    @classmethod
-    def parse(cls, data: bytes | memoryview) -> ControllerInfo:
-        d = memoryview(data)
-        (vid,) = struct.unpack_from("<H", d, 0)
-        (cntlid, version) = struct.unpack_from("<HI", d, 78)
-        (kas,) = struct.unpack_from("<H", d, 320)
-        (maxcmd, nn, oncs) = struct.unpack_from("<HIH", d, 514)
-        (sgls,) = struct.unpack_from("<I", d, 536)
-        (ioccsz, iorcsz) = struct.unpack_from("<II", d, 1792)
-        return cls(vid, _text(d[4:24]), _text(d[24:64]), _text(d[64:72]), d[77], cntlid,
-                   version, d[111], nn, oncs, d[525], sgls, _text(d[768:1024]), ioccsz, iorcsz,
-                   maxcmd, kas, d[259])
-
-
-@dataclass(frozen=True)
-class NamespaceInfo:
-    """The Identify Namespace fields the initiator uses (NVM Command Set Figure 97)."""
-
-    nsid: int
-    nsze: int
-    ncap: int
-    nuse: int
-    nsfeat: int
-    block_size: int
-    nguid: bytes
-    eui64: bytes
-
-    @classmethod
-    def parse(cls, nsid: int, data: bytes | memoryview) -> NamespaceInfo:
-        d = memoryview(data)
-        nsze, ncap, nuse = struct.unpack_from("<QQQ", d, 0)
-        flbas = d[26] & 0x0F
-        lbads = d[128 + 4 * flbas + 2]
-        return cls(nsid, nsze, ncap, nuse, d[24], 1 << lbads, bytes(d[104:120]),
-                   bytes(d[120:128]))
-
-
-def parse_ns_list(data: bytes | memoryview) -> list[int]:
-    ids = struct.unpack_from("<1024I", data)
-    return [n for n in ids if n]
-
-
-def parse_ns_descriptors(data: bytes | memoryview) -> dict[int, bytes]:
-    """Namespace Identification Descriptor list (Base 2.0 Figure 276): type -> value."""
-    d = memoryview(data)
-    out: dict[int, bytes] = {}
-    pos = 0
-    while pos + 4 <= len(d):
-        nidt, nidl = d[pos], d[pos + 1]
-        if nidt == 0:
-            break
-        out[nidt] = bytes(d[pos + 4:pos + 4 + nidl])
-        pos += 4 + nidl
-    return out
-

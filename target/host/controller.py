@@ -20,10 +20,12 @@ import uuid as uuid_mod
 from typing import Sequence
 
 from target.host import commands as cmd
-from target.host.commands import ControllerInfo, NamespaceInfo
 from target.host.queue_client import Completion, QueueClient
 from target.nvme.spec import (CC_EN, CC_SHN_SHIFT, CNTLID_DYNAMIC, CSTS_RDY, CSTS_SHST_SHIFT,
                               DISCOVERY_NQN, SHST_COMPLETE, FeatureId, IdentifyCns, Property)
+from target.nvme.identify import (IdentifyController, IdentifyNamespace,
+                                  pull_identify_controller, pull_identify_namespace,
+                                  pull_namespace_list, pull_ns_id_descriptors)
 from target.nvme.structs import Sqe
 
 CC_IOSQES_IOCQES = (6 << 16) | (4 << 20)  # 64-byte SQEs, 16-byte CQEs
@@ -42,8 +44,8 @@ class Controller:
         self.hdgst, self.ddgst = hdgst, ddgst
         self.kato_ms = kato_ms
         self.cntlid = -1
-        self.info: ControllerInfo | None = None
-        self.namespaces: dict[int, NamespaceInfo] = {}
+        self.info: IdentifyController | None = None
+        self.namespaces: dict[int, IdentifyNamespace] = {}
         self._next_queue = itertools.cycle([0])
         self._keep_alive_task: asyncio.Task[None] | None = None
 
@@ -75,7 +77,7 @@ class Controller:
         self.cntlid = await self._connect_queue(self.admin, 0, ADMIN_DEPTH, CNTLID_DYNAMIC,
                                                 no_sq_fc=False)
         await self.enable(timeout_s)
-        self.info = ControllerInfo.parse(
+        self.info = pull_identify_controller(
             (await self.admin_cmd(cmd.identify(0, IdentifyCns.CONTROLLER), read_len=4096)).payload)
         # IOCCSZ counts 16-byte units of the whole capsule: the 64-byte SQE plus data.
         in_capsule = max(0, self.info.ioccsz * 16 - 64)
@@ -121,11 +123,11 @@ class Controller:
                 raise TimeoutError(f"controller did not report {what} (CSTS {csts:#x})")
             await asyncio.sleep(0.01)
 
-    async def refresh_namespaces(self) -> dict[int, NamespaceInfo]:
+    async def refresh_namespaces(self) -> dict[int, IdentifyNamespace]:
         listing = await self.admin_cmd(cmd.identify(0, IdentifyCns.ACTIVE_NAMESPACE_LIST),
                                        read_len=4096)
         found = {}
-        for nsid in cmd.parse_ns_list(listing.payload):
+        for nsid in pull_namespace_list(listing.payload):
             found[nsid] = await self.identify_namespace(nsid)
         self.namespaces = found
         return found
@@ -143,15 +145,15 @@ class Controller:
     async def property_set(self, offset: int, value: int, size: int = 4) -> None:
         await self.admin_cmd(cmd.property_set(0, offset, value, size))
 
-    async def identify_namespace(self, nsid: int) -> NamespaceInfo:
+    async def identify_namespace(self, nsid: int) -> IdentifyNamespace:
         done = await self.admin_cmd(cmd.identify(0, IdentifyCns.NAMESPACE, nsid=nsid),
                                     read_len=4096)
-        return NamespaceInfo.parse(nsid, done.payload)
+        return pull_identify_namespace(done.payload)
 
     async def ns_descriptors(self, nsid: int) -> dict[int, bytes]:
         done = await self.admin_cmd(cmd.identify(0, IdentifyCns.NS_ID_DESCRIPTORS, nsid=nsid),
                                     read_len=4096)
-        return cmd.parse_ns_descriptors(done.payload)
+        return pull_ns_id_descriptors(done.payload)
 
     async def set_number_of_queues(self, count: int) -> int:
         value = (count - 1) | ((count - 1) << 16)

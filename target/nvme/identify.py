@@ -132,6 +132,11 @@ class IdentifyNamespace:
     eui64: bytes = bytes(8)
     extra_lbafs: tuple[int, ...] = field(default=())  # only for pull; push writes one format
 
+    @property
+    def block_size(self) -> int:
+        """Bytes per logical block of the format in use."""
+        return 1 << self.lbads
+
 
 def push_identify_namespace(idn: IdentifyNamespace) -> bytes:
     buf = bytearray(IDENTIFY_DATA_SIZE)
