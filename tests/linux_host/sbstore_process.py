@@ -36,7 +36,45 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class SbstoreServer:
+class _ManagedProcess:
+    """What both process wrappers share: stop it (SIGTERM, then SIGKILL), is it alive, and
+    what it printed (its log file)."""
+
+    proc: subprocess.Popen[bytes] | None
+    returncode: int | None
+    stop_seconds: float | None
+    log_path: Path
+    STOP_TIMEOUT_S = 10.0
+
+    def stop(self, timeout: float | None = None) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout``; returns the exit status (idempotent)."""
+        proc = self.proc
+        if proc is None:
+            return self.returncode
+        if proc.poll() is None:
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=self.STOP_TIMEOUT_S if timeout is None else timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+            self.stop_seconds = time.monotonic() - t0
+        self.returncode = proc.returncode
+        return self.returncode
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def output(self) -> str:
+        try:
+            return self.log_path.read_bytes().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+class SbstoreServer(_ManagedProcess):
     def __init__(self, state_dir: Path, port: int | None = None,
                  extra_args: tuple[str, ...] = ()) -> None:
         self.state_dir = Path(state_dir)
@@ -70,33 +108,6 @@ class SbstoreServer:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"not accepting on 127.0.0.1:{self.port} after {timeout}s")
             time.sleep(0.1)
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM, then SIGKILL after ``timeout``; returns the exit status (idempotent)."""
-        proc = self.proc
-        if proc is None:
-            return self.returncode
-        if proc.poll() is None:
-            t0 = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-            self.stop_seconds = time.monotonic() - t0
-        self.returncode = proc.returncode
-        return self.returncode
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def output(self) -> str:
-        try:
-            return self.log_path.read_bytes().decode(errors="replace")
-        except FileNotFoundError:
-            return ""
 
     def failure_sections(self) -> list[tuple[str, str]]:
         state = "running" if self.alive else f"exited rc={self.proc and self.proc.returncode}"
@@ -177,7 +188,7 @@ def sbstore_cli(socket_path: Path, *args: str, timeout: float = 60.0) -> CliResu
     return CliResult(argv, proc.returncode, data, out, err)
 
 
-class SbstoreDaemon:
+class SbstoreDaemon(_ManagedProcess):
     """``python3 -m sbstore serve --config FILE`` as a child process; restartable.
 
     Every start appends to one log file (a header line per start), so a failure report shows
@@ -185,6 +196,8 @@ class SbstoreDaemon:
     its listeners before the API) and the NVMe/TCP port accepts. ``stop`` is SIGTERM, then
     SIGKILL after a timeout; the child also dies with the test process (PR_SET_PDEATHSIG).
     """
+
+    STOP_TIMEOUT_S = 15.0  # a pool flush and close may take a moment
 
     def __init__(self, config: Path, api_socket: Path, nvme_port: int, log_path: Path) -> None:
         self.config = Path(config)
@@ -231,37 +244,10 @@ class SbstoreDaemon:
                                    f"127.0.0.1:{self.port} not ready after {timeout}s")
             time.sleep(0.1)
 
-    def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM, then SIGKILL after ``timeout``; returns the exit status (idempotent)."""
-        proc = self.proc
-        if proc is None:
-            return self.returncode
-        if proc.poll() is None:
-            t0 = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-            self.stop_seconds = time.monotonic() - t0
-        self.returncode = proc.returncode
-        return self.returncode
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
     def cli(self, *args: str, timeout: float = 60.0) -> CliResult:
         result = sbstore_cli(self.api_socket, *args, timeout=timeout)
         self.transcript.append(result.describe())
         return result
-
-    def output(self) -> str:
-        try:
-            return self.log_path.read_bytes().decode(errors="replace")
-        except FileNotFoundError:
-            return ""
 
     def failure_sections(self) -> list[tuple[str, str]]:
         state = "running" if self.alive else f"exited rc={self.proc and self.proc.returncode}"
