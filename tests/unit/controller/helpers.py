@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from target.blockdev import RamDevice
 from target.controller import QueueSession, Response
+from target.host.queue_client import Completion
 from target.nvme.spec import (
     CC_EN,
     NSID_ALL,
@@ -17,7 +18,6 @@ from target.nvme.spec import (
     IoOpcode,
     Property,
 )
-from target.nvme.status import split_status
 from target.nvme.structs import Cqe, Sqe, pull_cqe, push_sqe
 from target.subsystem import Listener, Subsystem, Target
 
@@ -134,26 +134,10 @@ def disconnect(cid: int = 1) -> bytes:
     return bytes(fabrics(FabricsType.DISCONNECT, cid=cid))
 
 
-@dataclass
-class Result:
-    cqe: Cqe
-    data: bytes | None
-
-    @property
-    def sct(self) -> int:
-        return split_status(self.cqe.status)[0]
-
-    @property
-    def sc(self) -> int:
-        return split_status(self.cqe.status)[1]
-
-    @property
-    def dnr(self) -> bool:
-        return split_status(self.cqe.status)[2]
-
-    @property
-    def ok(self) -> bool:
-        return self.cqe.status == 0
+@dataclass(frozen=True, slots=True)
+class Result(Completion):
+    """A completion as the session answered it, read like the initiator reads one (``sct``,
+    ``sc``, ``dnr``, ``ok``); ``data`` is bytes here, for easy comparison."""
 
     @property
     def status(self) -> tuple[int, int]:
