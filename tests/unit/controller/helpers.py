@@ -18,7 +18,7 @@ from target.nvme.spec import (
     IoOpcode,
     Property,
 )
-from target.nvme.structs import Cqe, Sqe, pull_cqe, push_sqe
+from target.nvme.structs import Sqe, pull_cqe, push_sqe
 from target.subsystem import Listener, Subsystem, Target
 
 SUBNQN = "nqn.2024-01.io.sbstore:unit"
