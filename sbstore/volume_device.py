@@ -13,6 +13,8 @@ ReadOnly                    Namespace is Write Protected (generic 0x20)
 NotFound                    Invalid Namespace or Format (generic 0x0B): the volume is gone
 InvalidArgument             Invalid Field in Command (generic 0x02)
 Corrupt                     Unrecovered Read Error (media 0x81)
+DeviceError (writing)       Write Fault (media 0x80)
+DeviceError (reading)       Unrecovered Read Error (media 0x81)
 PoolFailed, Busy, others    Internal Error (generic 0x06)
 ==========================  ===========================================================
 """
@@ -23,6 +25,7 @@ from collections.abc import Sequence
 
 from sbstore.store import (
     Corrupt,
+    DeviceError,
     InvalidArgument,
     NoSpace,
     NotFound,
@@ -33,6 +36,7 @@ from sbstore.store import (
 )
 from target.blockdev import (
     SC_UNRECOVERED_READ_ERROR,
+    SC_WRITE_FAULT,
     SCT_GENERIC,
     SCT_MEDIA,
     BlockDeviceError,
@@ -59,6 +63,9 @@ def to_blockdev_error(exc: StoreError) -> BlockDeviceError:
         return BlockDeviceError(msg, sct=SCT_GENERIC, sc=SC_INVALID_NAMESPACE)
     if isinstance(exc, InvalidArgument):
         return BlockDeviceError(msg, sct=SCT_GENERIC, sc=SC_INVALID_FIELD)
+    if isinstance(exc, DeviceError):
+        return BlockDeviceError(msg, sct=SCT_MEDIA,
+                                sc=SC_WRITE_FAULT if exc.writing else SC_UNRECOVERED_READ_ERROR)
     if isinstance(exc, Corrupt):
         return BlockDeviceError(msg, sct=SCT_MEDIA, sc=SC_UNRECOVERED_READ_ERROR)
     return BlockDeviceError(msg)
@@ -84,7 +91,7 @@ class VolumeDevice:
     def uuid(self) -> uuid_mod.UUID:
         return self.volume.uuid
 
-    async def read(self, lba: int, nblocks: int) -> bytearray:
+    async def read(self, lba: int, nblocks: int) -> bytes | bytearray | memoryview:
         try:
             return await self.volume.read(lba, nblocks)
         except StoreError as exc:

@@ -47,6 +47,14 @@ class Corrupt(StoreError):
     """The on-disk structures are damaged (bad checksum, pointer out of range, ...)."""
 
 
+class DeviceError(StoreError):
+    """The device under the pool failed an I/O (EIO and the like); ``writing`` says which way."""
+
+    def __init__(self, message: str, *, writing: bool) -> None:
+        super().__init__(message)
+        self.writing = writing
+
+
 class InvalidArgument(StoreError):
     """A request the pool cannot carry out as asked (bad size, name, block size, ...)."""
 

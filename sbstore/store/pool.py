@@ -62,11 +62,13 @@ import os
 import time
 import uuid as uuid_mod
 from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 
 from .backing import Backing
+from .engines import open_engine
+from .engines.base import EngineUnavailable, IoEngine
 from .errors import (
     AlreadyExists,
     Busy,
@@ -118,6 +120,8 @@ from .pagetree import (
     load_tree,
     read_checked,
 )
+from .guard import ReuseGuard
+from .owner import Segment
 from .space import ClusterSpace, MetaSpace
 from .volume import Volume
 
@@ -126,6 +130,7 @@ log = logging.getLogger(__name__)
 _META_RESERVE = 16  # pages kept back for management operations (deleting must stay possible)
 _DRAIN_LEAVES = 64  # leaves a deletion drops before yielding to the event loop
 _INFLATE_BATCH = 16  # clusters an inflate copies before yielding
+_ROOM_ROUNDS = 200  # tries of _make_room (a commit, or 1 ms for in-flight I/O to drain)
 
 
 @dataclass(frozen=True)
@@ -157,6 +162,7 @@ class _Plan:
     sb: Superblock | None
     release_meta: list[int]
     release_data: list[int]
+    epoch: int  # the guard epoch this commit closed: its freed clusters wait for its I/O
 
 
 class Pool:
@@ -164,13 +170,15 @@ class Pool:
 
     commit_interval = 1.0  # seconds between a first change and its timer commit
 
-    def __init__(self, backing: Backing, sb: Superblock, readonly: bool) -> None:
+    def __init__(self, backing: Backing, sb: Superblock, readonly: bool,
+                 engine: IoEngine) -> None:
         """Use :meth:`create` or :meth:`open`."""
         self._backing = backing
         self._sb = sb
         self.readonly = readonly
         self.cluster_size = sb.cluster_size
-        self._zeros = memoryview(bytes(sb.cluster_size))
+        self.engine = engine
+        self.guard = ReuseGuard()
         self._meta = MetaSpace(sb.meta_first_page, sb.meta_pages)
         rc_tree = PageTree(sb.n_clusters, self._meta)
         self._space = ClusterSpace(sb.n_clusters, sb.first_data_cluster,
@@ -207,9 +215,10 @@ class Pool:
     @classmethod
     def create(cls, path: str | os.PathLike[str], size_bytes: int | None = None, *,
                cluster_size: int = DEFAULT_CLUSTER_SIZE, metadata_bytes: int | None = None,
-               force: bool = False) -> Pool:
+               force: bool = False, io: str = "auto") -> Pool:
         """Format a pool on ``path`` (a file, created or resized to ``size_bytes``, or a block
-        device, whose size is used when ``size_bytes`` is None)."""
+        device, whose size is used when ``size_bytes`` is None). ``io`` picks the data I/O
+        engine (``engines.open_engine``: "auto", "io_uring", "threads" or "buffered")."""
         path = os.fspath(path)
         is_blk = _is_block_device(path)
         if size_bytes is None and not is_blk:
@@ -222,6 +231,7 @@ class Pool:
                 raise AlreadyExists(f"{path} already holds an sbstore pool ({existing}); "
                                     f"use --force to overwrite it")
         backing = Backing(path, create_size=None if is_blk else size_bytes)
+        engine: IoEngine | None = None
         try:
             total = backing.size if size_bytes is None else size_bytes
             if total > backing.size:
@@ -244,21 +254,30 @@ class Pool:
             sb = dataclasses.replace(sb, generation=1)
             backing.write_superblock(SB_SLOT_PAGES[1], push_superblock(sb))
             backing.sync()
-            pool = cls(backing, sb, readonly=False)
+            engine = _open_engine(path, io, readonly=False)
+            pool = cls(backing, sb, readonly=False, engine=engine)
             pool._meta.rebuild_free()
             pool._space.rebuild_free()
             return pool
         except BaseException:
+            if engine is not None:
+                engine.close()
             backing.close()
             raise
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, readonly: bool = False,
-             finish_deletions: bool = True) -> Pool:
+             finish_deletions: bool = True, io: str = "auto", backing: Backing | None = None,
+             engine: IoEngine | None = None) -> Pool:
         """Open an existing pool; finishes any interrupted deletion unless ``readonly``
-        (``finish_deletions=False`` is for ``check --repair`` only)."""
-        backing = Backing(path, readonly=readonly)
+        (``finish_deletions=False`` is for ``check --repair`` only). ``io`` picks the data
+        I/O engine; tests may hand in their own ``backing`` and ``engine`` instead (both are
+        closed with the pool)."""
+        if backing is None:
+            backing = Backing(path, readonly=readonly)
         try:
+            if engine is None:
+                engine = _open_engine(backing.path, io, readonly=readonly)
             candidates, reasons = read_superblocks(backing)
             if not candidates:
                 raise Corrupt(f"{backing.path}: no valid superblock (" + "; ".join(reasons) + ")")
@@ -268,7 +287,7 @@ class Pool:
                     errors.append(f"generation {sb.generation}: the pool has {sb.total_bytes} "
                                   f"bytes but {backing.path} only {backing.size}")
                     continue
-                pool = cls(backing, sb, readonly)
+                pool = cls(backing, sb, readonly, engine)
                 try:
                     pool._load()
                 except Corrupt as exc:
@@ -287,6 +306,8 @@ class Pool:
                 return pool
             raise Corrupt(f"{backing.path}: " + "; ".join(errors))
         except BaseException:
+            if engine is not None:
+                engine.close()
             backing.close()
             raise
 
@@ -392,6 +413,10 @@ class Pool:
         if self._closed:
             return
         try:
+            # Writes in flight finish first (their clusters get mapped or given back).
+            for vol in self._all_volumes():
+                if vol._writes:
+                    await vol.quiesce()
             if self._drains:
                 await asyncio.gather(*list(self._drains), return_exceptions=True)
             if not self.readonly and self._failed is None:
@@ -408,8 +433,10 @@ class Pool:
         self._closed = True
         for vol in self._all_volumes():
             vol._kill()
+            vol.reopen()  # writes waiting at a gate now fail with NotFound
         if self._executor is not None:
             self._executor.shutdown(wait=True)
+        self.engine.close()
         self._backing.close()
 
     def __enter__(self) -> Self:
@@ -565,13 +592,20 @@ class Pool:
                                       f"you can snapshot")
             self._check_not_busy(vol)  # an inflate would leave the new snapshot sharing data
             self._check_new_name(name)
-            await self._make_room(lambda: (0, self._share_cost(vol)))
-            vol = self._resolve(vol)
-            snap = self._add_volume(name, VOL_SNAPSHOT, vol.size_bytes, vol.block_size,
-                                    vol.parent_id)
-            self._share_tree(vol, snap)
-            vol.parent_id = snap.id
-            self._record_changed(vol)
+            # No write may be in flight to a cluster that becomes shared (it would change the
+            # snapshot after the fact): close the volume's gate and let its writes finish.
+            await vol.quiesce()
+            try:
+                await self._make_room(lambda: (0, self._share_cost(vol)))
+                vol = self._resolve(vol)
+                self._check_new_name(name)
+                snap = self._add_volume(name, VOL_SNAPSHOT, vol.size_bytes, vol.block_size,
+                                        vol.parent_id)
+                self._share_tree(vol, snap)
+                vol.parent_id = snap.id
+                self._record_changed(vol)
+            finally:
+                vol.reopen()
             await self.flush()
             return snap
 
@@ -636,19 +670,23 @@ class Pool:
                 raise InvalidArgument(f"snapshot {snap.name!r} is not in the history of "
                                       f"{vol.name!r}")
             self._check_not_busy(vol)
-            await self._make_room(lambda: (0, 4 + self._share_cost(snap)))
-            vol, snap = self._resolve(vol), self._resolve(snap)
-            # The old data moves to a hidden DYING record; the volume object stays (served).
-            old = self._add_volume(f"{vol.name}~before-revert", VOL_DYING, vol.size_bytes,
-                                   vol.block_size, 0)
-            old.tree, old._map, old.mapped = vol.tree, vol._map, vol.mapped
-            vol.tree = PageTree(ceil_div(snap.size_bytes, self.cluster_size), self._meta)
-            vol._map = None
-            vol.mapped = 0
-            self._share_tree(snap, vol)
-            vol._set_size(snap.size_bytes)
-            vol.parent_id = snap.id
-            self._record_changed(vol)
+            await vol.quiesce()  # no write in flight may land in the map being replaced
+            try:
+                await self._make_room(lambda: (0, 4 + self._share_cost(snap)))
+                vol, snap = self._resolve(vol), self._resolve(snap)
+                # The old data moves to a hidden DYING record; the volume object stays (served).
+                old = self._add_volume(f"{vol.name}~before-revert", VOL_DYING, vol.size_bytes,
+                                       vol.block_size, 0)
+                old.tree, old._map, old.mapped = vol.tree, vol._map, vol.mapped
+                vol.tree = PageTree(ceil_div(snap.size_bytes, self.cluster_size), self._meta)
+                vol._map = None
+                vol.mapped = 0
+                self._share_tree(snap, vol)
+                vol._set_size(snap.size_bytes)
+                vol.parent_id = snap.id
+                self._record_changed(vol)
+            finally:
+                vol.reopen()
             await self.flush()
         await self._drain(old)
 
@@ -664,19 +702,17 @@ class Pool:
             return
         self._busy[vol.id] = "inflating"
         try:
-            m = vol._map if vol._map is not None else vol._load_map()
             ci = 0
-            while ci < len(m):
+            while True:
+                m = vol._map if vol._map is not None else vol._load_map()
+                if ci >= len(m):
+                    break
                 copied = 0
                 while ci < len(m) and copied < _INFLATE_BATCH:
                     if self._must_copy(vol, m, ci):
-                        await self._make_room(functools.partial(self._copy_needs, vol, ci))
-                        if vol._dead or vol._map is None:
-                            raise NotFound(f"volume {vol.name!r} was deleted")
-                        m = vol._map
-                        if self._must_copy(vol, m, ci):
-                            self._copy_out(vol, m, ci)
-                            copied += 1
+                        await vol.copy_out(ci)
+                        copied += 1
+                        m = vol._after_wait(0)
                     ci += 1
                 await asyncio.sleep(0)
                 if vol._dead:
@@ -768,14 +804,6 @@ class Pool:
         touched = {e >> LEAF_SHIFT for e in m[j << LEAF_SHIFT:(j + 1) << LEAF_SHIFT] if e}
         return len(touched - dirty) * 3 + 2
 
-    def _copy_needs(self, vol: Volume, ci: int) -> tuple[int, int]:
-        """(clusters, pages) giving cluster ``ci`` of ``vol`` a private copy may take."""
-        j = ci >> LEAF_SHIFT
-        loc = vol.tree.leaf_loc[j]
-        if loc and self._meta.refs[loc] > 1:
-            return 1, 4 + self._unshare_cost(vol, j)
-        return 1, 4
-
     def _touch_map_leaf(self, vol: Volume, j: int) -> None:
         """Leaf ``j`` of ``vol``'s map is about to change: make it private and dirty."""
         t = vol.tree
@@ -806,49 +834,12 @@ class Pool:
             # reference too: no one may write it in place until that is committed.
             self._unstable.add(pcn)
 
-    def _is_unstable(self, pcn: int) -> bool:
-        u = self._unstable
-        if u and pcn in u:
-            return True
-        u = self._unstable_inflight
-        return bool(u) and pcn in u
-
     def _must_copy(self, vol: Volume, m: array[int], ci: int) -> bool:
         p = m[ci]
         if not p:
             return False
         loc = vol.tree.leaf_loc[ci >> LEAF_SHIFT]
         return bool(loc and self._meta.refs[loc] > 1) or self._space.rc[p] > 1
-
-    def _copy_out(self, vol: Volume, m: array[int], ci: int) -> None:
-        """Give cluster ``ci`` of ``vol`` a private copy (inflate)."""
-        p = m[ci]
-        space = self._space
-        new = space.alloc()
-        try:
-            self._copy_cluster(p, new)
-        except BaseException:
-            space.unalloc(new)
-            raise
-        self._touch_map_leaf(vol, ci >> LEAF_SHIFT)
-        p = m[ci]
-        m[ci] = new
-        self._drop_ref(p)
-        self._note_data()
-
-    def _copy_cluster(self, src: int, dst: int) -> None:
-        c = self.cluster_size
-        fd = self._backing.fd
-        done = 0
-        try:
-            while done < c:
-                n = os.copy_file_range(fd, fd, c - done, src * c + done, dst * c + done)
-                if n <= 0:
-                    raise OSError("copy_file_range made no progress")
-                done += n
-        except OSError:
-            data = self._backing.read(src * c + done, c - done)
-            self._backing.write(dst * c + done, data)
 
     def _make_dying(self, vol: Volume) -> None:
         """Record the intent to delete ``vol``: hidden now, its space freed by :meth:`_drain`."""
@@ -952,13 +943,103 @@ class Pool:
             return data
         return self._backing.read_page(page)
 
+    # --- the data path's interface (owner.VolumeOwner) ------------------------------------------
+
+    @property
+    def cluster_refs(self) -> array[int]:
+        return self._space.rc
+
+    @property
+    def leaf_refs(self) -> array[int]:
+        return self._meta.refs
+
+    def is_unstable(self, pcn: int) -> bool:
+        u = self._unstable
+        if u and pcn in u:
+            return True
+        u = self._unstable_inflight
+        return bool(u) and pcn in u
+
+    def note_data(self) -> None:
+        self._dirty = True
+        if self._timer is None:
+            self._arm_timer()
+
+    async def make_room_for(self, vol: Volume, segs: Sequence[Segment], zeroing: bool) -> None:
+        await self._make_room(functools.partial(self._write_needs, vol, segs, zeroing))
+
+    def reserve_cluster(self) -> int:
+        return self._space.reserve()
+
+    def unreserve_cluster(self, pcn: int) -> None:
+        self._space.unreserve(pcn)
+
+    def prepare_mapping(self, vol: Volume, ci: int) -> None:
+        self._touch_map_leaf(vol, ci >> LEAF_SHIFT)
+        m = vol._map
+        assert m is not None
+        if m[ci]:
+            self._space.prepare_change(m[ci])
+
+    def set_mapping(self, vol: Volume, ci: int, pcn: int) -> None:
+        m = vol._map
+        assert m is not None
+        self._touch_map_leaf(vol, ci >> LEAF_SHIFT)  # again, if a commit wrote it meanwhile
+        old = m[ci]
+        m[ci] = pcn
+        if pcn:
+            self._space.claim(pcn)
+            if not old:
+                vol.mapped += 1
+        elif old:
+            vol.mapped -= 1
+        if old:
+            self._drop_ref(old)
+        self.note_data()
+
+    def load_map(self, vol: Volume) -> array[int]:
+        return load_entries(vol.tree, self._read_meta, f"map of {vol.name!r}")
+
+    def volume_by_id_or_none(self, vid: int) -> Volume | None:
+        return self._by_id.get(vid)
+
+    def children_of(self, vid: int) -> list[Volume]:
+        return self._children_of(vid)
+
+    def _write_needs(self, vol: Volume, segs: Sequence[Segment], zeroing: bool
+                     ) -> tuple[int, int]:
+        """(clusters, metadata pages) writing the segments may take, counted pessimistically."""
+        m = vol._map
+        assert m is not None
+        rc, mrefs, loc_of = self._space.rc, self._meta.refs, vol.tree.leaf_loc
+        csize = self.cluster_size
+        clusters = 0
+        pages = 0
+        shared_leaves: set[int] = set()
+        for ci, _co, _pos, length in segs:
+            p = m[ci]
+            j = ci >> LEAF_SHIFT
+            loc = loc_of[j]
+            leaf_shared = bool(loc) and mrefs[loc] > 1
+            if leaf_shared:
+                shared_leaves.add(j)
+            if zeroing and (p == 0 or length == csize):
+                pages += 2 if p else 0
+                continue
+            if not p or leaf_shared or rc[p] != 1 or self.is_unstable(p):
+                clusters += 1
+                pages += 3
+        for j in shared_leaves:
+            pages += 1 + self._unshare_cost(vol, j)
+        return clusters, pages
+
     # --- room -----------------------------------------------------------------------------------
 
     async def _make_room(self, needs: Callable[[], tuple[int, int]], reserve: bool = True
                          ) -> None:
         """Return (without awaiting after the last check) once ``needs()`` clusters and
         metadata pages are available; commit to recycle released space if that helps."""
-        for attempt in range(3):
+        for attempt in range(_ROOM_ROUNDS + 1):
             clusters, pages = needs()
             meta, space = self._meta, self._space
             margin = (_META_RESERVE if reserve else 0) + len(self._slots) // VOLRECS_PER_PAGE + 2
@@ -972,6 +1053,10 @@ class Pool:
                                 or self._commit_task is not None):
                 await self.flush()
                 continue
+            if self.guard.deferred and attempt < _ROOM_ROUNDS:
+                # Freed clusters wait for data I/O still in flight: it completes shortly.
+                await asyncio.sleep(0.001)
+                continue
             break
         if not data_ok:
             raise NoSpace(f"the pool is full: {clusters} free clusters needed, "
@@ -982,11 +1067,6 @@ class Pool:
     # --- commit ---------------------------------------------------------------------------------
 
     def _note_change(self) -> None:
-        self._dirty = True
-        if self._timer is None:
-            self._arm_timer()
-
-    def _note_data(self) -> None:
         self._dirty = True
         if self._timer is None:
             self._arm_timer()
@@ -1113,7 +1193,8 @@ class Pool:
                                      manifest_crc=page_crc(first[1]) if manifest else 0,
                                      manifest_entries=len(writes) - len(manifest))
         plan = _Plan(txn=txn, writes=writes, sb=sb if changed else None,
-                     release_meta=meta.take_pending(), release_data=space.take_pending())
+                     release_meta=meta.take_pending(), release_data=space.take_pending(),
+                     epoch=self.guard.close_epoch())
         self._vt_dirty.clear()
         self._unstable_inflight, self._unstable = self._unstable, set()
         self._inflight_pages = dict(writes)
@@ -1168,10 +1249,26 @@ class Pool:
         if plan.sb is not None:
             self._sb = plan.sb
         self._meta.release_committed(plan.release_meta)
-        self._space.release_committed(plan.release_data)
+        if plan.release_data:
+            # Freed clusters return once no data I/O that may still touch them is in flight.
+            self.guard.after(plan.epoch, functools.partial(self._space.release_committed,
+                                                           plan.release_data))
         self._inflight_pages = {}
         self._unstable_inflight = set()
         self._durable_txn = plan.txn
+
+
+def _open_engine(path: str, io: str, *, readonly: bool) -> IoEngine:
+    """The data I/O engine for the pool at ``path``; one log line says which and why."""
+    try:
+        engine = open_engine(path, io, readonly=readonly)
+    except EngineUnavailable as exc:
+        raise InvalidArgument(f"{path}: io = {io!r}: {exc}") from None
+    except ValueError as exc:
+        raise InvalidArgument(f"{path}: {exc}") from None
+    if not readonly:
+        log.info("pool %s: data I/O through %s (%s)", path, engine.name, engine.reason)
+    return engine
 
 
 def _log_commit_error(task: asyncio.Task[None]) -> None:

@@ -113,8 +113,14 @@ class ClusterSpace:
         self.n_free = self.free.count(1)
         self.n_used = (n - first) - self.n_free
 
-    def alloc(self) -> int:
-        """A free cluster with count 1, or NoSpace."""
+    def reserve(self) -> int:
+        """Take a free cluster out of the free set without referencing it (its count stays 0).
+
+        The data path reserves a cluster before it writes the cluster's data and
+        claims it (:meth:`claim`) only once the data is written and the cluster is mapped: a commit
+        between the two records the cluster as free, so a crash leaves nothing leaked. The
+        refcount leaf that :meth:`claim` will change is made dirty now, while the caller still
+        holds the room it checked for (``_make_room``)."""
         p = self.free.find(1, self._cursor)
         if p < 0:
             p = self.free.find(1, self.first_data)
@@ -122,18 +128,38 @@ class ClusterSpace:
                 raise NoSpace("the pool is full: no free data cluster")
         self.free[p] = 0
         self.n_free -= 1
-        self.n_used += 1
-        self.rc[p] = 1
         self._cursor = p + 1
-        self.tree.touch(p >> LEAF_SHIFT)
+        self.prepare_change(p)
+        return p
+
+    def claim(self, pcn: int) -> None:
+        """The first reference to a cluster from :meth:`reserve`."""
+        self.rc[pcn] = 1
+        self.n_used += 1
+        self.prepare_change(pcn)
+
+    def unreserve(self, pcn: int) -> None:
+        """Give back a cluster from :meth:`reserve` that was never claimed (a failed write)."""
+        self.free[pcn] = 1
+        self.n_free += 1
+
+    def alloc(self) -> int:
+        """A free cluster with count 1 (:meth:`reserve` and :meth:`claim` at once)."""
+        p = self.reserve()
+        self.claim(p)
         return p
 
     def unalloc(self, pcn: int) -> None:
-        """Undo :meth:`alloc` of a cluster nothing ever mapped (a write that failed)."""
+        """Undo :meth:`alloc` of a cluster nothing ever mapped."""
         self.rc[pcn] = 0
         self.n_used -= 1
-        self.free[pcn] = 1
-        self.n_free += 1
+        self.unreserve(pcn)
+
+    def prepare_change(self, pcn: int) -> None:
+        """The count of ``pcn`` will change soon: plan its refcount leaf's page now."""
+        j = pcn >> LEAF_SHIFT
+        if j not in self.tree.dirty:
+            self.tree.touch(j)
 
     def incref(self, pcn: int) -> None:
         self.rc[pcn] += 1

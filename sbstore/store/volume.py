@@ -5,16 +5,30 @@ Rules of this module:
   written, reads as zeroes), so a read costs one index operation whatever the snapshot depth.
   Snapshots and clones share clusters by reference counts (``space``), never by reading through
   a parent.
-- Data I/O runs inline on the event loop (``os.preadv``/``os.pwritev`` on the page cache). Each
-  I/O does all its map and refcount work between two awaits, so I/Os from many queues never see
-  each other half done: two writes allocating the same cluster, or a copy-on-write racing a
-  read, are serialized by the loop itself. The only awaits are before the work starts (waiting
-  for a commit to free space) and after it (FUA: waiting for the commit).
-- Where a write goes: to the cluster in place if this volume alone owns it (count 1, its map
-  leaf not shared, and no reference to it was dropped in an uncommitted transaction); otherwise
-  to a newly allocated cluster, filled with the old cluster's bytes outside the written range
-  (copy-on-write) or with zeroes (first write), then mapped. The new mapping becomes durable at
-  the next commit (timer, Flush or FUA); until then a crash leaves the old mapping.
+- Data moves through the pool's I/O engine (``engines``: io_uring, threads or buffered), whose
+  I/Os complete asynchronously while the loop serves other commands. What the pool records
+  (allocation, counts, map leaves, the commit) is changed only through the owner
+  (:class:`~sbstore.store.owner.VolumeOwner`), never by this module.
+- Where a write goes: in place, if this volume alone owns the cluster (count 1, its map leaf
+  not shared, no reference to it dropped in an uncommitted transaction); otherwise to a newly
+  reserved cluster, filled with the old cluster's bytes around the written range (copy-on-write)
+  or with zeroes (first write), and mapped only once that data is written. The new mapping
+  becomes durable at the next commit (timer, Flush or FUA); until then a crash leaves the old.
+- Concurrency, now that I/O is asynchronous:
+  * An allocating write works in three steps: (1) without awaiting, reserve the cluster and
+    prepare the map leaf and counts (while the room ``make_room_for`` checked still holds);
+    (2) the data I/O; (3) without awaiting, map the cluster. Between (1) and (3) the cluster
+    index is *pending*: another write, write-zeroes or deallocate of it waits for (3), so the
+    copy-on-write never copies bytes a concurrent command is changing. Reads do not wait: they
+    read the old mapping, the write not having completed.
+  * Step (2) and (3) run in a task of their own: a command whose connection goes away stops
+    waiting, but its I/O and the mapping finish, so a cluster is never mapped before its data
+    is written nor given back while a write to it is in flight.
+  * Every data I/O holds a ticket of the pool's :class:`~sbstore.store.guard.ReuseGuard` until
+    the device completes it: a cluster unmapped meanwhile is not handed out again before that.
+  * Writes in flight are counted; a snapshot or revert of the volume closes its *gate* (new
+    writes wait) and waits for the count to reach zero, so no write lands in a cluster after
+    it became shared.
 - Deallocate and Write Zeroes unmap every whole cluster in the range (giving it back to the
   pool once no one else shares it) and write zeroes into the partial clusters at the edges.
 
@@ -26,36 +40,46 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
-import os
 import time
 import uuid as uuid_mod
 from array import array
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Sequence
+from typing import TYPE_CHECKING, Any
 
-from .errors import Corrupt, InvalidArgument, NoSpace, NotFound, OutOfRange, ReadOnly
+from .errors import Corrupt, DeviceError, InvalidArgument, NoSpace, NotFound, OutOfRange, ReadOnly
 from .layout import LEAF_SHIFT, VOL_SNAPSHOT, VolumeRecord, ceil_div
-from .pagetree import PageTree, leaf_slice_bytes, load_entries
+from .pagetree import PageTree, leaf_slice_bytes
 
 if TYPE_CHECKING:
-    from .pool import Pool
+    from .owner import Segment, VolumeOwner
 
 Buffer = bytes | bytearray | memoryview
 
+_MAX_SETTLE_ROUNDS = 10_000  # waits for pending allocations and room before giving up (Busy)
 
 
-def _write_error(exc: OSError) -> Exception:
+@functools.lru_cache(maxsize=8)
+def zeroes(nbytes: int) -> memoryview:
+    """A shared read-only run of zero bytes (sliced by the callers)."""
+    return memoryview(bytes(nbytes))
+
+
+def _write_error(exc: OSError, where: str) -> Exception:
     """A full file system under a pool file is the pool being full (Capacity Exceeded)."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return NoSpace(f"the file system holding the pool is full ({exc.strerror})")
-    return exc
+    return DeviceError(f"write to {where} failed: {exc.strerror or exc}", writing=True)
+
+
+def _read_error(exc: OSError, where: str) -> Exception:
+    return Corrupt(f"read from {where} failed: {exc.strerror or exc}")
 
 
 class Volume:
     """A thin volume or a snapshot. Get one from :class:`~sbstore.store.pool.Pool`."""
 
-    def __init__(self, pool: Pool, rec: VolumeRecord, tree: PageTree, slot: int) -> None:
-        self._pool = pool
+    def __init__(self, owner: VolumeOwner, rec: VolumeRecord, tree: PageTree, slot: int) -> None:
+        self._owner = owner
         self.id = rec.id
         self._uuid = rec.uuid
         self._name = rec.name
@@ -70,14 +94,19 @@ class Volume:
         self._map: array[int] | None = None
         self._dead = False
         self._drain_pos = 0  # leaves already dropped, while DYING
-        self._fd = pool._backing.fd
-        self._csize = pool.cluster_size
-        self._cshift = pool.cluster_size.bit_length() - 1
-        self._cmask = pool.cluster_size - 1
-        self._rc = pool._space.rc
-        self._mrefs = pool._meta.refs
-        self._ro = bool(rec.flags & VOL_SNAPSHOT) or pool.readonly
+        self._engine = owner.engine
+        self._guard = owner.guard
+        self._csize = owner.cluster_size
+        self._cshift = owner.cluster_size.bit_length() - 1
+        self._cmask = owner.cluster_size - 1
+        self._rc = owner.cluster_refs
+        self._mrefs = owner.leaf_refs
+        self._ro = bool(rec.flags & VOL_SNAPSHOT) or owner.readonly
         self._nblocks = self._size // self._bs
+        self._pending: dict[int, asyncio.Future[None]] = {}  # cluster index -> its allocation
+        self._writes = 0  # writes, write-zeroes and deallocates in flight
+        self._gate: asyncio.Future[None] | None = None  # closed while a snapshot quiesces us
+        self._drained: asyncio.Future[None] | None = None  # set when _writes drops to 0
 
     # --- identity and accounting --------------------------------------------------------------
 
@@ -121,12 +150,12 @@ class Volume:
     @property
     def parent(self) -> Volume | None:
         """The snapshot this volume's data came from (None for an independent volume)."""
-        return self._pool._by_id.get(self.parent_id) if self.parent_id else None
+        return self._owner.volume_by_id_or_none(self.parent_id) if self.parent_id else None
 
     @property
     def children(self) -> list[Volume]:
         """Volumes whose parent is this snapshot (the next snapshot in a chain, clones)."""
-        return self._pool._children_of(self.id)
+        return self._owner.children_of(self.id)
 
     @property
     def created(self) -> float:
@@ -153,14 +182,14 @@ class Volume:
 
     async def snapshot(self, name: str) -> Volume:
         """A read-only, instant snapshot of this volume's current data."""
-        return await self._pool.snapshot(self, name)
+        return await self._owner.snapshot(self, name)
 
     async def resize(self, new_size_bytes: int) -> None:
         """Grow the volume (shrinking is refused)."""
-        await self._pool.resize(self, new_size_bytes)
+        await self._owner.resize(self, new_size_bytes)
 
     async def rename(self, new_name: str) -> None:
-        await self._pool.rename(self, new_name)
+        await self._owner.rename(self, new_name)
 
     def record(self) -> VolumeRecord:
         return VolumeRecord(id=self.id, flags=self.flags, size_bytes=self._size,
@@ -171,11 +200,11 @@ class Volume:
     # --- map ----------------------------------------------------------------------------------
 
     def _load_map(self) -> array[int]:
-        """Read the map from its leaves (snapshots are loaded only when first used)."""
+        """The map, read from its leaves when first used (snapshots load lazily)."""
         if self._dead:
             raise NotFound(f"volume {self._name!r} was deleted")
         if self._map is None:
-            self._map = load_entries(self.tree, self._pool._read_meta, f"map of {self._name!r}")
+            self._map = self._owner.load_map(self)
         return self._map
 
     def leaf_bytes(self, j: int) -> bytes:
@@ -197,7 +226,7 @@ class Volume:
         if self._dead:
             return NotFound(f"volume {self._name!r} was deleted")
         if writing and self._ro:
-            if self._pool.readonly:
+            if self._owner.readonly:
                 return ReadOnly(f"the pool is open read-only; {self._name!r} cannot be written")
             return ReadOnly(f"{self._name!r} is a snapshot and cannot be written")
         if nbytes % self._bs:
@@ -207,9 +236,51 @@ class Volume:
         return OutOfRange(f"blocks {lba}..{lba + nblocks - 1} outside {self._name!r}'s "
                           f"{self._nblocks} blocks")
 
+    def _owns(self, ci: int, p: int) -> bool:
+        """May cluster ``p`` (mapped at ``ci``) be overwritten in place?"""
+        if self._rc[p] != 1 or ci in self._pending:
+            return False
+        loc = self.tree.leaf_loc[ci >> LEAF_SHIFT]
+        return (not loc or self._mrefs[loc] == 1) and not self._owner.is_unstable(p)
+
+    # --- quiescing (for snapshots) ------------------------------------------------------------
+
+    async def quiesce(self) -> None:
+        """Close the gate (new writes wait) and wait until no write of ours is in flight.
+        The caller must call :meth:`reopen` (without awaiting in between if it wants the
+        volume still; the pool does its sharing between the two)."""
+        loop = asyncio.get_running_loop()
+        while self._gate is not None:  # another quiescer: queue behind it
+            await asyncio.shield(self._gate)
+        self._gate = loop.create_future()
+        try:
+            while self._writes:
+                self._drained = loop.create_future()
+                await asyncio.shield(self._drained)
+        except BaseException:
+            self.reopen()
+            raise
+
+    def reopen(self) -> None:
+        gate, self._gate = self._gate, None
+        if gate is not None and not gate.done():
+            gate.set_result(None)
+
+    async def _pass_gate(self) -> None:
+        while self._gate is not None:
+            await asyncio.shield(self._gate)
+
+    def _write_done(self) -> None:
+        n = self._writes - 1
+        self._writes = n
+        if not n and self._drained is not None:
+            drained, self._drained = self._drained, None
+            if not drained.done():
+                drained.set_result(None)
+
     # --- block device interface ---------------------------------------------------------------
 
-    async def read(self, lba: int, nblocks: int) -> bytearray:
+    async def read(self, lba: int, nblocks: int) -> Buffer:
         """``nblocks`` blocks from ``lba``; unwritten ranges read as zeroes."""
         if lba < 0 or nblocks < 0 or lba + nblocks > self._nblocks:
             raise self._io_error(lba, nblocks * self._bs, False)
@@ -219,27 +290,67 @@ class Volume:
         bs = self._bs
         off, n = lba * bs, nblocks * bs
         co = off & self._cmask
-        if co + n <= self._csize:
-            p = m[off >> self._cshift]
-            buf = bytearray(n)
-            if p and os.preadv(self._fd, [buf], (p << self._cshift) + co) != n:
-                raise Corrupt(f"short read from cluster {p}")
-            return buf
-        return self._read_span(m, off, n)
+        if co + n > self._csize:
+            return await self._read_span(m, off, n)
+        p = m[off >> self._cshift]
+        if not p:
+            return bytearray(n)
+        engine = self._engine
+        buf = engine.buffer(n)
+        guard = self._guard
+        ticket = guard.begin()
+        try:
+            fut = engine.read_into((p << self._cshift) + co, buf)
+        except BaseException:
+            guard.end(ticket)
+            raise
+        try:
+            await fut
+        except OSError as exc:
+            raise _read_error(exc, f"cluster {p}") from exc
+        finally:
+            _end_when_done(fut, guard, ticket)
+        return buf
 
-    def _read_span(self, m: array[int], off: int, n: int) -> bytearray:
-        buf = bytearray(n)
-        view = memoryview(buf)
+    async def _read_span(self, m: array[int], off: int, n: int) -> Buffer:
+        engine = self._engine
+        buf = engine.buffer(n)
         csize, shift = self._csize, self._cshift
+        futs: list[asyncio.Future[None]] = []
         pos = 0
         while pos < n:
             ci, co = divmod(off + pos, csize)
             length = min(csize - co, n - pos)
             p = m[ci]
-            if p and os.preadv(self._fd, [view[pos:pos + length]], (p << shift) + co) != length:
-                raise Corrupt(f"short read from cluster {p}")
+            if p:
+                futs.append(engine.read_into((p << shift) + co, buf[pos:pos + length]))
+            else:
+                buf[pos:pos + length] = zeroes(csize)[:length]
             pos += length
+        if futs:
+            await self._wait_all(futs, _read_error, "the pool")
         return buf
+
+    async def _wait_all(self, futs: Sequence[asyncio.Future[Any]],
+                        error: Any, where: str) -> list[Any]:
+        """Wait for I/Os issued together (under one guard ticket); raise the first failure
+        only once all are done. Cancelled meanwhile: the ticket is kept until they are."""
+        guard = self._guard
+        ticket = guard.begin()
+        results: list[Any] = []
+        first: OSError | None = None
+        try:
+            for f in futs:
+                try:
+                    results.append(await f)
+                except OSError as exc:
+                    first = first or exc
+                    results.append(None)
+        finally:
+            _end_when_all_done(futs, guard, ticket)
+        if first is not None:
+            raise error(first, where) from first
+        return results
 
     async def write(self, lba: int, data: Buffer, fua: bool = False) -> None:
         """Write ``len(data)`` bytes at ``lba``; with ``fua`` return only once durable."""
@@ -247,149 +358,230 @@ class Volume:
         bs = self._bs
         if lba < 0 or n % bs or lba + n // bs > self._nblocks or self._ro:
             raise self._io_error(lba, n, True)
-        m = self._map
-        if m is None:
-            m = self._load_map()
-        pool = self._pool
+        if self._map is None:
+            self._load_map()
+        if self._gate is not None:
+            await self._pass_gate()
+            if self._dead:
+                raise NotFound(f"volume {self._name!r} was deleted")
         off = lba * bs
         co = off & self._cmask
-        if co + n <= self._csize:
-            # Fast path: overwrite in place a cluster this volume alone owns.
-            ci = off >> self._cshift
-            p = m[ci]
-            if p and self._rc[p] == 1:
-                loc = self.tree.leaf_loc[ci >> LEAF_SHIFT]
-                if (not loc or self._mrefs[loc] == 1) and not pool._is_unstable(p):
-                    try:
-                        done = os.pwritev(self._fd, [data], (p << self._cshift) + co)
-                    except OSError as exc:
-                        raise _write_error(exc) from exc
-                    if done != n:
-                        raise OSError(f"short write to cluster {p}")
-                    if not pool._dirty:
-                        pool._note_data()
-                    if fua:
-                        await pool.flush()
-                    return
-        await self._write_span(m, off, data)
+        self._writes += 1
+        in_place = False
+        try:
+            if co + n <= self._csize:
+                ci = off >> self._cshift
+                m = self._map
+                assert m is not None
+                p = m[ci]
+                if p and self._owns(ci, p):
+                    in_place = True
+                    await self._write_in_place(p, co, data)
+            if not in_place:
+                await self._write_span(off, memoryview(data).cast("B"), n, False)
+        finally:
+            if not in_place:
+                self._write_done()
         if fua:
-            await pool.flush()
+            await self._owner.flush()
 
-    async def _write_span(self, m: array[int], off: int, data: Buffer) -> None:
-        view = memoryview(data)
-        if view.format != "B" or view.ndim != 1:
-            view = view.cast("B")
-        n = len(view)
+    async def _write_in_place(self, p: int, co: int, data: Buffer) -> None:
+        """Overwrite part of a cluster this volume alone owns. Accounting (_writes, the guard
+        ticket) ends when the device completes the write, even if we stop waiting first."""
+        guard = self._guard
+        ticket = guard.begin()
+        try:
+            fut = self._engine.write((p << self._cshift) + co, data)
+        except BaseException:
+            guard.end(ticket)
+            self._write_done()
+            raise
+        try:
+            await fut
+        except OSError as exc:
+            raise _write_error(exc, f"cluster {p}") from exc
+        finally:
+            if fut.done():
+                guard.end(ticket)
+                self._write_done()
+            else:
+                fut.add_done_callback(functools.partial(self._late_done, ticket))
+        self._owner.note_data()
+
+    def _late_done(self, ticket: int, _fut: object) -> None:
+        self._guard.end(ticket)
+        self._write_done()
+
+    def _segments(self, off: int, n: int) -> list[Segment]:
         csize = self._csize
-        segs: list[tuple[int, int, int, int]] = []
+        segs: list[Segment] = []
         pos = 0
         while pos < n:
             ci, co = divmod(off + pos, csize)
             length = min(csize - co, n - pos)
             segs.append((ci, co, pos, length))
             pos += length
-        pool = self._pool
-        await pool._make_room(functools.partial(self._needs, segs, False))
-        m2 = self._after_wait(off + n)
-        for ci, co, pos, length in segs:
-            self._write_cluster(m2, ci, co, view[pos:pos + length])
-        pool._note_data()
+        return segs
 
-    def _needs(self, segs: Sequence[tuple[int, int, int, int]], zeroing: bool
-               ) -> tuple[int, int]:
-        """(clusters, metadata pages) the segments may take, counted pessimistically."""
-        m = self._map
-        assert m is not None
-        rc, mrefs, loc_of = self._rc, self._mrefs, self.tree.leaf_loc
-        pool = self._pool
-        clusters = 0
-        pages = 0
-        shared_leaves: set[int] = set()
-        for ci, co, _pos, length in segs:
-            p = m[ci]
-            j = ci >> LEAF_SHIFT
-            loc = loc_of[j]
-            leaf_shared = bool(loc) and mrefs[loc] > 1
-            if leaf_shared:
-                shared_leaves.add(j)
-            if zeroing and (p == 0 or length == self._csize):
-                pages += 2 if p else 0
-                continue
-            if not p or leaf_shared or rc[p] != 1 or pool._is_unstable(p):
-                clusters += 1
-                pages += 3
-        for j in shared_leaves:
-            pages += 1 + pool._unshare_cost(self, j)
-        return clusters, pages
+    async def _settle(self, segs: Sequence[Segment], zeroing: bool) -> None:
+        """Wait until no segment's cluster has an allocation pending and the pool has room;
+        returns without awaiting after the last check."""
+        owner = self._owner
+        for _ in range(_MAX_SETTLE_ROUNDS):
+            pending = self._pending
+            if pending:
+                busy = [pending[s[0]] for s in segs if s[0] in pending]
+                if busy:
+                    for fut in busy:
+                        await asyncio.shield(fut)
+                    continue
+            await owner.make_room_for(self, segs, zeroing)
+            pending = self._pending
+            if not pending or not any(s[0] in pending for s in segs):
+                return
+        raise NoSpace(f"could not reserve room for a write to {self._name!r}")
 
-    def _write_cluster(self, m: array[int], ci: int, co: int, seg: memoryview) -> None:
-        """Write ``seg`` at offset ``co`` of the volume's cluster ``ci`` (sync; room checked)."""
-        pool = self._pool
-        p = m[ci]
-        j = ci >> LEAF_SHIFT
-        loc = self.tree.leaf_loc[j]
-        shift = self._cshift
-        n = len(seg)
-        if p and self._rc[p] == 1 and (not loc or self._mrefs[loc] == 1) \
-                and not pool._is_unstable(p):
-            try:
-                done = os.pwritev(self._fd, [seg], (p << shift) + co)
-            except OSError as exc:
-                raise _write_error(exc) from exc
-            if done != n:
-                raise OSError(f"short write to cluster {p}")
-            return
-        space = pool._space
+    async def _write_span(self, off: int, view: memoryview | None, n: int,
+                          zeroing: bool) -> None:
+        """Write ``view`` (None: zeroes) over ``[off, off+n)``; with ``zeroing``, whole
+        clusters are unmapped instead and unmapped partial ones left alone."""
+        segs = self._segments(off, n)
+        await self._settle(segs, zeroing)
+        m = self._after_wait(off + n)
+        owner = self._owner
         csize = self._csize
-        new = space.alloc()
-        at, expect = new << shift, csize  # where the vector below goes, and its length
+        loop = asyncio.get_running_loop()
+        # Step 1 (no await): decide each segment; reserve and prepare what allocates.
+        in_place: list[tuple[int, int, int, int]] = []  # (p, co, pos, length)
+        allocs: list[tuple[int, int, int, int, int, int]] = []  # (ci, co, pos, length, old, new)
+        for ci, co, pos, length in segs:
+            p = m[ci]
+            if zeroing:
+                if not p:
+                    continue  # reads as zeroes already
+                if length == csize:
+                    owner.prepare_mapping(self, ci)
+                    owner.set_mapping(self, ci, 0)
+                    continue
+            if p and self._owns(ci, p):
+                in_place.append((p, co, pos, length))
+                continue
+            new = owner.reserve_cluster()
+            owner.prepare_mapping(self, ci)
+            self._pending[ci] = loop.create_future()
+            allocs.append((ci, co, pos, length, p, new))
+        if zeroing and not in_place and not allocs:
+            owner.note_data()
+            return
+        # Steps 2 and 3 in a task: they finish even if this command stops waiting.
+        self._writes += 1  # held by the task until its I/O is done and the clusters mapped
+        await _detached(loop.create_task(self._fill_and_map(in_place, allocs, view)))
+
+    async def _fill_and_map(self, in_place: list[tuple[int, int, int, int]],
+                            allocs: list[tuple[int, int, int, int, int, int]],
+                            view: memoryview | None) -> None:
+        engine = self._engine
+        shift = self._cshift
+        guard = self._guard
+        ticket = guard.begin()
+        ok = [False] * len(allocs)
+        first: BaseException | None = None
         try:
-            tail = csize - co - n
-            if p:
-                # Copy-on-write: only the parts of the old cluster the write does not cover.
-                iov: list[Buffer] = []
-                if co:
-                    head_buf = bytearray(co)
-                    if os.preadv(self._fd, [head_buf], p << shift) != co:
-                        raise Corrupt(f"short read from cluster {p}")
-                    iov.append(head_buf)
-                iov.append(seg)
-                if tail:
-                    tail_buf = bytearray(tail)
-                    if os.preadv(self._fd, [tail_buf], (p << shift) + co + n) != tail:
-                        raise Corrupt(f"short read from cluster {p}")
-                    iov.append(tail_buf)
-            elif pool._backing.zero_range(new << shift, csize):
-                # First write: the file system zeroes the cluster; only the data is written.
-                iov = [seg]
-                at, expect = (new << shift) + co, n
+            jobs: list[Awaitable[Any]] = []
+            for p, co, pos, length in in_place:
+                data = view[pos:pos + length] if view is not None else zeroes(length)
+                jobs.append(engine.write((p << shift) + co, data))
+            for ci, co, pos, length, old, new in allocs:
+                data = view[pos:pos + length] if view is not None else zeroes(length)
+                jobs.append(self._fill(old, new, co, data))
+            if len(jobs) == 1:
+                results: list[Any] = [None]
+                try:
+                    await jobs[0]
+                except Exception as exc:  # noqa: BLE001 - reported below, after cleanup
+                    results[0] = exc
             else:
-                zeros = pool._zeros
-                iov = [seg]
-                if co:
-                    iov.insert(0, zeros[:co])
-                if tail:
-                    iov.append(zeros[:tail])
-            try:
-                done = os.pwritev(self._fd, iov, at)
-            except OSError as exc:
-                raise _write_error(exc) from exc
-            if done != expect:
-                raise OSError(f"short write to cluster {new}")
-        except BaseException:
-            space.unalloc(new)
-            raise
-        pool._touch_map_leaf(self, j)
-        p = m[ci]
-        m[ci] = new
-        if p:
-            pool._drop_ref(p)
-        else:
-            self.mapped += 1
+                results = await asyncio.gather(*jobs, return_exceptions=True)
+            for r in results:
+                if isinstance(r, BaseException) and first is None:
+                    first = r
+            base = len(in_place)
+            for k in range(len(allocs)):
+                ok[k] = not isinstance(results[base + k], BaseException)
+        finally:
+            # Step 3 (no await): map what was written, give back what was not.
+            owner = self._owner
+            for k, (ci, _co, _pos, _length, _old, new) in enumerate(allocs):
+                if ok[k] and not self._dead:
+                    owner.set_mapping(self, ci, new)
+                else:
+                    owner.unreserve_cluster(new)
+                fut = self._pending.pop(ci, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+            guard.end(ticket)
+            self._write_done()
+        if first is not None:
+            if isinstance(first, OSError):
+                raise _write_error(first, "the pool") from first
+            raise first
+        if self._dead and allocs:
+            raise NotFound(f"volume {self._name!r} was deleted")
+        self._owner.note_data()
+
+    async def _fill(self, old: int, new: int, co: int, data: Buffer) -> None:
+        """Write ``data`` at ``co`` of the new cluster ``new`` and make the rest of it what
+        the old cluster ``old`` held (copy-on-write), or zeroes (``old`` 0)."""
+        engine = self._engine
+        csize, shift = self._csize, self._cshift
+        n = len(data)
+        if n == csize:
+            await engine.write(new << shift, data)
+            return
+        if old:
+            buf = engine.buffer(csize)
+            await engine.read_into(old << shift, buf)
+            buf[co:co + n] = data
+            await engine.write(new << shift, buf)
+            return
+        if await engine.zero_range(new << shift, csize):
+            await engine.write((new << shift) + co, data)
+            return
+        buf = engine.buffer(csize)
+        z = zeroes(csize)
+        buf[:co] = z[:co]
+        buf[co:co + n] = data
+        buf[co + n:] = z[co + n:]
+        await engine.write(new << shift, buf)
+
+    async def copy_out(self, ci: int) -> None:
+        """Give cluster ``ci`` a private copy of what it maps, if it shares it (inflate): a
+        copy-on-write that writes no new data."""
+        if self._gate is not None:
+            await self._pass_gate()
+        self._writes += 1
+        try:
+            seg = [(ci, 0, 0, 0)]
+            await self._settle(seg, False)
+            m = self._after_wait(0)
+            p = m[ci]
+            loc = self.tree.leaf_loc[ci >> LEAF_SHIFT]
+            if not p or (self._rc[p] == 1 and (not loc or self._mrefs[loc] == 1)):
+                return  # a write gave it its own cluster meanwhile
+            owner = self._owner
+            loop = asyncio.get_running_loop()
+            new = owner.reserve_cluster()
+            owner.prepare_mapping(self, ci)
+            self._pending[ci] = loop.create_future()
+            self._writes += 1
+            await _detached(loop.create_task(self._fill_and_map([], [(ci, 0, 0, 0, p, new)],
+                                                                None)))
+        finally:
+            self._write_done()
 
     async def flush(self) -> None:
         """Every completed write (of any volume in the pool) becomes durable."""
-        await self._pool.flush()
+        await self._owner.flush()
 
     async def write_zeroes(self, lba: int, nblocks: int) -> None:
         """Make the range read as zeroes; whole clusters are unmapped (given back)."""
@@ -408,39 +600,42 @@ class Volume:
     async def _zero_range(self, off: int, n: int) -> None:
         if n == 0:
             return
-        m = self._map
-        if m is None:
-            m = self._load_map()
+        if self._map is None:
+            self._load_map()
+        if self._gate is not None:
+            await self._pass_gate()
         csize = self._csize
         end = off + n
-        pool = self._pool
         # Work one slice of leaves at a time so a huge range does not stall the event loop.
         slice_bytes = csize << (LEAF_SHIFT + 4)
         pos = off
-        while pos < end:
-            stop = min(end, (pos // slice_bytes + 1) * slice_bytes)
-            segs = []
-            p = pos
-            while p < stop:
-                ci, co = divmod(p, csize)
-                length = min(csize - co, stop - p)
-                segs.append((ci, co, p - off, length))
-                p += length
-            segs = self._mapped_segments(segs)
-            if segs:
-                await pool._make_room(functools.partial(self._needs, segs, True))
-                m = self._after_wait(stop)
-                zeros = pool._zeros
-                for ci, co, _pos, length in segs:
-                    if length == csize:
-                        self._unmap(m, ci)
-                    elif m[ci]:
-                        self._write_cluster(m, ci, co, zeros[:length])
-                pool._note_data()
-            pos = stop
-            if pos < end:
-                await asyncio.sleep(0)
-                self._after_wait(end)
+        self._writes += 1
+        try:
+            while pos < end:
+                stop = min(end, (pos // slice_bytes + 1) * slice_bytes)
+                if self._slice_mapped(pos, stop):
+                    await self._write_span(pos, None, stop - pos, True)
+                pos = stop
+                if pos < end:
+                    await asyncio.sleep(0)
+                    self._after_wait(end)
+        finally:
+            self._write_done()
+
+    def _slice_mapped(self, start: int, stop: int) -> bool:
+        """Does anything in ``[start, stop)`` map a cluster (skipping unwritten leaves)?"""
+        m = self._map
+        assert m is not None
+        loc_of, dirty = self.tree.leaf_loc, self.tree.dirty
+        first, last = start >> self._cshift, (stop - 1) >> self._cshift
+        for j in range(first >> LEAF_SHIFT, (last >> LEAF_SHIFT) + 1):
+            if not loc_of[j] and j not in dirty:
+                continue
+            lo = max(first, j << LEAF_SHIFT)
+            hi = min(last + 1, (j + 1) << LEAF_SHIFT)
+            if m[lo:hi].count(0) != hi - lo:
+                return True
+        return False
 
     def _after_wait(self, end: int) -> array[int]:
         """After an await inside an I/O: the volume may have been deleted, reverted or grown
@@ -455,27 +650,37 @@ class Volume:
             m = self._load_map()
         return m
 
-    def _mapped_segments(self, segs: list[tuple[int, int, int, int]]
-                         ) -> list[tuple[int, int, int, int]]:
-        """The segments whose cluster is mapped (skipping never-written leaves cheaply)."""
-        m = self._map
-        assert m is not None
-        loc_of, dirty = self.tree.leaf_loc, self.tree.dirty
-        out = []
-        for seg in segs:
-            ci = seg[0]
-            j = ci >> LEAF_SHIFT
-            if not loc_of[j] and j not in dirty:
-                continue
-            if m[ci]:
-                out.append(seg)
-        return out
 
-    def _unmap(self, m: array[int], ci: int) -> None:
-        p = m[ci]
-        if not p:
-            return
-        self._pool._touch_map_leaf(self, ci >> LEAF_SHIFT)
-        m[ci] = 0
-        self.mapped -= 1
-        self._pool._drop_ref(p)
+async def _detached(task: asyncio.Task[None]) -> None:
+    """Wait for ``task``, which goes on if we stop waiting; its error then belongs to a
+    command that is gone, so it is dropped rather than reported as never retrieved."""
+    task.add_done_callback(_retrieve)
+    await asyncio.shield(task)
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+def _end_when_done(fut: asyncio.Future[Any], guard: Any, ticket: int) -> None:
+    """End a guard ticket now if the I/O is done, else when it completes."""
+    if fut.done():
+        guard.end(ticket)
+    else:
+        fut.add_done_callback(lambda _f: guard.end(ticket))
+
+
+def _end_when_all_done(futs: Sequence[asyncio.Future[Any]], guard: Any, ticket: int) -> None:
+    left = [f for f in futs if not f.done()]
+    if not left:
+        guard.end(ticket)
+        return
+    count = [len(left)]
+
+    def one_done(_f: object) -> None:
+        count[0] -= 1
+        if not count[0]:
+            guard.end(ticket)
+    for f in left:
+        f.add_done_callback(one_done)

@@ -1,6 +1,6 @@
 """The process ``test_crash.py`` kills: random I/O and management on a pool, narrated on stdout.
 
-Usage: python -m tests.store.crash_child POOL SEED FIRST_SEQ
+Usage: python -m tests.store.crash_child POOL SEED FIRST_SEQ [IO_ENGINE]
 
 Every operation gets a sequence number and is announced on stdout *before* it starts, so the
 parent knows every value a block may hold. Acknowledgements are printed *after* completion:
@@ -20,6 +20,7 @@ import asyncio
 import random
 import struct
 import sys
+from collections.abc import Callable
 
 from sbstore.store import HasChildren, Pool
 
@@ -35,33 +36,58 @@ def say(line: str) -> None:
     sys.stdout.flush()
 
 
-async def main(path: str, seed: int, seq: int) -> None:
+async def main(path: str, seed: int, seq: int, io: str = "auto") -> None:
     rng = random.Random(seed)
-    pool = Pool.open(path)
+    pool = Pool.open(path, io=io)
     pool.commit_interval = rng.choice([0.005, 0.05, 0.2])  # timer commits race the I/O
     say("READY")
+    await workload(pool, rng, seq, say)
+
+
+async def workload(pool: Pool, rng: random.Random, seq: int, say: Callable[[str], None], *,
+                   concurrency: int = 1) -> None:
+    """Random I/O and management on ``pool`` until cancelled or killed, narrated by ``say``.
+
+    With ``concurrency`` above 1, writes and trims go in rounds of up to that many at once,
+    each in its own region of its volume (regions are not cluster-aligned, so concurrent
+    commands share clusters); a round is awaited whole before the next operation, so the
+    narration's meaning stays as above (FUA acknowledges nothing then: its flush need not
+    cover the rest of its round)."""
     while True:
         vols = [v for v in pool.volumes if not v.is_snapshot]
         snaps = [v for v in pool.volumes if v.is_snapshot]
         r = rng.random()
-        if r < 0.75:
-            v = rng.choice(vols)
-            n = rng.choice([1, 1, 2, 7, 8, 9, 16, 33])
-            lba = rng.randrange(0, v.num_blocks - n) if rng.random() < 0.5 else \
-                rng.randrange(0, 64)
-            fua = rng.random() < 0.05
-            say(f"W {seq} {v.name} {lba} {n} {int(fua)}")
-            await v.write(lba, pattern(seq, lba, n), fua)
-            seq += 1
-            if fua:
+        if r < 0.92:
+            k = 1 if concurrency == 1 else rng.randint(1, concurrency)
+            ops = []
+            any_fua = False
+            for i in range(k):
+                v = rng.choice(vols)
+                if k == 1:
+                    lo, hi = 0, v.num_blocks
+                else:
+                    span = v.num_blocks // k
+                    lo, hi = i * span, (i + 1) * span
+                if (r if k == 1 else rng.random() * 0.92) < 0.75:
+                    n = min(rng.choice([1, 1, 2, 7, 8, 9, 16, 33]), hi - lo)
+                    lba = rng.randrange(lo, hi - n) if rng.random() < 0.5 else \
+                        rng.randrange(lo, min(lo + 64, hi - n))
+                    fua = rng.random() < 0.05
+                    any_fua |= fua
+                    say(f"W {seq} {v.name} {lba} {n} {int(fua)}")
+                    ops.append(v.write(lba, pattern(seq, lba, n), fua))
+                else:
+                    n = min(rng.choice([1, 8, 64, 200]), hi - lo)
+                    lba = rng.randrange(lo, hi - n)
+                    say(f"T {seq} {v.name} {lba} {n}")
+                    ops.append(v.deallocate([(lba, n)]))
+                seq += 1
+            if k == 1:
+                await ops[0]
+            else:
+                await asyncio.gather(*ops)
+            if any_fua and k == 1:
                 say(f"F {seq}")
-        elif r < 0.92:
-            v = rng.choice(vols)
-            n = rng.choice([1, 8, 64, 200])
-            lba = rng.randrange(0, v.num_blocks - n)
-            say(f"T {seq} {v.name} {lba} {n}")
-            await v.deallocate([(lba, n)])
-            seq += 1
         elif r < 0.95:
             await pool.flush()
             say(f"F {seq}")
@@ -97,4 +123,4 @@ async def main(path: str, seed: int, seq: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:5]))

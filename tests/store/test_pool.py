@@ -479,21 +479,22 @@ async def test_full_file_system_under_the_pool_is_no_space(pool: Pool,
     cluster the failed write took goes back."""
     import errno
 
-    import sbstore.store.volume as volume_mod
     v = await pool.create_volume("v", 1 << 20)
     await v.write(0, b"a" * 512)
     free = pool.stats().free_bytes
-    real = os.pwritev
+    engine = pool.engine
 
-    def full(fd: int, bufs: list[bytes], offset: int) -> int:
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def full(offset: int, data: object) -> asyncio.Future[None]:
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_exception(OSError(errno.ENOSPC, "No space left on device"))
+        return fut
 
-    monkeypatch.setattr(volume_mod.os, "pwritev", full)
+    monkeypatch.setattr(engine, "write", full)
     with pytest.raises(NoSpace, match="file system holding the pool is full"):
         await v.write(C // 512, b"b" * 512)  # a new cluster
     with pytest.raises(NoSpace):
         await v.write(0, b"c" * 512)  # in place
-    monkeypatch.setattr(volume_mod.os, "pwritev", real)
+    monkeypatch.undo()
     assert pool.stats().free_bytes == free
     assert bytes(await v.read(0, 1)) == b"a" * 512
     assert bytes(await v.read(C // 512, 1)) == bytes(512)

@@ -13,9 +13,11 @@ write) goes through one :class:`IoEngine`, chosen per pool:
   file system refuses O_DIRECT (older tmpfs); what every pool did before engines existed.
 
 Rules every engine keeps:
-- The I/O methods are plain methods returning an awaitable (an ``asyncio.Future``; a done one
-  when the engine completed the I/O within the call): several I/Os can be issued before the
-  caller awaits the first, and they go to the kernel together.
+- The I/O methods are plain methods returning an ``asyncio.Future`` (a done one when the
+  engine completed the I/O within the call): several I/Os can be issued before the caller
+  awaits the first, and they go to the kernel together. The caller may stop waiting (its
+  command was cancelled) and add a done callback instead: the future still completes when
+  the device is done with the buffers.
 - Offsets and lengths given to an engine are multiples of 512. An engine whose device needs
   more (``block_align``, e.g. 4096 on a 4K-sector device) serves a request it cannot do
   directly some slower way; it never refuses one.
@@ -31,8 +33,8 @@ Rules every engine keeps:
 """
 from __future__ import annotations
 
+import asyncio
 import errno
-from collections.abc import Awaitable
 from typing import Protocol, runtime_checkable
 
 Buffer = bytes | bytearray | memoryview
@@ -67,21 +69,21 @@ class IoEngine(Protocol):
     def buffer(self, nbytes: int) -> memoryview:
         """An aligned, writable buffer of ``nbytes`` (contents undefined)."""
 
-    def read_into(self, offset: int, buf: memoryview) -> Awaitable[None]:
+    def read_into(self, offset: int, buf: memoryview) -> asyncio.Future[None]:
         """Fill ``buf`` (one of :meth:`buffer`'s, or a slice of one) from ``offset``."""
 
-    def write(self, offset: int, data: Buffer) -> Awaitable[None]:
+    def write(self, offset: int, data: Buffer) -> asyncio.Future[None]:
         """Write all of ``data`` at ``offset``."""
 
-    def zero_range(self, offset: int, nbytes: int) -> Awaitable[bool]:
+    def zero_range(self, offset: int, nbytes: int) -> asyncio.Future[bool]:
         """Make the range read as zeroes without writing them (``fallocate`` ZERO_RANGE,
         KEEP_SIZE); False when the device cannot, and then the caller writes zeroes."""
 
-    def punch(self, offset: int, nbytes: int) -> Awaitable[bool]:
+    def punch(self, offset: int, nbytes: int) -> asyncio.Future[bool]:
         """Give the range back to the file system (PUNCH_HOLE, KEEP_SIZE) or the device
         (discard); it then reads as zeroes. False when the device cannot."""
 
-    def sync(self) -> Awaitable[None]:
+    def sync(self) -> asyncio.Future[None]:
         """Every write completed before this call is durable (``fdatasync``)."""
 
     def close(self) -> None:
