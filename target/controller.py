@@ -371,6 +371,10 @@ CommandHandler = Callable[[bytes, "memoryview | None", int, float], Awaitable["R
 _CID = struct.Struct("<H")
 
 
+def _no_flow(sqe: bytes) -> None:
+    return None
+
+
 def _cid_of(sqe: bytes) -> int:
     return _CID.unpack_from(sqe, 2)[0] if len(sqe) >= 4 else 0
 
@@ -395,6 +399,8 @@ class QueueSession:
         self._detached = False
         self._close_at: float | None = None
         self.handle_command: CommandHandler = self._handle_unconnected
+        # The admission flow of a command (target.admission); admin queues have none.
+        self.flow_of: Callable[[bytes], tuple[object, int] | None] = _no_flow
 
     def __repr__(self) -> str:
         return f"QueueSession(qid={self.qid}, ctrl={self.controller!r}, closed={self.closed})"
@@ -553,7 +559,9 @@ class QueueSession:
         ctrl = fabrics.find_io_controller(self.target, self.listener, cmd)
         sqhd = self._bind(ctrl, cmd)
         self.allow_success_flag = bool(cmd.cattr & CONNECT_CATTR_DISABLE_SQFLOW)
-        self.handle_command = IoQueue(self, ctrl).handle
+        io = IoQueue(self, ctrl)
+        self.handle_command = io.handle
+        self.flow_of = io.flow_of
         log.debug("%r: I/O queue %d connected (%d entries)", ctrl, cmd.qid, cmd.sqsize + 1)
         return Response(completion(cid, cmd.qid, sqhd, 0, ctrl.cntlid), None)
 

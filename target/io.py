@@ -102,6 +102,18 @@ class IoQueue:
         self.subsystem = ctrl.subsystem
         self._ns_get = ctrl.subsystem.namespaces.get  # the live dict: add/remove show at once
 
+    def flow_of(self, sqe: bytes) -> tuple[object, int] | None:
+        """The admission flow of a command and the bytes it moves (None: never held)."""
+        opcode, _, _, nsid, _, _, cdw12 = _unpack_io(sqe)
+        ns = self._ns_get(nsid)
+        if ns is None or ns.flow is None:
+            return None
+        if opcode == _READ or opcode == _WRITE:
+            return ns.flow, ((cdw12 & 0xFFFF) + 1) << ns.lba_shift
+        if opcode == IoOpcode.FABRICS:
+            return None  # Disconnect must never wait behind data
+        return ns.flow, 0
+
     async def handle(self, sqe: bytes, data: memoryview | None, data_status: int,
                      now: float) -> Response | None:
         sqhd = self.sqhd = (self.sqhd + 1) % self.entries

@@ -10,9 +10,13 @@ Rules of this module:
 - Bytes are received into the TargetQueue's own reusable buffer (``BufferedProtocol``) and sent
   with ``transport.writelines`` as the segments the queue produced: header, payload and digest
   are never joined.
-- A command handler is a coroutine. Most complete without suspending (RAM, the page cache), so
-  the handler is first stepped inline; only one that really waits gets a Task (a Task costs
-  about 1 us, an eighth of the per-I/O CPU budget). See :func:`_run_eagerly`.
+- A command handler is a coroutine. Many complete without suspending (RAM, the page cache),
+  so the handler is first stepped inline; one that really waits (an io_uring read) is resumed
+  by a light :class:`_Driver` rather than a Task (a Task costs about 1 us to create and more to
+  wake, against a per-I/O CPU budget of 8 us). See :func:`_run_eagerly`.
+- Admission (``target.admission``): with an admission controller, an I/O command whose device
+  names a flow runs only when the controller admits it; until then its connection holds it,
+  and stops reading once it holds ``HELD_HIGH_WATER`` (TCP back-pressure).
 - Timers: the session reports its next deadline; this module only arms ``loop.call_at``.
 - A failure on one connection closes that connection only.
 """
@@ -25,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Coroutine, cast
 
+from target.admission import Admission
 from target.controller import QueueSession, Response
 from target.subsystem import Listener, Target
 from target.tcp.queue import (CommandReceived, PeerTerminated, ProtocolFailed, QueueEstablished,
@@ -36,6 +41,10 @@ log = logging.getLogger("sbstore.target")
 # does not read its completions must not make the target hold unbounded memory.
 WRITE_HIGH_WATER = 4 << 20
 WRITE_LOW_WATER = 1 << 20
+# Stop reading from a connection while it holds this many commands the admission controller
+# has not let run yet (target.admission); read again once it is down to the low mark.
+HELD_HIGH_WATER = 64
+HELD_LOW_WATER = 16
 
 
 @dataclass(frozen=True)
@@ -51,12 +60,12 @@ class TransportLimits:
 
 
 def _run_eagerly(coro: Awaitable[Any], done: Callable[[Any, BaseException | None], None],
-                 tasks: set[asyncio.Task[Any]]) -> None:
+                 pending: set[_Driver]) -> None:
     """Run ``coro`` until it first suspends; if it finishes, call ``done`` at once, else let a
-    Task finish it. ``done(result, exc)`` is called exactly once either way.
+    :class:`_Driver` finish it. ``done(result, exc)`` is called exactly once either way.
 
-    The coroutine's first step runs outside a Task, so handlers must not rely on
-    ``asyncio.current_task()`` (``asyncio.timeout`` does): they await futures and that is all.
+    Handlers run outside a Task, so they must not rely on ``asyncio.current_task()``
+    (``asyncio.timeout`` does): they await futures and that is all.
     """
     assert isinstance(coro, Coroutine)  # handlers are coroutine functions
     try:
@@ -67,37 +76,64 @@ def _run_eagerly(coro: Awaitable[Any], done: Callable[[Any, BaseException | None
     except Exception as exc:  # the handler failed before suspending
         done(None, exc)
         return
-    task = asyncio.get_running_loop().create_task(_finish(coro, yielded))
-    tasks.add(task)
-
-    def _task_done(t: asyncio.Task[Any]) -> None:
-        tasks.discard(t)
-        if t.cancelled():
-            return  # the connection went away; nobody is waiting for the answer
-        exc = t.exception()
-        done(None if exc else t.result(), exc)
-
-    task.add_done_callback(_task_done)
+    _Driver(coro, done, pending).wait(yielded)
 
 
-async def _finish(coro: Coroutine[Any, Any, Any], yielded: Any) -> Any:
-    """Continue a coroutine that suspended on ``yielded`` (an asyncio future, or None for a bare
-    yield as in ``asyncio.sleep(0)``): wait for it, resume, and repeat until it returns."""
-    try:
-        while True:
-            if yielded is None:
-                await asyncio.sleep(0)
-            else:
-                # The coroutine reads the future's result (or exception) itself when resumed.
-                yielded._asyncio_future_blocking = False
-                await asyncio.wait((yielded,))
-            try:
-                yielded = coro.send(None)
-            except StopIteration as stop:
-                return stop.value
-    except asyncio.CancelledError:
-        coro.close()
-        raise
+class _Driver:
+    """Steps a suspended handler each time the future it waits on is done: what a Task does,
+    minus what a handler does not need (a Task costs ~1 us to create, and waking one through
+    ``asyncio.wait`` several more; an I/O on an asynchronous device suspends every time).
+
+    ``close()`` (the connection went away) closes the coroutine where it waits: its ``finally``
+    blocks run, and nobody is told the result."""
+
+    __slots__ = ("coro", "done", "fut", "pending")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any],
+                 done: Callable[[Any, BaseException | None], None],
+                 pending: set[_Driver]) -> None:
+        self.coro: Coroutine[Any, Any, Any] | None = coro
+        self.done = done
+        self.pending = pending
+        self.fut: Any = None
+
+    def wait(self, yielded: Any) -> None:
+        self.pending.add(self)
+        if yielded is None:  # a bare yield (asyncio.sleep(0)): go on next iteration
+            self.fut = None
+            asyncio.get_running_loop().call_soon(self.step, None)
+            return
+        # The asyncio protocol for a future yielded by ``await``: whoever runs the coroutine
+        # clears the flag and resumes it when the future is done; the coroutine then reads the
+        # future's result or exception itself.
+        yielded._asyncio_future_blocking = False
+        self.fut = yielded
+        yielded.add_done_callback(self.step)
+
+    def step(self, _fut: object) -> None:
+        if self.coro is None:  # closed meanwhile
+            return
+        self.pending.discard(self)
+        try:
+            yielded = self.coro.send(None)
+        except StopIteration as stop:
+            self.coro = None
+            self.done(stop.value, None)
+            return
+        except BaseException as exc:  # noqa: BLE001 - reported to done(), as a Task would
+            self.coro = None
+            self.done(None, exc)
+            return
+        self.wait(yielded)
+
+    def close(self) -> None:
+        coro, self.coro = self.coro, None
+        self.pending.discard(self)
+        fut, self.fut = self.fut, None
+        if fut is not None:
+            fut.remove_done_callback(self.step)
+        if coro is not None:
+            coro.close()
 
 
 class QueueConnection(asyncio.BufferedProtocol):
@@ -113,7 +149,10 @@ class QueueConnection(asyncio.BufferedProtocol):
                                   max_data_len=target.max_data_transfer)
         self._session: QueueSession | None = None
         self._transport: asyncio.Transport | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._pending: set[_Driver] = set()  # handlers waiting on a device
+        self._admission = server.admission
+        self._held = 0  # commands handed to the admission controller, not yet run
+        self._read_paused = False  # by us, for held commands (not by the write buffer)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._closing = False
@@ -149,8 +188,11 @@ class QueueConnection(asyncio.BufferedProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for task in list(self._tasks):
-            task.cancel()
+        for driver in list(self._pending):
+            driver.close()
+        if self._held and self._admission is not None:
+            self._admission.forget(self)
+            self._held = 0
         if self._session is not None:
             try:
                 self._session.connection_lost()
@@ -165,7 +207,7 @@ class QueueConnection(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        if self._transport is not None and not self._closing:
+        if self._transport is not None and not self._closing and not self._read_paused:
             self._transport.resume_reading()
 
     # -- events -------------------------------------------------------------------------------
@@ -181,7 +223,9 @@ class QueueConnection(asyncio.BufferedProtocol):
             self._rearm_timer()
 
     def _drain_events(self, queue: TargetQueue) -> None:
-        while not self._closing:
+        # Paused for held commands: the rest stay parsed in the queue (bounded by its receive
+        # buffer) until run_held() reads on.
+        while not self._closing and not self._read_paused:
             event = queue.next_event()
             if event is None:
                 break
@@ -216,8 +260,40 @@ class QueueConnection(asyncio.BufferedProtocol):
         if session is None:  # the queue only emits commands after the handshake
             self.close()
             return
+        adm = self._admission
+        if adm is not None:
+            flow = session.flow_of(event.sqe)
+            if flow is not None and not adm.admit(*flow):
+                adm.hold(flow[0], flow[1], self, event)
+                self._held += 1
+                if self._held >= HELD_HIGH_WATER and not self._read_paused:
+                    self._read_paused = True
+                    if self._transport is not None and not self._write_paused:
+                        self._transport.pause_reading()
+                return
         coro = session.handle_command(event.sqe, event.data, event.data_status, time.monotonic())
-        _run_eagerly(coro, self._on_handled, self._tasks)
+        _run_eagerly(coro, self._on_handled, self._pending)
+
+    # -- target.admission.HeldCommands ---------------------------------------------------------
+    def run_held(self, event: CommandReceived) -> None:
+        self._held -= 1
+        if self._read_paused and self._held <= HELD_LOW_WATER:
+            self._read_paused = False
+            if self._transport is not None and not self._write_paused and not self._closing:
+                self._transport.resume_reading()
+                self._loop.call_soon(self._process_events)  # commands parsed before the pause
+        session = self._session
+        if session is None or self._closing:
+            return
+        self._batching = True  # responses go out together at end_turn()
+        coro = session.handle_command(event.sqe, event.data, event.data_status, time.monotonic())
+        _run_eagerly(coro, self._on_handled, self._pending)
+
+    def end_turn(self) -> None:
+        self._batching = False
+        if not self._closing:
+            self._flush()
+            self._rearm_timer()
 
     def _on_handled(self, response: Response | None, exc: BaseException | None) -> None:
         if exc is not None:
@@ -293,6 +369,7 @@ class TargetServer:
 
     target: Target
     limits: TransportLimits = field(default_factory=TransportLimits)
+    admission: Admission | None = None  # None: every command runs when it arrives
     _bound: list[_Bound] = field(default_factory=list)
     _connections: set[QueueConnection] = field(default_factory=set)
 

@@ -121,6 +121,7 @@ class Namespace:
         "counters",
         "device",
         "eui64",
+        "flow",
         "lba_shift",
         "nblocks",
         "nguid",
@@ -138,6 +139,9 @@ class Namespace:
         self.lba_shift = bs.bit_length() - 1
         self.nblocks = device.num_blocks
         self.counters = IoCounters()
+        # The device's admission flow (target.admission), if it has one: whose queue its
+        # commands wait in when the target's CPU is contended.
+        self.flow: object | None = getattr(device, "admission_flow", None)
         # Identities stable per device uuid: the host matches paths and rejects duplicates by them.
         self.uuid: bytes = device.uuid.bytes
         self.nguid: bytes = self.uuid
