@@ -20,6 +20,7 @@ The keys (see systemd/sbstore.toml for a commented example)::
                token_file = "/etc/sbstore/api.token"
     [metrics]  listen = "127.0.0.1:9420"  allow_remote = false  enabled = true
     [[pools]]  name = "local"  path = "local.pool"  create_size = "100G"  cluster_size = "256K"
+               io = "auto"   # auto | io_uring | threads | buffered (the data I/O engine)
     [[listeners]] address = "192.0.2.10" | interface = "eth1";  port = 4420
 """
 from __future__ import annotations
@@ -37,6 +38,7 @@ DEFAULT_API_SOCKET = Path("/run/sbstore/api.sock")
 DEFAULT_METRICS_PORT = 9420
 DEFAULT_NVME_PORT = 4420
 LOG_LEVELS = ("debug", "info", "warning", "error")
+IO_MODES = ("auto", "io_uring", "threads", "buffered")  # sbstore.store.engines' modes
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
 
@@ -143,6 +145,7 @@ class QosConfig:
 
     max_outstanding: int = 32
     cost_bytes: int = 64 << 10
+    cpu_turn_budget: int = 16  # commands run per event-loop turn while tenants compete
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,7 @@ class PoolConfig:
     path: Path
     create_size: int | None = None
     cluster_size: int | None = None
+    io: str = "auto"  # the data I/O engine: auto | io_uring | threads | buffered
 
 
 @dataclass(frozen=True)
@@ -377,8 +381,12 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>",
         raise q_s.error(str(exc), "cost_bytes") from None
     if cost_bytes < 512:
         raise q_s.error("must be at least 512 bytes", "cost_bytes")
+    turn_budget = q_s.get("cpu_turn_budget", int, QosConfig.cpu_turn_budget)
+    if not 1 <= turn_budget <= 4096:
+        raise q_s.error(f"{turn_budget} is out of range 1..4096", "cpu_turn_budget")
     q_s.done()
-    qos = QosConfig(max_outstanding=max_outstanding, cost_bytes=cost_bytes)
+    qos = QosConfig(max_outstanding=max_outstanding, cost_bytes=cost_bytes,
+                    cpu_turn_budget=turn_budget)
 
     pools: list[PoolConfig] = []
     raw_pools = top.get("pools", list, [])
@@ -412,8 +420,11 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>",
         if cluster_size is not None and create_size is None:
             raise s.error("only applies when the pool is created: set create_size too",
                           "cluster_size")
+        io = s.get("io", str, "auto")
+        if io not in IO_MODES:
+            raise s.error(f"{io!r} is not one of {', '.join(IO_MODES)}", "io")
         s.done()
-        pools.append(PoolConfig(name, _path(path_text, base), create_size, cluster_size))
+        pools.append(PoolConfig(name, _path(path_text, base), create_size, cluster_size, io))
     for i, p in enumerate(pools):
         for earlier in pools[:i]:
             if earlier.name == p.name:

@@ -149,12 +149,12 @@ def _open_pool(pc: PoolConfig) -> Any:
             pc.path.parent.mkdir(parents=True, exist_ok=True)
             log.info("pool %s: creating %s (%d bytes)", pc.name, pc.path, pc.create_size)
             return Pool.create(pc.path, pc.create_size,
-                               cluster_size=pc.cluster_size or DEFAULT_CLUSTER_SIZE)
+                               cluster_size=pc.cluster_size or DEFAULT_CLUSTER_SIZE, io=pc.io)
         if not pc.path.exists():
             raise DaemonError(f"pool {pc.name!r}: {pc.path} does not exist (format it with "
                               f"'sbstore pool create --file {pc.path} --size SIZE', or set "
                               f"create_size in the config)")
-        return Pool.open(pc.path)
+        return Pool.open(pc.path, io=pc.io)
     except StoreError as exc:
         raise DaemonError(f"pool {pc.name!r} ({pc.path}): {exc}") from None
     except OSError as exc:
@@ -261,19 +261,24 @@ async def run_daemon(config: Config, *, demo: DemoConfig | None = None,
                     log.exception("closing pool %s failed", name)
         stack.push_async_callback(close_pools)
         for pc in config.pools:
-            pools[pc.name] = _open_pool(pc)
-            log.info("pool %s: %s open", pc.name, pc.path)
+            pools[pc.name] = pool = _open_pool(pc)
+            log.info("pool %s: %s open; data I/O through %s (%s)", pc.name, pc.path,
+                     pool.engine.name, pool.engine.reason)
 
-        target = Target()
-        server = TargetServer(target)
-        stack.push_async_callback(server.close)
-        # Every exported volume sits behind its tenant's queue on its pool's dispatcher. The
-        # store does its I/O inline on the loop, hence inline backends (see sbstore.qos).
+        # Every exported volume sits behind its tenant's queue on its pool's dispatcher, and
+        # its commands are admitted to the CPU by tenant weight (sbstore.qos.admission).
         qos = QosManager(max_outstanding=config.qos.max_outstanding,
-                         cost_bytes=config.qos.cost_bytes, default_tenant=DEFAULT_TENANT)
+                         cost_bytes=config.qos.cost_bytes, default_tenant=DEFAULT_TENANT,
+                         turn_budget=config.qos.cpu_turn_budget)
         stack.callback(qos.close)
-        for name in pools:
-            qos.backend(name, inline=True)
+        for name, pool in pools.items():
+            # A buffered pool completes reads and writes within the call (page cache): an
+            # inline backend skips the slot bookkeeping. Asynchronous engines keep I/Os in
+            # flight, and the slots are what orders tenants at the device.
+            qos.backend(name, inline=pool.engine.name == "buffered")
+        target = Target()
+        server = TargetServer(target, admission=qos.admission)
+        stack.push_async_callback(server.close)
         service = ControlService(state, pools, target, server, device_wrapper=qos.device_hook)
         stack.push_async_callback(service.close)
         service.add_policy_observer(qos.on_policy_change)

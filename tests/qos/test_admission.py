@@ -1,0 +1,195 @@
+"""CPU admission: held commands leave by tenant weight, a turn runs at most its budget, a gone
+connection's commands are dropped, and the target stops reading a connection that holds too
+many (TCP back-pressure) and reads it again once they ran."""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from sbstore.qos import QosManager
+from sbstore.qos.admission import CpuAdmission
+from target.blockdev import RamDevice
+from target.host import Controller
+from target.server import HELD_HIGH_WATER, TargetServer
+from target.subsystem import Subsystem, Target
+
+
+class Conn:
+    """A connection as the controller sees it (target.admission.HeldCommands)."""
+
+    def __init__(self, log: list[Any], turns: list[int]) -> None:
+        self.log = log
+        self.turns = turns
+
+    def run_held(self, event: Any) -> None:
+        self.log.append(event)
+        self.turns[-1] += 1
+
+    def end_turn(self) -> None:
+        pass
+
+
+async def spin(n: int = 50) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def test_held_commands_leave_by_weight_and_a_turn_runs_its_budget() -> None:
+    adm = CpuAdmission(turn_budget=8)
+    adm.set_weight("a", 300)
+    adm.set_weight("b", 100)
+    fa, fb = adm.flow("a"), adm.flow("b")
+    log: list[Any] = []
+    turns = [0]
+    conn = Conn(log, turns)
+    for i in range(400):
+        adm.hold(fa, 4096, conn, ("a", i))
+        adm.hold(fb, 4096, conn, ("b", i))
+    assert adm.backlog == 800
+    for _ in range(25):  # 25 turns of 8
+        turns.append(0)
+        await asyncio.sleep(0)
+    assert max(turns) == 8  # never more than the budget per turn
+    first = log[:200]
+    a = sum(1 for e in first if e[0] == "a")
+    assert a == pytest.approx(150, abs=2)  # 3:1
+    # Within a tenant, first in, first out.
+    assert [e[1] for e in log if e[0] == "a"][:20] == list(range(20))
+
+
+async def test_commands_run_at_once_until_the_turn_budget_is_spent() -> None:
+    adm = CpuAdmission(turn_budget=4)
+    f = adm.flow("a")
+    assert [adm.admit(f, 512) for _ in range(5)] == [True] * 4 + [False]
+    await spin(2)  # the turn ends: a fresh budget
+    assert adm.admit(f, 512)
+    log: list[Any] = []
+    adm.hold(f, 512, Conn(log, [0]), "held")
+    assert not adm.admit(f, 512)  # nothing overtakes a held command
+    await spin(2)
+    assert log == ["held"]
+
+
+async def test_forgetting_a_connection_drops_only_its_commands() -> None:
+    adm = CpuAdmission(turn_budget=1)
+    f = adm.flow("a")
+    kept: list[Any] = []
+    gone = Conn([], [0])
+    stay = Conn(kept, [0])
+    for i in range(5):
+        adm.hold(f, 512, gone, ("gone", i))
+        adm.hold(f, 512, stay, ("stay", i))
+    assert adm.forget(gone) == 5
+    assert adm.backlog == 5
+    await spin(20)
+    assert [e[1] for e in kept] == list(range(5))
+    assert adm.backlog == 0
+
+
+class HoldAll:
+    """An admission controller that holds everything until the test releases it."""
+
+    def __init__(self) -> None:
+        self.held: list[tuple[Any, Any]] = []
+
+    def admit(self, flow: Any, nbytes: int) -> bool:
+        return False
+
+    def hold(self, flow: Any, nbytes: int, conn: Any, event: Any) -> None:
+        self.held.append((conn, event))
+
+    def forget(self, conn: Any) -> int:
+        n = len(self.held)
+        self.held = [h for h in self.held if h[0] is not conn]
+        return n - len(self.held)
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        conns = {}
+        for conn, event in held:
+            conn.run_held(event)
+            conns[conn] = None
+        for conn in conns:
+            conn.end_turn()
+
+
+class Flowing(RamDevice):
+    admission_flow = "flow"  # any object: the target only hands it back
+
+
+async def test_a_connection_holding_too_many_stops_being_read() -> None:
+    adm = HoldAll()
+    target = Target()
+    sub = Subsystem("nqn.2026-12.io.sbstore:held", allow_any_host=True)
+    sub.add_namespace(Flowing(8 << 20, 512))
+    target.add_subsystem(sub)
+    server = TargetServer(target, admission=adm)
+    listener = await server.listen("127.0.0.1", 0)
+    try:
+        async with await Controller.connect("127.0.0.1", int(listener.trsvcid), sub.nqn,
+                                            queue_size=256) as ctrl:
+            n = HELD_HIGH_WATER + 40
+            reads = [asyncio.ensure_future(ctrl.read(1, i, 1)) for i in range(n)]
+            deadline = time.monotonic() + 5
+            while len(adm.held) < HELD_HIGH_WATER and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)
+            # The connection stopped being read at the high-water mark: the rest of the
+            # commands wait in the socket, not in the target.
+            assert len(adm.held) == HELD_HIGH_WATER
+            conn = next(iter(server._connections - {c for c in server._connections
+                                                    if c._session is None
+                                                    or c._session.qid == 0}))
+            assert conn._read_paused
+            for _ in range(20):
+                adm.release()
+                await asyncio.sleep(0.05)
+                if all(r.done() for r in reads):
+                    break
+            assert all(r.done() for r in reads)
+            for r in reads:
+                assert bytes(r.result()) == bytes(512)
+            assert not conn._read_paused
+    finally:
+        await server.close()
+
+
+async def test_weights_hold_when_the_cpu_is_the_bottleneck() -> None:
+    """Hosts and target share one loop here, so the CPU is saturated by construction; each
+    host keeps 16 reads in flight. Completed reads follow the weights 1:3."""
+    mgr = QosManager(turn_budget=4)
+    target = Target()
+    nqns = {}
+    for tenant, weight in (("light", 100), ("heavy", 300)):
+        mgr.set_tenant_policy(tenant, {"weight": weight})
+        nqn = f"nqn.2026-12.io.sbstore:{tenant}"
+        sub = Subsystem(nqn, allow_any_host=True)
+        sub.add_namespace(mgr.wrap(RamDevice(8 << 20, 512), nqn, tenant))
+        target.add_subsystem(sub)
+        nqns[tenant] = nqn
+    server = TargetServer(target, admission=mgr.admission)
+    listener = await server.listen("127.0.0.1", 0)
+    port = int(listener.trsvcid)
+    counts = {"light": 0, "heavy": 0}
+    try:
+        async with await Controller.connect("127.0.0.1", port, nqns["light"],
+                                            queue_size=64) as light, \
+                await Controller.connect("127.0.0.1", port, nqns["heavy"],
+                                         queue_size=64) as heavy:
+            stop = time.monotonic() + 2.0
+
+            async def worker(name: str, ctrl: Controller, i: int) -> None:
+                while time.monotonic() < stop:
+                    await ctrl.read(1, i * 8, 8)
+                    counts[name] += 1
+            await asyncio.gather(*(worker(n, c, i) for n, c in (("light", light),
+                                                                 ("heavy", heavy))
+                                   for i in range(16)))
+    finally:
+        await server.close()
+        mgr.close()
+    ratio = counts["heavy"] / max(counts["light"], 1)
+    assert 2.4 < ratio < 3.6, counts
