@@ -142,6 +142,7 @@ def _print_status(pool: Any, as_json: bool) -> None:
     print(f"pool {stats.path} (uuid {stats.uuid})")
     print(f"  cluster size {_human(stats.cluster_size)}, capacity {_human(stats.capacity_bytes)}, "
           f"allocated {_human(stats.allocated_bytes)}, free {_human(stats.free_bytes)}")
+    print(f"  data I/O: {stats.io_engine} ({stats.io_reason})")
     print(f"  metadata {_human(stats.metadata_used_bytes)} used of "
           f"{_human(stats.metadata_bytes)}; {stats.volumes} volume(s), {stats.snapshots} "
           f"snapshot(s)")

@@ -32,10 +32,12 @@ def run(args: argparse.Namespace) -> int:
                        ("exports", f"{s['exports']} ({s['namespaces']} namespaces)"),
                        ("listeners", s["listeners"]), ("tenants", s["tenants"]),
                        ("connections", f"{s['connections']} ({s['controllers']} controllers)")])
-        rows = [(p["name"], p["path"], human(p["capacity_bytes"]), human(p["allocated_bytes"]),
-                 human(p["free_bytes"]), p["volumes"], p["snapshots"]) for p in v["pools"]]
-        return head + "\n\n" + table(rows, ("POOL", "PATH", "CAPACITY", "ALLOCATED", "FREE",
-                                            "VOLUMES", "SNAPSHOTS"),
-                                     right=("CAPACITY", "ALLOCATED", "FREE"))
+        rows = [(p["name"], p["path"], p["io_engine"], human(p["capacity_bytes"]),
+                 human(p["allocated_bytes"]), human(p["free_bytes"]), p["volumes"],
+                 p["snapshots"]) for p in v["pools"]]
+        why = "".join(f"\n{p['name']}: {p['io_engine']} ({p['io_reason']})" for p in v["pools"])
+        return head + "\n\n" + table(rows, ("POOL", "PATH", "IO", "CAPACITY", "ALLOCATED",
+                                            "FREE", "VOLUMES", "SNAPSHOTS"),
+                                     right=("CAPACITY", "ALLOCATED", "FREE")) + why
 
     return emit(args, {"status": status, "pools": pools}, text)

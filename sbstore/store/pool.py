@@ -148,6 +148,9 @@ class PoolStats:
     volumes: int
     snapshots: int
     generation: int
+    io_engine: str  # the data I/O engine: io_uring, threads or buffered
+    io_reason: str  # why that engine (one line)
+    io_direct: bool  # O_DIRECT: the page cache holds none of the data
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -511,7 +514,8 @@ class Pool:
                          metadata_bytes=sb.meta_pages * PAGE_SIZE,
                          metadata_used_bytes=self._meta.used * PAGE_SIZE,
                          volumes=len(vols) - snaps, snapshots=snaps,
-                         generation=sb.generation)
+                         generation=sb.generation, io_engine=self.engine.name,
+                         io_reason=self.engine.reason, io_direct=self.engine.direct)
 
     # --- management operations ----------------------------------------------------------------
 
