@@ -14,6 +14,8 @@ Rules of this module:
   the handler is first stepped inline; only one that really waits gets a Task (a Task costs
   about 1 us, an eighth of the per-I/O CPU budget). See :func:`_run_eagerly`.
 - Timers: the session reports its next deadline; this module only arms ``loop.call_at``.
+- Busy-polling (off by default, :mod:`target.busypoll`): every receive kicks the server's one
+  poller, which keeps the loop polling instead of sleeping for a bounded time.
 - A failure on one connection closes that connection only.
 """
 from __future__ import annotations
@@ -25,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Coroutine, cast
 
+from target.busypoll import BusyPoller
 from target.controller import QueueSession, Response
 from target.subsystem import Listener, Target
 from target.tcp.queue import (CommandReceived, PeerTerminated, ProtocolFailed, QueueEstablished,
@@ -48,6 +51,9 @@ class TransportLimits:
     # (the Linux host keeps one R2T outstanding per command); the data lands straight in the
     # command's buffer, so a large PDU costs no extra memory.
     maxh2cdata: int | None = None
+    # Seconds the loop keeps polling after a receive instead of sleeping (0: never). Trades a
+    # core for the wake-up latency of a sleeping loop; see target.busypoll.
+    busy_poll_s: float = 0.0
 
 
 def _run_eagerly(coro: Awaitable[Any], done: Callable[[Any, BaseException | None], None],
@@ -116,6 +122,7 @@ class QueueConnection(asyncio.BufferedProtocol):
                                   maxh2cdata=server.limits.maxh2cdata or target.max_data_transfer,
                                   max_data_len=target.max_data_transfer)
         self._session: QueueSession | None = None
+        self._poller = server.poller()
         self._transport: asyncio.Transport | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
@@ -142,6 +149,8 @@ class QueueConnection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self._queue.buffer_updated(nbytes)
+        if self._poller is not None:
+            self._poller.kick()
         self._process_events()
 
     def eof_received(self) -> bool:
@@ -299,6 +308,14 @@ class TargetServer:
     limits: TransportLimits = field(default_factory=TransportLimits)
     _bound: list[_Bound] = field(default_factory=list)
     _connections: set[QueueConnection] = field(default_factory=set)
+    _poller: BusyPoller | None = None
+
+    def poller(self) -> BusyPoller | None:
+        """The busy-poller the connections kick (one per server, made in the running loop on
+        first use), or None when ``limits.busy_poll_s`` is 0."""
+        if self._poller is None and self.limits.busy_poll_s > 0:
+            self._poller = BusyPoller(asyncio.get_running_loop(), self.limits.busy_poll_s)
+        return self._poller
 
     async def listen(self, host: str, port: int, *, portid: int | None = None) -> Listener:
         """Start accepting NVMe/TCP connections on ``host:port`` (port 0: any free port)."""
@@ -339,6 +356,9 @@ class TargetServer:
         """Stop accepting, close every connection, and wait (bounded) for them to go."""
         for bound in self._bound:
             bound.server.close()
+        if self._poller is not None:
+            self._poller.close()
+            self._poller = None
         for conn in list(self._connections):
             conn.close()
         deadline = time.monotonic() + timeout_s
