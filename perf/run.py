@@ -1,7 +1,7 @@
 """The target benchmark: start ``sbstore serve --demo --ram``, drive it with the load generator,
 and report IOPS, latency and the target process's CPU time per I/O (user and system apart).
 
-    python3 perf/run.py [--seconds 5] [--repeat 3] [--busy-poll 200] [--json perf/results/target.json]
+    python3 perf/run.py [--seconds 5] [--repeat 3] [--busy-poll 500] [--json perf/results/target.json]
 
 The default load engine is perf/fastload.py: the general Python initiator costs 25-40 us per
 I/O and, on a 2-vCPU machine, would starve the target and slow it by sharing the core.
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=5.0, help="per run")
     p.add_argument("--repeat", type=int, default=3,
                    help="runs per job; the median run is reported, with the range")
-    p.add_argument("--busy-poll", type=int, default=200, metavar="US",
+    p.add_argument("--busy-poll", type=int, default=500, metavar="US",
                    help="also run the 4k jobs against a target started with --busy-poll US "
                         "(0: do not)")
     p.add_argument("--placement", choices=["split", "shared", "free"], default="split",
