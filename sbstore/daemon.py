@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import logging
@@ -37,11 +38,12 @@ from sbstore.config import (
     ListenerConfig,
     MetricsConfig,
     PoolConfig,
+    TargetConfig,
     default_state_dir,
 )
 from sbstore.control.state import DEFAULT_TENANT, ListenerRecord, StateError, StateStore
 from sbstore.qos import QosManager
-from target.server import TargetServer
+from target.server import TargetServer, TransportLimits
 from target.subsystem import Subsystem, Target
 
 log = logging.getLogger("sbstore.daemon")
@@ -89,6 +91,7 @@ class DemoConfig:
     ram: bool = False
     size_bytes: int = DEMO_SIZE
     metrics_port: int = 9420
+    busy_poll_us: int = 0
 
 
 def connect_lines(nqn: str, host: str, port: int) -> list[str]:
@@ -117,6 +120,7 @@ def demo_config(demo: DemoConfig) -> Config:
         state_dir=state_dir,
         api=ApiConfig(socket=_socket_path(state_dir)),
         metrics=MetricsConfig(listen=("127.0.0.1", demo.metrics_port), optional=True),
+        target=TargetConfig(busy_poll_us=demo.busy_poll_us),
         pools=pools,
         listeners=(ListenerConfig(port=demo.port, address=demo.host),),
         source="--demo")
@@ -277,7 +281,8 @@ async def run_daemon(config: Config, *, demo: DemoConfig | None = None,
             # flight, and the slots are what orders tenants at the device.
             qos.backend(name, inline=pool.engine.name == "buffered")
         target = Target()
-        server = TargetServer(target, admission=qos.admission)
+        server = TargetServer(target, TransportLimits(
+            busy_poll_s=config.target.busy_poll_us / 1e6), admission=qos.admission)
         stack.push_async_callback(server.close)
         service = ControlService(state, pools, target, server, device_wrapper=qos.device_hook)
         stack.push_async_callback(service.close)
@@ -358,6 +363,9 @@ async def run_daemon(config: Config, *, demo: DemoConfig | None = None,
                      f"{config.api.token_file})")
         if metrics is not None:
             announce(f"Metrics: {metrics.url}")
+        if config.target.busy_poll_us:
+            announce(f"Busy-polling: the loop polls for {config.target.busy_poll_us} us after "
+                     f"each receive (a core spins while hosts send)")
 
         if ready is not None:
             ready(Running(config, service, api, metrics, target, server, pools, loop, stop))
@@ -375,8 +383,7 @@ async def serve_demo(config: DemoConfig, *, announce: Callable[[str], None] = pr
     if config.ram and config.state_dir == default_state_dir():
         # A RAM demo keeps nothing: do not touch the user's state directory.
         with tempfile.TemporaryDirectory(prefix="sbstore-ram-") as tmp:
-            ram = DemoConfig(config.host, config.port, Path(tmp), True, config.size_bytes,
-                             config.metrics_port)
+            ram = dataclasses.replace(config, state_dir=Path(tmp))
             await run_daemon(demo_config(ram), demo=ram, announce=announce, stop=stop)
         return
     await run_daemon(demo_config(config), demo=config, announce=announce, stop=stop)

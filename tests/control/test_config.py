@@ -31,6 +31,7 @@ def test_the_example_config_loads() -> None:
     assert c.pools[1].create_size == 100 << 30
     assert c.listeners == (ListenerConfig(4420, "192.0.2.10"),
                            ListenerConfig(4420, interface="eth1"))
+    assert c.target.busy_poll_us == 0  # busy-polling is off unless asked for
 
 
 def test_minimal_config_and_relative_paths(tmp_path: Path) -> None:
@@ -44,6 +45,12 @@ def test_minimal_config_and_relative_paths(tmp_path: Path) -> None:
     assert c.pools[0].path == tmp_path / "p.pool"
     assert (c.pools[0].create_size, c.pools[0].cluster_size) == (1 << 30, 65536)
     assert c.listeners == () and c.metrics.enabled
+    assert c.target.busy_poll_us == 0
+
+
+def test_busy_poll_key() -> None:
+    c = parse_config({**BASE, "target": {"busy_poll_us": 250}}, source="t.toml")
+    assert c.target.busy_poll_us == 250
 
 
 BASE: dict[str, Any] = {"state_dir": "/s"}
@@ -79,6 +86,10 @@ BASE: dict[str, Any] = {"state_dir": "/s"}
      "pools[1].name", "two pools"),
     ({**BASE, "pools": [{"name": "p", "path": "/a"}, {"name": "q", "path": "/a"}]},
      "pools[1].path", "already pool 'p'"),
+    ({**BASE, "target": {"busy_poll_us": -1}}, "target.busy_poll_us", "out of range"),
+    ({**BASE, "target": {"busy_poll_us": 10**7}}, "target.busy_poll_us", "out of range"),
+    ({**BASE, "target": {"busy_poll_us": 0.5}}, "target.busy_poll_us", "must be an integer"),
+    ({**BASE, "target": {"busy_poll": 5}}, "target", "unknown key 'busy_poll'"),
     ({**BASE, "listeners": [{"port": 4420}]}, "listeners[0]", "either address or interface"),
     ({**BASE, "listeners": [{"address": "1.2.3.4", "interface": "eth0"}]}, "listeners[0]",
      "not both"),

@@ -13,16 +13,24 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def test_target_benchmark_runs_and_reports(tmp_path):
     out = tmp_path / "target.json"
-    proc = subprocess.run([sys.executable, "perf/run.py", "--seconds", "0.5", "--json", str(out)],
+    proc = subprocess.run([sys.executable, "perf/run.py", "--seconds", "0.5", "--repeat", "2",
+                           "--busy-poll", "300", "--json", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(out.read_text())
     names = {r["name"] for r in report["results"]}
-    assert {"4k-randread-qd32", "128k-seqread-qd16"} <= names
+    assert {"4k-randread-qd1", "4k-randread-qd32", "128k-seqread-qd16",
+            "4k-randread-qd1-busypoll", "4k-randread-qd32-busypoll"} <= names
     for r in report["results"]:
         assert r["ios"] > 0 and r["iops"] > 0 and r["target_cpu_us_per_io"] > 0
-        assert r["lat_us"]["p99"] >= r["lat_us"]["p50"] > 0
-    assert "IOPS" in proc.stdout and "us/IO" in proc.stdout
+        assert r["lat_us"]["p99"] >= r["lat_us"]["p50"] > 0 and r["lat_us"]["mean"] > 0
+        # user and system apart, adding up to the total (each rounded to 0.01)
+        assert abs(r["target_user_us_per_io"] + r["target_sys_us_per_io"]
+                   - r["target_cpu_us_per_io"]) < 0.05
+        assert r["repeat"] == 2 and len(r["runs"]) == 2
+        assert r["busy_poll_us"] == (300 if r["name"].endswith("-busypoll") else 0)
+    assert {g["name"] for g in report["goals"]} == {"4k-randread-qd1", "4k-randread-qd32"}
+    assert "IOPS" in proc.stdout and "us/IO" in proc.stdout and "user" in proc.stdout
 
 
 def test_general_engine_with_digests(tmp_path):
