@@ -39,7 +39,8 @@ class FastQueue(asyncio.BufferedProtocol):
     def __init__(self, *, nsid: int, block_size: int, bs: int, qd: int, write: bool,
                  span_blocks: int, stop_at: float, max_ios: int, seed: int,
                  done: asyncio.Future[None], sequential: bool = False,
-                 incapsule: bool = True, maxh2cdata: int = 1 << 20) -> None:
+                 incapsule: bool = True, maxh2cdata: int = 1 << 20,
+                 flush_every: int = 0) -> None:
         self.nblocks = bs // block_size
         self.span = max(1, span_blocks // self.nblocks)
         self.qd, self.write, self.stop_at, self.max_ios = qd, write, stop_at, max_ios
@@ -76,8 +77,23 @@ class FastQueue(asyncio.BufferedProtocol):
         self.payload_view = memoryview(self.payload)
         self.maxh2cdata = maxh2cdata
         self.r2t_writes = write and not incapsule  # data goes after R2T, not in the capsule
+        # A Flush after every ``flush_every`` writes (it takes a queue slot like an I/O).
+        self.flush_every = flush_every if write else 0
+        self.flushes = 0
+        flush_sqe = bytearray(64)
+        struct.pack_into("<BBHI", flush_sqe, 0, 0x00, 0x40, 0, nsid)
+        self.flush_template = [bytearray(CH.pack(T_CAPSULE_CMD, 0, CAPSULE_HLEN, 0, CAPSULE_HLEN)
+                                         + flush_sqe) for _ in range(qd)]
+        for cid, t in enumerate(self.flush_template):
+            struct.pack_into("<H", t, 8 + 2, cid)
 
     def _capsule(self, cid: int, out: list[Any]) -> None:
+        if self.flush_every and self.issued % (self.flush_every + 1) == self.flush_every:
+            self.sent_at[cid] = time.perf_counter_ns()
+            self.issued += 1
+            self.flushes += 1
+            out.append(bytes(self.flush_template[cid]))
+            return
         t = self.template[cid]
         if self.sequential:
             slot = self.next_slot
@@ -171,7 +187,8 @@ class FastQueue(asyncio.BufferedProtocol):
 
 
 async def run_fast(ctrl: Controller, *, nsid: int, rw: str, bs: int, qd: int, seconds: float,
-                   max_ios: int, span_bytes: int, seed: int) -> tuple[int, int, array, float]:
+                   max_ios: int, span_bytes: int, seed: int, flush_every: int = 0
+                   ) -> tuple[int, int, array, float]:
     """Drive every I/O queue of ``ctrl`` at ``qd`` each; returns (ios, errors, latencies, s)."""
     ns = ctrl.namespaces[nsid]
     write = rw.endswith("write")
@@ -191,7 +208,8 @@ async def run_fast(ctrl: Controller, *, nsid: int, rw: str, bs: int, qd: int, se
                        span_blocks=span, stop_at=stop_at,
                        max_ios=max_ios // len(ctrl.io_queues), seed=seed + i, done=fut,
                        sequential=not rw.startswith("rand"), incapsule=incapsule,
-                       maxh2cdata=params.maxh2cdata if params is not None else 1 << 20)
+                       maxh2cdata=params.maxh2cdata if params is not None else 1 << 20,
+                       flush_every=flush_every)
         transport = qc._transport
         transport.set_protocol(fq)
         queues.append((fq, transport, fut))

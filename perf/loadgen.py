@@ -34,7 +34,7 @@ def percentile(sorted_ns: list[int], pct: float) -> float:
 async def run_load(host: str, port: int, nqn: str, *, rw: str, bs: int, qd: int, queues: int,
                    seconds: float, max_ios: int = 10**9, nsid: int = 1, span_bytes: int = 0,
                    hdgst: bool = False, ddgst: bool = False, seed: int = 1,
-                   engine: str = "general") -> dict:
+                   engine: str = "general", flush_every: int = 0) -> dict:
     """``qd`` is the total depth, spread over ``queues``."""
     if rw not in PATTERNS:
         raise ValueError(f"--rw must be one of {PATTERNS}")
@@ -45,7 +45,7 @@ async def run_load(host: str, port: int, nqn: str, *, rw: str, bs: int, qd: int,
         try:
             ios, errors, latencies, elapsed = await run_fast(
                 ctrl, nsid=nsid, rw=rw, bs=bs, qd=max(1, qd // queues), seconds=seconds,
-                max_ios=max_ios, span_bytes=span_bytes, seed=seed)
+                max_ios=max_ios, span_bytes=span_bytes, seed=seed, flush_every=flush_every)
         finally:
             await ctrl.close(shutdown=False)
         if errors:
@@ -120,6 +120,8 @@ def main() -> int:
     p.add_argument("--max-ios", type=int, default=10**9)
     p.add_argument("--span-bytes", type=int, default=0)
     p.add_argument("--digests", action="store_true")
+    p.add_argument("--flush-every", type=int, default=0,
+                   help="fast engine, writes: a Flush after every N writes (0: none)")
     p.add_argument("--engine", choices=["general", "fast"], default="general",
                    help="general: the target.host initiator; fast: perf/fastload.py (random "
                    "reads and in-capsule writes, for measuring the target near saturation)")
@@ -128,7 +130,8 @@ def main() -> int:
     result = uvloop.run(run_load(args.host, args.port, args.nqn, rw=args.rw, bs=args.bs,
                                  qd=args.qd, queues=args.queues, seconds=args.seconds,
                                  max_ios=args.max_ios, span_bytes=args.span_bytes,
-                                 hdgst=args.digests, ddgst=args.digests, engine=args.engine))
+                                 hdgst=args.digests, ddgst=args.digests, engine=args.engine,
+                                 flush_every=args.flush_every))
     print(json.dumps(result))
     return 0
 

@@ -92,6 +92,7 @@ class DemoConfig:
     size_bytes: int = DEMO_SIZE
     metrics_port: int = 9420
     busy_poll_us: int = 0
+    io: str = "auto"  # the demo pool's data I/O engine (sbstore.store.engines)
 
 
 def connect_lines(nqn: str, host: str, port: int) -> list[str]:
@@ -115,7 +116,7 @@ def demo_config(demo: DemoConfig) -> Config:
     state_dir = demo.state_dir
     pools = () if demo.ram else (PoolConfig(DEMO_POOL, state_dir / "demo.pool",
                                             create_size=max(DEMO_POOL_SIZE,
-                                                            demo.size_bytes * 2)),)
+                                                            demo.size_bytes * 2), io=demo.io),)
     return Config(
         state_dir=state_dir,
         api=ApiConfig(socket=_socket_path(state_dir)),
@@ -356,6 +357,8 @@ async def run_daemon(config: Config, *, demo: DemoConfig | None = None,
         else:
             for address, port in bound:
                 announce(f"sbstore: NVMe/TCP on {_where(address, port)}")
+        for name, pool in pools.items():
+            announce(f"Pool {name}: data I/O through {pool.engine.name} ({pool.engine.reason})")
         if api.socket_path:
             announce(f"Manage it with: sbstore --socket {api.socket_path} volume list")
         if api.tcp_address:

@@ -46,6 +46,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     demo.add_argument("--state-dir", type=Path, default=None,
                       help="where the demo keeps its pool, state and API socket (default "
                            "~/.local/state/sbstore)")
+    demo.add_argument("--io", choices=["auto", "io_uring", "threads", "buffered"],
+                      default="auto",
+                      help="the demo pool's data I/O engine (default auto: io_uring with "
+                           "O_DIRECT where it works; see [[pools]] io in the config)")
     demo.add_argument("--ram", action="store_true",
                       help="serve a RAM device instead of the pool volume (measures the "
                            "protocol alone; nothing is kept)")
@@ -80,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
                                    f"set it in the config file", exit_code=2)
         if args.ram:
             raise CommandError("--ram is for --demo", exit_code=2)
+        if args.io != "auto":
+            raise CommandError("--io is for --demo; with --config set io in [[pools]]",
+                               exit_code=2)
         try:
             config = load_config(args.config)
         except ConfigError as exc:
@@ -101,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             host, port = args.listen or ("127.0.0.1", DEFAULT_PORT)
             demo = DemoConfig(host=host, port=port,
                               state_dir=args.state_dir or default_state_dir(), ram=args.ram,
-                              busy_poll_us=args.busy_poll or 0)
+                              busy_poll_us=args.busy_poll or 0, io=args.io)
             uvloop.run(serve_demo(demo, announce=announce))
     except DaemonError as exc:
         raise CommandError(str(exc)) from None
