@@ -55,6 +55,11 @@ class EngineUnavailable(Exception):
     """The engine asked for cannot serve this file here; the message says why."""
 
 
+class EngineClosed(OSError):
+    """An I/O on an engine after :meth:`IoEngine.close`, or one still in flight when it was
+    closed (errno EBADF)."""
+
+
 @runtime_checkable
 class IoEngine(Protocol):
     """The data I/O of one pool file or block device."""
