@@ -55,7 +55,6 @@ from .ring import (
     OP_READ,
     OP_WRITE,
     SQE,
-    SQE_SIZE,
     Ring,
 )
 
@@ -113,10 +112,13 @@ class UringEngine(EngineState):
         self._sq_mask = ring.sq_mask
         self._sq_n = ring.sq_entries
         self._max_busy = ring.cq_entries
-        self._sq_tail = ring.sq32[ring.sq_tail_i]
-        self._cq_head = ring.cq32[ring.cq_head_i]
-        self._pending = 0  # SQEs written but not yet passed to io_uring_enter
-        self._busy = 0  # SQEs written and not yet completed (kernel owns their buffers)
+        # Counters (unbounded ints; the ring's u32 fields are these masked): SQEs written,
+        # SQEs the kernel has consumed, CQEs reaped. Pending = tail - sent, in the kernel's
+        # hands = tail - reaped; ``_room`` is how many SQEs may be written now.
+        start: int = ring.sq32[ring.sq_tail_i]
+        self._sq_tail = self._sq_sent = self._reaped = start
+        self._cq_head: int = ring.cq32[ring.cq_head_i]
+        self._room = min(self._sq_n, self._max_busy)
         self._backlog: deque[tuple[int, int, int, int, int, int, int]] = deque()
         self._inflight: dict[int, _Record] = {}
         self._next_ud = 1  # user_data 0 marks the engine's own cancel request
@@ -124,10 +126,12 @@ class UringEngine(EngineState):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._new_future: Any = None
         self._submit_calls = 0
+        self._wakeups = 0
         self._zero_ok = True
         self._punch_ok = True
 
     # --- the I/O methods ----------------------------------------------------------------------
+    # read_into and write carry the submission path inline (see _queue): a call less per I/O.
 
     def read_into(self, offset: int, buf: memoryview) -> Awaitable[None]:
         n = buf.nbytes
@@ -136,20 +140,52 @@ class UringEngine(EngineState):
         addr = _address(_char_from(buf))
         if addr & self._mmask:
             return self._read_bounced(offset, buf)
+        if not self._scheduled:
+            self._begin_batch()
+        fut: asyncio.Future[None] = self._new_future()
+        ud = self._next_ud
+        self._next_ud = ud + 1
+        fd = self._fd
+        self._inflight[ud] = (fut, n, None, OP_READ, fd, offset, addr, buf)
+        if self._room:
+            tail = self._sq_tail
+            _pack(self._sqes, (tail & self._sq_mask) << 6, OP_READ, 0, 0, fd, offset, addr, n,
+                  0, ud)
+            self._sq_tail = tail + 1
+            self._room -= 1
+        else:
+            self._backlog.append((OP_READ, fd, offset, addr, n, 0, ud))
         self._reads += 1
         self._read_bytes += n
-        return self._queue(OP_READ, self._fd, offset, addr, n, 0, n, None, buf)
+        return fut
 
     def write(self, offset: int, data: Buffer) -> Awaitable[None]:
-        if type(data) is memoryview and not data.readonly:
-            n = data.nbytes
-            if not (offset | n) & self._amask and data.c_contiguous:
-                addr = _address(_char_from(data))
-                if not addr & self._mmask:
-                    self._writes += 1
-                    self._written_bytes += n
-                    return self._queue(OP_WRITE, self._fd, offset, addr, n, 0, n, None, data)
-        return self._write_copied(offset, data)
+        if type(data) is not memoryview or data.readonly or not data.c_contiguous:
+            return self._write_copied(offset, data)
+        n = data.nbytes
+        if (offset | n) & self._amask:
+            return self._write_copied(offset, data)
+        addr = _address(_char_from(data))
+        if addr & self._mmask:
+            return self._write_copied(offset, data)
+        if not self._scheduled:
+            self._begin_batch()
+        fut: asyncio.Future[None] = self._new_future()
+        ud = self._next_ud
+        self._next_ud = ud + 1
+        fd = self._fd
+        self._inflight[ud] = (fut, n, None, OP_WRITE, fd, offset, addr, data)
+        if self._room:
+            tail = self._sq_tail
+            _pack(self._sqes, (tail & self._sq_mask) << 6, OP_WRITE, 0, 0, fd, offset, addr,
+                  n, 0, ud)
+            self._sq_tail = tail + 1
+            self._room -= 1
+        else:
+            self._backlog.append((OP_WRITE, fd, offset, addr, n, 0, ud))
+        self._writes += 1
+        self._written_bytes += n
+        return fut
 
     def zero_range(self, offset: int, nbytes: int) -> Awaitable[bool]:
         if not self._zero_ok or (offset | nbytes) & self._famask:
@@ -169,8 +205,11 @@ class UringEngine(EngineState):
         return self._queue(OP_FSYNC, self._fd, 0, 0, 0, FSYNC_DATASYNC, 0, None, None)
 
     def stats(self) -> dict[str, int]:
+        """The base counters, plus ``backlog`` (I/Os waiting for room in the rings) and
+        ``wakeups`` (eventfd wake-ups that reaped completions)."""
         out = self._base_stats(len(self._inflight), self._submit_calls)
         out["backlog"] = len(self._backlog)
+        out["wakeups"] = self._wakeups
         return out
 
     # --- slower paths -------------------------------------------------------------------------
@@ -233,20 +272,20 @@ class UringEngine(EngineState):
 
     def _queue(self, op: int, fd: int, off: int, addr: int, length: int, op_flags: int,
                expected: int, value: Any, keep: Any) -> asyncio.Future[Any]:
-        """Queue one SQE (or, without room, a backlog entry) and return its future."""
+        """Queue one SQE (or, without room, a backlog entry) and return its future: the
+        general form of what read_into and write do inline."""
         if not self._scheduled:
             self._begin_batch()
         fut: asyncio.Future[Any] = self._new_future()
         ud = self._next_ud
         self._next_ud = ud + 1
         self._inflight[ud] = (fut, expected, value, op, fd, off, addr, keep)
-        if self._pending < self._sq_n and self._busy < self._max_busy:
+        if self._room:
             tail = self._sq_tail
-            _pack(self._sqes, (tail & self._sq_mask) * SQE_SIZE,
-                  op, 0, 0, fd, off, addr, length, op_flags, ud)
-            self._sq_tail = (tail + 1) & _U32
-            self._pending += 1
-            self._busy += 1
+            _pack(self._sqes, (tail & self._sq_mask) << 6, op, 0, 0, fd, off, addr, length,
+                  op_flags, ud)
+            self._sq_tail = tail + 1
+            self._room -= 1
         else:
             self._backlog.append((op, fd, off, addr, length, op_flags, ud))
         return fut
@@ -275,13 +314,20 @@ class UringEngine(EngineState):
         self._new_future = loop.create_future
         return loop
 
+    def _set_room(self) -> None:
+        """Room for SQEs: the SQ ring's free slots, and no more in the kernel than the CQ ring
+        holds (so it never overflows)."""
+        tail = self._sq_tail
+        self._room = min(self._sq_n - (tail - self._sq_sent),
+                         self._max_busy - (tail - self._reaped))
+
     def _submit(self) -> None:
         self._scheduled = False
-        n = self._pending
+        n = self._sq_tail - self._sq_sent
         if not n or self._closed:
             return
         ring = self._ring
-        ring.sq32[ring.sq_tail_i] = self._sq_tail  # publishes the SQEs (x86 TSO: see ring.py)
+        ring.sq32[ring.sq_tail_i] = self._sq_tail & _U32  # publishes the SQEs (TSO: ring.py)
         try:
             done = ring.enter(n)
         except OSError as exc:
@@ -295,8 +341,9 @@ class UringEngine(EngineState):
             self._fail_pending(exc)
             return
         self._submit_calls += 1
-        self._pending = n - done
-        if self._pending:
+        self._sq_sent += done
+        self._set_room()
+        if done < n:
             # Without IORING_SETUP_SUBMIT_ALL the kernel stops at an SQE that fails to
             # prepare (posting its error as a CQE): submit the rest next iteration.
             assert self._loop is not None
@@ -311,18 +358,17 @@ class UringEngine(EngineState):
     def _fail_pending(self, exc: OSError) -> None:
         """io_uring_enter failed outright: the SQEs it did not take are taken back and
         their I/Os fail with its error."""
-        n = self._pending
         tail = self._sq_tail
+        n = tail - self._sq_sent
         for k in range(1, n + 1):
-            slot = ((tail - k) & self._sq_mask) * SQE_SIZE
+            slot = ((tail - k) & self._sq_mask) << 6
             ud = int.from_bytes(self._sqes[slot + 32:slot + 40], "little")
             rec = self._inflight.pop(ud, None)
             if rec is not None and not rec[0].done():
                 rec[0].set_exception(OSError(exc.errno, f"submitting: {exc.strerror}"))
-        self._sq_tail = (tail - n) & _U32
-        self._ring.sq32[self._ring.sq_tail_i] = self._sq_tail
-        self._pending = 0
-        self._busy -= n
+        self._sq_tail = self._sq_sent
+        self._ring.sq32[self._ring.sq_tail_i] = self._sq_tail & _U32
+        self._set_room()
 
     # --- completion ---------------------------------------------------------------------------
 
@@ -331,6 +377,7 @@ class UringEngine(EngineState):
             os.read(self._efd, 8)
         except BlockingIOError:
             pass
+        self._wakeups += 1
         self._reap()
 
     def _reap(self) -> None:
@@ -363,7 +410,8 @@ class UringEngine(EngineState):
                 self._finish_odd(rec, res)
         cq32[ring.cq_head_i] = head  # gives the CQ slots back to the kernel
         self._cq_head = head
-        self._busy -= seen
+        self._reaped += seen
+        self._set_room()
         if self._backlog:
             self._drain_backlog()
 
@@ -387,33 +435,33 @@ class UringEngine(EngineState):
             fut.set_exception(OSError(err, f"{what}{where} on {self.path}: {os.strerror(err)}"))
         elif op == OP_WRITE and res > 0 and not (res & self._amask):
             # A short write (the device filled up mid-way, say): write the rest, whose
-            # error, if any, is the one worth reporting.
+            # error, if any, is the one worth reporting. It waits in the backlog for the
+            # room this reap is making.
             ud = self._next_ud
             self._next_ud = ud + 1
             self._inflight[ud] = (fut, expected - res, None, op, fd, off + res, addr + res, keep)
-            self._push_backlogged((op, fd, off + res, addr + res, expected - res, 0, ud))
+            self._backlog.append((op, fd, off + res, addr + res, expected - res, 0, ud))
         else:
             what = "read" if op == OP_READ else OP_NAMES.get(op, str(op)).lower()
             fut.set_exception(ShortIO(what, res, expected, off))
-
-    def _push_backlogged(self, entry: tuple[int, int, int, int, int, int, int]) -> None:
-        self._backlog.append(entry)
-        self._drain_backlog()
 
     def _drain_backlog(self) -> None:
         backlog = self._backlog
         sqes = self._sqes
         mask = self._sq_mask
-        while backlog and self._pending < self._sq_n and self._busy < self._max_busy:
+        while backlog and self._room:
             op, fd, off, addr, length, op_flags, ud = backlog.popleft()
             tail = self._sq_tail
-            _pack(sqes, (tail & mask) * SQE_SIZE, op, 0, 0, fd, off, addr, length, op_flags, ud)
-            self._sq_tail = (tail + 1) & _U32
-            self._pending += 1
-            self._busy += 1
-        if self._pending and not self._scheduled and self._loop is not None:
+            _pack(sqes, (tail & mask) << 6, op, 0, 0, fd, off, addr, length, op_flags, ud)
+            self._sq_tail = tail + 1
+            self._room -= 1
+        if self._sq_tail != self._sq_sent and not self._scheduled and self._loop is not None:
             self._loop.call_soon(self._submit)
             self._scheduled = True
+
+    def _in_kernel(self) -> int:
+        """SQEs written and not yet completed: the kernel may still use their buffers."""
+        return self._sq_tail - self._reaped
 
     # --- close --------------------------------------------------------------------------------
 
@@ -435,36 +483,34 @@ class UringEngine(EngineState):
                     fut.set_exception(exc)
                 except RuntimeError:  # its loop is closed: nobody can be waiting on it
                     pass
-        ring = self._ring
-        if self._busy:
+        if self._in_kernel():
             self._drain_kernel()
-        if self._busy:
+        if self._in_kernel():
             _ABANDONED.append([rec[7] for rec in self._inflight.values()])
         self._inflight.clear()
         if self._loop is not None and not self._loop.is_closed():
             self._loop.remove_reader(self._efd)
         os.close(self._efd)
-        ring.close()
+        self._ring.close()
         self._close_fds()
 
     def _drain_kernel(self) -> None:
         ring = self._ring
         try:
-            if self._pending:
-                ring.sq32[ring.sq_tail_i] = self._sq_tail
-                ring.enter(self._pending)
-                self._pending = 0
+            n = self._sq_tail - self._sq_sent
+            if n:
+                ring.sq32[ring.sq_tail_i] = self._sq_tail & _U32
+                self._sq_sent += ring.enter(n)
             # Cancel what has not reached the device yet (5.19+; harmless -EINVAL before).
             tail = self._sq_tail
-            _pack(self._sqes, (tail & self._sq_mask) * SQE_SIZE, OP_ASYNC_CANCEL, 0, 0, -1,
+            _pack(self._sqes, (tail & self._sq_mask) << 6, OP_ASYNC_CANCEL, 0, 0, -1,
                   0, 0, 0, ASYNC_CANCEL_ANY | ASYNC_CANCEL_ALL, 0)
-            self._sq_tail = (tail + 1) & _U32
-            ring.sq32[ring.sq_tail_i] = self._sq_tail
-            self._busy += 1
-            ring.enter(1)
+            self._sq_tail = tail + 1
+            ring.sq32[ring.sq_tail_i] = self._sq_tail & _U32
+            self._sq_sent += ring.enter(1)
             deadline = time.monotonic() + CLOSE_WAIT_S
-            while self._busy > 0 and time.monotonic() < deadline:
+            while self._in_kernel() > 0 and time.monotonic() < deadline:
                 ring.wait(1, 0.5)
                 self._reap()
         except OSError:
-            pass  # whatever is still busy is abandoned by close()
+            pass  # whatever is still in the kernel is abandoned by close()

@@ -108,7 +108,7 @@ async def test_closing_with_ios_in_flight_waits_for_the_kernel(file_target: Targ
     futs = [e.read_into(i << 20, e.buffer(1 << 20)) for i in range(8)]
     await asyncio.sleep(0)  # let them reach the kernel
     e.close()
-    assert e._busy == 0  # nothing left in the kernel's hands
+    assert e._in_kernel() == 0  # nothing left in the kernel's hands
     for f in futs:
         with pytest.raises(OSError):
             await f
