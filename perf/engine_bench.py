@@ -9,7 +9,8 @@ filled with data first (ext4 answers reads of unwritten extents without touching
 the page cache dropped before every measurement.
 
 Ours are driven the way the store will drive them: ``qd`` coroutines on uvloop, each awaiting
-one I/O at a time into its own engine buffer (fio's iodepth). Reported per engine and workload:
+one I/O at a time into its own engine buffer (fio's iodepth), each measurement in a fresh
+interpreter. Reported per engine and workload:
 IOPS and MB/s as a ratio to fio's in the same round, CPU microseconds per I/O of our process
 (user and system, all threads) next to fio's, and the same asyncio harness with no I/O at all
 (``null``: each read completes on the next loop iteration), so that
@@ -288,7 +289,9 @@ def one_round(args: argparse.Namespace, path: str, size: int) -> dict[str, dict[
             names.append("null")
         for name in names:
             drop_caches()
-            row[name] = run_ours(name, path, size, rw, bs, qd, args.seconds)
+            # Each measurement in a fresh interpreter, as the binding's must be: same heap,
+            # same garbage collector state, no threads left over from the engine before.
+            row[name] = run_child(sys.executable, name, path, size, wl, args.seconds)
         if wl == "randread-4k-qd32" and args.liburing_python:
             drop_caches()
             row["liburing"] = run_child(args.liburing_python, "liburing", path, size, wl,
