@@ -3,10 +3,10 @@ worker threads, for where io_uring is missing or forbidden.
 
 Theory of operation:
 - An I/O method puts a job on a ``queue.SimpleQueue`` and returns a future. A worker does the
-  blocking call (which releases the GIL), appends ``(job id, result)`` to a deque and bumps an
-  eventfd; the loop watches the eventfd and resolves every finished job in one callback. The
-  eventfd is bumped for every job: skipping it when the deque looks non-empty would race with
-  the loop draining it and could lose a wake-up.
+  blocking call (which releases the GIL) and appends ``(job id, result)`` to a list; the loop
+  watches an eventfd and resolves every finished job in one callback. A worker bumps the
+  eventfd only when it finds the list empty: under one lock with the loop's swap of the list,
+  so no wake-up is lost, and at queue depth most completions cost no system call at all.
 - Workers finish a transfer themselves (a short ``pwritev`` is continued; a read that comes
   back short reports :class:`ShortIO`), so a job's result is final when it reaches the loop.
 - At most ``threads`` I/Os reach the device at once: this engine is the fallback, it is not
@@ -25,7 +25,6 @@ import os
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Awaitable
 from typing import Any
 
@@ -102,7 +101,8 @@ class ThreadEngine(EngineState):
         self._nthreads = threads
         self._jobs: queue.SimpleQueue[tuple[int, int, int, int, Any, int] | None] = (
             queue.SimpleQueue())
-        self._done: deque[tuple[int, Any]] = deque()
+        self._done: list[tuple[int, Any]] = []
+        self._done_lock = threading.Lock()
         self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._workers: list[threading.Thread] = []
         self._inflight: dict[int, asyncio.Future[Any]] = {}
@@ -214,26 +214,33 @@ class ThreadEngine(EngineState):
 
     def _work(self) -> None:
         get = self._jobs.get
-        done = self._done.append
+        lock = self._done_lock
         efd = self._efd
         while True:
             job = get()
             if job is None:
                 return
             jid, op, fd, off, obj, arg = job
-            done((jid, _run(op, fd, off, obj, arg)))
+            result = (jid, _run(op, fd, off, obj, arg))
             del job, obj  # the buffer goes back to its pool as soon as the loop lets go
-            os.eventfd_write(efd, 1)
+            with lock:
+                done = self._done
+                done.append(result)
+                wake = len(done) == 1
+            if wake:
+                os.eventfd_write(efd, 1)
 
     def _on_ready(self) -> None:
+        # Clear the eventfd *before* taking the list: a job finished after the swap finds the
+        # new list empty and bumps the eventfd again. The other order could clear that bump.
         try:
             os.eventfd_read(self._efd)
         except BlockingIOError:
             pass
-        done = self._done
+        with self._done_lock:
+            done, self._done = self._done, []
         pop = self._inflight.pop
-        while done:
-            jid, res = done.popleft()
+        for jid, res in done:
             fut = pop(jid, None)
             if fut is None or fut.done():
                 continue
