@@ -3,8 +3,8 @@
     python3 perf/engine_bench.py [--dir /var/tmp] [--size-mib 1024] [--seconds 3] [--rounds 1]
         [--liburing-python /path/to/venv/bin/python] [--json perf/results/engine.json] [--keep]
 
-Workloads (fio's names): 4 KiB randread and randwrite at queue depth 32, 128 KiB sequential
-read and write at queue depth 16, on a file on a disk file system (``--dir``, not tmpfs),
+Workloads (fio's names): 4 KiB randread at queue depth 1 (latency), 4 KiB randread and
+randwrite at queue depth 32, 128 KiB sequential read and write at queue depth 16, on a file on a disk file system (``--dir``, not tmpfs),
 filled with data first (ext4 answers reads of unwritten extents without touching the disk), with
 the page cache dropped before every measurement.
 
@@ -55,6 +55,7 @@ from sbstore.store.engines.uring import UringEngine
 
 MiB = 1 << 20
 WORKLOADS = {  # name: (fio rw, block size, queue depth)
+    "randread-4k-qd1": ("randread", 4096, 1),
     "randread-4k-qd32": ("randread", 4096, 32),
     "randwrite-4k-qd32": ("randwrite", 4096, 32),
     "read-128k-qd16": ("read", 128 << 10, 16),
@@ -99,7 +100,7 @@ def run_fio(path: str, size: int, rw: str, bs: int, qd: int, seconds: float) -> 
     usr = job["usr_cpu"] / 100 * runtime_s
     sys_ = job["sys_cpu"] / 100 * runtime_s
     return {"iops": side["iops"], "mb_s": side["bw_bytes"] / 1e6, "ios": ios,
-            "cpu_us_per_io": (usr + sys_) / ios * 1e6, "user_us_per_io": usr / ios * 1e6,
+            "lat_us": side["lat_ns"]["mean"] / 1000, "cpu_us_per_io": (usr + sys_) / ios * 1e6, "user_us_per_io": usr / ios * 1e6,
             "sys_us_per_io": sys_ / ios * 1e6}
 
 
@@ -233,7 +234,7 @@ async def drive(engine: Any, rw: str, bs: int, qd: int, seconds: float,
     split = user / (user + sys_) if user + sys_ else 0.0
     stats = engine.stats()
     return {"iops": ios / wall, "mb_s": ios * bs / wall / 1e6, "ios": ios,
-            "cpu_us_per_io": cpu / ios * 1e6, "user_us_per_io": cpu * split / ios * 1e6,
+            "lat_us": qd * wall / ios * 1e6, "cpu_us_per_io": cpu / ios * 1e6, "user_us_per_io": cpu * split / ios * 1e6,
             "sys_us_per_io": cpu * (1 - split) / ios * 1e6,
             "ios_per_submit": round(ios / stats["submit_calls"], 1)
             if stats.get("submit_calls") else None}
@@ -244,6 +245,8 @@ def make_engine(name: str, path: str) -> Any:
         return NullEngine()
     if name == "liburing":
         return LiburingEngine(path)
+    if name.startswith("threads:"):  # threads:N, the threads engine with N workers
+        return open_engine(path, "threads", threads=int(name.split(":", 1)[1]))
     if name.startswith("io_uring+"):
         flags = URING_FLAGS[name.split("+", 1)[1]]
         return UringEngine(OpenFile.open(path, direct=True), name, setup_flags=flags)
@@ -285,7 +288,7 @@ def one_round(args: argparse.Namespace, path: str, size: int) -> dict[str, dict[
         row["fio"] = run_fio(path, size, rw, bs, qd, args.seconds)
         names = list(args.engines.split(","))
         names += [f"io_uring+{f}" for f in args.uring_flags.split(",") if f]
-        if wl == "randread-4k-qd32":
+        if wl.startswith("randread-4k"):
             names.append("null")
         for name in names:
             drop_caches()
@@ -304,7 +307,8 @@ def one_round(args: argparse.Namespace, path: str, size: int) -> dict[str, dict[
 def print_row(wl: str, row: dict[str, Any]) -> None:
     fio = row["fio"]
     print(f"\n{wl}: fio {fio['iops']:.0f} IOPS {fio['mb_s']:.0f} MB/s, "
-          f"{fio['cpu_us_per_io']:.2f} us CPU/IO (user {fio['user_us_per_io']:.2f})")
+          f"lat {fio['lat_us']:.0f} us, {fio['cpu_us_per_io']:.2f} us CPU/IO "
+          f"(user {fio['user_us_per_io']:.2f})")
     for name, r in row.items():
         if name == "fio":
             continue
@@ -312,7 +316,8 @@ def print_row(wl: str, row: dict[str, Any]) -> None:
             print(f"  {name:16s} failed: {r['error']}")
             continue
         ratio = "" if name == "null" else f"x{r['iops'] / fio['iops']:.2f} of fio"
-        print(f"  {name:16s} {r['iops']:9.0f} IOPS {ratio:13s} CPU/IO {r['cpu_us_per_io']:6.2f}"
+        print(f"  {name:16s} {r['iops']:9.0f} IOPS {ratio:13s} lat {r['lat_us']:5.0f} us"
+              f" CPU/IO {r['cpu_us_per_io']:6.2f}"
               f" us (user {r['user_us_per_io']:5.2f}, sys {r['sys_us_per_io']:5.2f})"
               f"  IOs/submit {r['ios_per_submit']}")
 
@@ -328,7 +333,8 @@ def summarize(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
                 summary[wl][name] = rounds[0][wl][name]
                 continue
             med = {k: statistics.median(x[k] for x in rs) for k in
-                   ("iops", "mb_s", "cpu_us_per_io", "user_us_per_io", "sys_us_per_io")}
+                   ("iops", "mb_s", "lat_us", "cpu_us_per_io", "user_us_per_io",
+                    "sys_us_per_io")}
             if name != "fio":
                 med["iops_vs_fio"] = statistics.median(
                     r[wl][name]["iops"] / r[wl]["fio"]["iops"] for r in rounds
@@ -339,10 +345,15 @@ def summarize(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
             summary[wl][name] = {k: round(v, 3) for k, v in med.items()}
         rr = summary[wl]
         if "null" in rr:
+            # What an engine adds: its CPU per I/O less the harness's (null) and less the
+            # kernel's own work for the I/O (fio's system time), and its user time alone.
             for name in rr:
                 if name not in ("fio", "null") and "user_us_per_io" in rr[name]:
                     rr[name]["engine_user_us_per_io"] = round(
                         rr[name]["user_us_per_io"] - rr["null"]["user_us_per_io"], 3)
+                    rr[name]["engine_cpu_over_kernel_us_per_io"] = round(
+                        rr[name]["cpu_us_per_io"] - rr["null"]["cpu_us_per_io"]
+                        - rr["fio"]["sys_us_per_io"], 3)
     return summary
 
 
