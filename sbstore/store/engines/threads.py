@@ -121,14 +121,14 @@ class ThreadEngine(EngineState):
         if (offset | n) & self._amask:
             self._unaligned += 1
             return self._job(_READ, self._slow(), offset, buf, n)
-        if _address(_char_from(buf)) & self._mmask:
+        if n and _address(_char_from(buf)) & self._mmask:
             self._bounced += 1
             return self._job(_READ_BOUNCED, self._fd, offset, (buf, self._pool.get(n)), n)
         return self._job(_READ, self._fd, offset, buf, n)
 
     def write(self, offset: int, data: Buffer) -> Awaitable[None]:
         if (type(data) is memoryview and not data.readonly and data.c_contiguous
-                and not _address(_char_from(data)) & self._mmask):
+                and data.nbytes and not _address(_char_from(data)) & self._mmask):
             view = data
         else:
             view = self._copy_in(data)
@@ -264,6 +264,11 @@ class ThreadEngine(EngineState):
                 except RuntimeError:  # its loop is closed: nobody can be waiting on it
                     pass
         self._inflight.clear()
+        while True:  # jobs no worker has started are dropped: their futures have failed
+            try:
+                self._jobs.get_nowait()
+            except queue.Empty:
+                break
         for _ in self._workers:
             self._jobs.put(None)
         deadline = time.monotonic() + CLOSE_WAIT_S

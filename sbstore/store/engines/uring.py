@@ -137,7 +137,10 @@ class UringEngine(EngineState):
         n = buf.nbytes
         if (offset | n) & self._amask:
             return self._read_unaligned(offset, buf)
-        addr = _address(_char_from(buf))
+        try:
+            addr = _address(_char_from(buf))
+        except ValueError:  # an empty buffer has no address, and nothing to read
+            return self._resolved(None)
         if addr & self._mmask:
             return self._read_bounced(offset, buf)
         if not self._scheduled:
@@ -163,7 +166,7 @@ class UringEngine(EngineState):
         if type(data) is not memoryview or data.readonly or not data.c_contiguous:
             return self._write_copied(offset, data)
         n = data.nbytes
-        if (offset | n) & self._amask:
+        if (offset | n) & self._amask or not n:
             return self._write_copied(offset, data)
         addr = _address(_char_from(data))
         if addr & self._mmask:
@@ -220,7 +223,7 @@ class UringEngine(EngineState):
         self._reads += 1
         n = buf.nbytes
         self._read_bytes += n
-        addr = _address(_char_from(buf))
+        addr = _address(_char_from(buf))  # n is not 0 here: 0 is aligned
         return self._queue(OP_READ, self._slow(), offset, addr, n, 0, n, None, buf)
 
     def _read_bounced(self, offset: int, buf: memoryview) -> Awaitable[None]:
@@ -251,6 +254,8 @@ class UringEngine(EngineState):
         """Data that is not an aligned writable buffer: copied once into one of ours."""
         buf = self._copy_in(data)
         n = buf.nbytes
+        if not n:
+            return self._resolved(None)
         self._writes += 1
         self._written_bytes += n
         addr = _address(_char_from(buf))

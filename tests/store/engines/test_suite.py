@@ -208,3 +208,9 @@ async def test_write_on_a_read_only_engine_fails_with_its_errno(target: Target) 
             await e.read_into(0, buf)
         finally:
             e.close()
+
+
+async def test_empty_transfers_complete_at_once(engine: IoEngine) -> None:
+    await engine.read_into(4096, engine.buffer(0))
+    await engine.write(4096, b"")
+    await engine.write(4096, engine.buffer(0))
