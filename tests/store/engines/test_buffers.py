@@ -5,9 +5,11 @@ from __future__ import annotations
 import ctypes
 import gc
 import mmap
+import sys
 
 import pytest
 
+from sbstore.store.engines import buffers
 from sbstore.store.engines.buffers import MAX_CLASS, BufferPool
 
 
@@ -77,3 +79,38 @@ def test_each_size_class_is_separate_and_sized_by_the_request() -> None:
     small, big = pool.get(3000), pool.get(300000)
     assert (len(small), len(big)) == (3000, 300000)
     assert pool.stats()["buffer_bytes"] == (1 << 20) + (2 << 20)  # 4K class, 512K class slab
+
+
+def test_the_free_slot_counts_match_how_the_pool_reads_them() -> None:
+    """The two reference counts the pool compares with, checked on a real slot: free, held
+    by a view, held only by a slice of that view. (Counts are read outside ``assert``:
+    pytest's rewriting keeps references to the values it shows.)"""
+    pool = BufferPool()
+    view = pool.get(4096)
+    slots = pool._classes[0].slots
+    held_count = sys.getrefcount(slots[0])
+    free_count = sys.getrefcount(slots[1])
+    e = slots[1]
+    free_by_local = sys.getrefcount(e)
+    del e
+    part = view[8:16]
+    del view
+    slice_count = sys.getrefcount(slots[0])
+    del part
+    freed_count = sys.getrefcount(slots[0])
+    assert held_count > buffers._FREE_AT_INDEX
+    assert free_count == buffers._FREE_AT_INDEX
+    assert free_by_local == buffers._FREE_REFS
+    assert slice_count > buffers._FREE_AT_INDEX
+    assert freed_count == buffers._FREE_AT_INDEX
+
+
+def test_a_run_of_held_buffers_does_not_make_the_pool_grow() -> None:
+    pool = BufferPool()
+    held = [pool.get(4096) for _ in range(32)]
+    for _ in range(5000):
+        b = pool.get(4096)
+        b[0] = 1
+        del b
+    assert pool.stats()["buffer_bytes"] == 1 << 20
+    assert pool.stats()["buffers_in_use"] == len(held)
