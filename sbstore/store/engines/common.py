@@ -8,8 +8,10 @@ Rules of this module:
   buffered descriptor on the same file, opened on first need. The kernel keeps the two
   coherent: a direct write invalidates the page cache over its range, a direct read first
   writes back dirty cached pages over its range, and ``fdatasync`` works on the file, not the
-  descriptor. What it cannot do is order concurrent direct and buffered I/O to the *same*
-  bytes; the store never has two I/Os in flight on one range, so that is not a case here.
+  descriptor. That holds for I/Os that do not overlap in time: concurrent direct and buffered
+  I/O to the same bytes (only possible on a device whose sector is larger than a request) can
+  leave a stale cached page, so the caller must not have two I/Os in flight on one range there,
+  the same rule as for two writes to one range on any device.
 """
 from __future__ import annotations
 

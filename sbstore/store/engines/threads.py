@@ -194,6 +194,8 @@ class ThreadEngine(EngineState):
         """First I/O (or first on a new loop): attach to the loop, start the workers."""
         if self._closed:
             raise self._closed_error()
+        if self._loop is not None and self._loop.is_running() and self._workers:
+            return  # the usual case, without get_running_loop's getpid system call
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             old = self._loop

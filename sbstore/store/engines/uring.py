@@ -299,7 +299,11 @@ class UringEngine(EngineState):
         """First SQE of this loop iteration: schedule the one submit that will carry it."""
         if self._closed:
             raise self._closed_error()
-        loop = self._use_loop()
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            # Not bound yet, or bound to a loop that has stopped (asyncio.get_running_loop
+            # costs a getpid system call on CPython 3.11: not once per batch).
+            loop = self._use_loop()
         loop.call_soon(self._submit)
         self._scheduled = True
 
