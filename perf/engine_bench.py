@@ -19,8 +19,10 @@ IOPS and MB/s as a ratio to fio's in the same round, CPU microseconds per I/O of
 
 (the kernel's part is the system time, which fio pays too).
 
-``--liburing-python``: a Python with the PyPI package ``liburing`` installed (a throwaway venv,
-made with --system-site-packages so uvloop is there; not a dependency of the project). Then the
+``--liburing-python``: a Python with the PyPI package ``liburing`` installed, not a dependency
+of the project: ``python3 -m venv --system-site-packages /var/tmp/liburing-venv`` (so uvloop is
+there) and ``/var/tmp/liburing-venv/bin/pip install liburing==2024.5.3`` (the 2026 wheels are
+built for AVX-512 and die with SIGILL on CPUs without it). Then the
 4 KiB randread runs also with the same engine design (one submit per loop iteration, eventfd on
 the loop, a future per I/O) but the ring driven through that binding, for the comparison with
 our pure-Python ring. ``--uring-flags`` adds io_uring variants with setup flags
