@@ -44,13 +44,14 @@ import time
 import uuid as uuid_mod
 from array import array
 from collections.abc import Awaitable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .errors import Corrupt, DeviceError, InvalidArgument, NoSpace, NotFound, OutOfRange, ReadOnly
 from .layout import LEAF_SHIFT, VOL_SNAPSHOT, VolumeRecord, ceil_div
 from .pagetree import PageTree, leaf_slice_bytes
 
 if TYPE_CHECKING:
+    from .engines.base import IoResult
     from .owner import Segment, VolumeOwner
 
 Buffer = bytes | bytearray | memoryview
@@ -316,7 +317,7 @@ class Volume:
         engine = self._engine
         buf = engine.buffer(n)
         csize, shift = self._csize, self._cshift
-        futs: list[asyncio.Future[None]] = []
+        futs: list[IoResult[None]] = []
         pos = 0
         while pos < n:
             ci, co = divmod(off + pos, csize)
@@ -331,7 +332,7 @@ class Volume:
             await self._wait_all(futs, _read_error, "the pool")
         return buf
 
-    async def _wait_all(self, futs: Sequence[asyncio.Future[Any]],
+    async def _wait_all(self, futs: Sequence[IoResult[Any]],
                         error: Any, where: str) -> list[Any]:
         """Wait for I/Os issued together (under one guard ticket); raise the first failure
         only once all are done. Cancelled meanwhile: the ticket is kept until they are."""
@@ -404,8 +405,9 @@ class Volume:
             if fut.done():
                 guard.end(ticket)
                 self._write_done()
-            else:
-                fut.add_done_callback(functools.partial(self._late_done, ticket))
+            else:  # in flight, hence a Future
+                cast(asyncio.Future[None], fut).add_done_callback(
+                    functools.partial(self._late_done, ticket))
         self._owner.note_data()
 
     def _late_done(self, ticket: int, _fut: object) -> None:
@@ -663,16 +665,17 @@ def _retrieve(task: asyncio.Task[None]) -> None:
         task.exception()
 
 
-def _end_when_done(fut: asyncio.Future[Any], guard: Any, ticket: int) -> None:
-    """End a guard ticket now if the I/O is done, else when it completes."""
+def _end_when_done(fut: IoResult[Any], guard: Any, ticket: int) -> None:
+    """End a guard ticket now if the I/O is done, else when it completes (a result not done
+    yet is an asyncio.Future)."""
     if fut.done():
         guard.end(ticket)
     else:
-        fut.add_done_callback(lambda _f: guard.end(ticket))
+        cast(asyncio.Future[Any], fut).add_done_callback(lambda _f: guard.end(ticket))
 
 
-def _end_when_all_done(futs: Sequence[asyncio.Future[Any]], guard: Any, ticket: int) -> None:
-    left = [f for f in futs if not f.done()]
+def _end_when_all_done(futs: Sequence[IoResult[Any]], guard: Any, ticket: int) -> None:
+    left = [cast(asyncio.Future[Any], f) for f in futs if not f.done()]
     if not left:
         guard.end(ticket)
         return

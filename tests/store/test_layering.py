@@ -26,6 +26,21 @@ def test_store_imports_only_the_standard_library() -> None:
         assert not foreign, f"{path.name} imports {foreign}"
 
 
+def test_engines_import_only_the_standard_library() -> None:
+    """The I/O engines too (a pure-Python io_uring over ctypes, not a binding), and nothing
+    of the store above them: the store uses the engines, not the other way round."""
+    paths = sorted((STORE / "engines").glob("*.py"))
+    assert {p.stem for p in paths} >= {"__init__", "base", "uring", "threads", "buffered",
+                                       "buffers"}
+    for path in paths:
+        foreign = {m for m in imports(path) if m not in sys.stdlib_module_names}
+        assert not foreign, f"engines/{path.name} imports {foreign}"
+        tree = ast.parse(path.read_text())
+        upward = [n.module for n in ast.walk(tree)
+                  if isinstance(n, ast.ImportFrom) and n.level > 1]
+        assert not upward, f"engines/{path.name} imports from the store above it: {upward}"
+
+
 def test_pure_modules_do_no_io() -> None:
     for name in PURE:
         used = imports(STORE / f"{name}.py") & NO_IO

@@ -13,11 +13,12 @@ write) goes through one :class:`IoEngine`, chosen per pool:
   file system refuses O_DIRECT (older tmpfs); what every pool did before engines existed.
 
 Rules every engine keeps:
-- The I/O methods are plain methods returning an ``asyncio.Future`` (a done one when the
-  engine completed the I/O within the call): several I/Os can be issued before the caller
-  awaits the first, and they go to the kernel together. The caller may stop waiting (its
-  command was cancelled) and add a done callback instead: the future still completes when
-  the device is done with the buffers.
+- The I/O methods are plain methods returning an :class:`IoResult`: an ``asyncio.Future``
+  while the I/O is in flight, or an already-completed awaitable when the engine finished it
+  within the call (no loop, no allocation). Several I/Os can be issued before the caller
+  awaits the first, and they go to the kernel together. A caller that stops waiting (its
+  command was cancelled) may add a done callback to a result that is not done yet (it is then
+  a Future): it completes when the device is done with the buffers.
 - Offsets and lengths given to an engine are multiples of 512. An engine whose device needs
   more (``block_align``, e.g. 4096 on a 4K-sector device) serves a request it cannot do
   directly some slower way; it never refuses one.
@@ -33,9 +34,9 @@ Rules every engine keeps:
 """
 from __future__ import annotations
 
-import asyncio
 import errno
-from typing import Protocol, runtime_checkable
+from collections.abc import Generator
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 Buffer = bytes | bytearray | memoryview
 
@@ -57,6 +58,24 @@ class EngineUnavailable(Exception):
     """The engine asked for cannot serve this file here; the message says why."""
 
 
+class EngineClosed(OSError):
+    """An I/O on an engine after :meth:`IoEngine.close`, or one still in flight when it was
+    closed (errno EBADF)."""
+
+
+T_co = TypeVar("T_co", covariant=True)
+
+
+class IoResult(Protocol[T_co]):
+    """What an I/O method returns (see the module rules)."""
+
+    def done(self) -> bool: ...
+
+    def result(self) -> T_co: ...
+
+    def __await__(self) -> Generator[Any, None, T_co]: ...
+
+
 @runtime_checkable
 class IoEngine(Protocol):
     """The data I/O of one pool file or block device."""
@@ -69,21 +88,21 @@ class IoEngine(Protocol):
     def buffer(self, nbytes: int) -> memoryview:
         """An aligned, writable buffer of ``nbytes`` (contents undefined)."""
 
-    def read_into(self, offset: int, buf: memoryview) -> asyncio.Future[None]:
+    def read_into(self, offset: int, buf: memoryview) -> IoResult[None]:
         """Fill ``buf`` (one of :meth:`buffer`'s, or a slice of one) from ``offset``."""
 
-    def write(self, offset: int, data: Buffer) -> asyncio.Future[None]:
+    def write(self, offset: int, data: Buffer) -> IoResult[None]:
         """Write all of ``data`` at ``offset``."""
 
-    def zero_range(self, offset: int, nbytes: int) -> asyncio.Future[bool]:
+    def zero_range(self, offset: int, nbytes: int) -> IoResult[bool]:
         """Make the range read as zeroes without writing them (``fallocate`` ZERO_RANGE,
         KEEP_SIZE); False when the device cannot, and then the caller writes zeroes."""
 
-    def punch(self, offset: int, nbytes: int) -> asyncio.Future[bool]:
+    def punch(self, offset: int, nbytes: int) -> IoResult[bool]:
         """Give the range back to the file system (PUNCH_HOLE, KEEP_SIZE) or the device
         (discard); it then reads as zeroes. False when the device cannot."""
 
-    def sync(self) -> asyncio.Future[None]:
+    def sync(self) -> IoResult[None]:
         """Every write completed before this call is durable (``fdatasync``)."""
 
     def close(self) -> None:
