@@ -207,6 +207,9 @@ class ControlService:
         self._tenants: dict[str, QosPolicy] = {}
         self._volumes: dict[tuple[str, str], VolumeRecord] = {}
         self._observers: list[PolicyObserver] = []
+        # pool -> uuid -> volume: the pool looks volumes up by uuid with a scan, which made
+        # a scrape or a listing of n exported volumes cost n^2. Checked on every use.
+        self._by_uuid: dict[str, dict[str, Volume]] = {}
 
     # === hooks ===================================================================================
 
@@ -335,10 +338,13 @@ class ControlService:
         pool = self.pools.get(pool_name)
         if pool is None:
             return None
-        try:
-            return pool.volume_by_uuid(uuid)
-        except (NotFound, ValueError):
-            return None
+        index = self._by_uuid.get(pool_name)
+        vol = index.get(uuid) if index is not None else None
+        if vol is not None and _alive(pool, vol):
+            return vol
+        # Created, replaced or deleted since the index was made: make it again, once.
+        self._by_uuid[pool_name] = index = {str(v.uuid): v for v in pool.volumes}
+        return index.get(uuid)
 
     def _pool(self, name: str | None) -> tuple[str, Pool]:
         if name is None:
@@ -364,8 +370,8 @@ class ControlService:
         if not isinstance(name, str) or not name:
             raise invalid(f"a {what} name must be a non-empty string")
         if pool is None and len(self.pools) > 1:
-            found = [(p, pl.volume(name)) for p, pl in self.pools.items()
-                     if name in {v.name for v in pl.volumes}]
+            found = [(p, vol) for p, pl in self.pools.items()
+                     for vol in [_named(pl, name)] if vol is not None]
             if len(found) == 1:
                 return found[0]
             if not found:
@@ -410,18 +416,32 @@ class ControlService:
     # === descriptions ============================================================================
 
     def volume_info(self, pool_name: str, vol: Volume) -> dict[str, Any]:
-        info = dict(vol.info())
+        parent = vol.parent
+        return self._describe(pool_name, vol, parent.name if parent else None,
+                              [c.name for c in vol.children],
+                              self._exports_of(pool_name, str(vol.uuid)))
+
+    def _describe(self, pool_name: str, vol: Volume, parent: str | None, children: list[str],
+                  exports: list[tuple[str, int]]) -> dict[str, Any]:
+        """What the API shows of a volume: ``Volume.info()``'s fields (built here from its
+        lineage, which the caller finds: ``Volume.children`` scans the pool, so a listing
+        that asked each volume would cost n^2) and the control module's."""
         uuid = str(vol.uuid)
         row = self._volumes.get((pool_name, uuid))
-        info.update({
+        return {
+            "name": vol.name, "id": vol.id, "uuid": uuid,
+            "kind": "snapshot" if vol.is_snapshot else "volume",
+            "size_bytes": vol.size_bytes, "block_size": vol.block_size,
+            "allocated_bytes": vol.allocated_bytes,
+            "parent": parent,
+            "children": children,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(vol.created)),
             "pool": pool_name,
             "read_only": vol.read_only,
             "tenant": row.tenant if row else DEFAULT_TENANT,
             "limits": row.limits.as_dict() if row and row.limits else None,
-            "exports": [{"nqn": nqn, "nsid": nsid} for nqn, nsid in
-                        self._exports_of(pool_name, uuid)],
-        })
-        return info
+            "exports": [{"nqn": nqn, "nsid": nsid} for nqn, nsid in exports],
+        }
 
     def export_info(self, nqn: str) -> dict[str, Any]:
         export = self._exports[nqn]
@@ -482,15 +502,28 @@ class ControlService:
         if tenant is not None and tenant not in self._tenants:
             raise ControlError(ErrorCode.NOT_FOUND, f"no tenant named {tenant!r}")
         pools = [self._pool(pool)] if pool is not None else sorted(self.pools.items())
+        # One pass over the exports and one over each pool's lineage, for all the volumes.
+        exports: dict[tuple[str, str], list[tuple[str, int]]] = {}
+        for nqn, e in sorted(self._exports.items()):
+            for ns in e.namespaces.values():
+                exports.setdefault((ns.pool, ns.uuid), []).append((nqn, ns.nsid))
         out = []
         for pool_name, pl in pools:
-            for vol in pl.volumes:
-                info = self.volume_info(pool_name, vol)
-                if kind is not None and info["kind"] != kind:
+            vols = pl.volumes  # in id order, as Volume.children lists them
+            names = {v.id: v.name for v in vols}
+            children: dict[int, list[str]] = {}
+            for v in vols:
+                if v.parent_id:
+                    children.setdefault(v.parent_id, []).append(v.name)
+            for vol in vols:
+                if kind is not None and kind != ("snapshot" if vol.is_snapshot else "volume"):
                     continue
-                if tenant is not None and info["tenant"] != tenant:
+                uuid = str(vol.uuid)
+                if tenant is not None and self._tenant_of(pool_name, uuid) != tenant:
                     continue
-                out.append(info)
+                out.append(self._describe(
+                    pool_name, vol, names.get(vol.parent_id) if vol.parent_id else None,
+                    children.get(vol.id, []), exports.get((pool_name, uuid), [])))
         return out
 
     def show_volume(self, name: str, pool: str | None = None) -> dict[str, Any]:
@@ -1007,6 +1040,21 @@ class ControlService:
                     continue
                 seen[key] = (ns.pool, vol, self._tenant_of(*key), ns.device.stats)
         return list(seen.values())
+
+
+def _alive(pool: Pool, vol: Volume) -> bool:
+    """``vol`` is still the pool's volume of its id (not deleted, not replaced)."""
+    try:
+        return pool.volume_by_id(vol.id) is vol
+    except NotFound:
+        return False
+
+
+def _named(pool: Pool, name: str) -> Volume | None:
+    try:
+        return pool.volume(name)
+    except NotFound:
+        return None
 
 
 def _where(rec: ListenerRecord) -> str:

@@ -1,0 +1,121 @@
+"""Volume listings and the exported-volume view build their lineage and export indexes once per
+call, and the service finds volumes by uuid through an index of its own: what they show must
+stay exactly what asking each volume shows (``Volume.info()``, the store's own description),
+through snapshots, clones, renames, deletions and re-creations."""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sbstore.control.service import ControlService
+from sbstore.control.state import StateStore
+from sbstore.store import Pool
+from target.server import TargetServer
+from target.subsystem import Target
+from tests.control.conftest import NQN_1, NQN_2
+
+STORE_FIELDS = ("name", "id", "uuid", "kind", "size_bytes", "block_size", "allocated_bytes",
+                "parent", "children", "created")
+
+
+@pytest.fixture
+async def svc(tmp_path: Path) -> AsyncIterator[ControlService]:
+    pools = {"p1": Pool.create(tmp_path / "p1.pool", 256 << 20),
+             "p2": Pool.create(tmp_path / "p2.pool", 256 << 20)}
+    state = StateStore(tmp_path / "state.db")
+    target = Target()
+    server = TargetServer(target)
+    service = ControlService(state, pools, target, server)
+    await service.restore()
+    try:
+        yield service
+    finally:
+        await service.close()
+        await server.close()
+        for pool in pools.values():
+            await pool.aclose()
+        state.close()
+
+
+def check_listing(svc: ControlService) -> list[dict[str, Any]]:
+    """Every listed volume is what its pool and the service say of it one at a time."""
+    listed = svc.list_volumes()
+    assert [(v["pool"], v["id"]) for v in listed] == \
+        [(p, v.id) for p, pool in sorted(svc.pools.items()) for v in pool.volumes]
+    for entry in listed:
+        vol = svc.pools[entry["pool"]].volume(entry["name"])
+        assert {k: entry[k] for k in STORE_FIELDS} == vol.info()
+        assert svc.show_volume(entry["name"], entry["pool"]) == entry
+    return listed
+
+
+async def test_listing_matches_each_volume_through_lineage_and_exports(
+        svc: ControlService) -> None:
+    await svc.create_tenant("gold")
+    await svc.create_volume("a", 8 << 20, pool="p1", tenant="gold")
+    await svc.create_snapshot("a", "a-s1", pool="p1")
+    await svc.create_snapshot("a", "a-s2", pool="p1")  # a chain: a-s1 <- a-s2 <- a
+    await svc.create_clone("a-s1", "c1", pool="p1")
+    await svc.create_clone("a-s1", "c2", pool="p1", tenant="default")
+    await svc.create_volume("a", 4 << 20, pool="p2")  # the same name in another pool
+    await svc.create_volume("b", 4 << 20, pool="p2")
+    await svc.create_export(NQN_2, volumes=["a", "b"], pool="p2", allow_any_host=True)
+    await svc.create_export(NQN_1, volumes=["a", "c1"], pool="p1", allow_any_host=True)
+    await svc.add_namespace(NQN_2, "a-s2", pool="p1")
+    listed = check_listing(svc)
+
+    by = {(v["pool"], v["name"]): v for v in listed}
+    assert by[("p1", "a-s1")]["children"] == ["a-s2", "c1", "c2"]
+    assert by[("p1", "a")]["parent"] == "a-s2"
+    assert by[("p1", "a")]["exports"] == [{"nqn": NQN_1, "nsid": 1}]
+    assert by[("p1", "a-s2")]["exports"] == [{"nqn": NQN_2, "nsid": 3}]
+    assert by[("p2", "a")]["exports"] == [{"nqn": NQN_2, "nsid": 1}]
+    assert by[("p1", "c1")]["tenant"] == "gold" and by[("p1", "c2")]["tenant"] == "default"
+
+    assert [v["name"] for v in svc.list_volumes(tenant="gold")] == \
+        ["a", "a-s1", "a-s2", "c1"]
+    assert [v["name"] for v in svc.list_volumes(kind="snapshot")] == ["a-s1", "a-s2"]
+    assert [v["name"] for v in svc.list_volumes(pool="p2", kind="volume")] == ["a", "b"]
+
+    # Deletions, renames and re-creations: the uuid index follows them.
+    await svc.delete_volume("c2", pool="p1")
+    await svc.rename_volume("c1", "c1-renamed", pool="p1")
+    await svc.delete_volume("b", pool="p2", force=True)
+    await svc.create_volume("b", 4 << 20, pool="p2")
+    await svc.add_namespace(NQN_2, "b", pool="p2")
+    listed = check_listing(svc)
+    assert [e["volume"] for e in svc.show_export(NQN_2)["namespaces"]] == ["a", "b", "a-s2"]
+    assert {(p, v.name) for p, v, _, _ in svc.exported_volumes()} == {
+        ("p1", "a"), ("p1", "c1-renamed"), ("p2", "a"), ("p2", "b"), ("p1", "a-s2")}
+    assert {v["name"] for v in listed if v["pool"] == "p1"} == \
+        {"a", "a-s1", "a-s2", "c1-renamed"}
+    assert svc.tenant_info("gold")["volumes"] == ["p1/a", "p1/a-s1", "p1/a-s2",
+                                                  "p1/c1-renamed"]
+
+
+async def test_exported_volumes_are_counted_once_with_their_tenant(svc: ControlService) -> None:
+    await svc.create_tenant("gold")
+    await svc.create_volume("v", 4 << 20, pool="p1", tenant="gold")
+    await svc.create_export(NQN_1, volumes=["v"], pool="p1", allow_any_host=True)
+    await svc.create_export(NQN_2, volumes=["v"], pool="p1", allow_any_host=True)
+    seen = svc.exported_volumes()
+    assert [(p, v.name, t) for p, v, t, _ in seen] == [("p1", "v", "gold")]
+    await svc.set_volume("v", pool="p1", tenant="default")
+    assert [t for _, _, t, _ in svc.exported_volumes()] == ["default"]
+
+
+async def test_a_volume_gone_from_its_pool_is_not_found_through_the_index(
+        svc: ControlService) -> None:
+    """The uuid index is checked against the pool at each use: a volume the pool lost behind
+    the service's back (a repair, a bug) shows as missing, not as the object it was."""
+    await svc.create_volume("v", 4 << 20, pool="p1")
+    await svc.create_volume("w", 4 << 20, pool="p1")
+    await svc.create_export(NQN_1, volumes=["v", "w"], pool="p1", allow_any_host=True)
+    assert len(svc.exported_volumes()) == 2
+    pool = svc.pools["p1"]
+    await pool.delete(pool.volume("v"))
+    assert [v.name for _, v, _, _ in svc.exported_volumes()] == ["w"]
+    assert [ns["volume"] for ns in svc.show_export(NQN_1)["namespaces"]] == [None, "w"]
