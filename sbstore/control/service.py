@@ -36,7 +36,7 @@ import ipaddress
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -1029,17 +1029,23 @@ class ControlService:
 
     def exported_volumes(self) -> list[tuple[str, Volume, str, IoStats]]:
         """(pool, volume, tenant, stats) of each exported volume, once each."""
-        seen: dict[tuple[str, str], tuple[str, Volume, str, IoStats]] = {}
-        for export in self._exports.values():
-            for ns in export.namespaces.values():
+        return list(self.iter_exported_volumes())
+
+    def iter_exported_volumes(self) -> Iterator[tuple[str, Volume, str, IoStats]]:
+        """:meth:`exported_volumes`, one at a time: a metrics scrape walks it in slices and
+        lets the loop run between them, so exports may change meanwhile. It walks copies of
+        the dicts (a change does not break it) and checks each volume as it comes to it."""
+        seen: set[tuple[str, str]] = set()
+        for export in list(self._exports.values()):
+            for ns in list(export.namespaces.values()):
                 key = (ns.pool, ns.uuid)
                 if ns.device is None or key in seen:
                     continue
                 vol = self._volume_by_uuid(ns.pool, ns.uuid)
                 if vol is None:
                     continue
-                seen[key] = (ns.pool, vol, self._tenant_of(*key), ns.device.stats)
-        return list(seen.values())
+                seen.add(key)
+                yield ns.pool, vol, self._tenant_of(*key), ns.device.stats
 
 
 def _alive(pool: Pool, vol: Volume) -> bool:

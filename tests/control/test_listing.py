@@ -119,3 +119,46 @@ async def test_a_volume_gone_from_its_pool_is_not_found_through_the_index(
     await pool.delete(pool.volume("v"))
     assert [v.name for _, v, _, _ in svc.exported_volumes()] == ["w"]
     assert [ns["volume"] for ns in svc.show_export(NQN_1)["namespaces"]] == [None, "w"]
+
+
+async def test_a_sliced_scrape_survives_exports_changing_under_it(svc: ControlService) -> None:
+    """The exposition walks iter_exported_volumes() across slices, letting the loop run API
+    calls in between: exports deleted and created meanwhile must not break it, and the next
+    scrape shows exactly the new state."""
+    import asyncio
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from sbstore.metrics import Exposition, MetricsSource, VolumeSample
+
+    for i in range(40):
+        await svc.create_volume(f"v{i}", 1 << 20, pool="p1")
+        await svc.create_export(f"{NQN_1}-{i}", volumes=[f"v{i}"], pool="p1",
+                                allow_any_host=True)
+    source = MetricsSource(volumes=lambda: (
+        VolumeSample(p, v.name, t, s, v.size_bytes)
+        for p, v, t, s in svc.iter_exported_volumes()))
+    exposition = Exposition(source, standard_collectors=False, slice_s=0.0)
+
+    async def meddle() -> None:
+        for i in range(0, 40, 4):
+            await svc.delete_export(f"{NQN_1}-{i}", force=True)
+            await svc.delete_volume(f"v{i + 1}", pool="p1", force=True)
+            await svc.create_volume(f"w{i}", 1 << 20, pool="p1")
+            await svc.create_export(f"{NQN_2}-{i}", volumes=[f"w{i}"], pool="p1",
+                                    allow_any_host=True)
+
+    task = asyncio.ensure_future(meddle())
+    while not task.done():
+        await exposition.render()
+    await task
+    assert exposition.slices > 1
+
+    def volumes(text: bytes) -> set[str]:
+        return {s.labels["volume"] for f in text_string_to_metric_families(text.decode())
+                for s in f.samples if s.name == "sbstore_volume_reads_total"}
+
+    got = b"".join(await exposition.render())
+    assert got == Exposition(source, standard_collectors=False).render_now()
+    assert volumes(got) == {v.name for _, v, _, _ in svc.exported_volumes()}
+    assert "w0" in volumes(got) and "v0" not in volumes(got) and "v1" not in volumes(got)
