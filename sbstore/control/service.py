@@ -29,6 +29,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import enum
 import hashlib
@@ -36,7 +37,7 @@ import ipaddress
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -202,6 +203,9 @@ class ControlService:
         self.device_wrapper = device_wrapper
         self.started = time.time()
         self._lock = asyncio.Lock()
+        # Commits write the WAL only; _mutation() makes them durable off the loop before an
+        # operation returns (a commit's fsync on the loop stalled every I/O of the daemon).
+        state.defer_sync()
         self._exports: dict[str, _Export] = {}
         self._stats: dict[str, IoStats] = {}  # volume uuid -> counters (kept across exports)
         self._tenants: dict[str, QosPolicy] = {}
@@ -210,6 +214,23 @@ class ControlService:
         # pool -> uuid -> volume: the pool looks volumes up by uuid with a scan, which made
         # a scrape or a listing of n exported volumes cost n^2. Checked on every use.
         self._by_uuid: dict[str, dict[str, Volume]] = {}
+
+    # === one operation at a time, durable when it returns ======================================
+
+    @contextlib.asynccontextmanager
+    async def _mutation(self) -> AsyncIterator[None]:
+        """Hold the operations' lock; on the way out (done, refused or failed after
+        compensating), make what it committed durable before the next operation and before
+        the caller hears of it."""
+        async with self._lock:
+            try:
+                yield
+            finally:
+                await self._sync_state()
+
+    async def _sync_state(self) -> None:
+        if self.state.needs_sync:
+            await asyncio.get_running_loop().run_in_executor(None, self.state.sync)
 
     # === hooks ===================================================================================
 
@@ -256,6 +277,7 @@ class ControlService:
         self._volumes = rows
         for rec in self.state.subsystems():
             self._restore_export(rec)
+        await self._sync_state()
 
     def _restore_export(self, rec: SubsystemRecord) -> None:
         subsystem = Subsystem(rec.nqn, serial=rec.serial, model=rec.model,
@@ -301,6 +323,7 @@ class ControlService:
                 rec = dataclasses.replace(w, id=self._next_listener_id(keep), source="config")
                 self.state.add_listener(rec)
                 keep[rec.id] = rec
+        await self._sync_state()
         for rec in sorted(keep.values(), key=lambda r: r.id):
             await self.listeners.open(rec)  # fatal: the config asks for it
         for rec in self.state.listeners():
@@ -536,7 +559,7 @@ class ControlService:
         if block_size not in (512, 4096):
             raise invalid(f"block_size must be 512 or 4096, not {block_size!r}")
         tenant = self._tenant_name(tenant)
-        async with self._lock:
+        async with self._mutation():
             pool_name, pl = self._pool(pool)
             if tenant not in self._tenants:
                 raise ControlError(ErrorCode.NOT_FOUND, f"no tenant named {tenant!r} (create "
@@ -563,7 +586,7 @@ class ControlService:
     async def resize_volume(self, name: str, size_bytes: int, pool: str | None = None
                             ) -> dict[str, Any]:
         self._size(size_bytes)
-        async with self._lock:
+        async with self._mutation():
             pool_name, vol = self._find(name, pool)
             try:
                 await self.pools[pool_name].resize(vol, size_bytes)
@@ -580,7 +603,7 @@ class ControlService:
                             ) -> dict[str, Any]:
         if not isinstance(new_name, str) or not new_name:
             raise invalid("the new name must be a non-empty string")
-        async with self._lock:
+        async with self._mutation():
             pool_name, vol = self._find(name, pool)
             try:
                 await self.pools[pool_name].rename(vol, new_name)
@@ -598,7 +621,7 @@ class ControlService:
             raise invalid("nothing to change: give a tenant, limits, or clear the limits")
         if tenant is not None:
             tenant = self._tenant_name(tenant)
-        async with self._lock:
+        async with self._mutation():
             pool_name, vol = self._find(name, pool)
             uuid = str(vol.uuid)
             old = self._volumes.get((pool_name, uuid)) or VolumeRecord(pool_name, uuid,
@@ -620,7 +643,7 @@ class ControlService:
                             kind: str | None = "volume") -> None:
         """Delete a volume (``kind`` "snapshot": a snapshot; None: either). Exported: refused
         unless ``force``, which removes it from its exports first."""
-        async with self._lock:
+        async with self._mutation():
             pool_name, vol = self._find(name, pool, what=kind or "volume")
             actual = "snapshot" if vol.is_snapshot else "volume"
             if kind is not None and actual != kind:
@@ -678,7 +701,7 @@ class ControlService:
                               ) -> dict[str, Any]:
         if not isinstance(name, str) or not name:
             raise invalid("a snapshot name must be a non-empty string")
-        async with self._lock:
+        async with self._mutation():
             pool_name, vol = self._find(volume, pool)
             try:
                 snap = await self.pools[pool_name].snapshot(vol, name)
@@ -689,7 +712,7 @@ class ControlService:
 
     async def revert_volume(self, volume: str, snapshot: str, pool: str | None = None, *,
                             force: bool = False) -> dict[str, Any]:
-        async with self._lock:
+        async with self._mutation():
             pool_name, vol = self._find(volume, pool)
             _, snap = self._find(snapshot, pool_name, what="snapshot")
             exports = self._exports_of(pool_name, str(vol.uuid))
@@ -712,7 +735,7 @@ class ControlService:
             raise invalid("a clone name must be a non-empty string")
         if tenant is not None:
             tenant = self._tenant_name(tenant)
-        async with self._lock:
+        async with self._mutation():
             pool_name, snap = self._find(snapshot, pool, what="snapshot")
             if tenant is not None and tenant not in self._tenants:
                 raise ControlError(ErrorCode.NOT_FOUND, f"no tenant named {tenant!r}")
@@ -763,7 +786,7 @@ class ControlService:
         serial = serial or hashlib.sha1(nqn.encode()).hexdigest()[:20]
         if not serial.isascii() or len(serial) > 20:
             raise invalid("serial must be at most 20 ASCII characters")
-        async with self._lock:
+        async with self._mutation():
             if nqn in self._exports or self.target.find_subsystem(nqn) is not None:
                 raise ControlError(ErrorCode.ALREADY_EXISTS, f"export {nqn!r} exists")
             found = [self._find(v, pool) for v in volumes]
@@ -792,7 +815,7 @@ class ControlService:
             return self.export_info(nqn)
 
     async def delete_export(self, nqn: str, *, force: bool = False) -> None:
-        async with self._lock:
+        async with self._mutation():
             export = self._export(nqn)
             if export.namespaces and not force:
                 raise ControlError(ErrorCode.FAILED_PRECONDITION,
@@ -806,7 +829,7 @@ class ControlService:
     async def set_export(self, nqn: str, *, allow_any_host: bool) -> dict[str, Any]:
         if type(allow_any_host) is not bool:
             raise invalid("allow_any_host must be true or false")
-        async with self._lock:
+        async with self._mutation():
             export = self._export(nqn)
             if allow_any_host and export.subsystem.allowed_hosts:
                 raise invalid(f"export {nqn!r} lists hosts; remove them before allowing any "
@@ -819,7 +842,7 @@ class ControlService:
                             nsid: int | None = None) -> dict[str, Any]:
         if nsid is not None and (type(nsid) is not int or not 1 <= nsid <= MAX_NAMESPACES):
             raise invalid(f"nsid must be an integer from 1 to {MAX_NAMESPACES}, not {nsid!r}")
-        async with self._lock:
+        async with self._mutation():
             export = self._export(nqn)
             pool_name, vol = self._find(volume, pool)
             uuid = str(vol.uuid)
@@ -856,7 +879,7 @@ class ControlService:
             raise invalid("name the namespace by its volume or by its nsid (one of them)")
         if nsid is not None and type(nsid) is not int:
             raise invalid(f"nsid must be an integer, not {nsid!r}")
-        async with self._lock:
+        async with self._mutation():
             export = self._export(nqn)
             if volume is not None:
                 pool_name, vol = self._find(volume, pool)
@@ -874,7 +897,7 @@ class ControlService:
 
     async def add_host(self, nqn: str, host: str) -> dict[str, Any]:
         check_nqn(host, "host NQN")
-        async with self._lock:
+        async with self._mutation():
             export = self._export(nqn)
             if host in export.subsystem.allowed_hosts:
                 raise ControlError(ErrorCode.ALREADY_EXISTS, f"{host} may already connect to "
@@ -890,7 +913,7 @@ class ControlService:
     async def remove_host(self, nqn: str, host: str) -> dict[str, Any]:
         if not isinstance(host, str) or not host:
             raise invalid("a host NQN must be a non-empty string")
-        async with self._lock:
+        async with self._mutation():
             export = self._export(nqn)
             if host not in export.subsystem.allowed_hosts:
                 raise ControlError(ErrorCode.NOT_FOUND, f"{host} is not among {nqn}'s hosts")
@@ -919,7 +942,7 @@ class ControlService:
         else:
             if not isinstance(interface, str) or not re.fullmatch(r"[^\s/:]{1,15}", interface):
                 raise invalid(f"{interface!r} is not an interface name")
-        async with self._lock:
+        async with self._mutation():
             for rec in self.state.listeners():
                 if (rec.address, rec.interface, rec.port) == (address, interface, port) \
                         and port != 0:
@@ -952,7 +975,7 @@ class ControlService:
     async def remove_listener(self, listener_id: int) -> None:
         if type(listener_id) is not int:
             raise invalid(f"a listener id is an integer, not {listener_id!r}")
-        async with self._lock:
+        async with self._mutation():
             live = self.listeners.live.get(listener_id)
             stored = {r.id: r for r in self.state.listeners()}
             if live is None and listener_id not in stored:
@@ -980,7 +1003,7 @@ class ControlService:
                             ) -> dict[str, Any]:
         name = self._tenant_name(name)
         new = _policy_from(policy or {})
-        async with self._lock:
+        async with self._mutation():
             if name in self._tenants:
                 raise ControlError(ErrorCode.ALREADY_EXISTS, f"tenant {name!r} exists")
             self.state.put_tenant(TenantRecord(name, new))
@@ -992,7 +1015,7 @@ class ControlService:
         if not policy:
             raise invalid("nothing to change: give at least one policy field (iops, "
                           "read_iops, write_iops, bps, read_bps, write_bps, burst_s, weight)")
-        async with self._lock:
+        async with self._mutation():
             if name not in self._tenants:
                 raise ControlError(ErrorCode.NOT_FOUND, f"no tenant named {name!r}")
             new = _policy_from(policy, self._tenants[name])
@@ -1002,7 +1025,7 @@ class ControlService:
             return self.tenant_info(name)
 
     async def delete_tenant(self, name: str) -> None:
-        async with self._lock:
+        async with self._mutation():
             if name not in self._tenants:
                 raise ControlError(ErrorCode.NOT_FOUND, f"no tenant named {name!r}")
             if name == DEFAULT_TENANT:
