@@ -162,3 +162,42 @@ async def test_a_sliced_scrape_survives_exports_changing_under_it(svc: ControlSe
     assert got == Exposition(source, standard_collectors=False).render_now()
     assert volumes(got) == {v.name for _, v, _, _ in svc.exported_volumes()}
     assert "w0" in volumes(got) and "v0" not in volumes(got) and "v1" not in volumes(got)
+
+
+async def test_the_api_listing_yields_to_the_loop_and_lists_the_same(
+        svc: ControlService, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+    import json
+
+    from sbstore.control import service as service_mod
+    from sbstore.control.http import json_response, json_response_sliced
+
+    for i in range(150):
+        await svc.create_volume(f"v{i:03d}", 1 << 20, pool="p1")
+    await svc.create_snapshot("v000", "s", pool="p1")
+    monkeypatch.setattr(service_mod, "LIST_SLICE_S", 0.0)
+    ticks = 0
+    stop = False
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not stop:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.ensure_future(ticker())
+    try:
+        before = ticks
+        listed = await svc.list_volumes_sliced()
+        during = ticks - before
+        response = await json_response_sliced(200, listed)
+        during_json = ticks - before - during
+    finally:
+        stop = True
+        await task
+    assert listed == svc.list_volumes() and len(listed) == 151
+    assert during >= 151 // 32 and during_json >= 1
+    assert json.loads(response.body) == listed == json.loads(json_response(200, listed).body)
+    assert await svc.list_volumes_sliced(kind="snapshot") == svc.list_volumes(kind="snapshot")
+    with pytest.raises(Exception, match="kind"):
+        await svc.list_volumes_sliced(kind="other")
