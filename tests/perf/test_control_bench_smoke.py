@@ -31,6 +31,7 @@ def test_control_bench_runs_and_reports(tmp_path: Path) -> None:
         assert report[listing]["rounds"] == 2 and report[listing]["median_ms"] > 0
     idle = report["scrape_idle"]
     assert idle["lines"] > 0 and idle["bytes"] > 0 and idle["first_ms"] > 0
+    assert idle["daemon_cpu_ms"] >= 0
     runs = report["runs"]
     assert [r["scrape"] for r in runs] == [False, True]
     for r in runs:
@@ -38,10 +39,11 @@ def test_control_bench_runs_and_reports(tmp_path: Path) -> None:
         assert r["lat_us"]["max"] >= r["lat_us"]["p50"] > 0
     assert runs[1]["scrapes"]["count"] >= 1 and runs[1]["scrapes"]["bytes"] > 0
     summary = report["summary"]
-    for key in ("iops_without", "iops_with", "iops_ratio", "max_lat_ms_without",
-                "max_lat_ms_with", "scrape_median_ms", "scrape_bytes", "scrape_lines",
-                "list_volumes_ms"):
+    for key in ("iops_without", "iops_with", "iops_ratio", "iops_ratio_median_of_rounds",
+                "max_lat_ms_without", "max_lat_ms_with", "scrape_median_ms", "scrape_bytes",
+                "scrape_lines", "list_volumes_ms"):
         assert summary[key] > 0, key
+    assert summary["daemon_cpu_ms_per_scrape"] >= 0
     assert set(report["goals"]) == {"iops_ratio >= 0.9", "max latency with scrapes < 10 ms",
                                     "list 3 volumes < 100 ms"}
     assert "IOPS with/without scrapes" in proc.stdout
