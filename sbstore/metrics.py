@@ -104,6 +104,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # _CHECK_EVERY volumes; one volume costs 1-30 us, so a slice overshoots by well under 1 ms.
 SLICE_S = 0.001
 _CHECK_EVERY = 16
+_JOIN_ROWS = 128  # volumes' parts joined at once (full: ~300 KB, a fraction of a slice)
 
 VOLUME_LABELS = ("pool", "volume", "tenant")
 
@@ -370,8 +371,7 @@ class Exposition:
         self.slices = 0  # slices the last render took (tests, diagnostics)
 
     async def render(self) -> list[bytes]:
-        """The exposition, as parts to send in order (thousands: see :func:`pieces`); yields
-        to the loop between slices."""
+        """The exposition, as parts to send in order; yields to the loop between slices."""
         async with self._lock:
             out: list[bytes] = []
             for _ in self._steps(out):
@@ -448,12 +448,19 @@ class Exposition:
         yield
         self.slices += 1
 
-        # Volumes: one family at a time (a family's lines must be contiguous). The kept parts
-        # go out as they are: joining megabytes here would stall the loop for milliseconds
-        # (the sender joins them a piece at a time).
+        # Volumes: one family at a time (a family's lines must be contiguous), joined
+        # _JOIN_ROWS volumes at a time: one join of a whole family (2.4 MB for a histogram
+        # of 1,000 volumes) stalled the loop for milliseconds, and thousands of tiny parts
+        # cost the sender a Python step each.
+        start = time.perf_counter()
         for f, header in enumerate(self._volume_headers):
             out.append(header.encode())
-            out += [r[f] for r in rows]
+            for i in range(0, len(rows), _JOIN_ROWS):
+                out.append(b"".join([r[f] for r in rows[i:i + _JOIN_ROWS]]))
+                if time.perf_counter() - start >= self.slice_s:
+                    yield
+                    self.slices += 1
+                    start = time.perf_counter()
         del rows
 
         # Tenants, pools, the target: a few lines each.
