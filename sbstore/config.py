@@ -19,6 +19,7 @@ The keys (see systemd/sbstore.toml for a commented example)::
                listen = "127.0.0.1:8420"            # optional TCP, needs token_file
                token_file = "/etc/sbstore/api.token"
     [metrics]  listen = "127.0.0.1:9420"  allow_remote = false  enabled = true
+               per_volume = "counters"              # full | counters | none
     [target]   busy_poll_us = 0                     # > 0: poll, not sleep, this long after I/O
     [[pools]]  name = "local"  path = "local.pool"  create_size = "100G"  cluster_size = "256K"
                io = "auto"   # auto | io_uring | threads | buffered (the data I/O engine)
@@ -128,14 +129,29 @@ class ApiConfig:
     token_file: Path | None = None
 
 
+# How much each exported volume shows in the metrics (tenant and pool series are always
+# complete): "full" = counters and latency histograms, "counters" = no histograms (a sixth of
+# the lines), "none" = no per-volume series.
+METRICS_PER_VOLUME = ("full", "counters", "none")
+
+
 @dataclass(frozen=True)
 class MetricsConfig:
-    """The Prometheus endpoint. ``optional``: a busy port only warns (the demo)."""
+    """The Prometheus endpoint. ``optional``: a busy port only warns (the demo).
+    ``per_volume``: one of :data:`METRICS_PER_VOLUME`."""
 
     enabled: bool = True
     listen: tuple[str, int] = ("127.0.0.1", DEFAULT_METRICS_PORT)
     allow_remote: bool = False
     optional: bool = False
+    # "counters" keeps a scrape of 1,000 volumes at 1 MB and a few ms of the loop's CPU;
+    # "full" is 9 MB and ~30 ms (perf/control_bench.py).
+    per_volume: str = "counters"
+
+    def __post_init__(self) -> None:
+        if self.per_volume not in METRICS_PER_VOLUME:
+            raise ValueError(f"per_volume must be one of {', '.join(METRICS_PER_VOLUME)}, "
+                             f"not {self.per_volume!r}")
 
 
 @dataclass(frozen=True)
@@ -381,8 +397,13 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>",
         raise m_s.error(f"{m_listen[0]} is not a loopback address; the series name tenants "
                         f"and volumes: set allow_remote = true to serve them to the network",
                         "listen")
+    per_volume = m_s.get("per_volume", str, MetricsConfig.per_volume)
+    if per_volume not in METRICS_PER_VOLUME:
+        raise m_s.error(f"{per_volume!r} is not one of {', '.join(METRICS_PER_VOLUME)}",
+                        "per_volume")
     m_s.done()
-    metrics = MetricsConfig(enabled=enabled, listen=m_listen, allow_remote=allow_remote)
+    metrics = MetricsConfig(enabled=enabled, listen=m_listen, allow_remote=allow_remote,
+                            per_volume=per_volume)
 
     q_s = _Section(top.get("qos", dict, {}), "qos", source)
     max_outstanding = q_s.get("max_outstanding", int, QosConfig.max_outstanding)

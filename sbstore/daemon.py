@@ -190,12 +190,12 @@ def _read_token(path: Path) -> str:
                           ) from None
 
 
-def _start_metrics(config: MetricsConfig, service: Any, pools: dict[str, Any], target: Target,
-                   server: TargetServer, qos: QosManager) -> Any:
+async def _start_metrics(config: MetricsConfig, service: Any, pools: dict[str, Any],
+                         target: Target, server: TargetServer, qos: QosManager) -> Any:
     from sbstore.metrics import (
+        Exposition,
         MetricsSource,
         PoolSample,
-        SbstoreCollector,
         TargetSample,
         TenantQosSample,
         VolumeSample,
@@ -203,25 +203,24 @@ def _start_metrics(config: MetricsConfig, service: Any, pools: dict[str, Any], t
     )
 
     source = MetricsSource(
-        volumes=lambda: [VolumeSample(pool=p, volume=v.name, tenant=t, stats=s,
-                                      size_bytes=v.size_bytes)
-                         for p, v, t, s in service.exported_volumes()],
+        volumes=lambda: (VolumeSample(p, v.name, t, s, v.size_bytes)
+                         for p, v, t, s in service.iter_exported_volumes()),
         pools=lambda: [PoolSample.of(name, pool) for name, pool in pools.items()],
         target=lambda: TargetSample.of(target, server),
         qos=lambda: [TenantQosSample.of(t) for t in qos.stats().values()])
-    collector = SbstoreCollector(source, loop=asyncio.get_running_loop())
+    exposition = Exposition(source, per_volume=config.per_volume)
     host, port = config.listen
     try:
-        return start_metrics_server(host, port, collector=collector,
-                                    allow_remote=config.allow_remote)
+        return await start_metrics_server(host, port, exposition=exposition,
+                                          allow_remote=config.allow_remote)
     except OSError as exc:
         if not config.optional:
             raise DaemonError(f"[metrics] cannot listen on {host}:{port}: "
                               f"{exc.strerror or exc}") from None
         log.warning("metrics: %s:%d is busy (%s); using a free port instead", host, port,
                     exc.strerror or exc)
-        return start_metrics_server(host, 0, collector=collector,
-                                    allow_remote=config.allow_remote)
+        return await start_metrics_server(host, 0, exposition=exposition,
+                                          allow_remote=config.allow_remote)
 
 
 def _where(host: str, port: int | str) -> str:
@@ -331,7 +330,8 @@ async def run_daemon(config: Config, *, demo: DemoConfig | None = None,
 
         metrics = None
         if config.metrics.enabled:
-            metrics = _start_metrics(config.metrics, service, pools, target, server, qos)
+            metrics = await _start_metrics(config.metrics, service, pools, target, server,
+                                            qos)
             stack.push_async_callback(metrics.aclose)
 
         watchdog = asyncio.ensure_future(sdnotify.watchdog_loop())

@@ -34,7 +34,7 @@ from sbstore.control.http import (
     Request,
     Response,
     error_response,
-    json_response,
+    json_response_sliced,
 )
 from sbstore.control.service import ControlError, ControlService, ErrorCode
 
@@ -192,8 +192,8 @@ async def _pool(c: Call) -> Any:
 
 
 async def _volumes(c: Call) -> Any:
-    return c.service.list_volumes(c.query.get("pool"), c.query.get("tenant"),
-                                  c.query.get("kind"))
+    return await c.service.list_volumes_sliced(c.query.get("pool"), c.query.get("tenant"),
+                                               c.query.get("kind"))
 
 
 async def _volume_create(c: Call) -> Any:
@@ -239,7 +239,7 @@ async def _volume_inflate(c: Call) -> Any:
 
 
 async def _snapshots(c: Call) -> Any:
-    snaps = c.service.list_volumes(c.query.get("pool"), kind="snapshot")
+    snaps = await c.service.list_volumes_sliced(c.query.get("pool"), kind="snapshot")
     volume = c.query.get("volume")
     if volume is None:
         return snaps
@@ -601,7 +601,7 @@ class Api:
             return error_response(STATUS_OF[exc.code], exc.message, exc.code.value)
         if route.response is None:
             return Response(204)
-        return json_response(route.status, result)
+        return await json_response_sliced(route.status, result)
 
     def _authorized(self, request: Request) -> bool:
         if not self.token:

@@ -90,8 +90,24 @@ class Response:
 
 def json_response(status: int, value: object, headers: list[tuple[str, str]] | None = None
                   ) -> Response:
-    body = json.dumps(value, indent=1, sort_keys=False).encode() + b"\n"
+    # No indent: json's C encoder is used only without one (1,000 volumes: 7 ms, not 25-50).
+    body = json.dumps(value).encode() + b"\n"
     return Response(status, body, headers=headers or [])
+
+
+JSON_SLICE_ITEMS = 128
+
+
+async def json_response_sliced(status: int, value: object) -> Response:
+    """:func:`json_response`, but a long list is encoded :data:`JSON_SLICE_ITEMS` items at a
+    time with a yield to the loop in between (the same JSON, a line per item)."""
+    if not isinstance(value, list) or len(value) <= JSON_SLICE_ITEMS:
+        return json_response(status, value)
+    parts = []
+    for i in range(0, len(value), JSON_SLICE_ITEMS):
+        parts.append(",\n".join(json.dumps(v) for v in value[i:i + JSON_SLICE_ITEMS]))
+        await asyncio.sleep(0)
+    return Response(status, ("[" + ",\n".join(parts) + "]\n").encode())
 
 
 def error_response(status: int, message: str, code: str | None = None,

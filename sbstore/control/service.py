@@ -29,6 +29,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import enum
 import hashlib
@@ -36,7 +37,7 @@ import ipaddress
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +76,7 @@ log = logging.getLogger("sbstore.control")
 
 NQN_RE = re.compile(r"nqn\.\d{4}-\d{2}\.[A-Za-z0-9][\x21-\x7e]*")
 DEFAULT_BLOCK_SIZE = 4096
+LIST_SLICE_S = 0.001  # longest run of a listing between two yields to the loop
 DEFAULT_MODEL = "sbstore"
 
 
@@ -202,11 +204,34 @@ class ControlService:
         self.device_wrapper = device_wrapper
         self.started = time.time()
         self._lock = asyncio.Lock()
+        # Commits write the WAL only; _mutation() makes them durable off the loop before an
+        # operation returns (a commit's fsync on the loop stalled every I/O of the daemon).
+        state.defer_sync()
         self._exports: dict[str, _Export] = {}
         self._stats: dict[str, IoStats] = {}  # volume uuid -> counters (kept across exports)
         self._tenants: dict[str, QosPolicy] = {}
         self._volumes: dict[tuple[str, str], VolumeRecord] = {}
         self._observers: list[PolicyObserver] = []
+        # pool -> uuid -> volume: the pool looks volumes up by uuid with a scan, which made
+        # a scrape or a listing of n exported volumes cost n^2. Checked on every use.
+        self._by_uuid: dict[str, dict[str, Volume]] = {}
+
+    # === one operation at a time, durable when it returns ======================================
+
+    @contextlib.asynccontextmanager
+    async def _mutation(self) -> AsyncIterator[None]:
+        """Hold the operations' lock; on the way out (done, refused or failed after
+        compensating), make what it committed durable before the next operation and before
+        the caller hears of it."""
+        async with self._lock:
+            try:
+                yield
+            finally:
+                await self._sync_state()
+
+    async def _sync_state(self) -> None:
+        if self.state.needs_sync:
+            await asyncio.get_running_loop().run_in_executor(None, self.state.sync)
 
     # === hooks ===================================================================================
 
@@ -253,6 +278,7 @@ class ControlService:
         self._volumes = rows
         for rec in self.state.subsystems():
             self._restore_export(rec)
+        await self._sync_state()
 
     def _restore_export(self, rec: SubsystemRecord) -> None:
         subsystem = Subsystem(rec.nqn, serial=rec.serial, model=rec.model,
@@ -298,6 +324,7 @@ class ControlService:
                 rec = dataclasses.replace(w, id=self._next_listener_id(keep), source="config")
                 self.state.add_listener(rec)
                 keep[rec.id] = rec
+        await self._sync_state()
         for rec in sorted(keep.values(), key=lambda r: r.id):
             await self.listeners.open(rec)  # fatal: the config asks for it
         for rec in self.state.listeners():
@@ -335,10 +362,13 @@ class ControlService:
         pool = self.pools.get(pool_name)
         if pool is None:
             return None
-        try:
-            return pool.volume_by_uuid(uuid)
-        except (NotFound, ValueError):
-            return None
+        index = self._by_uuid.get(pool_name)
+        vol = index.get(uuid) if index is not None else None
+        if vol is not None and _alive(pool, vol):
+            return vol
+        # Created, replaced or deleted since the index was made: make it again, once.
+        self._by_uuid[pool_name] = index = {str(v.uuid): v for v in pool.volumes}
+        return index.get(uuid)
 
     def _pool(self, name: str | None) -> tuple[str, Pool]:
         if name is None:
@@ -364,8 +394,8 @@ class ControlService:
         if not isinstance(name, str) or not name:
             raise invalid(f"a {what} name must be a non-empty string")
         if pool is None and len(self.pools) > 1:
-            found = [(p, pl.volume(name)) for p, pl in self.pools.items()
-                     if name in {v.name for v in pl.volumes}]
+            found = [(p, vol) for p, pl in self.pools.items()
+                     for vol in [_named(pl, name)] if vol is not None]
             if len(found) == 1:
                 return found[0]
             if not found:
@@ -410,18 +440,32 @@ class ControlService:
     # === descriptions ============================================================================
 
     def volume_info(self, pool_name: str, vol: Volume) -> dict[str, Any]:
-        info = dict(vol.info())
+        parent = vol.parent
+        return self._describe(pool_name, vol, parent.name if parent else None,
+                              [c.name for c in vol.children],
+                              self._exports_of(pool_name, str(vol.uuid)))
+
+    def _describe(self, pool_name: str, vol: Volume, parent: str | None, children: list[str],
+                  exports: list[tuple[str, int]]) -> dict[str, Any]:
+        """What the API shows of a volume: ``Volume.info()``'s fields (built here from its
+        lineage, which the caller finds: ``Volume.children`` scans the pool, so a listing
+        that asked each volume would cost n^2) and the control module's."""
         uuid = str(vol.uuid)
         row = self._volumes.get((pool_name, uuid))
-        info.update({
+        return {
+            "name": vol.name, "id": vol.id, "uuid": uuid,
+            "kind": "snapshot" if vol.is_snapshot else "volume",
+            "size_bytes": vol.size_bytes, "block_size": vol.block_size,
+            "allocated_bytes": vol.allocated_bytes,
+            "parent": parent,
+            "children": children,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(vol.created)),
             "pool": pool_name,
             "read_only": vol.read_only,
             "tenant": row.tenant if row else DEFAULT_TENANT,
             "limits": row.limits.as_dict() if row and row.limits else None,
-            "exports": [{"nqn": nqn, "nsid": nsid} for nqn, nsid in
-                        self._exports_of(pool_name, uuid)],
-        })
-        return info
+            "exports": [{"nqn": nqn, "nsid": nsid} for nqn, nsid in exports],
+        }
 
     def export_info(self, nqn: str) -> dict[str, Any]:
         export = self._exports[nqn]
@@ -477,21 +521,56 @@ class ControlService:
 
     def list_volumes(self, pool: str | None = None, tenant: str | None = None,
                      kind: str | None = None) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for _ in self._list_volumes(out, pool, tenant, kind):
+            pass
+        return out
+
+    async def list_volumes_sliced(self, pool: str | None = None, tenant: str | None = None,
+                                  kind: str | None = None) -> list[dict[str, Any]]:
+        """:meth:`list_volumes` from the loop: it yields every :data:`LIST_SLICE_S` so I/O is
+        served meanwhile (1,000 volumes take 15-30 ms), holding the operations' lock so that
+        no change lands between two slices."""
+        out: list[dict[str, Any]] = []
+        async with self._lock:
+            start = time.perf_counter()
+            for _ in self._list_volumes(out, pool, tenant, kind):
+                if time.perf_counter() - start >= LIST_SLICE_S:
+                    await asyncio.sleep(0)
+                    start = time.perf_counter()
+        return out
+
+    def _list_volumes(self, out: list[dict[str, Any]], pool: str | None, tenant: str | None,
+                      kind: str | None) -> Iterator[None]:
+        """Appends the listing to ``out``, yielding every few volumes."""
         if kind not in (None, "volume", "snapshot"):
             raise invalid(f"kind must be 'volume' or 'snapshot', not {kind!r}")
         if tenant is not None and tenant not in self._tenants:
             raise ControlError(ErrorCode.NOT_FOUND, f"no tenant named {tenant!r}")
         pools = [self._pool(pool)] if pool is not None else sorted(self.pools.items())
-        out = []
+        # One pass over the exports and one over each pool's lineage, for all the volumes.
+        exports: dict[tuple[str, str], list[tuple[str, int]]] = {}
+        for nqn, e in sorted(self._exports.items()):
+            for ns in e.namespaces.values():
+                exports.setdefault((ns.pool, ns.uuid), []).append((nqn, ns.nsid))
         for pool_name, pl in pools:
-            for vol in pl.volumes:
-                info = self.volume_info(pool_name, vol)
-                if kind is not None and info["kind"] != kind:
+            vols = pl.volumes  # in id order, as Volume.children lists them
+            names = {v.id: v.name for v in vols}
+            children: dict[int, list[str]] = {}
+            for v in vols:
+                if v.parent_id:
+                    children.setdefault(v.parent_id, []).append(v.name)
+            for i, vol in enumerate(vols):
+                if i % 32 == 31:
+                    yield
+                if kind is not None and kind != ("snapshot" if vol.is_snapshot else "volume"):
                     continue
-                if tenant is not None and info["tenant"] != tenant:
+                uuid = str(vol.uuid)
+                if tenant is not None and self._tenant_of(pool_name, uuid) != tenant:
                     continue
-                out.append(info)
-        return out
+                out.append(self._describe(
+                    pool_name, vol, names.get(vol.parent_id) if vol.parent_id else None,
+                    children.get(vol.id, []), exports.get((pool_name, uuid), [])))
 
     def show_volume(self, name: str, pool: str | None = None) -> dict[str, Any]:
         return self.volume_info(*self._find(name, pool))
@@ -503,7 +582,7 @@ class ControlService:
         if block_size not in (512, 4096):
             raise invalid(f"block_size must be 512 or 4096, not {block_size!r}")
         tenant = self._tenant_name(tenant)
-        async with self._lock:
+        async with self._mutation():
             pool_name, pl = self._pool(pool)
             if tenant not in self._tenants:
                 raise ControlError(ErrorCode.NOT_FOUND, f"no tenant named {tenant!r} (create "
@@ -530,7 +609,7 @@ class ControlService:
     async def resize_volume(self, name: str, size_bytes: int, pool: str | None = None
                             ) -> dict[str, Any]:
         self._size(size_bytes)
-        async with self._lock:
+        async with self._mutation():
             pool_name, vol = self._find(name, pool)
             try:
                 await self.pools[pool_name].resize(vol, size_bytes)
@@ -547,7 +626,7 @@ class ControlService:
                             ) -> dict[str, Any]:
         if not isinstance(new_name, str) or not new_name:
             raise invalid("the new name must be a non-empty string")
-        async with self._lock:
+        async with self._mutation():
             pool_name, vol = self._find(name, pool)
             try:
                 await self.pools[pool_name].rename(vol, new_name)
@@ -565,7 +644,7 @@ class ControlService:
             raise invalid("nothing to change: give a tenant, limits, or clear the limits")
         if tenant is not None:
             tenant = self._tenant_name(tenant)
-        async with self._lock:
+        async with self._mutation():
             pool_name, vol = self._find(name, pool)
             uuid = str(vol.uuid)
             old = self._volumes.get((pool_name, uuid)) or VolumeRecord(pool_name, uuid,
@@ -587,7 +666,7 @@ class ControlService:
                             kind: str | None = "volume") -> None:
         """Delete a volume (``kind`` "snapshot": a snapshot; None: either). Exported: refused
         unless ``force``, which removes it from its exports first."""
-        async with self._lock:
+        async with self._mutation():
             pool_name, vol = self._find(name, pool, what=kind or "volume")
             actual = "snapshot" if vol.is_snapshot else "volume"
             if kind is not None and actual != kind:
@@ -645,7 +724,7 @@ class ControlService:
                               ) -> dict[str, Any]:
         if not isinstance(name, str) or not name:
             raise invalid("a snapshot name must be a non-empty string")
-        async with self._lock:
+        async with self._mutation():
             pool_name, vol = self._find(volume, pool)
             try:
                 snap = await self.pools[pool_name].snapshot(vol, name)
@@ -656,7 +735,7 @@ class ControlService:
 
     async def revert_volume(self, volume: str, snapshot: str, pool: str | None = None, *,
                             force: bool = False) -> dict[str, Any]:
-        async with self._lock:
+        async with self._mutation():
             pool_name, vol = self._find(volume, pool)
             _, snap = self._find(snapshot, pool_name, what="snapshot")
             exports = self._exports_of(pool_name, str(vol.uuid))
@@ -679,7 +758,7 @@ class ControlService:
             raise invalid("a clone name must be a non-empty string")
         if tenant is not None:
             tenant = self._tenant_name(tenant)
-        async with self._lock:
+        async with self._mutation():
             pool_name, snap = self._find(snapshot, pool, what="snapshot")
             if tenant is not None and tenant not in self._tenants:
                 raise ControlError(ErrorCode.NOT_FOUND, f"no tenant named {tenant!r}")
@@ -730,7 +809,7 @@ class ControlService:
         serial = serial or hashlib.sha1(nqn.encode()).hexdigest()[:20]
         if not serial.isascii() or len(serial) > 20:
             raise invalid("serial must be at most 20 ASCII characters")
-        async with self._lock:
+        async with self._mutation():
             if nqn in self._exports or self.target.find_subsystem(nqn) is not None:
                 raise ControlError(ErrorCode.ALREADY_EXISTS, f"export {nqn!r} exists")
             found = [self._find(v, pool) for v in volumes]
@@ -759,7 +838,7 @@ class ControlService:
             return self.export_info(nqn)
 
     async def delete_export(self, nqn: str, *, force: bool = False) -> None:
-        async with self._lock:
+        async with self._mutation():
             export = self._export(nqn)
             if export.namespaces and not force:
                 raise ControlError(ErrorCode.FAILED_PRECONDITION,
@@ -773,7 +852,7 @@ class ControlService:
     async def set_export(self, nqn: str, *, allow_any_host: bool) -> dict[str, Any]:
         if type(allow_any_host) is not bool:
             raise invalid("allow_any_host must be true or false")
-        async with self._lock:
+        async with self._mutation():
             export = self._export(nqn)
             if allow_any_host and export.subsystem.allowed_hosts:
                 raise invalid(f"export {nqn!r} lists hosts; remove them before allowing any "
@@ -786,7 +865,7 @@ class ControlService:
                             nsid: int | None = None) -> dict[str, Any]:
         if nsid is not None and (type(nsid) is not int or not 1 <= nsid <= MAX_NAMESPACES):
             raise invalid(f"nsid must be an integer from 1 to {MAX_NAMESPACES}, not {nsid!r}")
-        async with self._lock:
+        async with self._mutation():
             export = self._export(nqn)
             pool_name, vol = self._find(volume, pool)
             uuid = str(vol.uuid)
@@ -823,7 +902,7 @@ class ControlService:
             raise invalid("name the namespace by its volume or by its nsid (one of them)")
         if nsid is not None and type(nsid) is not int:
             raise invalid(f"nsid must be an integer, not {nsid!r}")
-        async with self._lock:
+        async with self._mutation():
             export = self._export(nqn)
             if volume is not None:
                 pool_name, vol = self._find(volume, pool)
@@ -841,7 +920,7 @@ class ControlService:
 
     async def add_host(self, nqn: str, host: str) -> dict[str, Any]:
         check_nqn(host, "host NQN")
-        async with self._lock:
+        async with self._mutation():
             export = self._export(nqn)
             if host in export.subsystem.allowed_hosts:
                 raise ControlError(ErrorCode.ALREADY_EXISTS, f"{host} may already connect to "
@@ -857,7 +936,7 @@ class ControlService:
     async def remove_host(self, nqn: str, host: str) -> dict[str, Any]:
         if not isinstance(host, str) or not host:
             raise invalid("a host NQN must be a non-empty string")
-        async with self._lock:
+        async with self._mutation():
             export = self._export(nqn)
             if host not in export.subsystem.allowed_hosts:
                 raise ControlError(ErrorCode.NOT_FOUND, f"{host} is not among {nqn}'s hosts")
@@ -886,7 +965,7 @@ class ControlService:
         else:
             if not isinstance(interface, str) or not re.fullmatch(r"[^\s/:]{1,15}", interface):
                 raise invalid(f"{interface!r} is not an interface name")
-        async with self._lock:
+        async with self._mutation():
             for rec in self.state.listeners():
                 if (rec.address, rec.interface, rec.port) == (address, interface, port) \
                         and port != 0:
@@ -919,7 +998,7 @@ class ControlService:
     async def remove_listener(self, listener_id: int) -> None:
         if type(listener_id) is not int:
             raise invalid(f"a listener id is an integer, not {listener_id!r}")
-        async with self._lock:
+        async with self._mutation():
             live = self.listeners.live.get(listener_id)
             stored = {r.id: r for r in self.state.listeners()}
             if live is None and listener_id not in stored:
@@ -947,7 +1026,7 @@ class ControlService:
                             ) -> dict[str, Any]:
         name = self._tenant_name(name)
         new = _policy_from(policy or {})
-        async with self._lock:
+        async with self._mutation():
             if name in self._tenants:
                 raise ControlError(ErrorCode.ALREADY_EXISTS, f"tenant {name!r} exists")
             self.state.put_tenant(TenantRecord(name, new))
@@ -959,7 +1038,7 @@ class ControlService:
         if not policy:
             raise invalid("nothing to change: give at least one policy field (iops, "
                           "read_iops, write_iops, bps, read_bps, write_bps, burst_s, weight)")
-        async with self._lock:
+        async with self._mutation():
             if name not in self._tenants:
                 raise ControlError(ErrorCode.NOT_FOUND, f"no tenant named {name!r}")
             new = _policy_from(policy, self._tenants[name])
@@ -969,7 +1048,7 @@ class ControlService:
             return self.tenant_info(name)
 
     async def delete_tenant(self, name: str) -> None:
-        async with self._lock:
+        async with self._mutation():
             if name not in self._tenants:
                 raise ControlError(ErrorCode.NOT_FOUND, f"no tenant named {name!r}")
             if name == DEFAULT_TENANT:
@@ -996,17 +1075,38 @@ class ControlService:
 
     def exported_volumes(self) -> list[tuple[str, Volume, str, IoStats]]:
         """(pool, volume, tenant, stats) of each exported volume, once each."""
-        seen: dict[tuple[str, str], tuple[str, Volume, str, IoStats]] = {}
-        for export in self._exports.values():
-            for ns in export.namespaces.values():
+        return list(self.iter_exported_volumes())
+
+    def iter_exported_volumes(self) -> Iterator[tuple[str, Volume, str, IoStats]]:
+        """:meth:`exported_volumes`, one at a time: a metrics scrape walks it in slices and
+        lets the loop run between them, so exports may change meanwhile. It walks copies of
+        the dicts (a change does not break it) and checks each volume as it comes to it."""
+        seen: set[tuple[str, str]] = set()
+        for export in list(self._exports.values()):
+            for ns in list(export.namespaces.values()):
                 key = (ns.pool, ns.uuid)
                 if ns.device is None or key in seen:
                     continue
                 vol = self._volume_by_uuid(ns.pool, ns.uuid)
                 if vol is None:
                     continue
-                seen[key] = (ns.pool, vol, self._tenant_of(*key), ns.device.stats)
-        return list(seen.values())
+                seen.add(key)
+                yield ns.pool, vol, self._tenant_of(*key), ns.device.stats
+
+
+def _alive(pool: Pool, vol: Volume) -> bool:
+    """``vol`` is still the pool's volume of its id (not deleted, not replaced)."""
+    try:
+        return pool.volume_by_id(vol.id) is vol
+    except NotFound:
+        return False
+
+
+def _named(pool: Pool, name: str) -> Volume | None:
+    try:
+        return pool.volume(name)
+    except NotFound:
+        return None
 
 
 def _where(rec: ListenerRecord) -> str:

@@ -151,11 +151,11 @@ class DaemonThread:
 
 def make_config(tmp: Path, sock_dir: Path, pools: Sequence[str] = ("p1",), *,
                 listeners: Sequence[ListenerConfig] = (ListenerConfig(0, "127.0.0.1"),),
-                pool_size: int = 1 << 30) -> Config:
+                pool_size: int = 1 << 30, per_volume: str = "counters") -> Config:
     return Config(
         state_dir=tmp / "state",
         api=ApiConfig(socket=sock_dir / "api.sock"),
-        metrics=MetricsConfig(listen=("127.0.0.1", 0)),
+        metrics=MetricsConfig(listen=("127.0.0.1", 0), per_volume=per_volume),
         pools=tuple(PoolConfig(name, tmp / f"{name}.pool", create_size=pool_size)
                     for name in pools),
         listeners=tuple(listeners),

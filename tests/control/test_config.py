@@ -26,6 +26,7 @@ def test_the_example_config_loads() -> None:
     assert c.state_dir == Path("/var/lib/sbstore") and c.log.level == "info"
     assert c.api.socket == DEFAULT_API_SOCKET and c.api.listen is None
     assert c.metrics.listen == ("127.0.0.1", 9420) and not c.metrics.allow_remote
+    assert c.metrics.per_volume == "counters"
     assert [(p.name, str(p.path)) for p in c.pools] == [
         ("nvme0", "/dev/nvme0n1"), ("local", "/var/lib/sbstore/local.pool")]
     assert c.pools[1].create_size == 100 << 30
@@ -44,8 +45,10 @@ def test_minimal_config_and_relative_paths(tmp_path: Path) -> None:
     assert c.api.listen == ("::1", 8420) and c.api.token_file == tmp_path / "tok"
     assert c.pools[0].path == tmp_path / "p.pool"
     assert (c.pools[0].create_size, c.pools[0].cluster_size) == (1 << 30, 65536)
-    assert c.listeners == () and c.metrics.enabled
+    assert c.listeners == () and c.metrics.enabled and c.metrics.per_volume == "counters"
     assert c.target.busy_poll_us == 0
+    f.write_text('state_dir = "s"\n[metrics]\nper_volume = "full"\n')
+    assert load_config(f).metrics.per_volume == "full"
 
 
 def test_busy_poll_key() -> None:
@@ -70,6 +73,8 @@ BASE: dict[str, Any] = {"state_dir": "/s"}
     ({**BASE, "metrics": {"listen": "0.0.0.0:9420"}}, "metrics.listen", "allow_remote"),
     ({**BASE, "metrics": {"listen": "127.0.0.1:99999"}}, "metrics.listen", "out of range"),
     ({**BASE, "metrics": {"enabled": "yes"}}, "metrics.enabled", "must be a boolean"),
+    ({**BASE, "metrics": {"per_volume": "some"}}, "metrics.per_volume", "not one of"),
+    ({**BASE, "metrics": {"per_volume": 1}}, "metrics.per_volume", "must be a string"),
     ({**BASE, "pools": {"name": "p"}}, "pools", "must be an array"),
     ({**BASE, "pools": [{"path": "/p"}]}, "pools[0].name", "missing"),
     ({**BASE, "pools": [{"name": "a b", "path": "/p"}]}, "pools[0].name", "letters"),

@@ -1,16 +1,19 @@
 """The daemon's metrics endpoint after real I/O through the target: the series docs/metrics.md
-documents, with the counts the host caused, per volume, per tenant, per pool and target-wide."""
+documents, with the counts the host caused, per volume, per tenant, per pool and target-wide;
+and what ``[metrics] per_volume`` leaves out."""
 from __future__ import annotations
 
 import asyncio
 import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from target.host import Controller
 from target.host.queue_client import CommandFailed
-from tests.control.conftest import NQN_1, NQN_2, DaemonThread, in_thread
+from tests.control.conftest import NQN_1, NQN_2, DaemonThread, in_thread, make_config
 
 DOCUMENTED = [
     *(f"sbstore_volume_{s}" for s in (
@@ -45,7 +48,18 @@ def value(samples: dict, name: str, **labels: str) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
 
 
-async def test_metrics_after_io(daemon: DaemonThread) -> None:
+@pytest.fixture
+def full_daemon(tmp_path: Path, sock_dir: Path) -> Iterator[DaemonThread]:
+    """A daemon at ``per_volume = "full"``: every documented series."""
+    d = DaemonThread(make_config(tmp_path, sock_dir, per_volume="full")).start()
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+async def test_metrics_after_io(full_daemon: DaemonThread) -> None:
+    daemon = full_daemon
     daemon.ok("tenant", "create", "gold")
     daemon.ok("volume", "create", "vol", "--size", "16M", "--tenant", "gold")
     daemon.ok("snapshot", "create", "vol", "snap")
@@ -116,3 +130,17 @@ async def test_counters_survive_a_re_export(daemon: DaemonThread) -> None:
     samples = await in_thread(scrape, daemon.metrics_url)
     assert value(samples, "sbstore_volume_reads_total", pool="p1", volume="vol",
                  tenant="default") == 2
+
+
+async def test_default_detail_leaves_out_per_volume_histograms(daemon: DaemonThread) -> None:
+    daemon.ok("volume", "create", "vol", "--size", "4M")
+    daemon.ok("export", "create", NQN_1, "--volume", "vol", "--allow-any-host")
+    async with await Controller.connect("127.0.0.1", daemon.port, NQN_1) as ctrl:
+        await ctrl.read(1, 0, 1)
+    samples = await in_thread(scrape, daemon.metrics_url)
+    names = {name for name, _ in samples}
+    vol = {"pool": "p1", "volume": "vol", "tenant": "default"}
+    assert value(samples, "sbstore_volume_reads_total", **vol) == 1
+    assert value(samples, "sbstore_volume_size_bytes", **vol) == 4 << 20
+    assert not any(n.startswith("sbstore_volume_") and "latency" in n for n in names)
+    assert value(samples, "sbstore_tenant_read_latency_seconds_count", tenant="default") == 1

@@ -3,11 +3,14 @@
 Volumes of a pool file (vol1 and vol2 of tenant t1, a snapshot of vol1 exported read-only-ish
 as tenant t2's, so a write to it fails in the device) are served through InstrumentedDevice by a
 TargetServer on 127.0.0.1; the Python initiator drives known I/O; the series must show exactly
-it.
+it. The text the exposition writes itself is checked against what prometheus_client would
+write from the same counters, and its kept lines against a fresh render after any change.
 """
 from __future__ import annotations
 
 import asyncio
+import platform
+import random
 import threading
 import urllib.error
 import urllib.request
@@ -16,14 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 import sbstore
-from sbstore.iostats import InstrumentedDevice
+from sbstore.iostats import InstrumentedDevice, IoStats, slot_of
 from sbstore.metrics import (
+    Exposition,
     MetricsSource,
     PoolSample,
-    SbstoreCollector,
     TargetSample,
     TenantQosSample,
     VolumeSample,
@@ -31,6 +36,7 @@ from sbstore.metrics import (
     start_metrics_server,
 )
 from sbstore.store import Pool
+from sbstore.store.pool import PoolStats
 from sbstore.volume_device import VolumeDevice
 from target.host import Controller
 from target.host.queue_client import CommandFailed
@@ -132,9 +138,7 @@ async def drive_io(ctrl: Controller) -> None:
 
 
 async def test_scrape_shows_the_io_done(served: Served) -> None:
-    loop = asyncio.get_running_loop()
-    collector = SbstoreCollector(served.source, loop=loop)
-    metrics = start_metrics_server("127.0.0.1", 0, collector=collector)
+    metrics = await start_metrics_server("127.0.0.1", 0, exposition=Exposition(served.source))
     try:
         assert metrics.port > 0
         async with await Controller.connect("127.0.0.1", served.port, NQN,
@@ -145,7 +149,7 @@ async def test_scrape_shows_the_io_done(served: Served) -> None:
     finally:
         await metrics.aclose()
     s = parse(text)
-    # The snapshot was taken in the loop's thread, not in the HTTP server's.
+    # The source was read in the loop's thread, the only one that changes the counters.
     assert served.source_threads == {threading.get_ident()}
 
     v1 = {"pool": "p1", "volume": "vol1", "tenant": "t1"}
@@ -198,7 +202,7 @@ async def test_scrape_shows_the_io_done(served: Served) -> None:
     assert val(s, "sbstore_pool_volumes", pool="p1") == 2
     assert val(s, "sbstore_pool_snapshots", pool="p1") == 1
     assert val(s, "sbstore_pool_info", pool="p1", uuid=pool_stats.uuid,
-               path=pool_stats.path) == 1
+               path=pool_stats.path, io_engine=pool_stats.io_engine) == 1
 
     # The target, while the host is connected: admin + 2 I/O queues.
     assert val(s, "sbstore_connections") == 3
@@ -212,66 +216,351 @@ async def test_scrape_shows_the_io_done(served: Served) -> None:
     assert any(name.startswith("process_") for name, _ in s)  # the standard collectors
 
 
+
+# --- the exposition's text ------------------------------------------------------------------------
+
+def reference_text(source: MetricsSource) -> str:
+    """What prometheus_client writes for the same counters: the series as they were built
+    before sbstore wrote its own text (the yardstick of names, types, help and values)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
+
+    counters = [("reads", "reads", "Reads completed."), ("writes", "writes", "Writes completed."),
+                ("read_bytes", "read_bytes", "Bytes read."),
+                ("written_bytes", "write_bytes", "Bytes written."),
+                ("flushes", "flushes", "Flushes completed."),
+                ("write_zeroes", "write_zeroes", "Write Zeroes commands completed."),
+                ("deallocates", "deallocates", "Deallocate (TRIM) commands completed.")]
+
+    def io(prefix: str, names: list[str], rows: list[tuple[list[str], IoStats]]) -> list[object]:
+        out: list[object] = []
+        for stem, attr, doc in counters:
+            c = CounterMetricFamily(f"{prefix}_{stem}", doc, labels=names)
+            for labels, stats in rows:
+                c.add_metric(labels, getattr(stats, attr))
+            out.append(c)
+        e = CounterMetricFamily(f"{prefix}_errors", "Commands that failed, by operation.",
+                                labels=[*names, "op"])
+        for labels, stats in rows:
+            for op in ("read", "write", "flush", "other"):
+                e.add_metric([*labels, op], getattr(stats, f"{op}_errors"))
+        out.append(e)
+        for kind in ("read", "write", "flush"):
+            plural = "es" if kind == "flush" else "s"
+            h = HistogramMetricFamily(f"{prefix}_{kind}_latency_seconds",
+                                      f"Latency of completed {kind}{plural}.", labels=names)
+            for labels, stats in rows:
+                hist = stats.histogram(kind)
+                buckets = [(repr(b / 1e9), n) for b, n in hist.buckets()] + [("+Inf", hist.count)]
+                h.add_metric(labels, buckets, hist.sum_ns / 1e9)
+            out.append(h)
+        return out
+
+    class Reference:
+        def collect(self) -> list[object]:
+            vols = list(source.volumes())
+            out = io("sbstore_volume", ["pool", "volume", "tenant"],
+                     [([v.pool, v.volume, v.tenant], v.stats) for v in vols])
+            size = GaugeMetricFamily("sbstore_volume_size_bytes", "Size of the exported volume.",
+                                     labels=["pool", "volume", "tenant"])
+            for v in vols:
+                if v.size_bytes is not None:
+                    size.add_metric([v.pool, v.volume, v.tenant], v.size_bytes)
+            out.append(size)
+            sums: dict[str, IoStats] = {}
+            for v in vols:
+                sums.setdefault(v.tenant, IoStats()).add(v.stats)
+            n = GaugeMetricFamily("sbstore_tenant_volumes", "Exported volumes of the tenant.",
+                                  labels=["tenant"])
+            for t in sorted(sums):
+                n.add_metric([t], sum(1 for v in vols if v.tenant == t))
+            out.append(n)
+            out += io("sbstore_tenant", ["tenant"], [([t], sums[t]) for t in sorted(sums)])
+            if source.qos is not None:
+                fams = [GaugeMetricFamily("sbstore_tenant_queued_ios",
+                                          "I/Os waiting in the tenant's QoS queue.",
+                                          labels=["tenant"]),
+                        CounterMetricFamily("sbstore_tenant_throttled_seconds",
+                                            "Time the tenant's I/Os were held by its limits.",
+                                            labels=["tenant"]),
+                        CounterMetricFamily("sbstore_tenant_qos_dispatched_ios",
+                                            "I/Os the tenant's QoS queue passed to the backend.",
+                                            labels=["tenant"]),
+                        CounterMetricFamily("sbstore_tenant_qos_dispatched_bytes",
+                                            "Bytes of the I/Os the tenant's QoS queue passed to "
+                                            "the backend.", labels=["tenant"])]
+                for q in source.qos():
+                    for fam, value in zip(fams, (q.queued_ios, q.throttled_seconds,
+                                                 q.dispatched_ios, q.dispatched_bytes)):
+                        fam.add_metric([q.tenant], value)
+                out += fams
+            pools = list(source.pools())
+            info = GaugeMetricFamily("sbstore_pool_info", "A pool's identity and data I/O "
+                                     "engine.", labels=["pool", "uuid", "path", "io_engine"])
+            for p in pools:
+                info.add_metric([p.pool, p.stats.uuid, p.stats.path, p.stats.io_engine], 1)
+            out.append(info)
+            for stem, doc in (("capacity_bytes", "Data capacity of the pool."),
+                              ("allocated_bytes", "Data clusters in use, in bytes."),
+                              ("free_bytes", "Free data space, in bytes."),
+                              ("metadata_bytes", "Size of the metadata area."),
+                              ("metadata_used_bytes", "Metadata pages in use, in bytes."),
+                              ("volumes", "Volumes in the pool (snapshots not counted)."),
+                              ("snapshots", "Snapshots in the pool.")):
+                g = GaugeMetricFamily(f"sbstore_pool_{stem}", doc, labels=["pool"])
+                for p in pools:
+                    g.add_metric([p.pool], getattr(p.stats, stem))
+                out.append(g)
+            t = source.target()
+            if t is not None:
+                out.append(GaugeMetricFamily("sbstore_connections",
+                                             "Open NVMe/TCP connections (one per queue).",
+                                             value=t.connections))
+                c = GaugeMetricFamily("sbstore_controllers", "Live controllers.", labels=["kind"])
+                c.add_metric(["io"], t.io_controllers)
+                c.add_metric(["discovery"], t.discovery_controllers)
+                out.append(c)
+                for name, doc, value in (
+                        ("sbstore_subsystems", "NVM subsystems.", t.subsystems),
+                        ("sbstore_namespaces", "Namespaces over all subsystems.", t.namespaces),
+                        ("sbstore_listeners", "NVMe/TCP listeners.", t.listeners)):
+                    out.append(GaugeMetricFamily(name, doc, value=value))
+            b = GaugeMetricFamily("sbstore_build_info", "sbstore version.",
+                                  labels=["version", "python"])
+            b.add_metric([sbstore.__version__, platform.python_version()], 1)
+            out.append(b)
+            return out
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Reference())  # type: ignore[arg-type]
+    return generate_latest(registry).decode()
+
+
+def families_of(text: str) -> list[tuple[str, str, str]]:
+    return [(f.name, f.type, f.documentation) for f in text_string_to_metric_families(text)]
+
+
+def random_stats(rng: random.Random) -> IoStats:
+    s = IoStats()
+    for kind, n_attr in (("read", "reads"), ("write", "writes"), ("flush", "flushes")):
+        for _ in range(rng.randrange(4)):
+            dt = rng.choice([1, 5000, 8192, 8193, 10**6, 2**33, 2**33 + 1, 10**12])
+            setattr(s, n_attr, getattr(s, n_attr) + 1)
+            getattr(s, f"{kind}_slots")[slot_of(dt)] += 1
+            setattr(s, f"{kind}_sum_ns", getattr(s, f"{kind}_sum_ns") + dt)
+    s.read_bytes, s.write_bytes = s.reads * 4096, s.writes * 512
+    s.write_zeroes, s.deallocates = rng.randrange(3), rng.randrange(3)
+    for attr in ("read_errors", "write_errors", "flush_errors", "other_errors"):
+        setattr(s, attr, rng.randrange(2))
+    return s
+
+
+def test_same_series_as_prometheus_client_writes() -> None:
+    rng = random.Random(7)
+    odd = 'we"ird\\ten\nant'  # every character the text format escapes
+    vols = [VolumeSample(f"p{i % 2}", f"v{i}", odd if i % 5 == 0 else f"t{i % 3}",
+                         random_stats(rng), None if i % 4 == 0 else 4096 * i)
+            for i in range(40)]
+    pool = PoolSample("p0", PoolStats(path="/x/p0.pool", uuid="u-1", cluster_size=4096,
+                                      capacity_bytes=10, allocated_bytes=3, free_bytes=7,
+                                      metadata_bytes=2, metadata_used_bytes=1, volumes=40,
+                                      snapshots=0, generation=5, io_engine="io_uring",
+                                      io_reason="O_DIRECT through io_uring",
+                                      io_direct=True))
+    source = MetricsSource(volumes=lambda: vols, pools=lambda: [pool],
+                           target=lambda: TargetSample(1, 2, 3, 4, 5, 6),
+                           qos=lambda: [TenantQosSample("t1", 3, 1.25, 7, 8),
+                                        TenantQosSample(odd, 0, 0.0)])
+    expected = reference_text(source)
+    got = Exposition(source, standard_collectors=False).render_now().decode()
+    assert parse(got) == parse(expected)
+    assert families_of(got) == families_of(expected)
+
+
+def test_per_volume_detail_can_be_turned_down() -> None:
+    rng = random.Random(3)
+    vols = [VolumeSample("p", f"v{i}", f"t{i % 2}", random_stats(rng), 1 << 20)
+            for i in range(6)]
+    source = MetricsSource(volumes=lambda: vols)
+    full = parse(Exposition(source, standard_collectors=False).render_now().decode())
+    for level in ("counters", "none"):
+        text = Exposition(source, per_volume=level, standard_collectors=False).render_now()
+        s = parse(text.decode())
+        volume_series = {n for n, _ in s if n.startswith("sbstore_volume_")}
+        if level == "counters":
+            assert "sbstore_volume_reads_total" in volume_series
+            assert "sbstore_volume_errors_total" in volume_series
+            assert "sbstore_volume_size_bytes" in volume_series
+            assert not any("latency" in n for n in volume_series)
+            assert {k: v for k, v in full.items() if "volume_" in k[0] and "latency" not in k[0]
+                    } == {k: v for k, v in s.items() if "volume_" in k[0]}
+        else:
+            assert not volume_series
+        # Tenant series stay complete whatever the level.
+        assert {k: v for k, v in s.items() if k[0].startswith("sbstore_tenant_")} == \
+            {k: v for k, v in full.items() if k[0].startswith("sbstore_tenant_")}
+    with pytest.raises(ValueError, match="per_volume"):
+        Exposition(source, per_volume="some")
+
+
+@dataclass
+class Vol:
+    pool: str
+    name: str
+    tenant: str
+    stats: IoStats
+    size: int | None
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["io", "tenant", "drop", "add", "resize", "noop",
+                                           "rename", "new_stats"]),
+                          st.integers(0, 7), st.integers(0, 1 << 30)), max_size=40),
+       st.sampled_from(["full", "counters", "none"]))
+def test_kept_lines_and_tenant_sums_follow_every_change(
+        ops: list[tuple[str, int, int]], level: str) -> None:
+    """A long-lived exposition (lines kept, tenant sums kept up to date) shows exactly what a
+    fresh one shows, after any sequence of I/O, tenant moves, unexports, re-exports, resizes,
+    renames and counter resets."""
+    rng = random.Random(len(ops))
+    vols = [Vol("p", f"v{i}", f"t{i % 3}", random_stats(rng), 1 << 20) for i in range(5)]
+    source = MetricsSource(volumes=lambda: [VolumeSample(v.pool, v.name, v.tenant, v.stats,
+                                                         v.size) for v in vols])
+    kept = Exposition(source, per_volume=level, standard_collectors=False)
+    kept.render_now()
+    for op, i, x in ops:
+        v = vols[i % len(vols)] if vols else None
+        if op == "io" and v is not None:
+            fresh = random_stats(random.Random(x))
+            v.stats.add(fresh)  # more I/O on the same counters
+        elif op == "tenant" and v is not None:
+            v.tenant = f"t{x % 4}"
+        elif op == "drop" and v is not None:
+            vols.remove(v)
+        elif op == "add":
+            vols.append(Vol("p", f"n{x}", f"t{x % 4}", random_stats(random.Random(x)), x))
+        elif op == "resize" and v is not None:
+            v.size = x or None
+        elif op == "rename" and v is not None:
+            v.name = f"r{x}"
+        elif op == "new_stats" and v is not None:
+            v.stats = IoStats()  # deleted and re-created under the same name
+        if len({(v.pool, v.name) for v in vols}) != len(vols):
+            vols.pop()  # names are unique in a pool
+        got = kept.render_now().decode()
+        want = Exposition(source, per_volume=level, standard_collectors=False).render_now()
+        assert got == want.decode()
+
+
+async def test_a_render_yields_to_the_loop_between_slices() -> None:
+    """With many volumes the render is cut into slices, and the loop runs other work between
+    them (an I/O waits one slice, not the whole render)."""
+    vols = [VolumeSample("p", f"v{i}", "t", random_stats(random.Random(i)), 1 << 20)
+            for i in range(400)]
+    exposition = Exposition(MetricsSource(volumes=lambda: vols), standard_collectors=False,
+                            slice_s=0.0)  # yield at every check
+    ticks = 0
+    stop = False
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not stop:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.ensure_future(ticker())
+    await asyncio.sleep(0)
+    try:
+        before = ticks
+        chunks = await exposition.render()
+        during = ticks - before
+    finally:
+        stop = True
+        await task
+    assert exposition.slices >= 400 // 16
+    assert during >= exposition.slices - 1
+    assert b"".join(chunks) == Exposition(MetricsSource(volumes=lambda: vols),
+                                          standard_collectors=False).render_now()
+
+
 async def test_qos_series_when_a_source_gives_them(served: Served) -> None:
     served.source.qos = lambda: [TenantQosSample("t1", queued_ios=5, throttled_seconds=1.5)]
-    collector = SbstoreCollector(served.source, loop=asyncio.get_running_loop())
-    with start_metrics_server("127.0.0.1", 0, collector=collector,
-                              standard_collectors=False) as metrics:
+    exposition = Exposition(served.source, standard_collectors=False)
+    async with await start_metrics_server("127.0.0.1", 0, exposition=exposition) as metrics:
         s = parse(await asyncio.to_thread(fetch, metrics.url))
     assert val(s, "sbstore_tenant_queued_ios", tenant="t1") == 5
     assert val(s, "sbstore_tenant_throttled_seconds_total", tenant="t1") == 1.5
     assert not any(name.startswith("process_") for name, _ in s)
 
 
-async def test_a_stuck_loop_fails_the_scrape(served: Served) -> None:
-    collector = SbstoreCollector(served.source, loop=asyncio.get_running_loop(),
-                                 snapshot_timeout_s=0.2)
-    with start_metrics_server("127.0.0.1", 0, collector=collector) as metrics:
-        result: list[object] = []
-
-        def scrape() -> None:
-            try:
-                result.append(fetch(metrics.url))
-            except urllib.error.HTTPError as exc:
-                result.append(exc.code)
-
-        scraper = threading.Thread(target=scrape)
-        scraper.start()
-        scraper.join(1.0)  # blocks the loop, as a stuck daemon would
-        assert not scraper.is_alive()
-        assert result == [500]
-        # Unblocked, the next scrape works (the abandoned snapshot was dropped).
-        assert "sbstore_build_info" in await asyncio.to_thread(fetch, metrics.url)
-
-
-def test_collector_without_a_loop_and_empty_source() -> None:
-    collector = SbstoreCollector(MetricsSource())
-    names = {m.name for m in collector.collect()}
+def test_empty_source() -> None:
+    text = Exposition(MetricsSource()).render_now().decode()
+    names = {f.name for f in text_string_to_metric_families(text)}
     assert {"sbstore_volume_reads", "sbstore_pool_capacity_bytes", "sbstore_build_info"} <= names
     assert "sbstore_connections" not in names  # no target given
+    assert any(name.startswith("process_") for name in names)
 
 
-def test_loopback_only_unless_allowed() -> None:
+def http(url: str, method: str) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+async def test_endpoint_answers_get_head_and_refuses_the_rest() -> None:
+    exposition = Exposition(MetricsSource(), standard_collectors=False)
+    async with await start_metrics_server("127.0.0.1", 0, exposition=exposition) as metrics:
+        status, headers, body = await asyncio.to_thread(http, metrics.url, "GET")
+        assert status == 200 and b"sbstore_build_info" in body
+        assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        assert int(headers["Content-Length"]) == len(body)
+        status, headers, body = await asyncio.to_thread(http, metrics.url, "HEAD")
+        assert status == 200 and body == b"" and int(headers["Content-Length"]) > 0
+        base = metrics.url.rsplit("/", 1)[0]
+        assert (await asyncio.to_thread(http, base + "/", "GET"))[0] == 200
+        assert (await asyncio.to_thread(http, base + "/other", "GET"))[0] == 404
+        status, headers, _ = await asyncio.to_thread(http, metrics.url, "POST")
+        assert status == 405 and headers["Allow"] == "GET, HEAD"
+
+
+async def test_loopback_only_unless_allowed() -> None:
     for host in ("127.0.0.1", "127.0.0.53", "::1", "localhost"):
         check_listen_host(host)
     for host in ("0.0.0.0", "::", "192.0.2.2", "metrics.example.com"):
         with pytest.raises(ValueError, match="loopback"):
             check_listen_host(host)
         with pytest.raises(ValueError, match="loopback"):
-            start_metrics_server(host, 0, collector=SbstoreCollector(MetricsSource()))
+            await start_metrics_server(host, 0, exposition=Exposition(MetricsSource()))
     check_listen_host("0.0.0.0", allow_remote=True)
 
 
-def test_close_stops_serving() -> None:
-    metrics = start_metrics_server("127.0.0.1", 0, collector=SbstoreCollector(MetricsSource()))
-    assert "sbstore_build_info" in fetch(metrics.url)
-    metrics.close()
-    metrics.close()  # idempotent
+async def test_close_stops_serving() -> None:
+    metrics = await start_metrics_server("127.0.0.1", 0, exposition=Exposition(MetricsSource()))
+    assert "sbstore_build_info" in await asyncio.to_thread(fetch, metrics.url)
+    await metrics.aclose()
+    await metrics.aclose()  # idempotent
     with pytest.raises(urllib.error.URLError):
-        fetch(metrics.url, timeout=2)
+        await asyncio.to_thread(fetch, metrics.url, 2)
 
 
-def test_ipv6_loopback() -> None:
-    with start_metrics_server("::1", 0, collector=SbstoreCollector(MetricsSource())) as metrics:
+async def test_ipv6_loopback() -> None:
+    exposition = Exposition(MetricsSource())
+    async with await start_metrics_server("::1", 0, exposition=exposition) as metrics:
         assert metrics.url.startswith("http://[::1]:")
-        assert "sbstore_build_info" in fetch(metrics.url)
+        assert "sbstore_build_info" in await asyncio.to_thread(fetch, metrics.url)
+
+
+@given(st.lists(st.binary(max_size=40), max_size=60), st.integers(1, 64))
+def test_pieces_regroup_without_losing_or_reordering(chunks: list[bytes], size: int) -> None:
+    from sbstore.metrics import pieces
+
+    out = list(pieces(chunks, size))
+    assert b"".join(out) == b"".join(chunks)
+    assert all(0 < len(p) < 2 * size for p in out)  # joined up to a piece, large ones cut

@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from sbstore.metrics import MetricsSource, TenantQosSample, families, take_snapshot
+from sbstore.metrics import Exposition, MetricsSource, TenantQosSample
 from sbstore.qos import QosManager
 from target.blockdev import RamDevice
 
 
-def series(metrics) -> dict[tuple[str, tuple], float]:
+def series(text: bytes) -> dict[tuple[str, tuple], float]:
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for m in metrics for s in m.samples}
+            for m in text_string_to_metric_families(text.decode()) for s in m.samples}
 
 
 async def test_manager_stats_become_tenant_series():
@@ -22,7 +23,7 @@ async def test_manager_stats_become_tenant_series():
     await other.write(0, bytes(1024))
     await other.flush()
     source = MetricsSource(qos=lambda: [TenantQosSample.of(s) for s in mgr.stats().values()])
-    s = series(families(take_snapshot(source)))
+    s = series(Exposition(source, standard_collectors=False).render_now())
     gold, silver = (("tenant", "gold"),), (("tenant", "silver"),)
     assert s[("sbstore_tenant_qos_dispatched_ios_total", gold)] == 1
     assert s[("sbstore_tenant_qos_dispatched_bytes_total", gold)] == 4096

@@ -1,0 +1,482 @@
+"""Control-plane cost to the data path: a daemon with many exported volumes, a QD1 read job,
+and a Prometheus scrape every second; plus how long listing the volumes takes.
+
+    python3 perf/control_bench.py [--volumes 1000] [--seconds 10] [--rounds 2]
+                                  [--per-volume full|counters|none]
+                                  [--json perf/results/control.json]
+
+What it does, in order:
+1. Starts ``python -m sbstore serve --config FILE`` as a process of its own, pinned to CPU 0,
+   with a file pool in a fresh directory under /var/tmp (removed at the end).
+2. Creates ``--volumes`` volumes through the API and exports each in a subsystem of its own
+   (``sbstore.control.client``); the time per create and per export is reported.
+3. Fills the span the job reads on the first volume, so reads hit the pool file, not holes.
+4. Lists the volumes through the API ``--list-rounds`` times (median reported) and scrapes
+   /metrics once cold (the first render) and once warm (size, lines, duration).
+5. ``--rounds`` pairs of runs of a 4k QD1 random read job (perf/fastload.py, the load engine
+   perf/run.py uses, in a process of its own pinned to CPU 1): ``--seconds`` without scrapes,
+   then ``--seconds`` with a scrape of /metrics every second (a thread of this process, pinned
+   to CPU 1 too so it does not take the daemon's core).
+Reports the IOPS ratio (with scrapes / without), the maximum latency of each run, scrape
+durations and sizes, listing times and the daemon's CPU time per run; writes JSON.
+
+The goal (the control-plane issue): ratio >= 0.9, max latency with scrapes < 10 ms, listing
+1,000 volumes < 100 ms. Timings are noisy on a shared machine: repeat with ``--rounds``.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from sbstore.control.client import Client
+
+NQN_PREFIX = "nqn.2026-11.io.sbstore.bench:vol"
+VOLUME_SIZE = 64 << 20
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 30.0
+SCRAPE_TIMEOUT_S = 30.0
+IDLE_SCRAPES = 10
+GOAL_RATIO = 0.9
+GOAL_MAX_LAT_MS = 10.0
+GOAL_LIST_MS = 100.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (all its threads), from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpus() -> tuple[str | None, str | None]:
+    """(daemon CPU, load CPU) for taskset, or (None, None) on a one-CPU machine."""
+    mine = sorted(os.sched_getaffinity(0))
+    if len(mine) < 2:
+        return None, None
+    return str(mine[0]), str(mine[1])
+
+
+# --- the daemon -------------------------------------------------------------------------------
+
+@dataclass
+class Daemon:
+    proc: subprocess.Popen[str]  # the daemon, or the wrapper (py-spy) that started it
+    pid: int  # the daemon itself
+    socket: str
+    nvme_port: int
+    metrics_url: str
+    lines: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=200))
+    _reader: threading.Thread | None = None
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            # Signal the daemon, not a wrapper: py-spy writes its profile when its child exits.
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self._reader is not None:
+            self._reader.join(5)
+        return self.proc.returncode
+
+
+def write_config(workdir: str, per_volume: str | None) -> str:
+    cfg = os.path.join(workdir, "sbstore.toml")
+    metrics_extra = f'per_volume = "{per_volume}"\n' if per_volume else ""
+    with open(cfg, "w") as f:
+        f.write(f"""
+state_dir = "state"
+[log]
+level = "warning"
+[api]
+socket = "{os.path.join(workdir, 'api.sock')}"
+[metrics]
+listen = "127.0.0.1:0"
+{metrics_extra}
+[[pools]]
+name = "bench"
+path = "bench.pool"
+create_size = "16G"
+[[listeners]]
+address = "127.0.0.1"
+port = 0
+""")
+    return cfg
+
+
+def start_daemon(cfg: str, cpu: str | None, wrap: list[str]) -> Daemon:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    for k in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        env.pop(k, None)
+    pin = ["taskset", "-c", cpu] if cpu is not None else []
+    cmd = [*wrap, *pin, sys.executable, "-m", "sbstore", "serve", "--config", cfg]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    seen: list[str] = []
+    port = url = sock = None
+    deadline = time.monotonic() + START_TIMEOUT_S
+    try:
+        while time.monotonic() < deadline and None in (port, url, sock):
+            line = proc.stdout.readline()
+            if not line:
+                break
+            seen.append(line.rstrip())
+            if m := re.search(r"NVMe/TCP on [^ ]+:(\d+)$", line.strip()):
+                port = int(m.group(1))
+            if m := re.search(r"Metrics: (\S+)", line):
+                url = m.group(1)
+            if m := re.search(r"--socket (\S+)", line):
+                sock = m.group(1)
+    except BaseException:
+        proc.kill()
+        proc.wait(10)
+        raise
+    if port is None or url is None or sock is None:
+        proc.kill()
+        proc.wait(10)
+        raise RuntimeError("the daemon did not start:\n" + "\n".join(seen[-30:]))
+    daemon = Daemon(proc, _serving_pid(proc.pid) if wrap else proc.pid, sock, port, url)
+    daemon.lines.extend(seen)
+
+    def drain() -> None:  # the daemon must never block on a full stdout pipe
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            daemon.lines.append(line.rstrip())
+    daemon._reader = threading.Thread(target=drain, name="daemon-stdout", daemon=True)
+    daemon._reader.start()
+    return daemon
+
+
+def _serving_pid(root: int) -> int:
+    """The ``sbstore serve`` process among ``root``'s descendants (under a wrapper)."""
+    todo = [root]
+    for _ in range(1000):  # bounded walk of a small process tree
+        if not todo:
+            break
+        pid = todo.pop()
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                # py-spy's own command line names the daemon's too: match the interpreter.
+                if b"-m\0sbstore\0serve" in f.read() and \
+                        os.path.realpath(f"/proc/{pid}/exe") == os.path.realpath(sys.executable):
+                    return pid
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except FileNotFoundError:
+            continue
+    raise RuntimeError(f"no sbstore serve process under pid {root}")
+
+
+# --- API work -----------------------------------------------------------------------------------
+
+def populate(client: Client, n: int) -> dict[str, float]:
+    """``n`` volumes, each exported to any host by a subsystem of its own."""
+    t_create = t_export = 0.0
+    for i in range(n):
+        t0 = time.perf_counter()
+        client.post("/v1/volumes", {"name": f"vol{i:05d}", "size_bytes": VOLUME_SIZE})
+        t1 = time.perf_counter()
+        client.post("/v1/subsystems", {"nqn": f"{NQN_PREFIX}{i:05d}",
+                                       "volumes": [f"vol{i:05d}"], "allow_any_host": True})
+        t_export += time.perf_counter() - t1
+        t_create += t1 - t0
+    return {"create_ms_mean": round(t_create / max(n, 1) * 1e3, 3),
+            "export_ms_mean": round(t_export / max(n, 1) * 1e3, 3)}
+
+
+def time_listing(client: Client, target: str, rounds: int, expect: int) -> dict[str, Any]:
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        got = client.get(target)
+        times.append(time.perf_counter() - t0)
+        if len(got) != expect:
+            raise RuntimeError(f"GET {target} listed {len(got)} entries, expected {expect}")
+    return {"median_ms": round(statistics.median(times) * 1e3, 2),
+            "min_ms": round(min(times) * 1e3, 2), "max_ms": round(max(times) * 1e3, 2),
+            "rounds": rounds}
+
+
+# --- scrapes ------------------------------------------------------------------------------------
+
+def scrape_once(url: str) -> tuple[float, int, int]:
+    """(seconds, bytes, lines) of one GET /metrics."""
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT_S) as r:
+        body = r.read()
+        if r.status != 200:
+            raise RuntimeError(f"/metrics answered {r.status}")
+    return time.perf_counter() - t0, len(body), body.count(b"\n")
+
+
+class Scraper(threading.Thread):
+    """Scrapes ``url`` at the start of every ``interval_s`` until stopped."""
+
+    def __init__(self, url: str, cpu: str | None, interval_s: float = 1.0) -> None:
+        super().__init__(name="scraper", daemon=True)
+        self.url, self.cpu, self.interval_s = url, cpu, interval_s
+        self.durations: list[float] = []
+        self.sizes: list[int] = []
+        self.errors: list[str] = []
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        if self.cpu is not None:
+            os.sched_setaffinity(0, {int(self.cpu)})  # this thread only (Linux)
+        next_at = time.monotonic()
+        while not self._halt.is_set():
+            try:
+                dt, size, _ = scrape_once(self.url)
+                self.durations.append(dt)
+                self.sizes.append(size)
+            except Exception as exc:  # noqa: BLE001 (reported, not fatal to the run)
+                self.errors.append(repr(exc))
+            next_at += self.interval_s
+            self._halt.wait(max(0.0, next_at - time.monotonic()))
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(SCRAPE_TIMEOUT_S + 5)
+
+
+# --- the load job -------------------------------------------------------------------------------
+
+def run_load(port: int, nqn: str, cpu: str | None, *, rw: str, bs: int, seconds: float,
+             span_bytes: int, max_ios: int = 10**9) -> dict[str, Any]:
+    pin = ["taskset", "-c", cpu] if cpu is not None else []
+    cmd = [*pin, sys.executable, os.path.abspath(__file__), "--loadgen", "--port", str(port),
+           "--nqn", nqn, "--rw", rw, "--bs", str(bs), "--seconds", str(seconds),
+           "--span-bytes", str(span_bytes), "--max-ios", str(max_ios)]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=seconds + 120, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"load generator failed: {out.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+async def _loadgen(args: argparse.Namespace) -> dict[str, Any]:
+    """The job, in the child process: perf/fastload.py at QD1, summarised as perf/loadgen.py
+    does, plus the maximum latency (which loadgen's summary leaves out)."""
+    from perf.fastload import run_fast
+    from perf.loadgen import _summary
+    from target.host import Controller
+
+    ctrl = await Controller.connect("127.0.0.1", args.port, args.nqn, nr_io_queues=1,
+                                    queue_size=2)
+    try:
+        ios, errors, lat, elapsed = await run_fast(
+            ctrl, nsid=1, rw=args.rw, bs=args.bs, qd=1, seconds=args.seconds,
+            max_ios=args.max_ios, span_bytes=args.span_bytes, seed=1)
+    finally:
+        await ctrl.close(shutdown=False)
+    if errors:
+        raise RuntimeError(f"{errors} commands failed")
+    summary: dict[str, Any] = _summary(args.rw, args.bs, 1, 1, "fast", ios, elapsed, lat)
+    summary["lat_us"]["max"] = max(lat) / 1000.0 if len(lat) else 0.0
+    return summary
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+def one_run(daemon: Daemon, nqn: str, load_cpu: str | None, seconds: float, span: int,
+            scrape: bool) -> dict[str, Any]:
+    scraper = Scraper(daemon.metrics_url, load_cpu) if scrape else None
+    cpu0 = cpu_seconds(daemon.pid)
+    if scraper is not None:
+        scraper.start()
+    try:
+        r = run_load(daemon.nvme_port, nqn, load_cpu, rw="randread", bs=4096, seconds=seconds,
+                     span_bytes=span)
+    finally:
+        if scraper is not None:
+            scraper.stop()
+    r["daemon_cpu_s"] = round(cpu_seconds(daemon.pid) - cpu0, 3)
+    if scraper is not None:
+        if scraper.errors:
+            raise RuntimeError(f"scrapes failed: {scraper.errors[:3]}")
+        d = sorted(scraper.durations)
+        r["scrapes"] = {"count": len(d),
+                        "median_ms": round(statistics.median(d) * 1e3, 2) if d else 0.0,
+                        "max_ms": round(d[-1] * 1e3, 2) if d else 0.0,
+                        "bytes": max(scraper.sizes, default=0)}
+    return r
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--volumes", type=int, default=1000)
+    p.add_argument("--seconds", type=float, default=10.0, help="length of each run")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="pairs of runs (without scrapes, with scrapes)")
+    p.add_argument("--list-rounds", type=int, default=5)
+    p.add_argument("--span-mib", type=int, default=32, help="span of the read job (filled)")
+    p.add_argument("--per-volume", choices=["full", "counters", "none"], default=None,
+                   help="[metrics] per_volume in the daemon's config (default: the daemon's)")
+    p.add_argument("--wrap", default="", help="a command prefix for the daemon, e.g. "
+                   "'py-spy record -f raw -o prof.txt --' (profiling)")
+    p.add_argument("--workdir-base", default="/var/tmp")
+    p.add_argument("--json", default=os.path.join(ROOT, "perf", "results", "control.json"))
+    # The load generator's own mode (this file, run by the bench in a child process).
+    p.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--nqn", help=argparse.SUPPRESS)
+    p.add_argument("--rw", default="randread", help=argparse.SUPPRESS)
+    p.add_argument("--bs", type=int, default=4096, help=argparse.SUPPRESS)
+    p.add_argument("--span-bytes", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--max-ios", type=int, default=10**9, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.loadgen:
+        import uvloop
+        print(json.dumps(uvloop.run(_loadgen(args))))
+        return 0
+    if args.volumes < 1 or args.rounds < 1 or args.list_rounds < 1:
+        p.error("--volumes, --rounds and --list-rounds must be at least 1")
+
+    daemon_cpu, load_cpu = cpus()
+    workdir = tempfile.mkdtemp(prefix="sbs-ctl-", dir=args.workdir_base)
+    daemon: Daemon | None = None
+    report: dict[str, Any] = {
+        "machine": platform.node(), "cpus": os.cpu_count(),
+        "python": platform.python_version(), "time": time.time(),
+        "volumes": args.volumes, "seconds": args.seconds, "rounds": args.rounds,
+        "per_volume": args.per_volume or "default", "pinning": {"daemon": daemon_cpu,
+                                                              "load": load_cpu}}
+    try:
+        daemon = start_daemon(write_config(workdir, args.per_volume), daemon_cpu,
+                              shlex.split(args.wrap))
+        client = Client(daemon.socket)
+        t0 = time.perf_counter()
+        report["populate"] = populate(client, args.volumes)
+        report["populate"]["seconds"] = round(time.perf_counter() - t0, 2)
+        print(f"{args.volumes} volumes created and exported in "
+              f"{report['populate']['seconds']:.1f} s (create "
+              f"{report['populate']['create_ms_mean']:.1f} ms, export "
+              f"{report['populate']['export_ms_mean']:.1f} ms each)", flush=True)
+
+        nqn = f"{NQN_PREFIX}00000"
+        span = args.span_mib << 20
+        fill = run_load(daemon.nvme_port, nqn, load_cpu, rw="write", bs=128 << 10,
+                        seconds=600, span_bytes=span, max_ios=span // (128 << 10))
+        report["fill_ios"] = fill["ios"]
+
+        report["list_volumes"] = time_listing(client, "/v1/volumes", args.list_rounds,
+                                              args.volumes)
+        report["list_exports"] = time_listing(client, "/v1/subsystems", args.list_rounds,
+                                              args.volumes)
+        print(f"list {args.volumes} volumes: {report['list_volumes']['median_ms']:.1f} ms "
+              f"(median of {args.list_rounds}); exports: "
+              f"{report['list_exports']['median_ms']:.1f} ms", flush=True)
+
+        scrapes = [scrape_once(daemon.metrics_url) for _ in range(3)]
+        # The daemon's CPU per scrape, from its own accounting with no I/O running: the
+        # steadiest figure on a shared machine (IOPS move with everyone else's load).
+        cpu0 = cpu_seconds(daemon.pid)
+        for _ in range(IDLE_SCRAPES):
+            scrape_once(daemon.metrics_url)
+        cpu_per_scrape = (cpu_seconds(daemon.pid) - cpu0) / IDLE_SCRAPES
+        report["scrape_idle"] = {"first_ms": round(scrapes[0][0] * 1e3, 2),
+                                 "warm_ms": round(min(s[0] for s in scrapes[1:]) * 1e3, 2),
+                                 "daemon_cpu_ms": round(cpu_per_scrape * 1e3, 2),
+                                 "bytes": scrapes[-1][1], "lines": scrapes[-1][2]}
+        print(f"scrape: {scrapes[-1][2]} lines, {scrapes[-1][1] / 1e6:.2f} MB; first "
+              f"{report['scrape_idle']['first_ms']:.1f} ms, then "
+              f"{report['scrape_idle']['warm_ms']:.1f} ms; daemon CPU "
+              f"{report['scrape_idle']['daemon_cpu_ms']:.1f} ms per scrape", flush=True)
+
+        runs = []
+        for i in range(args.rounds):
+            for scrape in (False, True):
+                r = one_run(daemon, nqn, load_cpu, args.seconds, span, scrape)
+                r["scrape"] = scrape
+                r["round"] = i
+                runs.append(r)
+                extra = (f"  scrapes {r['scrapes']['count']} median "
+                         f"{r['scrapes']['median_ms']:.1f} ms max {r['scrapes']['max_ms']:.1f} ms"
+                         if scrape else "")
+                print(f"round {i} {'with' if scrape else 'without':7s} scrapes: "
+                      f"{r['iops']:9.0f} IOPS  lat p50 {r['lat_us']['p50']:.0f} us  "
+                      f"p99.9 {r['lat_us']['p999']:.0f} us  max {r['lat_us']['max'] / 1e3:.2f} ms"
+                      f"  daemon CPU {r['daemon_cpu_s']:.2f} s{extra}", flush=True)
+        report["runs"] = runs
+        base = [r for r in runs if not r["scrape"]]
+        scraped = [r for r in runs if r["scrape"]]
+        iops_base = sum(r["ios"] for r in base) / sum(r["seconds"] for r in base)
+        iops_scraped = sum(r["ios"] for r in scraped) / sum(r["seconds"] for r in scraped)
+        # Each round's ratio too: runs of one round are seconds apart, so load from outside
+        # changes less within a round than across rounds.
+        ratios = [w["iops"] / wo["iops"] for wo, w in zip(base, scraped)]
+        report["summary"] = {
+            "iops_without": round(iops_base, 1), "iops_with": round(iops_scraped, 1),
+            "iops_ratio": round(iops_scraped / iops_base, 3),
+            "iops_ratio_median_of_rounds": round(statistics.median(ratios), 3),
+            "max_lat_ms_without": round(max(r["lat_us"]["max"] for r in base) / 1e3, 3),
+            "max_lat_ms_with": round(max(r["lat_us"]["max"] for r in scraped) / 1e3, 3),
+            "daemon_cpu_ms_per_scrape": report["scrape_idle"]["daemon_cpu_ms"],
+            "scrape_median_ms": round(statistics.median(
+                r["scrapes"]["median_ms"] for r in scraped), 2),
+            "scrape_bytes": report["scrape_idle"]["bytes"],
+            "scrape_lines": report["scrape_idle"]["lines"],
+            "list_volumes_ms": report["list_volumes"]["median_ms"],
+        }
+        s = report["summary"]
+        goals = {
+            "iops_ratio >= 0.9": s["iops_ratio"] >= GOAL_RATIO,
+            "max latency with scrapes < 10 ms": s["max_lat_ms_with"] < GOAL_MAX_LAT_MS,
+            f"list {args.volumes} volumes < 100 ms": s["list_volumes_ms"] < GOAL_LIST_MS,
+        }
+        report["goals"] = goals
+        print(f"IOPS with/without scrapes: {s['iops_with']:.0f} / {s['iops_without']:.0f} = "
+              f"{s['iops_ratio']:.3f} (median of rounds {s['iops_ratio_median_of_rounds']:.3f})"
+              f"; max latency {s['max_lat_ms_with']:.2f} ms with, "
+              f"{s['max_lat_ms_without']:.2f} ms without; a scrape costs the daemon "
+              f"{s['daemon_cpu_ms_per_scrape']:.1f} ms of CPU")
+        for goal, met in goals.items():
+            print(f"  {goal}: {'met' if met else 'NOT MET'}")
+    finally:
+        if daemon is not None:
+            rc = daemon.stop()
+            report["daemon_exit"] = rc
+            errors = [line for line in daemon.lines if "ERROR" in line or "Traceback" in line]
+            if errors:
+                print("daemon errors:\n" + "\n".join(errors[:20]), file=sys.stderr)
+        shutil.rmtree(workdir, ignore_errors=True)
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"results written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
