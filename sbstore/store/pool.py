@@ -172,6 +172,7 @@ class Pool:
     """Thin volumes, snapshots and clones on one file or block device."""
 
     commit_interval = 1.0  # seconds between a first change and its timer commit
+    default_io = "auto"  # the engine create/open pick when not told (tests run every engine)
 
     def __init__(self, backing: Backing, sb: Superblock, readonly: bool,
                  engine: IoEngine) -> None:
@@ -218,7 +219,7 @@ class Pool:
     @classmethod
     def create(cls, path: str | os.PathLike[str], size_bytes: int | None = None, *,
                cluster_size: int = DEFAULT_CLUSTER_SIZE, metadata_bytes: int | None = None,
-               force: bool = False, io: str = "auto") -> Pool:
+               force: bool = False, io: str | None = None) -> Pool:
         """Format a pool on ``path`` (a file, created or resized to ``size_bytes``, or a block
         device, whose size is used when ``size_bytes`` is None). ``io`` picks the data I/O
         engine (``engines.open_engine``: "auto", "io_uring", "threads" or "buffered")."""
@@ -257,7 +258,7 @@ class Pool:
             sb = dataclasses.replace(sb, generation=1)
             backing.write_superblock(SB_SLOT_PAGES[1], push_superblock(sb))
             backing.sync()
-            engine = _open_engine(path, io, readonly=False)
+            engine = _open_engine(path, io or cls.default_io, readonly=False)
             pool = cls(backing, sb, readonly=False, engine=engine)
             pool._meta.rebuild_free()
             pool._space.rebuild_free()
@@ -270,7 +271,8 @@ class Pool:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, readonly: bool = False,
-             finish_deletions: bool = True, io: str = "auto", backing: Backing | None = None,
+             finish_deletions: bool = True, io: str | None = None,
+             backing: Backing | None = None,
              engine: IoEngine | None = None) -> Pool:
         """Open an existing pool; finishes any interrupted deletion unless ``readonly``
         (``finish_deletions=False`` is for ``check --repair`` only). ``io`` picks the data
@@ -280,7 +282,7 @@ class Pool:
             backing = Backing(path, readonly=readonly)
         try:
             if engine is None:
-                engine = _open_engine(backing.path, io, readonly=readonly)
+                engine = _open_engine(backing.path, io or cls.default_io, readonly=readonly)
             candidates, reasons = read_superblocks(backing)
             if not candidates:
                 raise Corrupt(f"{backing.path}: no valid superblock (" + "; ".join(reasons) + ")")

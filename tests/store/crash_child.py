@@ -36,7 +36,7 @@ def say(line: str) -> None:
     sys.stdout.flush()
 
 
-async def main(path: str, seed: int, seq: int, io: str = "auto") -> None:
+async def main(path: str, seed: int, seq: int, io: str | None = None) -> None:
     rng = random.Random(seed)
     pool = Pool.open(path, io=io)
     pool.commit_interval = rng.choice([0.005, 0.05, 0.2])  # timer commits race the I/O

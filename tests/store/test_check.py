@@ -12,6 +12,9 @@ from sbstore.store import Corrupt, Pool
 from sbstore.store.check import check_pool
 from sbstore.store.layout import LEAF_SHIFT, PAGE_SIZE
 
+pytestmark = [pytest.mark.usefixtures("every_engine")]
+POOL_ON = ("file", "loop")  # every test that takes a pool runs on a file and a block device
+
 C = 4096
 
 

@@ -23,6 +23,8 @@ from sbstore.store import Pool
 from sbstore.store.check import check_pool
 from sbstore.store.layout import PAGE_SIZE, SB_SLOT_PAGES, push_superblock
 
+pytestmark = [pytest.mark.usefixtures("every_engine")]
+
 C = 4096
 State = dict[str, tuple[bool, str | None, bytes]]
 

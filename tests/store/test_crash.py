@@ -24,9 +24,10 @@ import pytest
 from sbstore.store import Pool
 from sbstore.store.check import check_pool
 from tests.store.crash_child import BS, pattern
+from tests.store.loopdev import loop_device
 
 REPO = Path(__file__).resolve().parents[2]
-KILLS = int(os.environ.get("SBSTORE_CRASH_KILLS", "30"))
+KILLS = int(os.environ.get("SBSTORE_CRASH_KILLS", "15"))  # per engine and device
 VOLUME_BYTES = 2 << 20
 
 
@@ -46,10 +47,10 @@ class Vol:
         return data
 
 
-def run_child(path: Path, seed: int, seq: int, lifetime: float) -> list[str]:
+def run_child(path: Path, seed: int, seq: int, lifetime: float, io: str) -> list[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen([sys.executable, "-m", "tests.store.crash_child", str(path),
-                             str(seed), str(seq)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             str(seed), str(seq), io], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, bufsize=0)  # no read-ahead past READY
     try:
         sel = selectors.DefaultSelector()
@@ -161,15 +162,24 @@ async def setup(path: Path) -> dict[str, Vol]:
 
 
 @pytest.mark.crash
-def test_kill_9_at_random_points(pool_dir: Path) -> None:
-    path = pool_dir / "pool.img"
+@pytest.mark.parametrize("io,on", [("io_uring", "file"), ("threads", "file"),
+                                   ("buffered", "file"), ("io_uring", "loop")])
+def test_kill_9_at_random_points(io: str, on: str, pool_dir: Path, tmp_path: Path) -> None:
+    if on == "file":
+        run_kills(pool_dir / "pool.img", io)
+    else:
+        with loop_device(tmp_path / "loop.img", 64 << 20) as dev:
+            run_kills(Path(dev), io)
+
+
+def run_kills(path: Path, io: str) -> None:
     model = asyncio.run(setup(path))
     rng = random.Random(int(os.environ.get("SBSTORE_CRASH_SEED", "20261126")))
     seq = 1
     deadline = time.monotonic() + 150
     for run in range(KILLS):
         assert time.monotonic() < deadline, f"only {run} kills in the time allowed"
-        lines = run_child(path, rng.randrange(1 << 30), seq, rng.uniform(0.02, 0.35))
+        lines = run_child(path, rng.randrange(1 << 30), seq, rng.uniform(0.02, 0.35), io)
         durable, nxt = apply(model, lines)
         assert lines, "the child did nothing"
         seq = max(seq, nxt)

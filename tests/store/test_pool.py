@@ -20,6 +20,9 @@ from sbstore.store import (
 )
 from sbstore.store.check import check_pool
 
+pytestmark = [pytest.mark.usefixtures("every_engine")]
+POOL_ON = ("file", "loop")  # every test that takes a pool runs on a file and a block device
+
 C = 64 << 10  # cluster size used by most tests
 
 

@@ -23,6 +23,9 @@ from target.host import CommandFailed, Controller
 from target.server import TargetServer
 from target.subsystem import Subsystem, Target
 
+pytestmark = [pytest.mark.usefixtures("every_engine")]
+POOL_ON = ("file", "loop")  # every test that takes a pool runs on a file and a block device
+
 NQN = "nqn.2026-11.io.sbstore:store-test"
 
 

@@ -13,6 +13,8 @@ import pytest
 from sbstore.store import Pool
 from sbstore.store.check import check_pool
 
+pytestmark = [pytest.mark.usefixtures("every_engine")]
+
 CLUSTER = 64 << 10
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from sbstore.store.engines import IoEngine, open_engine
+from tests.store.loopdev import loop_device
 
 SIZE = 16 << 20
 MODES = ["io_uring", "threads", "buffered"]
@@ -37,24 +38,9 @@ def _make_file(path: Path, size: int) -> None:
 
 
 def _loop_device(tmp: Path, sector_size: int) -> Iterator[Target]:
-    if os.geteuid() != 0:
-        pytest.skip("loop devices need root")
     backing = tmp / f"loop{sector_size}.img"
-    _make_file(backing, SIZE)
-    cmd = ["losetup", "--find", "--show", "--direct-io=on", str(backing)]
-    if sector_size != 512:
-        cmd[3:3] = ["--sector-size", str(sector_size)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        pytest.skip(f"losetup failed: {exc}")
-    if proc.returncode != 0:
-        pytest.skip(f"losetup failed: {proc.stderr.strip()}")
-    dev = proc.stdout.strip()
-    try:
+    with loop_device(backing, SIZE, sector_size) as dev:
         yield Target("loop4k" if sector_size == 4096 else "loop512", dev, SIZE, str(backing))
-    finally:
-        subprocess.run(["losetup", "-d", dev], capture_output=True, timeout=30, check=False)
 
 
 @pytest.fixture(scope="session")
