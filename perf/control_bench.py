@@ -26,173 +26,33 @@ The goal (the control-plane issue): ratio >= 0.9, max latency with scrapes < 10 
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import os
 import platform
-import re
 import shlex
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.request
-from dataclasses import dataclass, field
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from perf.harness import Daemon, cpu_seconds, cpus, run_load, start_daemon, write_config
 from sbstore.control.client import Client
 
 NQN_PREFIX = "nqn.2026-11.io.sbstore.bench:vol"
 VOLUME_SIZE = 64 << 20
-START_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 30.0
 SCRAPE_TIMEOUT_S = 30.0
 IDLE_SCRAPES = 10
 GOAL_RATIO = 0.9
 GOAL_MAX_LAT_MS = 10.0
 GOAL_LIST_MS = 100.0
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` (all its threads), from /proc."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def cpus() -> tuple[str | None, str | None]:
-    """(daemon CPU, load CPU) for taskset, or (None, None) on a one-CPU machine."""
-    mine = sorted(os.sched_getaffinity(0))
-    if len(mine) < 2:
-        return None, None
-    return str(mine[0]), str(mine[1])
-
-
-# --- the daemon -------------------------------------------------------------------------------
-
-@dataclass
-class Daemon:
-    proc: subprocess.Popen[str]  # the daemon, or the wrapper (py-spy) that started it
-    pid: int  # the daemon itself
-    socket: str
-    nvme_port: int
-    metrics_url: str
-    lines: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=200))
-    _reader: threading.Thread | None = None
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            # Signal the daemon, not a wrapper: py-spy writes its profile when its child exits.
-            try:
-                os.kill(self.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        if self._reader is not None:
-            self._reader.join(5)
-        return self.proc.returncode
-
-
-def write_config(workdir: str, per_volume: str | None) -> str:
-    cfg = os.path.join(workdir, "sbstore.toml")
-    metrics_extra = f'per_volume = "{per_volume}"\n' if per_volume else ""
-    with open(cfg, "w") as f:
-        f.write(f"""
-state_dir = "state"
-[log]
-level = "warning"
-[api]
-socket = "{os.path.join(workdir, 'api.sock')}"
-[metrics]
-listen = "127.0.0.1:0"
-{metrics_extra}
-[[pools]]
-name = "bench"
-path = "bench.pool"
-create_size = "16G"
-[[listeners]]
-address = "127.0.0.1"
-port = 0
-""")
-    return cfg
-
-
-def start_daemon(cfg: str, cpu: str | None, wrap: list[str]) -> Daemon:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
-    for k in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
-        env.pop(k, None)
-    pin = ["taskset", "-c", cpu] if cpu is not None else []
-    cmd = [*wrap, *pin, sys.executable, "-m", "sbstore", "serve", "--config", cfg]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    seen: list[str] = []
-    port = url = sock = None
-    deadline = time.monotonic() + START_TIMEOUT_S
-    try:
-        while time.monotonic() < deadline and None in (port, url, sock):
-            line = proc.stdout.readline()
-            if not line:
-                break
-            seen.append(line.rstrip())
-            if m := re.search(r"NVMe/TCP on [^ ]+:(\d+)$", line.strip()):
-                port = int(m.group(1))
-            if m := re.search(r"Metrics: (\S+)", line):
-                url = m.group(1)
-            if m := re.search(r"--socket (\S+)", line):
-                sock = m.group(1)
-    except BaseException:
-        proc.kill()
-        proc.wait(10)
-        raise
-    if port is None or url is None or sock is None:
-        proc.kill()
-        proc.wait(10)
-        raise RuntimeError("the daemon did not start:\n" + "\n".join(seen[-30:]))
-    daemon = Daemon(proc, _serving_pid(proc.pid) if wrap else proc.pid, sock, port, url)
-    daemon.lines.extend(seen)
-
-    def drain() -> None:  # the daemon must never block on a full stdout pipe
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            daemon.lines.append(line.rstrip())
-    daemon._reader = threading.Thread(target=drain, name="daemon-stdout", daemon=True)
-    daemon._reader.start()
-    return daemon
-
-
-def _serving_pid(root: int) -> int:
-    """The ``sbstore serve`` process among ``root``'s descendants (under a wrapper)."""
-    todo = [root]
-    for _ in range(1000):  # bounded walk of a small process tree
-        if not todo:
-            break
-        pid = todo.pop()
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                # py-spy's own command line names the daemon's too: match the interpreter.
-                if b"-m\0sbstore\0serve" in f.read() and \
-                        os.path.realpath(f"/proc/{pid}/exe") == os.path.realpath(sys.executable):
-                    return pid
-            for task in os.listdir(f"/proc/{pid}/task"):
-                with open(f"/proc/{pid}/task/{task}/children") as f:
-                    todo += [int(c) for c in f.read().split()]
-        except FileNotFoundError:
-            continue
-    raise RuntimeError(f"no sbstore serve process under pid {root}")
 
 
 # --- API work -----------------------------------------------------------------------------------
@@ -269,44 +129,6 @@ class Scraper(threading.Thread):
 
 # --- the load job -------------------------------------------------------------------------------
 
-def run_load(port: int, nqn: str, cpu: str | None, *, rw: str, bs: int, seconds: float,
-             span_bytes: int, max_ios: int = 10**9) -> dict[str, Any]:
-    pin = ["taskset", "-c", cpu] if cpu is not None else []
-    cmd = [*pin, sys.executable, os.path.abspath(__file__), "--loadgen", "--port", str(port),
-           "--nqn", nqn, "--rw", rw, "--bs", str(bs), "--seconds", str(seconds),
-           "--span-bytes", str(span_bytes), "--max-ios", str(max_ios)]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=seconds + 120, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"load generator failed: {out.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
-
-
-async def _loadgen(args: argparse.Namespace) -> dict[str, Any]:
-    """The job, in the child process: perf/fastload.py at QD1, summarised as perf/loadgen.py
-    does, plus the maximum latency (which loadgen's summary leaves out)."""
-    from perf.fastload import run_fast
-    from perf.loadgen import _summary
-    from target.host import Controller
-
-    ctrl = await Controller.connect("127.0.0.1", args.port, args.nqn, nr_io_queues=1,
-                                    queue_size=2)
-    try:
-        ios, errors, lat, elapsed = await run_fast(
-            ctrl, nsid=1, rw=args.rw, bs=args.bs, qd=1, seconds=args.seconds,
-            max_ios=args.max_ios, span_bytes=args.span_bytes, seed=1)
-    finally:
-        await ctrl.close(shutdown=False)
-    if errors:
-        raise RuntimeError(f"{errors} commands failed")
-    summary: dict[str, Any] = _summary(args.rw, args.bs, 1, 1, "fast", ios, elapsed, lat)
-    summary["lat_us"]["max"] = max(lat) / 1000.0 if len(lat) else 0.0
-    return summary
-
-
 # --- the run ------------------------------------------------------------------------------------
 
 def one_run(daemon: Daemon, nqn: str, load_cpu: str | None, seconds: float, span: int,
@@ -316,8 +138,8 @@ def one_run(daemon: Daemon, nqn: str, load_cpu: str | None, seconds: float, span
     if scraper is not None:
         scraper.start()
     try:
-        r = run_load(daemon.nvme_port, nqn, load_cpu, rw="randread", bs=4096, seconds=seconds,
-                     span_bytes=span)
+        r = run_load(daemon.nvme_port, nqn, load_cpu, rw="randread", bs=4096, qd=1,
+                     seconds=seconds, span_bytes=span)
     finally:
         if scraper is not None:
             scraper.stop()
@@ -347,19 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                    "'py-spy record -f raw -o prof.txt --' (profiling)")
     p.add_argument("--workdir-base", default="/var/tmp")
     p.add_argument("--json", default=os.path.join(ROOT, "perf", "results", "control.json"))
-    # The load generator's own mode (this file, run by the bench in a child process).
-    p.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--port", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--nqn", help=argparse.SUPPRESS)
-    p.add_argument("--rw", default="randread", help=argparse.SUPPRESS)
-    p.add_argument("--bs", type=int, default=4096, help=argparse.SUPPRESS)
-    p.add_argument("--span-bytes", type=int, default=0, help=argparse.SUPPRESS)
-    p.add_argument("--max-ios", type=int, default=10**9, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.loadgen:
-        import uvloop
-        print(json.dumps(uvloop.run(_loadgen(args))))
-        return 0
     if args.volumes < 1 or args.rounds < 1 or args.list_rounds < 1:
         p.error("--volumes, --rounds and --list-rounds must be at least 1")
 
@@ -373,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         "per_volume": args.per_volume or "default", "pinning": {"daemon": daemon_cpu,
                                                               "load": load_cpu}}
     try:
-        daemon = start_daemon(write_config(workdir, args.per_volume), daemon_cpu,
+        extra = f'[metrics]\nper_volume = "{args.per_volume}"\n' if args.per_volume else ""
+        daemon = start_daemon(write_config(workdir, metrics_extra=extra), daemon_cpu,
                               shlex.split(args.wrap))
         client = Client(daemon.socket)
         t0 = time.perf_counter()
@@ -386,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
 
         nqn = f"{NQN_PREFIX}00000"
         span = args.span_mib << 20
-        fill = run_load(daemon.nvme_port, nqn, load_cpu, rw="write", bs=128 << 10,
+        fill = run_load(daemon.nvme_port, nqn, load_cpu, rw="write", bs=128 << 10, qd=16,
                         seconds=600, span_bytes=span, max_ios=span // (128 << 10))
         report["fill_ios"] = fill["ios"]
 

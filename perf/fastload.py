@@ -123,7 +123,7 @@ class FastQueue(asyncio.BufferedProtocol):
     def begin(self, transport: Any) -> None:
         self.transport = transport
         out: list[Any] = []
-        for cid in range(self.qd):
+        for cid in range(min(self.qd, self.max_ios)):  # never more than max_ios in all
             self._capsule(cid, out)
         transport.writelines(out)
 

@@ -104,6 +104,7 @@ def _summary(rw: str, bs: int, qd: int, queues: int, engine: str, ios: int, elap
             "mb_per_s": round(ios * bs / elapsed / 1e6, 2),
             "lat_us": {"p50": percentile(ordered, 50), "p99": percentile(ordered, 99),
                        "p999": percentile(ordered, 99.9),
+                       "max": ordered[-1] / 1000.0 if ordered else 0.0,
                        "mean": (sum(ordered) / len(ordered) / 1000.0) if ordered else 0.0}}
 
 
@@ -120,6 +121,7 @@ def main() -> int:
     p.add_argument("--max-ios", type=int, default=10**9)
     p.add_argument("--span-bytes", type=int, default=0)
     p.add_argument("--digests", action="store_true")
+    p.add_argument("--seed", type=int, default=1, help="random offsets' seed")
     p.add_argument("--flush-every", type=int, default=0,
                    help="fast engine, writes: a Flush after every N writes (0: none)")
     p.add_argument("--engine", choices=["general", "fast"], default="general",
@@ -131,7 +133,7 @@ def main() -> int:
                                  qd=args.qd, queues=args.queues, seconds=args.seconds,
                                  max_ios=args.max_ios, span_bytes=args.span_bytes,
                                  hdgst=args.digests, ddgst=args.digests, engine=args.engine,
-                                 flush_every=args.flush_every))
+                                 flush_every=args.flush_every, seed=args.seed))
     print(json.dumps(result))
     return 0
 

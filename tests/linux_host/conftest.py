@@ -5,8 +5,9 @@
   fails with the list of packages. These tests are never skipped.
 - ``linux_host`` (module): one booted :class:`LinuxHostVM`, powered off (killed if need be)
   after the module's last test.
-- ``sbstore_demo`` (module): ``python3 -m sbstore serve --demo`` on a free 127.0.0.1 port,
-  reachable from the guest at 10.0.2.2:PORT; SIGTERM then SIGKILL after the module.
+- ``sbstore_demo`` (module, once per data I/O engine: io_uring, threads, buffered):
+  ``python3 -m sbstore serve --demo --io ENGINE`` on a free 127.0.0.1 port, reachable from the
+  guest at 10.0.2.2:PORT; SIGTERM then SIGKILL after the module.
 - On a failed test, every fixture value with ``failure_sections()`` (the guest: console, dmesg,
   QEMU log; the server: its output) adds its sections to the report.
 """
@@ -43,9 +44,13 @@ def linux_host(linux_host_image: GuestImage) -> Iterator[LinuxHostVM]:
         vm.stop()
 
 
-@pytest.fixture(scope="module")
-def sbstore_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SbstoreServer]:
-    server = SbstoreServer(tmp_path_factory.mktemp("sbstore-state"))
+@pytest.fixture(scope="module", params=["io_uring", "threads", "buffered"])
+def sbstore_demo(request: pytest.FixtureRequest,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[SbstoreServer]:
+    # Every data I/O engine serves the whole conformance suite (the guest is shared).
+    engine = request.param
+    server = SbstoreServer(tmp_path_factory.mktemp(f"sbstore-state-{engine}"),
+                           extra_args=("--io", engine))
     try:
         server.start()
     except (RuntimeError, OSError) as exc:

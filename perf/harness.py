@@ -1,0 +1,290 @@
+"""What the benchmarks share: the daemon as a process of its own, the load generator as
+another, fio as the yardstick, and the machine's accounting (CPU time, RSS, page cache).
+
+Placement: the daemon is pinned to the first CPU this process may use and every load (our load
+generator, scrapers) to the second, so the load never takes the daemon's core; fio, the
+yardstick, runs on the daemon's CPU, the core a target would have. On a one-CPU machine
+nothing is pinned.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 30.0
+
+
+# --- the machine ------------------------------------------------------------------------------
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (all its threads), from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpus() -> tuple[str | None, str | None]:
+    """(daemon CPU, load CPU) for taskset, or (None, None) on a one-CPU machine."""
+    mine = sorted(os.sched_getaffinity(0))
+    if len(mine) < 2:
+        return None, None
+    return str(mine[0]), str(mine[1])
+
+
+def pinned(cpu: str | None) -> list[str]:
+    return ["taskset", "-c", cpu] if cpu is not None else []
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def page_cache_bytes() -> int:
+    """The system's page cache (Cached in /proc/meminfo)."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("Cached:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def drop_caches() -> bool:
+    """Write back and drop the page cache (root only); False where that is not allowed."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    for k in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        env.pop(k, None)
+    return env
+
+
+# --- the daemon -------------------------------------------------------------------------------
+
+@dataclass
+class Daemon:
+    proc: subprocess.Popen[str]  # the daemon, or the wrapper (py-spy) that started it
+    pid: int  # the daemon itself
+    socket: str
+    nvme_port: int
+    metrics_url: str | None
+    lines: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=200))
+    _reader: threading.Thread | None = None
+
+    def client(self) -> Any:
+        from sbstore.control.client import Client
+        return Client(socket_path=self.socket)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            # Signal the daemon, not a wrapper: py-spy writes its profile when its child exits.
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self._reader is not None:
+            self._reader.join(5)
+        return self.proc.returncode
+
+
+def write_config(workdir: str, *, pool_size: str = "16G", io: str = "auto",
+                 extra: str = "", metrics_extra: str = "") -> str:
+    """A config for one pool file in ``workdir`` (created at first start), the API on a unix
+    socket there, metrics on a free loopback port, one 127.0.0.1 listener on a free port;
+    ``metrics_extra`` goes into [metrics] (e.g. ``per_volume = "full"``), ``extra`` after it."""
+    cfg = os.path.join(workdir, "sbstore.toml")
+    metrics_text = 'listen = "127.0.0.1:0"\n' + metrics_extra.replace("[metrics]\n", "")
+    with open(cfg, "w") as f:
+        f.write(f"""
+state_dir = "state"
+[log]
+level = "warning"
+[api]
+socket = "{os.path.join(workdir, 'api.sock')}"
+[metrics]
+{metrics_text}
+{extra}
+[[pools]]
+name = "bench"
+path = "bench.pool"
+create_size = "{pool_size}"
+io = "{io}"
+[[listeners]]
+address = "127.0.0.1"
+port = 0
+""")
+    return cfg
+
+
+def start_daemon(cfg: str, cpu: str | None, wrap: list[str] | None = None) -> Daemon:
+    """``python -m sbstore serve --config cfg`` pinned to ``cpu`` (under ``wrap``, e.g. py-spy);
+    returns once it listens, with its NVMe port, API socket and metrics URL."""
+    wrap = wrap or []
+    cmd = [*wrap, *pinned(cpu), sys.executable, "-m", "sbstore", "serve", "--config", cfg]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    seen: list[str] = []
+    port = url = sock = None
+    with open(cfg) as f:
+        metrics_off = "enabled = false" in f.read()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    try:
+        while time.monotonic() < deadline:
+            if port is not None and sock is not None and (url is not None or metrics_off):
+                break
+            line = proc.stdout.readline()
+            if not line:
+                break
+            seen.append(line.rstrip())
+            if m := re.search(r"NVMe/TCP on [^ ]+:(\d+)$", line.strip()):
+                port = int(m.group(1))
+            if m := re.search(r"Metrics: (\S+)", line):
+                url = m.group(1)
+            if m := re.search(r"--socket (\S+)", line):
+                sock = m.group(1)
+    except BaseException:
+        proc.kill()
+        proc.wait(10)
+        raise
+    if port is None or sock is None or (url is None and not metrics_off):
+        proc.kill()
+        proc.wait(10)
+        raise RuntimeError("the daemon did not start:\n" + "\n".join(seen[-30:]))
+    daemon = Daemon(proc, _serving_pid(proc.pid) if wrap else proc.pid, sock, port, url)
+    daemon.lines.extend(seen)
+
+    def drain() -> None:  # the daemon must never block on a full stdout pipe
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            daemon.lines.append(line.rstrip())
+    daemon._reader = threading.Thread(target=drain, name="daemon-stdout", daemon=True)
+    daemon._reader.start()
+    return daemon
+
+
+def _serving_pid(root: int) -> int:
+    """The ``sbstore serve`` process among ``root``'s descendants (under a wrapper)."""
+    todo = [root]
+    for _ in range(1000):  # bounded walk of a small process tree
+        if not todo:
+            break
+        pid = todo.pop()
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                # py-spy's own command line names the daemon's too: match the interpreter.
+                if b"-m\0sbstore\0serve" in f.read() and \
+                        os.path.realpath(f"/proc/{pid}/exe") == os.path.realpath(sys.executable):
+                    return pid
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except FileNotFoundError:
+            continue
+    raise RuntimeError(f"no sbstore serve process under pid {root}")
+
+
+# --- load -------------------------------------------------------------------------------------
+
+def loadgen_cmd(port: int, nqn: str, cpu: str | None, *, rw: str, bs: int, qd: int,
+                seconds: float, span_bytes: int = 0, max_ios: int = 10**9, queues: int = 1,
+                flush_every: int = 0, seed: int = 1) -> list[str]:
+    return [*pinned(cpu), sys.executable, os.path.join(ROOT, "perf", "loadgen.py"),
+            "--port", str(port), "--nqn", nqn, "--rw", rw, "--bs", str(bs), "--qd", str(qd),
+            "--queues", str(queues), "--seconds", str(seconds), "--span-bytes", str(span_bytes),
+            "--max-ios", str(max_ios), "--engine", "fast", "--flush-every", str(flush_every),
+            "--seed", str(seed)]
+
+
+def start_load(cmd: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish_load(proc: subprocess.Popen[str], timeout_s: float) -> dict[str, Any]:
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate(timeout=10)
+        raise RuntimeError("the load generator did not finish") from None
+    if proc.returncode != 0:
+        raise RuntimeError(f"load generator failed: {err[-3000:]}")
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def run_load(port: int, nqn: str, cpu: str | None, **job: Any) -> dict[str, Any]:
+    """One load-generator process (perf/loadgen.py, fast engine); its JSON summary."""
+    proc = start_load(loadgen_cmd(port, nqn, cpu, **job))
+    return finish_load(proc, job["seconds"] + 120)
+
+
+# --- fio, the yardstick -----------------------------------------------------------------------
+
+def fio(path: str, cpu: str | None, *, rw: str, bs: int, qd: int, seconds: float,
+        size: int, offset: int = 0) -> dict[str, Any]:
+    """fio with io_uring and O_DIRECT on ``path`` (the yardstick): IOPS, MB/s, latencies."""
+    cmd = [*pinned(cpu), "fio", "--name=yardstick", f"--filename={path}", "--ioengine=io_uring",
+           "--direct=1", f"--rw={rw}", f"--bs={bs}", f"--iodepth={qd}", f"--size={size}",
+           f"--offset={offset}", f"--runtime={seconds}", "--time_based", "--norandommap",
+           "--randrepeat=0", "--output-format=json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"fio failed: {out.stderr[-2000:]}")
+    job = json.loads(out.stdout)["jobs"][0]
+    side = job["read"] if job["read"]["io_bytes"] else job["write"]
+    clat = side.get("clat_ns", {})
+    pct = clat.get("percentile", {})
+    return {"rw": rw, "bs": bs, "qd": qd, "iops": round(side["iops"], 1),
+            "mb_per_s": round(side["bw_bytes"] / 1e6, 2),
+            "lat_us": {"mean": round(clat.get("mean", 0) / 1000, 1),
+                       "p99": round(pct.get("99.000000", 0) / 1000, 1)},
+            "sys_cpu_pct": job.get("sys_cpu"), "usr_cpu_pct": job.get("usr_cpu")}
+
+
+def fill_file(path: str, size: int, cpu: str | None) -> None:
+    """Write ``size`` bytes of fio's data into ``path`` (sequential 1 MiB direct writes)."""
+    cmd = [*pinned(cpu), "fio", "--name=fill", f"--filename={path}", "--ioengine=io_uring",
+           "--direct=1", "--rw=write", "--bs=1M", "--iodepth=8", f"--size={size}",
+           "--output-format=json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"fio fill failed: {out.stderr[-2000:]}")
+
+
+def median(values: list[float]) -> float:
+    s = sorted(values)
+    n = len(s)
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2

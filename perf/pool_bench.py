@@ -1,0 +1,187 @@
+"""A pool volume on disk against the disk itself: what the data path costs over the device.
+
+    python3 perf/pool_bench.py [--size 4G] [--seconds 5] [--rounds 3] [--io io_uring]
+                               [--dir /var/tmp] [--json perf/results/pool.json]
+
+What it does:
+1. In a fresh directory under ``--dir`` (a disk file system, not tmpfs), fills a yardstick file
+   of ``--size`` with fio, and starts ``sbstore serve --config`` (pinned to the first CPU) with
+   a pool file of twice that size served by the ``--io`` engine; creates a volume of ``--size``
+   and exports it. The volume is filled with sequential 128 KiB writes (every cluster
+   allocated: that pass is the first-write figure).
+2. Each round runs every job twice, interleaved: fio (io_uring, O_DIRECT) on the yardstick file,
+   pinned to the daemon's CPU, then the same job through the volume, driven by the load
+   generator (perf/loadgen.py, fast engine) pinned to the other CPU. The page cache is dropped
+   before every read job ("cold"). Jobs: 4k random read QD32, 4k random write QD32 (allocated
+   clusters), 128k sequential read QD16, 128k sequential write QD16.
+3. Reads the whole volume once (128k, QD16) and reports what that did to the daemon's RSS and
+   to the system's page cache.
+Prints each figure as a ratio against fio's in the same round (the median of the rounds) and
+writes JSON. Goals (the data-path issue): 4k read >= 0.6x fio, 4k write >= 0.8x, 128k read and
+write >= 0.9x; reading the volume leaves RSS and page cache where they were.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from perf.harness import (  # noqa: E402
+    cpu_seconds,
+    cpus,
+    drop_caches,
+    fill_file,
+    fio,
+    median,
+    page_cache_bytes,
+    rss_bytes,
+    run_load,
+    start_daemon,
+    write_config,
+)
+from sbstore.config import parse_size  # noqa: E402
+
+NQN = "nqn.2026-12.io.sbstore.bench:pool"
+JOBS = [  # name, rw (fio's), block size, queue depth, goal (ratio to fio)
+    ("4k-randread-qd32", "randread", 4096, 32, 0.6),
+    ("4k-randwrite-qd32", "randwrite", 4096, 32, 0.8),
+    ("128k-seqread-qd16", "read", 128 << 10, 16, 0.9),
+    ("128k-seqwrite-qd16", "write", 128 << 10, 16, 0.9),
+]
+LOADGEN_RW = {"randread": "randread", "randwrite": "randwrite", "read": "read",
+              "write": "write"}
+
+
+def sbstore_job(daemon: Any, load_cpu: str | None, rw: str, bs: int, qd: int, seconds: float,
+                size: int) -> dict[str, Any]:
+    cpu0 = cpu_seconds(daemon.pid)
+    r = run_load(daemon.nvme_port, NQN, load_cpu, rw=LOADGEN_RW[rw], bs=bs, qd=qd,
+                 seconds=seconds, span_bytes=size)
+    cpu = cpu_seconds(daemon.pid) - cpu0
+    r["daemon_cpu_us_per_io"] = round(cpu / max(r["ios"], 1) * 1e6, 2)
+    return r
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", default="4G", help="volume and yardstick file size")
+    p.add_argument("--seconds", type=float, default=5.0, help="length of each job")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--io", default="io_uring", choices=["auto", "io_uring", "threads",
+                                                        "buffered"])
+    p.add_argument("--dir", default="/var/tmp", help="where the files go (a disk, not tmpfs)")
+    p.add_argument("--jobs", default=",".join(j[0] for j in JOBS),
+                   help="comma-separated job names (default: all)")
+    p.add_argument("--no-full-read", action="store_true",
+                   help="skip reading the whole volume (the RSS / page-cache check)")
+    p.add_argument("--json", default=os.path.join(ROOT, "perf", "results", "pool.json"))
+    args = p.parse_args(argv)
+    size = parse_size(args.size)
+    jobs = [j for j in JOBS if j[0] in args.jobs.split(",")]
+    daemon_cpu, load_cpu = cpus()
+    work = tempfile.mkdtemp(prefix="sbs-pool-", dir=args.dir)
+    report: dict[str, Any] = {
+        "machine": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
+        "time": time.time(), "size": size, "seconds": args.seconds, "rounds": args.rounds,
+        "io": args.io, "pinning": {"daemon_and_fio": daemon_cpu, "load": load_cpu},
+        "dir": args.dir}
+    daemon = None
+    try:
+        yard = os.path.join(work, "yardstick.img")
+        t0 = time.monotonic()
+        fill_file(yard, size, daemon_cpu)
+        print(f"yardstick file: {size >> 20} MiB filled in {time.monotonic() - t0:.1f} s",
+              flush=True)
+        cfg = write_config(work, pool_size=str(2 * size + (256 << 20)), io=args.io)
+        daemon = start_daemon(cfg, daemon_cpu)
+        engine_line = next((ln for ln in daemon.lines if "data I/O through" in ln), "")
+        report["engine"] = engine_line
+        print(engine_line, flush=True)
+        client = daemon.client()
+        client.post("/v1/volumes", {"name": "bench", "size_bytes": size, "block_size": 4096})
+        client.post("/v1/subsystems", {"nqn": NQN, "volumes": ["bench"],
+                                       "allow_any_host": True})
+        t0 = time.monotonic()
+        fill = run_load(daemon.nvme_port, NQN, load_cpu, rw="write", bs=128 << 10, qd=16,
+                        seconds=3600, span_bytes=size, max_ios=size // (128 << 10))
+        took = time.monotonic() - t0
+        report["first_write"] = {"mb_per_s": fill["mb_per_s"], "seconds": round(took, 1)}
+        print(f"volume filled (first writes, allocating): {fill['mb_per_s']:.0f} MB/s",
+              flush=True)
+
+        rounds: list[dict[str, Any]] = []
+        for rnd in range(args.rounds):
+            for name, rw, bs, qd, _goal in jobs:
+                reading = rw.endswith("read")
+                if reading:
+                    drop_caches()
+                f = fio(yard, daemon_cpu, rw=rw, bs=bs, qd=qd, seconds=args.seconds, size=size)
+                if reading:
+                    drop_caches()
+                s = sbstore_job(daemon, load_cpu, rw, bs, qd, args.seconds, size)
+                ratio = s["iops"] / max(f["iops"], 1e-9)
+                rounds.append({"round": rnd, "job": name, "fio": f, "sbstore": s,
+                               "ratio": round(ratio, 3)})
+                print(f"round {rnd} {name:20s} fio {f['iops']:9.0f} IOPS {f['mb_per_s']:7.0f} "
+                      f"MB/s | sbstore {s['iops']:9.0f} IOPS {s['mb_per_s']:7.0f} MB/s "
+                      f"p99 {s['lat_us']['p99']:.0f} us max {s['lat_us']['max'] / 1e3:.1f} ms "
+                      f"({s['daemon_cpu_us_per_io']:.1f} us CPU/IO) | ratio {ratio:.2f}",
+                      flush=True)
+        report["rounds"] = rounds
+        summary = {}
+        for name, _rw, _bs, _qd, goal in jobs:
+            ratios = [r["ratio"] for r in rounds if r["job"] == name]
+            summary[name] = {"ratio_median": round(median(ratios), 3),
+                             "ratio_range": [min(ratios), max(ratios)], "goal": goal,
+                             "met": median(ratios) >= goal}
+        report["summary"] = summary
+
+        if not args.no_full_read:
+            drop_caches()
+            time.sleep(1)
+            rss0, cache0 = rss_bytes(daemon.pid), page_cache_bytes()
+            full = run_load(daemon.nvme_port, NQN, load_cpu, rw="read", bs=128 << 10, qd=16,
+                            seconds=3600, span_bytes=size, max_ios=size // (128 << 10))
+            rss1, cache1 = rss_bytes(daemon.pid), page_cache_bytes()
+            report["full_read"] = {
+                "bytes": full["ios"] * (128 << 10), "mb_per_s": full["mb_per_s"],
+                "rss_before": rss0, "rss_after": rss1, "rss_delta": rss1 - rss0,
+                "page_cache_before": cache0, "page_cache_after": cache1,
+                "page_cache_delta": cache1 - cache0,
+                # "Where they were": within 2% of what was read (allocator noise, metadata).
+                "met": abs(rss1 - rss0) < size // 50 and abs(cache1 - cache0) < size // 50}
+            fr = report["full_read"]
+            print(f"read {fr['bytes'] >> 20} MiB through the volume at {fr['mb_per_s']:.0f} "
+                  f"MB/s: daemon RSS {rss0 >> 20} -> {rss1 >> 20} MiB, page cache "
+                  f"{cache0 >> 20} -> {cache1 >> 20} MiB", flush=True)
+
+        for name, s in summary.items():
+            print(f"goal: {name} >= {s['goal']}x fio: median {s['ratio_median']:.2f} "
+                  f"[{s['ratio_range'][0]:.2f}-{s['ratio_range'][1]:.2f}]: "
+                  f"{'met' if s['met'] else 'NOT MET'}")
+        if "full_read" in report:
+            print(f"goal: reading the volume leaves RSS and page cache where they were: "
+                  f"{'met' if report['full_read']['met'] else 'NOT MET'}")
+    finally:
+        if daemon is not None:
+            report["daemon_exit"] = daemon.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(report, f, indent=1)
+    print(f"results written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
