@@ -66,6 +66,17 @@ def page_cache_bytes() -> int:
     return 0
 
 
+def file_cached_bytes(path: str) -> int | None:
+    """Bytes of ``path`` in the page cache (util-linux ``fincore``), None without it."""
+    try:
+        out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", path],
+                             capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = out.stdout.strip()
+    return int(text) if out.returncode == 0 and text.isdigit() else None
+
+
 def drop_caches() -> bool:
     """Write back and drop the page cache (root only); False where that is not allowed."""
     os.sync()
@@ -219,12 +230,12 @@ def _serving_pid(root: int) -> int:
 
 def loadgen_cmd(port: int, nqn: str, cpu: str | None, *, rw: str, bs: int, qd: int,
                 seconds: float, span_bytes: int = 0, max_ios: int = 10**9, queues: int = 1,
-                flush_every: int = 0, seed: int = 1) -> list[str]:
+                flush_every: int = 0, seed: int = 1, start_at: float = 0.0) -> list[str]:
     return [*pinned(cpu), sys.executable, os.path.join(ROOT, "perf", "loadgen.py"),
             "--port", str(port), "--nqn", nqn, "--rw", rw, "--bs", str(bs), "--qd", str(qd),
             "--queues", str(queues), "--seconds", str(seconds), "--span-bytes", str(span_bytes),
             "--max-ios", str(max_ios), "--engine", "fast", "--flush-every", str(flush_every),
-            "--seed", str(seed)]
+            "--seed", str(seed), "--start-at", str(start_at)]
 
 
 def start_load(cmd: list[str]) -> subprocess.Popen[str]:

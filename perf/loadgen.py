@@ -34,12 +34,16 @@ def percentile(sorted_ns: list[int], pct: float) -> float:
 async def run_load(host: str, port: int, nqn: str, *, rw: str, bs: int, qd: int, queues: int,
                    seconds: float, max_ios: int = 10**9, nsid: int = 1, span_bytes: int = 0,
                    hdgst: bool = False, ddgst: bool = False, seed: int = 1,
-                   engine: str = "general", flush_every: int = 0) -> dict:
+                   engine: str = "general", flush_every: int = 0,
+                   start_at: float = 0.0) -> dict:
     """``qd`` is the total depth, spread over ``queues``."""
     if rw not in PATTERNS:
         raise ValueError(f"--rw must be one of {PATTERNS}")
     ctrl = await Controller.connect(host, port, nqn, nr_io_queues=queues,
                                     queue_size=max(qd // queues + 1, 2), hdgst=hdgst, ddgst=ddgst)
+    if start_at:
+        # Several load generators start together (connected first), so their runs overlap.
+        await asyncio.sleep(max(0.0, start_at - time.time()))
     if engine == "fast":
         from perf.fastload import run_fast
         try:
@@ -122,6 +126,8 @@ def main() -> int:
     p.add_argument("--span-bytes", type=int, default=0)
     p.add_argument("--digests", action="store_true")
     p.add_argument("--seed", type=int, default=1, help="random offsets' seed")
+    p.add_argument("--start-at", type=float, default=0.0,
+                   help="connect, then start the I/O at this time (seconds since the epoch)")
     p.add_argument("--flush-every", type=int, default=0,
                    help="fast engine, writes: a Flush after every N writes (0: none)")
     p.add_argument("--engine", choices=["general", "fast"], default="general",
@@ -133,7 +139,8 @@ def main() -> int:
                                  qd=args.qd, queues=args.queues, seconds=args.seconds,
                                  max_ios=args.max_ios, span_bytes=args.span_bytes,
                                  hdgst=args.digests, ddgst=args.digests, engine=args.engine,
-                                 flush_every=args.flush_every, seed=args.seed))
+                                 flush_every=args.flush_every, seed=args.seed,
+                                 start_at=args.start_at))
     print(json.dumps(result))
     return 0
 

@@ -163,6 +163,7 @@ class QosConfig:
     max_outstanding: int = 32
     cost_bytes: int = 64 << 10
     cpu_turn_budget: int = 16  # commands run per event-loop turn while tenants compete
+    max_inflight: int = 32  # commands executing in the target at once (beyond: tenant queues)
 
 
 @dataclass(frozen=True)
@@ -418,9 +419,12 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>",
     turn_budget = q_s.get("cpu_turn_budget", int, QosConfig.cpu_turn_budget)
     if not 1 <= turn_budget <= 4096:
         raise q_s.error(f"{turn_budget} is out of range 1..4096", "cpu_turn_budget")
+    max_inflight = q_s.get("max_inflight", int, QosConfig.max_inflight)
+    if not 1 <= max_inflight <= 65536:
+        raise q_s.error(f"{max_inflight} is out of range 1..65536", "max_inflight")
     q_s.done()
     qos = QosConfig(max_outstanding=max_outstanding, cost_bytes=cost_bytes,
-                    cpu_turn_budget=turn_budget)
+                    cpu_turn_budget=turn_budget, max_inflight=max_inflight)
 
     t_s = _Section(top.get("target", dict, {}), "target", source)
     busy_poll_us = t_s.get("busy_poll_us", int, 0)

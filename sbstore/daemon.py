@@ -273,13 +273,15 @@ async def run_daemon(config: Config, *, demo: DemoConfig | None = None,
         # its commands are admitted to the CPU by tenant weight (sbstore.qos.admission).
         qos = QosManager(max_outstanding=config.qos.max_outstanding,
                          cost_bytes=config.qos.cost_bytes, default_tenant=DEFAULT_TENANT,
-                         turn_budget=config.qos.cpu_turn_budget)
+                         turn_budget=config.qos.cpu_turn_budget,
+                         max_inflight=config.qos.max_inflight)
         stack.callback(qos.close)
-        for name, pool in pools.items():
-            # A buffered pool completes reads and writes within the call (page cache): an
-            # inline backend skips the slot bookkeeping. Asynchronous engines keep I/Os in
-            # flight, and the slots are what orders tenants at the device.
-            qos.backend(name, inline=pool.engine.name == "buffered")
+        for name in pools:
+            # Inline backends: an unlimited tenant's I/O skips the per-pool slot bookkeeping
+            # (a coroutine layer and counters per I/O). What executes, and so what queues at
+            # the device, is already bounded by the admission controller's room, where the
+            # weights act; the slots still order I/Os held by limits.
+            qos.backend(name, inline=True)
         target = Target()
         server = TargetServer(target, TransportLimits(
             busy_poll_s=config.target.busy_poll_us / 1e6), admission=qos.admission)

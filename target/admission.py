@@ -5,8 +5,12 @@ moment its bytes were parsed, each connection would be served at the rate its ho
 tenant weights would order nothing. So an I/O command whose namespace's device names an
 *admission flow* (``BlockDevice.admission_flow``, e.g. a tenant's queue in ``sbstore.qos``) asks
 the server's :class:`Admission` first: it runs now, or it is held, in its connection, until the
-admission controller picks it (:meth:`HeldCommands.run_held`). A connection holding too many
-commands stops being read (TCP back-pressure), so nothing buffers without bound.
+admission controller picks it (:meth:`HeldCommands.run_held`). Every admitted command is
+reported :meth:`Admission.finished` when its handler is done (its response queued), so the
+controller can bound the commands executing at once: on an asynchronous device most of a
+command's CPU is spent after its admission (the completion, the response). A connection
+holding too many commands stops being read (TCP back-pressure), so nothing buffers without
+bound.
 
 The target knows nothing of tenants, weights or costs: a flow is an opaque object it gets from
 the device and hands back. Admin and fabrics commands, and commands to devices without a flow,
@@ -20,8 +24,9 @@ from typing import Any, Protocol
 class HeldCommands(Protocol):
     """A connection that holds commands for the admission controller."""
 
-    def run_held(self, event: Any) -> None:
-        """Run a command this connection handed to :meth:`Admission.hold` (its turn came)."""
+    def run_held(self, event: Any, flow: Any, nbytes: int) -> None:
+        """Run a command this connection handed to :meth:`Admission.hold` (its turn came); it
+        is admitted, and is reported finished like a command admitted at once."""
 
     def end_turn(self) -> None:
         """The controller ran some of our held commands this turn: send their responses."""
@@ -35,7 +40,12 @@ class Admission(Protocol):
         caller runs it at once. False: the caller must :meth:`hold` it."""
 
     def hold(self, flow: Any, nbytes: int, conn: HeldCommands, event: Any) -> None:
-        """Queue the command; ``conn.run_held(event)`` is called when its turn comes."""
+        """Queue the command; ``conn.run_held(event, flow, nbytes)`` is called when its turn
+        comes."""
+
+    def finished(self, flow: Any, n: int, nbytes: int) -> None:
+        """``n`` admitted commands of ``flow``, moving ``nbytes`` in all, completed (or their
+        connection went away)."""
 
     def forget(self, conn: HeldCommands) -> int:
         """The connection is gone: drop every command it holds; returns how many."""

@@ -25,6 +25,7 @@ Rules of this module:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import time
@@ -166,6 +167,8 @@ class QueueConnection(asyncio.BufferedProtocol):
         self._pending: set[_Driver] = set()  # handlers waiting on a device
         self._admission = server.admission
         self._held = 0  # commands handed to the admission controller, not yet run
+        # Commands the admission controller let run and not finished yet, per flow.
+        self._admitted: dict[object, list[int]] = {}  # flow -> [commands, bytes]
         self._read_paused = False  # by us, for held commands (not by the write buffer)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -207,9 +210,13 @@ class QueueConnection(asyncio.BufferedProtocol):
             self._timer = None
         for driver in list(self._pending):
             driver.close()
-        if self._held and self._admission is not None:
-            self._admission.forget(self)
-            self._held = 0
+        if self._admission is not None:
+            if self._held:
+                self._admission.forget(self)
+                self._held = 0
+            for flow, (n, nbytes) in self._admitted.items():  # closed where they waited
+                self._admission.finished(flow, n, nbytes)
+            self._admitted.clear()
         if self._session is not None:
             try:
                 self._session.connection_lost()
@@ -280,19 +287,34 @@ class QueueConnection(asyncio.BufferedProtocol):
         adm = self._admission
         if adm is not None:
             flow = session.flow_of(event.sqe)
-            if flow is not None and not adm.admit(*flow):
-                adm.hold(flow[0], flow[1], self, event)
-                self._held += 1
-                if self._held >= HELD_HIGH_WATER and not self._read_paused:
-                    self._read_paused = True
-                    if self._transport is not None and not self._write_paused:
-                        self._transport.pause_reading()
+            if flow is not None:
+                if not adm.admit(*flow):
+                    adm.hold(flow[0], flow[1], self, event)
+                    self._held += 1
+                    if self._held >= HELD_HIGH_WATER and not self._read_paused:
+                        self._read_paused = True
+                        if self._transport is not None and not self._write_paused:
+                            self._transport.pause_reading()
+                    return
+                self._start_admitted(session, event, flow[0], flow[1])
                 return
         coro = session.handle_command(event.sqe, event.data, event.data_status, time.monotonic())
         _run_eagerly(coro, self._on_handled, self._pending)
 
     # -- target.admission.HeldCommands ---------------------------------------------------------
-    def run_held(self, event: CommandReceived) -> None:
+    def _start_admitted(self, session: QueueSession, event: CommandReceived, flow: object,
+                        nbytes: int) -> None:
+        running = self._admitted.get(flow)
+        if running is None:
+            self._admitted[flow] = [1, nbytes]
+        else:
+            running[0] += 1
+            running[1] += nbytes
+        coro = session.handle_command(event.sqe, event.data, event.data_status, time.monotonic())
+        _run_eagerly(coro, functools.partial(self._on_admitted_done, flow, nbytes),
+                     self._pending)
+
+    def run_held(self, event: CommandReceived, flow: object, nbytes: int) -> None:
         self._held -= 1
         if self._read_paused and self._held <= HELD_LOW_WATER:
             self._read_paused = False
@@ -301,16 +323,30 @@ class QueueConnection(asyncio.BufferedProtocol):
                 self._loop.call_soon(self._process_events)  # commands parsed before the pause
         session = self._session
         if session is None or self._closing:
+            if self._admission is not None:  # admitted, but nothing will run
+                self._admission.finished(flow, 1, nbytes)
             return
         self._batching = True  # responses go out together at end_turn()
-        coro = session.handle_command(event.sqe, event.data, event.data_status, time.monotonic())
-        _run_eagerly(coro, self._on_handled, self._pending)
+        self._start_admitted(session, event, flow, nbytes)
 
     def end_turn(self) -> None:
         self._batching = False
         if not self._closing:
             self._flush()
             self._rearm_timer()
+
+    def _on_admitted_done(self, flow: object, nbytes: int, response: Response | None,
+                          exc: BaseException | None) -> None:
+        running = self._admitted[flow]
+        if running[0] == 1:
+            del self._admitted[flow]
+        else:
+            running[0] -= 1
+            running[1] -= nbytes
+        adm = self._admission
+        assert adm is not None
+        adm.finished(flow, 1, nbytes)
+        self._on_handled(response, exc)
 
     def _on_handled(self, response: Response | None, exc: BaseException | None) -> None:
         if exc is not None:

@@ -54,7 +54,12 @@ from collections.abc import (
 )
 from typing import Any, TypeVar
 
-from sbstore.qos.admission import DEFAULT_TURN_BUDGET, CpuAdmission, CpuFlow
+from sbstore.qos.admission import (
+    DEFAULT_MAX_INFLIGHT,
+    DEFAULT_TURN_BUDGET,
+    CpuAdmission,
+    CpuFlow,
+)
 from sbstore.qos.bucket import OTHER, READ, WRITE, LimitSet
 from sbstore.qos.policy import NO_LIMITS, limits_of, weight_of
 from sbstore.qos.scheduler import (
@@ -89,12 +94,13 @@ class Backend(Scheduler):
     measured here), or each server idles that long per I/O. With the benchmark's disk model
     (16 servers, 2 ms I/Os) a bound of 16 left it 9-13% idle, 24 under 1%.
 
-    ``inline``: the backend's reads and writes complete within the call (RAM; the store's
-    page-cache ``pread``/``pwrite``, which may block the thread but never wait on the event
-    loop). Such an I/O is never outstanding while anything else runs, so counting it against
-    the bound is pure cost: with no limits in the way, a read or write is handed straight to
-    the inner device. Limited tenants and flush / write zeroes / deallocate (which may wait,
-    e.g. for a metadata commit) still go through the counted path."""
+    ``inline``: an I/O with no limit in its way is handed straight to the inner device, not
+    counted against the bound. Right when the backend's reads and writes complete within the
+    call (RAM, the page cache: such an I/O is never outstanding while anything else runs), and
+    when something else bounds what is outstanding: the daemon's admission controller
+    (:mod:`sbstore.qos.admission`) bounds the commands executing, which is where its weights
+    act. Limited tenants and flush / write zeroes / deallocate (which may wait, e.g. for a
+    metadata commit) still go through the counted path."""
 
     def __init__(self, name: Hashable, *, max_outstanding: int = DEFAULT_MAX_OUTSTANDING,
                  cost_bytes: int = DEFAULT_COST_BYTES, inline: bool = False) -> None:
@@ -326,14 +332,16 @@ class QosManager:
     def __init__(self, *, max_outstanding: int = DEFAULT_MAX_OUTSTANDING,
                  cost_bytes: int = DEFAULT_COST_BYTES,
                  default_tenant: str = DEFAULT_TENANT,
-                 turn_budget: int = DEFAULT_TURN_BUDGET) -> None:
+                 turn_budget: int = DEFAULT_TURN_BUDGET,
+                 max_inflight: int = DEFAULT_MAX_INFLIGHT) -> None:
         self.max_outstanding = max_outstanding
         self.cost_bytes = cost_bytes
         self.default_tenant = default_tenant
         self.backends: dict[Hashable, Backend] = {}
         # The target's admission controller (TargetServer(admission=...)): tenants share the
         # CPU by weight. One for the whole daemon: the CPU is one resource for every pool.
-        self.admission = CpuAdmission(turn_budget=turn_budget, cost_bytes=cost_bytes)
+        self.admission = CpuAdmission(turn_budget=turn_budget, max_inflight=max_inflight,
+                                      cost_bytes=cost_bytes)
         self._flows: dict[Hashable, CpuFlow] = {}
         self._weights: dict[str, int] = {}
         self._tenant_limits: dict[str, LimitSet] = {}

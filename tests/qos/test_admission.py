@@ -18,15 +18,19 @@ from target.subsystem import Subsystem, Target
 
 
 class Conn:
-    """A connection as the controller sees it (target.admission.HeldCommands)."""
+    """A connection as the controller sees it (target.admission.HeldCommands); with ``adm``
+    its commands finish as they run (a synchronous device), else they stay in flight."""
 
-    def __init__(self, log: list[Any], turns: list[int]) -> None:
+    def __init__(self, log: list[Any], turns: list[int], adm: CpuAdmission | None = None) -> None:
         self.log = log
         self.turns = turns
+        self.adm = adm
 
-    def run_held(self, event: Any) -> None:
+    def run_held(self, event: Any, flow: Any, nbytes: int) -> None:
         self.log.append(event)
         self.turns[-1] += 1
+        if self.adm is not None:
+            self.adm.finished(flow, 1, nbytes)
 
     def end_turn(self) -> None:
         pass
@@ -44,7 +48,7 @@ async def test_held_commands_leave_by_weight_and_a_turn_runs_its_budget() -> Non
     fa, fb = adm.flow("a"), adm.flow("b")
     log: list[Any] = []
     turns = [0]
-    conn = Conn(log, turns)
+    conn = Conn(log, turns, adm)
     for i in range(400):
         adm.hold(fa, 4096, conn, ("a", i))
         adm.hold(fb, 4096, conn, ("b", i))
@@ -64,13 +68,56 @@ async def test_commands_run_at_once_until_the_turn_budget_is_spent() -> None:
     adm = CpuAdmission(turn_budget=4)
     f = adm.flow("a")
     assert [adm.admit(f, 512) for _ in range(5)] == [True] * 4 + [False]
+    adm.finished(f, 4, 4 * 512)
     await spin(2)  # the turn ends: a fresh budget
     assert adm.admit(f, 512)
+    adm.finished(f, 1, 512)
     log: list[Any] = []
-    adm.hold(f, 512, Conn(log, [0]), "held")
+    adm.hold(f, 512, Conn(log, [0], adm), "held")
     assert not adm.admit(f, 512)  # nothing overtakes a held command
     await spin(2)
     assert log == ["held"]
+
+
+async def test_room_bounds_what_executes_and_goes_by_weight_to_closed_loop_hosts() -> None:
+    """Two hosts each keep 8 commands outstanding; the target has room for 4 executing, served
+    first in, first out (a device, or the CPU). Completions follow the weights 3:1, and never
+    more than the room executes."""
+    adm = CpuAdmission(turn_budget=1000, max_inflight=4, cost_bytes=1 << 30)
+    adm.set_weight("a", 300)
+    flows = {"a": adm.flow("a"), "b": adm.flow("b")}
+    executing: list[tuple[str, Any]] = []  # FIFO service
+    done = {"a": 0, "b": 0}
+
+    class Host:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def run_held(self, event: Any, flow: Any, nbytes: int) -> None:
+            executing.append((self.name, flow))
+
+        def end_turn(self) -> None:
+            pass
+
+    hosts = {n: Host(n) for n in flows}
+
+    def send(name: str) -> None:
+        if adm.admit(flows[name], 0):
+            executing.append((name, flows[name]))
+        else:
+            adm.hold(flows[name], 0, hosts[name], None)
+
+    for _ in range(8):
+        send("a")
+        send("b")
+    for _ in range(400):
+        await spin(2)
+        assert len(executing) <= 4
+        name, flow = executing.pop(0)
+        adm.finished(flow, 1, 0)
+        done[name] += 1
+        send(name)  # the host sends its next command at once
+    assert done["a"] / done["b"] == pytest.approx(3.0, rel=0.1)
 
 
 async def test_forgetting_a_connection_drops_only_its_commands() -> None:
@@ -78,7 +125,7 @@ async def test_forgetting_a_connection_drops_only_its_commands() -> None:
     f = adm.flow("a")
     kept: list[Any] = []
     gone = Conn([], [0])
-    stay = Conn(kept, [0])
+    stay = Conn(kept, [0], adm)
     for i in range(5):
         adm.hold(f, 512, gone, ("gone", i))
         adm.hold(f, 512, stay, ("stay", i))
@@ -101,6 +148,9 @@ class HoldAll:
     def hold(self, flow: Any, nbytes: int, conn: Any, event: Any) -> None:
         self.held.append((conn, event))
 
+    def finished(self, flow: Any, n: int, nbytes: int) -> None:
+        pass
+
     def forget(self, conn: Any) -> int:
         n = len(self.held)
         self.held = [h for h in self.held if h[0] is not conn]
@@ -110,7 +160,7 @@ class HoldAll:
         held, self.held = self.held, []
         conns = {}
         for conn, event in held:
-            conn.run_held(event)
+            conn.run_held(event, "flow", 512)
             conns[conn] = None
         for conn in conns:
             conn.end_turn()
@@ -193,3 +243,47 @@ async def test_weights_hold_when_the_cpu_is_the_bottleneck() -> None:
         mgr.close()
     ratio = counts["heavy"] / max(counts["light"], 1)
     assert 2.4 < ratio < 3.6, counts
+
+
+class Stuck(RamDevice):
+    """Reads wait until released: commands stay in execution."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.release = asyncio.Event()
+
+    async def read(self, lba: int, nblocks: int) -> memoryview:
+        await self.release.wait()
+        return await super().read(lba, nblocks)
+
+
+async def test_commands_in_execution_are_given_back_when_their_connection_goes() -> None:
+    mgr = QosManager(max_inflight=8)
+    target = Target()
+    sub = Subsystem("nqn.2026-12.io.sbstore:stuck", allow_any_host=True)
+    dev = Stuck(8 << 20, 512)
+    sub.add_namespace(mgr.wrap(dev, "stuck", "t"))
+    target.add_subsystem(sub)
+    server = TargetServer(target, admission=mgr.admission)
+    listener = await server.listen("127.0.0.1", 0)
+    try:
+        ctrl = await Controller.connect("127.0.0.1", int(listener.trsvcid), sub.nqn,
+                                        queue_size=64)
+        reads = [asyncio.ensure_future(ctrl.read(1, i, 1)) for i in range(20)]
+        deadline = time.monotonic() + 5
+        while mgr.admission.backlog < 13 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        # Room 8, a 512-byte read costs 1 + 512/64K: seven execute, the rest wait.
+        assert mgr.admission.backlog == 13
+        assert mgr.admission.inflight == pytest.approx(7 * (1 + 512 / (64 << 10)))
+        await ctrl.close(shutdown=False)
+        await asyncio.gather(*reads, return_exceptions=True)
+        deadline = time.monotonic() + 5
+        while (mgr.admission.inflight or mgr.admission.backlog) and \
+                time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert (mgr.admission.inflight, mgr.admission.backlog) == (0, 0)
+    finally:
+        dev.release.set()
+        await server.close()
+        mgr.close()

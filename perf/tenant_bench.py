@@ -1,0 +1,221 @@
+"""Tenants sharing a saturated target: do weights hold, and is a quiet tenant protected?
+
+    python3 perf/tenant_bench.py [--seconds 10] [--rounds 2] [--size 1G] [--io io_uring]
+                                 [--scenarios ram-read,pool-read,pool-write,noisy]
+                                 [--json perf/results/tenants.json]
+
+Scenarios (the target pinned to the first CPU; each tenant's load, perf/loadgen.py with the
+fast engine and one connection, is a process of its own pinned to the second CPU):
+- ``ram-read``: perf/ram_tenants.py, RAM devices for tenants ``light`` (weight 100) and
+  ``heavy`` (weight 300), both saturating 4k random reads at QD32: the CPU is all they share.
+- ``pool-read`` / ``pool-write``: ``sbstore serve`` with a pool file on ``--dir`` (engine
+  ``--io``), one volume of ``--size`` per tenant (filled first), weights 100 and 300 set through
+  the API, 4k random reads (writes) at QD32 each.
+- ``noisy``: the same daemon, equal weights: tenant ``quiet`` runs 4k random reads at QD1 alone,
+  then again while tenant ``noisy`` runs 128k writes at QD32 with a Flush after every 64
+  writes. Reports quiet's p99 with / without (the goal: at most 2x).
+The weight ratio is heavy's IOPS / light's (goal: 3 +- 10%). Each figure is the median over
+``--rounds``; each run is printed as it goes. Writes JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from perf.harness import (  # noqa: E402
+    child_env,
+    cpu_seconds,
+    cpus,
+    finish_load,
+    loadgen_cmd,
+    median,
+    pinned,
+    run_load,
+    start_daemon,
+    start_load,
+    write_config,
+)
+from sbstore.config import parse_size  # noqa: E402
+
+NQN_PREFIX = "nqn.2026-12.io.sbstore.bench:"
+WEIGHTS = {"light": 100, "heavy": 300}
+
+
+def concurrent(port: int, jobs: dict[str, dict[str, Any]], load_cpu: str | None,
+               seconds: float) -> dict[str, dict[str, Any]]:
+    """Run one load generator per tenant at once (connected first, then started together, so
+    the runs overlap); their summaries by tenant."""
+    start_at = time.time() + 3.0
+    procs = {name: start_load(loadgen_cmd(port, NQN_PREFIX + name, load_cpu, seconds=seconds,
+                                          seed=i + 1, start_at=start_at, **job))
+             for i, (name, job) in enumerate(jobs.items())}
+    return {name: finish_load(proc, seconds + 120) for name, proc in procs.items()}
+
+
+def start_ram_target(cpu: str | None) -> tuple[subprocess.Popen[str], int]:
+    cmd = [*pinned(cpu), sys.executable, os.path.join(ROOT, "perf", "ram_tenants.py"),
+           *(f"--tenant={n}:{w}" for n, w in WEIGHTS.items())]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if m := re.search(r"listening on [^:]+:(\d+)", line):
+            return proc, int(m.group(1))
+    proc.kill()
+    proc.wait(10)
+    raise RuntimeError("perf/ram_tenants.py did not start")
+
+
+def weight_runs(port: int, pid: int, load_cpu: str | None, rw: str, seconds: float,
+                rounds: int, span: int, label: str) -> dict[str, Any]:
+    runs = []
+    for rnd in range(rounds):
+        cpu0 = cpu_seconds(pid)
+        r = concurrent(port, {n: {"rw": rw, "bs": 4096, "qd": 32, "span_bytes": span}
+                              for n in WEIGHTS}, load_cpu, seconds)
+        cpu = cpu_seconds(pid) - cpu0
+        ratio = r["heavy"]["iops"] / max(r["light"]["iops"], 1e-9)
+        total = r["heavy"]["ios"] + r["light"]["ios"]
+        runs.append({"round": rnd, "light": r["light"], "heavy": r["heavy"],
+                     "ratio": round(ratio, 3), "target_cpu_us_per_io": round(
+                         cpu / max(total, 1) * 1e6, 2)})
+        print(f"{label} round {rnd}: heavy {r['heavy']['iops']:8.0f} IOPS, light "
+              f"{r['light']['iops']:8.0f} IOPS: ratio {ratio:.2f} (target "
+              f"{runs[-1]['target_cpu_us_per_io']:.1f} us CPU/IO)", flush=True)
+    ratios = [r["ratio"] for r in runs]
+    return {"runs": runs, "ratio_median": round(median(ratios), 3),
+            "ratio_range": [min(ratios), max(ratios)], "goal": "3 +- 10%",
+            "met": abs(median(ratios) - 3.0) <= 0.3}
+
+
+def noisy_runs(port: int, load_cpu: str | None, seconds: float, rounds: int,
+               span: int, flush_every: int = 64) -> dict[str, Any]:
+    quiet = {"rw": "randread", "bs": 4096, "qd": 1, "span_bytes": span}
+    noisy = {"rw": "write", "bs": 128 << 10, "qd": 32, "span_bytes": span,
+             "flush_every": flush_every}
+    runs = []
+    for rnd in range(rounds):
+        alone = run_load(port, NQN_PREFIX + "quiet", load_cpu, seconds=seconds, **quiet)
+        both = concurrent(port, {"quiet": quiet, "noisy": noisy}, load_cpu, seconds)
+        ratio = both["quiet"]["lat_us"]["p99"] / max(alone["lat_us"]["p99"], 1e-9)
+        runs.append({"round": rnd, "alone": alone, "with_noisy": both["quiet"],
+                     "noisy": both["noisy"], "p99_ratio": round(ratio, 3)})
+        print(f"noisy round {rnd}: quiet p99 alone {alone['lat_us']['p99']:.0f} us, with "
+              f"the neighbour {both['quiet']['lat_us']['p99']:.0f} us (x{ratio:.2f}); the "
+              f"neighbour wrote {both['noisy']['mb_per_s']:.0f} MB/s", flush=True)
+    ratios = [r["p99_ratio"] for r in runs]
+    return {"runs": runs, "p99_ratio_median": round(median(ratios), 3),
+            "p99_ratio_range": [min(ratios), max(ratios)], "goal": "<= 2",
+            "met": median(ratios) <= 2.0}
+
+
+def pool_daemon(work: str, io: str, size: int, tenants: dict[str, int], daemon_cpu: str | None,
+                load_cpu: str | None, extra: str = "") -> Any:
+    cfg = write_config(work, pool_size=str(len(tenants) * size + (512 << 20)), io=io,
+                       extra=extra)
+    daemon = start_daemon(cfg, daemon_cpu)
+    client = daemon.client()
+    for name, weight in tenants.items():
+        client.post("/v1/tenants", {"name": name, "weight": weight})
+        client.post("/v1/volumes", {"name": name, "size_bytes": size, "block_size": 4096})
+        client.patch(f"/v1/volumes/{name}", {"tenant": name})
+        client.post("/v1/subsystems", {"nqn": NQN_PREFIX + name, "volumes": [name],
+                                       "allow_any_host": True})
+        run_load(daemon.nvme_port, NQN_PREFIX + name, load_cpu, rw="write", bs=128 << 10,
+                 qd=16, seconds=3600, span_bytes=size, max_ios=size // (128 << 10))
+    return daemon
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--size", default="1G", help="each pool volume (filled before the runs)")
+    p.add_argument("--io", default="io_uring")
+    p.add_argument("--dir", default="/var/tmp")
+    p.add_argument("--scenarios", default="ram-read,pool-read,pool-write,noisy")
+    p.add_argument("--noisy-flush-every", type=int, default=64,
+                   help="the noisy neighbour's writes between two Flush commands (0: none)")
+    p.add_argument("--qos", default="", help="extra [qos] settings for the daemon, e.g. "
+                   "'max_inflight = 16' (default: the daemon's defaults)")
+    p.add_argument("--json", default=os.path.join(ROOT, "perf", "results", "tenants.json"))
+    args = p.parse_args(argv)
+    scenarios = args.scenarios.split(",")
+    qos_extra = "[qos]\n" + args.qos.replace(";", "\n") + "\n" if args.qos else ""
+    size = parse_size(args.size)
+    daemon_cpu, load_cpu = cpus()
+    report: dict[str, Any] = {
+        "machine": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
+        "time": time.time(), "seconds": args.seconds, "rounds": args.rounds, "io": args.io,
+        "size": size, "pinning": {"target": daemon_cpu, "load": load_cpu}, "weights": WEIGHTS,
+        "qos": args.qos}
+    if "ram-read" in scenarios:
+        proc, port = start_ram_target(daemon_cpu)
+        try:
+            report["ram_read"] = weight_runs(port, proc.pid, load_cpu, "randread", args.seconds,
+                                             args.rounds, 256 << 20, "ram-read")
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    if {"pool-read", "pool-write"} & set(scenarios):
+        work = tempfile.mkdtemp(prefix="sbs-ten-", dir=args.dir)
+        daemon = None
+        try:
+            daemon = pool_daemon(work, args.io, size, WEIGHTS, daemon_cpu, load_cpu, qos_extra)
+            for sc, rw in (("pool-read", "randread"), ("pool-write", "randwrite")):
+                if sc in scenarios:
+                    report[sc.replace("-", "_")] = weight_runs(
+                        daemon.nvme_port, daemon.pid, load_cpu, rw, args.seconds, args.rounds,
+                        size, sc)
+        finally:
+            if daemon is not None:
+                daemon.stop()
+            shutil.rmtree(work, ignore_errors=True)
+    if "noisy" in scenarios:
+        work = tempfile.mkdtemp(prefix="sbs-noisy-", dir=args.dir)
+        daemon = None
+        try:
+            daemon = pool_daemon(work, args.io, size, {"quiet": 100, "noisy": 100},
+                                 daemon_cpu, load_cpu, qos_extra)
+            report["noisy"] = noisy_runs(daemon.nvme_port, load_cpu, args.seconds,
+                                         args.rounds, size, args.noisy_flush_every)
+        finally:
+            if daemon is not None:
+                daemon.stop()
+            shutil.rmtree(work, ignore_errors=True)
+    for key in ("ram_read", "pool_read", "pool_write"):
+        if key in report:
+            r = report[key]
+            print(f"goal: {key} weights 1:3 -> ratio {r['ratio_median']:.2f} "
+                  f"[{r['ratio_range'][0]:.2f}-{r['ratio_range'][1]:.2f}]: "
+                  f"{'met' if r['met'] else 'NOT MET'}")
+    if "noisy" in report:
+        r = report["noisy"]
+        print(f"goal: quiet tenant's p99 with a noisy neighbour <= 2x alone: "
+              f"x{r['p99_ratio_median']:.2f}: {'met' if r['met'] else 'NOT MET'}")
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(report, f, indent=1)
+    print(f"results written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
