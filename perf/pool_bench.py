@@ -163,10 +163,13 @@ def main(argv: list[str] | None = None) -> int:
                 "page_cache_before": cache0, "page_cache_after": cache1,
                 "page_cache_delta": cache1 - cache0,
                 "pool_file_cached_before": file0, "pool_file_cached_after": file1,
-                # "Where they were": within 2% of what was read (the system's page cache moves
-                # with everything else on the machine; the pool file's own pages are exact).
-                "met": abs(rss1 - rss0) < size // 50 and abs(cache1 - cache0) < size // 50
-                and (file1 is None or file0 is None or file1 - file0 < size // 50)}
+                # "Where they were": the daemon's RSS within 2% of what was read, and the pool
+                # file's pages in the page cache (fincore: exact) too; the system-wide figure
+                # moves with everything else on the machine and is reported, not judged, when
+                # fincore answers.
+                "met": abs(rss1 - rss0) < size // 50 and (
+                    file1 - file0 < size // 50 if file0 is not None and file1 is not None
+                    else abs(cache1 - cache0) < size // 50)}
             fr = report["full_read"]
             print(f"read {fr['bytes'] >> 20} MiB through the volume at {fr['mb_per_s']:.0f} "
                   f"MB/s: daemon RSS {rss0 >> 20} -> {rss1 >> 20} MiB, page cache "

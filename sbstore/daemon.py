@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import dataclasses
 import fcntl
+import gc
 import hashlib
 import logging
 import os
@@ -372,6 +373,11 @@ async def run_daemon(config: Config, *, demo: DemoConfig | None = None,
             announce(f"Busy-polling: the loop polls for {config.target.busy_poll_us} us after "
                      f"each receive (a core spins while hosts send)")
 
+        # What start-up built (pools' maps, exports, the control state) lives as long as the
+        # daemon: move it out of the collector's reach, so that a full collection, which runs
+        # on the loop, does not walk it (15-40 ms with 1,000 volumes, a stall for every I/O).
+        gc.collect()
+        gc.freeze()
         if ready is not None:
             ready(Running(config, service, api, metrics, target, server, pools, loop, stop))
         try:

@@ -7,8 +7,10 @@ Rules of this module:
 - Every I/O method is a coroutine so that a device may wait (a thread, a QoS queue) without the
   target knowing. A device that can answer at once simply does not await anything.
 - Errors: a device raises :class:`BlockDeviceError` (or a subclass) carrying the NVMe status
-  (status code type, status code) the target should return. The target maps anything else to
-  Internal Error.
+  (status code type, status code) the target should return, or an exception of a family a
+  translator was registered for (:func:`register_errors`: a device implemented outside the
+  target then needs no wrapper coroutine per I/O just to translate). The target maps anything
+  else to Internal Error.
 
 Durability contract (DESIGN.md): a device behaves like a disk with a volatile write cache. A
 completed ``write`` may be lost in a crash until ``flush`` completes; a ``write(fua=True)``
@@ -19,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid as uuid_mod
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Callable, Protocol, Sequence, runtime_checkable
 
 # NVMe status values used by device errors (NVMe Base 2.0, Figure 102/104). Duplicated from
 # target.nvme on purpose: this module imports nothing.
@@ -88,6 +90,27 @@ class BlockDevice(Protocol):
 
     async def deallocate(self, ranges: Sequence[tuple[int, int]]) -> None:
         """TRIM: ``(lba, nblocks)`` ranges may be unmapped; they then read as zeroes."""
+
+
+ErrorTranslator = Callable[[Exception], BlockDeviceError]
+_TRANSLATORS: dict[type, ErrorTranslator] = {}
+
+
+def register_errors(family: type[Exception], translate: ErrorTranslator) -> None:
+    """Devices may raise ``family`` (and its subclasses): ``translate`` turns one into the
+    :class:`BlockDeviceError` (the NVMe status) the host gets."""
+    _TRANSLATORS[family] = translate
+
+
+def as_blockdev_error(exc: Exception) -> BlockDeviceError | None:
+    """``exc`` as a device error: itself, its registered translation, or None (a bug)."""
+    if isinstance(exc, BlockDeviceError):
+        return exc
+    for cls in type(exc).__mro__:
+        translate = _TRANSLATORS.get(cls)
+        if translate is not None:
+            return translate(exc)
+    return None
 
 
 def check_range(dev: BlockDevice, lba: int, nblocks: int) -> None:

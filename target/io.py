@@ -6,7 +6,8 @@ Rules:
 - Validation before I/O, in this order: SQE flags (no fused commands, SGL data pointer), NSID
   (Invalid Namespace), LBA range (LBA Out of Range), data length against NLB x block size (Data
   SGL Length Invalid), MDTS (Invalid Field). Unknown opcode: Invalid Opcode.
-- A device's :class:`target.blockdev.BlockDeviceError` becomes its own status (sct/sc); any other
+- A device's :class:`target.blockdev.BlockDeviceError` (or an exception of a family registered
+  with ``target.blockdev.register_errors``) becomes its own status (sct/sc); any other
   exception is Internal Error, logged. Errors go through ``QueueSession.fail`` (Error log).
 - Every command bumps one controller counter (reads, writes, other_cmds or errors): SMART reads
   them and keep-alive takes a change as proof of traffic.
@@ -23,7 +24,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from target import fabrics
-from target.blockdev import BlockDeviceError
+from target.blockdev import BlockDeviceError, as_blockdev_error
 from target.nvme import status as st
 from target.nvme.spec import (
     DSM_ATTR_DEALLOCATE,
@@ -166,12 +167,13 @@ class IoQueue:
             return await self._other(opcode, cid, nsid, slba, cdw12, sqe, data, now, sqhd)
         except st.NvmeError as e:
             return self._failed(cid, sqhd, e, ns, nsid, slba)
-        except BlockDeviceError as e:
-            log.info("namespace %d: %s", nsid, e)
-            return self._failed(cid, sqhd, blockdev_status(e), ns, nsid, slba)
-        except Exception:
-            log.exception("I/O command %#x on qid %d failed", opcode, self.qid)
-            return self._failed(cid, sqhd, st.InternalError(), ns, nsid, slba)
+        except Exception as e:
+            err = as_blockdev_error(e)
+            if err is None:
+                log.exception("I/O command %#x on qid %d failed", opcode, self.qid)
+                return self._failed(cid, sqhd, st.InternalError(), ns, nsid, slba)
+            log.info("namespace %d: %s", nsid, err)
+            return self._failed(cid, sqhd, blockdev_status(err), ns, nsid, slba)
 
     def _failed(self, cid: int, sqhd: int, error: st.NvmeError, ns: Namespace | None,
                 nsid: int, slba: int) -> Response:

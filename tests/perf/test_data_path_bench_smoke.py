@@ -1,0 +1,51 @@
+"""perf/pool_bench.py and perf/tenant_bench.py keep working: each runs briefly on a small volume
+and writes its JSON with every job and scenario in it. No figure is asserted (performance lives
+in perf/), only that I/O happened, fio ran beside it, and the report has its fields."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(args: list[str], tmp_path: Path) -> str:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_pool_bench_runs_and_reports(tmp_path: Path) -> None:
+    out = tmp_path / "pool.json"
+    text = run(["perf/pool_bench.py", "--size", "64M", "--seconds", "0.5", "--rounds", "1",
+                "--dir", str(tmp_path), "--json", str(out)], tmp_path)
+    report = json.loads(out.read_text())
+    assert "io_uring" in report["engine"] and report["daemon_exit"] == 0
+    jobs = {r["job"] for r in report["rounds"]}
+    assert jobs == set(report["summary"]) == {"4k-randread-qd32", "4k-randwrite-qd32",
+                                              "128k-seqread-qd16", "128k-seqwrite-qd16"}
+    for r in report["rounds"]:
+        assert r["fio"]["iops"] > 0 and r["sbstore"]["ios"] > 0 and r["ratio"] > 0
+        assert r["sbstore"]["daemon_cpu_us_per_io"] > 0
+    full = report["full_read"]
+    assert full["bytes"] == 64 << 20 and full["rss_after"] > 0
+    assert "NOT MET" in text or "met" in text
+
+
+def test_tenant_bench_runs_and_reports(tmp_path: Path) -> None:
+    out = tmp_path / "tenants.json"
+    run(["perf/tenant_bench.py", "--seconds", "0.5", "--rounds", "1", "--size", "32M",
+         "--dir", str(tmp_path), "--json", str(out)], tmp_path)
+    report = json.loads(out.read_text())
+    for key in ("ram_read", "pool_read", "pool_write"):
+        run0 = report[key]["runs"][0]
+        assert run0["light"]["ios"] > 0 and run0["heavy"]["ios"] > 0 and run0["ratio"] > 0
+    noisy = report["noisy"]["runs"][0]
+    assert noisy["alone"]["ios"] > 0 and noisy["with_noisy"]["ios"] > 0
+    assert noisy["noisy"]["ios"] > 0 and noisy["p99_ratio"] > 0
