@@ -330,10 +330,12 @@ class QueueConnection(asyncio.BufferedProtocol):
         self._start_admitted(session, event, flow, nbytes)
 
     def end_turn(self) -> None:
+        # The responses of the held commands just run go out with the other responses of this
+        # loop turn (completions reaped from the device), in one writev.
         self._batching = False
-        if not self._closing:
-            self._flush()
-            self._rearm_timer()
+        if not self._closing and not self._flush_soon:
+            self._flush_soon = True
+            self._loop.call_soon(self._flush_later)
 
     def _on_admitted_done(self, flow: object, nbytes: int, response: Response | None,
                           exc: BaseException | None) -> None:

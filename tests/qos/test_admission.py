@@ -260,30 +260,41 @@ class Stuck(RamDevice):
 async def test_commands_in_execution_are_given_back_when_their_connection_goes() -> None:
     mgr = QosManager(max_inflight=8)
     target = Target()
-    sub = Subsystem("nqn.2026-12.io.sbstore:stuck", allow_any_host=True)
-    dev = Stuck(8 << 20, 512)
-    sub.add_namespace(mgr.wrap(dev, "stuck", "t"))
-    target.add_subsystem(sub)
+    devs = []
+    for name in ("stuck", "other"):
+        sub = Subsystem(f"nqn.2026-12.io.sbstore:{name}", allow_any_host=True)
+        devs.append(Stuck(8 << 20, 512))
+        sub.add_namespace(mgr.wrap(devs[-1], name, name))
+        target.add_subsystem(sub)
     server = TargetServer(target, admission=mgr.admission)
     listener = await server.listen("127.0.0.1", 0)
+    port = int(listener.trsvcid)
+    adm = mgr.admission
     try:
-        ctrl = await Controller.connect("127.0.0.1", int(listener.trsvcid), sub.nqn,
+        other = await Controller.connect("127.0.0.1", port, "nqn.2026-12.io.sbstore:other")
+        busy = asyncio.ensure_future(other.read(1, 0, 1))  # keeps tenant "other" active
+        ctrl = await Controller.connect("127.0.0.1", port, "nqn.2026-12.io.sbstore:stuck",
                                         queue_size=64)
         reads = [asyncio.ensure_future(ctrl.read(1, i, 1)) for i in range(20)]
         deadline = time.monotonic() + 5
-        while mgr.admission.backlog < 13 and time.monotonic() < deadline:
+        while adm.backlog < 17 and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        # Room 8, a 512-byte read costs 1 + 512/64K: seven execute, the rest wait.
-        assert mgr.admission.backlog == 13
-        assert mgr.admission.inflight == pytest.approx(7 * (1 + 512 / (64 << 10)))
+        # Two tenants active: "stuck" may use half the room of 8; a 512-byte read costs
+        # 1 + 512/64K, so three of its reads execute and the rest wait.
+        assert adm.backlog == 17
+        assert adm.tenants["stuck"].inflight == pytest.approx(3 * (1 + 512 / (64 << 10)))
         await ctrl.close(shutdown=False)
         await asyncio.gather(*reads, return_exceptions=True)
         deadline = time.monotonic() + 5
-        while (mgr.admission.inflight or mgr.admission.backlog) and \
-                time.monotonic() < deadline:
+        while (adm.tenants["stuck"].inflight or adm.backlog) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        assert (mgr.admission.inflight, mgr.admission.backlog) == (0, 0)
+        assert (adm.tenants["stuck"].inflight, adm.backlog) == (0, 0)
+        devs[1].release.set()
+        await busy
+        await other.close()
+        assert adm.inflight == pytest.approx(0)
     finally:
-        dev.release.set()
+        for d in devs:
+            d.release.set()
         await server.close()
         mgr.close()
