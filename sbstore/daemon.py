@@ -44,6 +44,7 @@ from sbstore.config import (
 )
 from sbstore.control.state import DEFAULT_TENANT, ListenerRecord, StateError, StateStore
 from sbstore.qos import QosManager
+from sbstore.store.engines.buffers import BufferPool
 from target.server import TargetServer, TransportLimits
 from target.subsystem import Subsystem, Target
 
@@ -284,8 +285,12 @@ async def run_daemon(config: Config, *, demo: DemoConfig | None = None,
             # weights act; the slots still order I/Os held by limits.
             qos.backend(name, inline=True)
         target = Target()
+        # Writes' data is gathered in page-aligned buffers: an O_DIRECT engine writes it as it
+        # came off the socket, with no copy to align it.
+        transfer_buffers = BufferPool()
         server = TargetServer(target, TransportLimits(
-            busy_poll_s=config.target.busy_poll_us / 1e6), admission=qos.admission)
+            busy_poll_s=config.target.busy_poll_us / 1e6,
+            transfer_buffer=transfer_buffers.get), admission=qos.admission)
         stack.push_async_callback(server.close)
         service = ControlService(state, pools, target, server, device_wrapper=qos.device_hook)
         stack.push_async_callback(service.close)

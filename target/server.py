@@ -64,6 +64,10 @@ class TransportLimits:
     # Seconds the loop keeps polling after a receive instead of sleeping (0: never). Trades a
     # core for the wake-up latency of a sleeping loop; see target.busypoll.
     busy_poll_s: float = 0.0
+    # Where a write's solicited (R2T) data is gathered: a callable giving a writable buffer of
+    # a size, or None for a bytearray. Page-aligned buffers (the daemon's) let an O_DIRECT
+    # write take the data as it came off the socket instead of copying it once more.
+    transfer_buffer: Callable[[int], memoryview] | None = None
 
 
 _Coroutine = Coroutine[Any, Any, Any]
@@ -160,7 +164,8 @@ class QueueConnection(asyncio.BufferedProtocol):
         target = server.target
         self._queue = TargetQueue(max_incapsule_data=target.incapsule_data_size,
                                   maxh2cdata=server.limits.maxh2cdata or target.max_data_transfer,
-                                  max_data_len=target.max_data_transfer)
+                                  max_data_len=target.max_data_transfer,
+                                  transfer_buffer=server.limits.transfer_buffer)
         self._session: QueueSession | None = None
         self._poller = server.poller()
         self._transport: asyncio.Transport | None = None

@@ -109,7 +109,7 @@ class _Transfer:
         self.sqe = sqe
         self.length = length
         self.ttag = -1
-        self.buf: bytearray | None = None
+        self.buf: bytearray | memoryview | None = None
         self.view: memoryview | None = None
         self.received = 0
         self.solicited = 0
@@ -125,7 +125,8 @@ class TargetQueue(PduStream):
     def __init__(self, *, max_incapsule_data: int = 8192, maxh2cdata: int = 131072,
                  max_data_len: int = 1 << 20, cpda: int = 0, max_r2t_len: int | None = None,
                  max_c2h_data: int = 131072, max_transfer_bytes: int = 16 << 20,
-                 max_waiting: int = 4096, recv_buffer_size: int = RECV_BUFFER_SIZE) -> None:
+                 max_waiting: int = 4096, recv_buffer_size: int = RECV_BUFFER_SIZE,
+                 transfer_buffer: Callable[[int], memoryview] | None = None) -> None:
         super().__init__(recv_buffer_size=recv_buffer_size)
         if maxh2cdata % 4 or maxh2cdata < MIN_MAXH2CDATA:
             raise ValueError(f"maxh2cdata must be a multiple of 4, at least {MIN_MAXH2CDATA}")
@@ -141,6 +142,9 @@ class TargetQueue(PduStream):
         self.max_c2h_data = max_c2h_data
         self.max_transfer_bytes = max_transfer_bytes
         self.max_waiting = max_waiting
+        # Where a write's solicited data is gathered (None: a bytearray). The server may hand
+        # out page-aligned buffers so that an O_DIRECT write takes the host's data as it came.
+        self._transfer_buffer = transfer_buffer
         self.allow_success_flag = False
         self.established = False
         self.hpda = 0
@@ -376,8 +380,11 @@ class TargetQueue(PduStream):
             ttag = (ttag + 1) % 0xFFFF
         self._next_ttag = (ttag + 1) % 0xFFFF
         transfer.ttag = ttag
-        transfer.buf = bytearray(transfer.length)
-        transfer.view = memoryview(transfer.buf)
+        if self._transfer_buffer is None:
+            transfer.view = memoryview(bytearray(transfer.length))
+        else:
+            transfer.view = self._transfer_buffer(transfer.length)
+        transfer.buf = transfer.view
         self._transfers[ttag] = transfer
         self._transfer_bytes += transfer.length
         self._solicit(transfer)
