@@ -112,6 +112,10 @@ def noisy_runs(port: int, load_cpu: str | None, seconds: float, rounds: int,
              "flush_every": flush_every}
     runs = []
     for rnd in range(rounds):
+        # The disk still writes back what the last round's neighbour wrote: let it settle, or
+        # the "alone" run measures that instead.
+        os.sync()
+        time.sleep(3)
         alone = run_load(port, NQN_PREFIX + "quiet", load_cpu, seconds=seconds, **quiet)
         both = concurrent(port, {"quiet": quiet, "noisy": noisy}, load_cpu, seconds)
         ratio = both["quiet"]["lat_us"]["p99"] / max(alone["lat_us"]["p99"], 1e-9)

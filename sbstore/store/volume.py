@@ -46,6 +46,7 @@ from array import array
 from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
+from .engines.base import ShortIO
 from .errors import Corrupt, DeviceError, InvalidArgument, NoSpace, NotFound, OutOfRange, ReadOnly
 from .layout import LEAF_SHIFT, VOL_SNAPSHOT, VolumeRecord, ceil_div
 from .pagetree import PageTree, leaf_slice_bytes
@@ -56,7 +57,7 @@ if TYPE_CHECKING:
 
 Buffer = bytes | bytearray | memoryview
 
-_MAX_SETTLE_ROUNDS = 10_000  # waits for pending allocations and room before giving up (Busy)
+_MAX_SETTLE_ROUNDS = 10_000  # waits for pending allocations and room before giving up
 
 
 @functools.lru_cache(maxsize=8)
@@ -73,7 +74,11 @@ def _write_error(exc: OSError, where: str) -> Exception:
 
 
 def _read_error(exc: OSError, where: str) -> Exception:
-    return Corrupt(f"read from {where} failed: {exc.strerror or exc}")
+    """A short read means the device is smaller than the pool says (damage); anything else is
+    the device failing the read."""
+    if isinstance(exc, ShortIO):
+        return Corrupt(f"read from {where} failed: {exc.strerror or exc}")
+    return DeviceError(f"read from {where} failed: {exc.strerror or exc}", writing=False)
 
 
 class Volume:
