@@ -15,9 +15,10 @@ Rules of this module:
 """
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +72,18 @@ class OpenFile:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def move_reader(old: asyncio.AbstractEventLoop | None, new: asyncio.AbstractEventLoop, efd: int,
+                on_ready: Callable[[], None], busy: bool, what: str) -> None:
+    """Watch an engine's completion eventfd from ``new`` instead of ``old`` (its first I/O, or
+    the first on another loop); refused while I/Os are in flight on the old one."""
+    if old is not None:
+        if busy:
+            raise RuntimeError(f"{what} has I/Os in flight on another event loop")
+        if not old.is_closed():
+            old.remove_reader(efd)
+    new.add_reader(efd, on_ready)
 
 
 class EngineState:

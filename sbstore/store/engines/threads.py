@@ -29,7 +29,7 @@ from typing import Any
 
 from .base import Buffer, IoResult, ShortIO
 from .buffers import BufferPool
-from .common import EngineState, OpenFile
+from .common import EngineState, OpenFile, move_reader
 from .kernel import (
     FALLOC_FL_KEEP_SIZE,
     FALLOC_FL_PUNCH_HOLE,
@@ -197,14 +197,8 @@ class ThreadEngine(EngineState):
             return  # the usual case, without get_running_loop's getpid system call
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
-            old = self._loop
-            if old is not None:
-                if self._inflight:
-                    raise RuntimeError(f"threads engine of {self.path} has I/Os in flight on "
-                                       f"another event loop")
-                if not old.is_closed():
-                    old.remove_reader(self._efd)
-            loop.add_reader(self._efd, self._on_ready)
+            move_reader(self._loop, loop, self._efd, self._on_ready, bool(self._inflight),
+                        f"threads engine of {self.path}")
             self._loop = loop
             self._new_future = loop.create_future
         while len(self._workers) < self._nthreads:
