@@ -267,9 +267,8 @@ async def run_daemon(config: Config, *, demo: DemoConfig | None = None,
                     log.exception("closing pool %s failed", name)
         stack.push_async_callback(close_pools)
         for pc in config.pools:
-            pools[pc.name] = pool = _open_pool(pc)
-            log.info("pool %s: %s open; data I/O through %s (%s)", pc.name, pc.path,
-                     pool.engine.name, pool.engine.reason)
+            pools[pc.name] = _open_pool(pc)  # the store logs the engine it chose, and why
+            log.info("pool %s: %s open", pc.name, pc.path)
 
         # Every exported volume sits behind its tenant's queue on its pool's dispatcher, and
         # its commands are admitted to the CPU by tenant weight (sbstore.qos.admission).
