@@ -177,9 +177,6 @@ class CpuAdmission:
     def backlog(self) -> int:
         return self._backlog
 
-    def cost(self, nbytes: int) -> float:
-        return 1.0 + nbytes / self.cost_bytes
-
     # --- target.admission.Admission -----------------------------------------------------------
     def admit(self, flow: CpuFlow, nbytes: int) -> bool:
         cost = 1.0 + nbytes / self.cost_bytes

@@ -65,10 +65,6 @@ class ReuseGuard:
             release()
 
     @property
-    def in_flight(self) -> int:
-        return sum(self._active.values())
-
-    @property
     def deferred(self) -> int:
         """Releases waiting for I/O to drain."""
         return len(self._deferred)

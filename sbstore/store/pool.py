@@ -81,6 +81,7 @@ from .errors import (
     ReadOnly,
     StoreError,
 )
+from .guard import ReuseGuard
 from .layout import (
     DEFAULT_CLUSTER_SIZE,
     LEAF_SHIFT,
@@ -112,6 +113,7 @@ from .layout import (
     push_superblock,
     push_volume_record,
 )
+from .owner import Segment
 from .pagetree import (
     PageTree,
     check_page_number,
@@ -120,8 +122,6 @@ from .pagetree import (
     load_tree,
     read_checked,
 )
-from .guard import ReuseGuard
-from .owner import Segment
 from .space import ClusterSpace, MetaSpace
 from .volume import Volume
 
@@ -715,7 +715,7 @@ class Pool:
                     break
                 copied = 0
                 while ci < len(m) and copied < _INFLATE_BATCH:
-                    if self._must_copy(vol, m, ci):
+                    if vol.shares_cluster(ci):
                         await vol.copy_out(ci)
                         copied += 1
                         m = vol._after_wait(0)
@@ -840,13 +840,6 @@ class Pool:
             # reference too: no one may write it in place until that is committed.
             self._unstable.add(pcn)
 
-    def _must_copy(self, vol: Volume, m: array[int], ci: int) -> bool:
-        p = m[ci]
-        if not p:
-            return False
-        loc = vol.tree.leaf_loc[ci >> LEAF_SHIFT]
-        return bool(loc and self._meta.refs[loc] > 1) or self._space.rc[p] > 1
-
     def _make_dying(self, vol: Volume) -> None:
         """Record the intent to delete ``vol``: hidden now, its space freed by :meth:`_drain`."""
         vol.flags |= VOL_DYING
@@ -967,9 +960,12 @@ class Pool:
         return bool(u) and pcn in u
 
     def note_data(self) -> None:
+        """Something changed (data or metadata): a commit follows within the timer."""
         self._dirty = True
         if self._timer is None:
             self._arm_timer()
+
+    _note_change = note_data  # (the management operations' name for the same thing)
 
     async def make_room_for(self, vol: Volume, segs: Sequence[Segment], zeroing: bool) -> None:
         await self._make_room(functools.partial(self._write_needs, vol, segs, zeroing))
@@ -1071,11 +1067,6 @@ class Pool:
                       "recreate the pool with a larger --metadata-size")
 
     # --- commit ---------------------------------------------------------------------------------
-
-    def _note_change(self) -> None:
-        self._dirty = True
-        if self._timer is None:
-            self._arm_timer()
 
     def _arm_timer(self) -> None:
         if self._closed or self.readonly:

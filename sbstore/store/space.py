@@ -149,12 +149,6 @@ class ClusterSpace:
         self.claim(p)
         return p
 
-    def unalloc(self, pcn: int) -> None:
-        """Undo :meth:`alloc` of a cluster nothing ever mapped."""
-        self.rc[pcn] = 0
-        self.n_used -= 1
-        self.unreserve(pcn)
-
     def prepare_change(self, pcn: int) -> None:
         """The count of ``pcn`` will change soon: plan its refcount leaf's page now."""
         j = pcn >> LEAF_SHIFT

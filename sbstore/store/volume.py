@@ -47,7 +47,15 @@ from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from .engines.base import ShortIO
-from .errors import Corrupt, DeviceError, InvalidArgument, NoSpace, NotFound, OutOfRange, ReadOnly
+from .errors import (
+    Corrupt,
+    DeviceError,
+    InvalidArgument,
+    NoSpace,
+    NotFound,
+    OutOfRange,
+    ReadOnly,
+)
 from .layout import LEAF_SHIFT, VOL_SNAPSHOT, VolumeRecord, ceil_div
 from .pagetree import PageTree, leaf_slice_bytes
 
@@ -561,6 +569,17 @@ class Volume:
         buf[co + n:] = z[co + n:]
         await engine.write(new << shift, buf)
 
+    def shares_cluster(self, ci: int) -> bool:
+        """Does cluster ``ci`` map data another volume references too (its map leaf is shared,
+        or the cluster is)? Those are what an inflate copies. The map must be loaded."""
+        m = self._map
+        assert m is not None
+        p = m[ci]
+        if not p:
+            return False
+        loc = self.tree.leaf_loc[ci >> LEAF_SHIFT]
+        return bool(loc and self._mrefs[loc] > 1) or self._rc[p] > 1
+
     async def copy_out(self, ci: int) -> None:
         """Give cluster ``ci`` a private copy of what it maps, if it shares it (inflate): a
         copy-on-write that writes no new data."""
@@ -571,10 +590,9 @@ class Volume:
             seg = [(ci, 0, 0, 0)]
             await self._settle(seg, False)
             m = self._after_wait(0)
-            p = m[ci]
-            loc = self.tree.leaf_loc[ci >> LEAF_SHIFT]
-            if not p or (self._rc[p] == 1 and (not loc or self._mrefs[loc] == 1)):
+            if not self.shares_cluster(ci):
                 return  # a write gave it its own cluster meanwhile
+            p = m[ci]
             owner = self._owner
             loop = asyncio.get_running_loop()
             new = owner.reserve_cluster()
