@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from sbstore.cli import CommandError
+from sbstore.config import IO_MODES
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -46,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     demo.add_argument("--state-dir", type=Path, default=None,
                       help="where the demo keeps its pool, state and API socket (default "
                            "~/.local/state/sbstore)")
-    demo.add_argument("--io", choices=["auto", "io_uring", "threads", "buffered"],
+    demo.add_argument("--io", choices=IO_MODES,
                       default="auto",
                       help="the demo pool's data I/O engine (default auto: io_uring with "
                            "O_DIRECT where it works; see [[pools]] io in the config)")

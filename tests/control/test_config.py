@@ -9,6 +9,7 @@ import pytest
 
 from sbstore.config import (
     DEFAULT_API_SOCKET,
+    IO_MODES,
     ConfigError,
     ListenerConfig,
     QosPolicy,
@@ -51,6 +52,17 @@ def test_minimal_config_and_relative_paths(tmp_path: Path) -> None:
     assert load_config(f).metrics.per_volume == "full"
 
 
+def test_pool_engine_and_admission_keys() -> None:
+    c = parse_config({**BASE, "pools": [{"name": "p", "path": "/p", "io": "threads"}],
+                      "qos": {"cpu_turn_budget": 8, "max_inflight": 64}}, source="t.toml")
+    assert c.pools[0].io == "threads"
+    assert (c.qos.cpu_turn_budget, c.qos.max_inflight) == (8, 64)
+    assert parse_config({**BASE, "pools": [{"name": "p", "path": "/p"}]}).pools[0].io == "auto"
+    # The config is a stdlib leaf and keeps its own list: it must name the store's modes.
+    from sbstore.store import engines
+    assert IO_MODES == engines.IO_MODES
+
+
 def test_busy_poll_key() -> None:
     c = parse_config({**BASE, "target": {"busy_poll_us": 250}}, source="t.toml")
     assert c.target.busy_poll_us == 250
@@ -91,6 +103,10 @@ BASE: dict[str, Any] = {"state_dir": "/s"}
      "pools[1].name", "two pools"),
     ({**BASE, "pools": [{"name": "p", "path": "/a"}, {"name": "q", "path": "/a"}]},
      "pools[1].path", "already pool 'p'"),
+    ({**BASE, "pools": [{"name": "p", "path": "/p", "io": "aio"}]}, "pools[0].io",
+     "not one of"),
+    ({**BASE, "qos": {"cpu_turn_budget": 0}}, "qos.cpu_turn_budget", "out of range"),
+    ({**BASE, "qos": {"max_inflight": 0}}, "qos.max_inflight", "out of range"),
     ({**BASE, "target": {"busy_poll_us": -1}}, "target.busy_poll_us", "out of range"),
     ({**BASE, "target": {"busy_poll_us": 10**7}}, "target.busy_poll_us", "out of range"),
     ({**BASE, "target": {"busy_poll_us": 0.5}}, "target.busy_poll_us", "must be an integer"),
