@@ -52,6 +52,10 @@ Per tenant, label ``tenant``, summed over its exported volumes:
   sbstore_tenant_throttled_seconds_total     time I/Os spent held by limits (with a QoS source)
   sbstore_tenant_qos_dispatched_ios_total    I/Os the QoS queue passed to the backend (idem)
   sbstore_tenant_qos_dispatched_bytes_total  bytes of those I/Os (idem)
+  sbstore_tenant_cpu_admitted_total          commands the admission controller let run (idem)
+  sbstore_tenant_cpu_held_total              of those, commands that first waited for their
+                                             tenant's turn (weights at work) (idem)
+  sbstore_tenant_cpu_waiting_commands        commands waiting for their turn now (idem)
 Per pool, label ``pool``:
   sbstore_pool_info{uuid,path,io_engine}     1
   sbstore_pool_capacity_bytes                data capacity
@@ -166,12 +170,16 @@ class TenantQosSample:
     throttled_seconds: float
     dispatched_ios: int = 0
     dispatched_bytes: int = 0
+    cpu_admitted: int = 0
+    cpu_held: int = 0
+    cpu_waiting: int = 0
 
     @classmethod
     def of(cls, stats: TenantQosStats) -> TenantQosSample:
         """From one tenant's ``QosManager.stats()`` entry."""
         return cls(stats.tenant, stats.queued_ios, stats.throttled_seconds,
-                   stats.dispatched_ios, stats.dispatched_bytes)
+                   stats.dispatched_ios, stats.dispatched_bytes, stats.cpu_admitted,
+                   stats.cpu_held, stats.cpu_waiting)
 
 
 def _none() -> tuple[()]:
@@ -497,7 +505,14 @@ class Exposition:
                      "I/Os the tenant's QoS queue passed to the backend.", "dispatched_ios"),
                     ("sbstore_tenant_qos_dispatched_bytes_total", "counter",
                      "Bytes of the I/Os the tenant's QoS queue passed to the backend.",
-                     "dispatched_bytes")):
+                     "dispatched_bytes"),
+                    ("sbstore_tenant_cpu_admitted_total", "counter",
+                     "Commands the admission controller let run.", "cpu_admitted"),
+                    ("sbstore_tenant_cpu_held_total", "counter",
+                     "Commands that waited for their tenant's turn before running.",
+                     "cpu_held"),
+                    ("sbstore_tenant_cpu_waiting_commands", "gauge",
+                     "Commands waiting for their tenant's turn now.", "cpu_waiting")):
                 parts.append(_header(name, kind, doc) + "".join(
                     f'{name}{{tenant="{escape_label(q.tenant)}"}} '
                     f"{_float(v) if isinstance(v := getattr(q, attr), float) else v}\n"

@@ -41,6 +41,7 @@ rounds a delay down to whole milliseconds (a 0.3 ms timer fires at once, which w
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid as uuid_mod
 from collections.abc import (
@@ -499,13 +500,18 @@ class QosManager:
     # -- reporting -----------------------------------------------------------------------------
     def stats(self) -> dict[str, TenantQosStats]:
         """Per tenant, summed over backends: queued I/Os, throttled seconds, dispatched I/Os
-        and bytes (read, write, other). Plain values, copied now (call it in the loop)."""
+        and bytes (read, write, other); and the admission controller's counters. Plain values,
+        copied now (call it in the loop)."""
         now = _now()
         out: dict[str, TenantQosStats] = {name: TenantQosStats(name) for name in self._weights}
         for b in self.backends.values():
             for s in b.stats(now):
                 prev = out.get(s.tenant)
                 out[s.tenant] = s if prev is None else prev + s
+        for name, t in self.admission.tenants.items():
+            prev = out.get(name) or TenantQosStats(name)
+            out[name] = dataclasses.replace(prev, cpu_admitted=t.admitted, cpu_held=t.held,
+                                            cpu_waiting=len(t.queue))
         return out
 
     def tenants(self) -> Iterable[str]:

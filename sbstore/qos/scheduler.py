@@ -118,6 +118,11 @@ class TenantQosStats:
     other_ios: int = 0
     read_bytes: int = 0
     write_bytes: int = 0
+    # The target's admission controller (sbstore.qos.admission), set by QosManager.stats():
+    # commands run, those of them that first waited for their turn, and those waiting now.
+    cpu_admitted: int = 0
+    cpu_held: int = 0
+    cpu_waiting: int = 0
 
     @property
     def dispatched_ios(self) -> int:
@@ -133,7 +138,8 @@ class TenantQosStats:
             self.throttled_seconds + other.throttled_seconds,
             self.read_ios + other.read_ios, self.write_ios + other.write_ios,
             self.other_ios + other.other_ios, self.read_bytes + other.read_bytes,
-            self.write_bytes + other.write_bytes)
+            self.write_bytes + other.write_bytes, self.cpu_admitted + other.cpu_admitted,
+            self.cpu_held + other.cpu_held, self.cpu_waiting + other.cpu_waiting)
 
 
 class Flow:

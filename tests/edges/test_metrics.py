@@ -292,10 +292,20 @@ def reference_text(source: MetricsSource) -> str:
                                             labels=["tenant"]),
                         CounterMetricFamily("sbstore_tenant_qos_dispatched_bytes",
                                             "Bytes of the I/Os the tenant's QoS queue passed to "
-                                            "the backend.", labels=["tenant"])]
+                                            "the backend.", labels=["tenant"]),
+                        CounterMetricFamily("sbstore_tenant_cpu_admitted",
+                                            "Commands the admission controller let run.",
+                                            labels=["tenant"]),
+                        CounterMetricFamily("sbstore_tenant_cpu_held",
+                                            "Commands that waited for their tenant's turn "
+                                            "before running.", labels=["tenant"]),
+                        GaugeMetricFamily("sbstore_tenant_cpu_waiting_commands",
+                                          "Commands waiting for their tenant's turn now.",
+                                          labels=["tenant"])]
                 for q in source.qos():
                     for fam, value in zip(fams, (q.queued_ios, q.throttled_seconds,
-                                                 q.dispatched_ios, q.dispatched_bytes)):
+                                                 q.dispatched_ios, q.dispatched_bytes,
+                                                 q.cpu_admitted, q.cpu_held, q.cpu_waiting)):
                         fam.add_metric([q.tenant], value)
                 out += fams
             pools = list(source.pools())
@@ -373,7 +383,7 @@ def test_same_series_as_prometheus_client_writes() -> None:
                                       io_direct=True))
     source = MetricsSource(volumes=lambda: vols, pools=lambda: [pool],
                            target=lambda: TargetSample(1, 2, 3, 4, 5, 6),
-                           qos=lambda: [TenantQosSample("t1", 3, 1.25, 7, 8),
+                           qos=lambda: [TenantQosSample("t1", 3, 1.25, 7, 8, 9, 2, 1),
                                         TenantQosSample(odd, 0, 0.0)])
     expected = reference_text(source)
     got = Exposition(source, standard_collectors=False).render_now().decode()
