@@ -230,11 +230,14 @@ def _serving_pid(root: int) -> int:
 
 def loadgen_cmd(port: int, nqn: str, cpu: str | None, *, rw: str, bs: int, qd: int,
                 seconds: float, span_bytes: int = 0, max_ios: int = 10**9, queues: int = 1,
-                flush_every: int = 0, seed: int = 1, start_at: float = 0.0) -> list[str]:
+                flush_every: int = 0, seed: int = 1, start_at: float = 0.0,
+                engine: str = "fast") -> list[str]:
+    """``engine``: perf/loadgen.py's (fast: event-loop driven; poll: busy-polling its socket,
+    as spdk_nvme_perf does, so the target never has to wake it)."""
     return [*pinned(cpu), sys.executable, os.path.join(ROOT, "perf", "loadgen.py"),
             "--port", str(port), "--nqn", nqn, "--rw", rw, "--bs", str(bs), "--qd", str(qd),
             "--queues", str(queues), "--seconds", str(seconds), "--span-bytes", str(span_bytes),
-            "--max-ios", str(max_ios), "--engine", "fast", "--flush-every", str(flush_every),
+            "--max-ios", str(max_ios), "--engine", engine, "--flush-every", str(flush_every),
             "--seed", str(seed), "--start-at", str(start_at)]
 
 

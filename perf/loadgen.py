@@ -44,12 +44,13 @@ async def run_load(host: str, port: int, nqn: str, *, rw: str, bs: int, qd: int,
     if start_at:
         # Several load generators start together (connected first), so their runs overlap.
         await asyncio.sleep(max(0.0, start_at - time.time()))
-    if engine == "fast":
+    if engine in ("fast", "poll"):
         from perf.fastload import run_fast
         try:
             ios, errors, latencies, elapsed = await run_fast(
                 ctrl, nsid=nsid, rw=rw, bs=bs, qd=max(1, qd // queues), seconds=seconds,
-                max_ios=max_ios, span_bytes=span_bytes, seed=seed, flush_every=flush_every)
+                max_ios=max_ios, span_bytes=span_bytes, seed=seed, flush_every=flush_every,
+                poll=engine == "poll")
         finally:
             await ctrl.close(shutdown=False)
         if errors:
@@ -130,9 +131,10 @@ def main() -> int:
                    help="connect, then start the I/O at this time (seconds since the epoch)")
     p.add_argument("--flush-every", type=int, default=0,
                    help="fast engine, writes: a Flush after every N writes (0: none)")
-    p.add_argument("--engine", choices=["general", "fast"], default="general",
+    p.add_argument("--engine", choices=["general", "fast", "poll"], default="general",
                    help="general: the target.host initiator; fast: perf/fastload.py (random "
-                   "reads and in-capsule writes, for measuring the target near saturation)")
+                   "reads and in-capsule writes, for measuring the target near saturation); "
+                   "poll: the fast engine busy-polling its sockets, as spdk_nvme_perf does")
     args = p.parse_args()
     import uvloop
     result = uvloop.run(run_load(args.host, args.port, args.nqn, rw=args.rw, bs=args.bs,

@@ -1,7 +1,8 @@
 """A pool volume on disk against the disk itself: what the data path costs over the device.
 
     python3 perf/pool_bench.py [--size 4G] [--seconds 5] [--rounds 3] [--io io_uring]
-                               [--dir /var/tmp] [--json perf/results/pool.json]
+                               [--load-engine fast|poll] [--dir /var/tmp]
+                               [--json perf/results/pool.json]
 
 What it does:
 1. In a fresh directory under ``--dir`` (a disk file system, not tmpfs), fills a yardstick file
@@ -64,10 +65,10 @@ LOADGEN_RW = {"randread": "randread", "randwrite": "randwrite", "read": "read",
 
 
 def sbstore_job(daemon: Any, load_cpu: str | None, rw: str, bs: int, qd: int, seconds: float,
-                size: int) -> dict[str, Any]:
+                size: int, engine: str = "fast") -> dict[str, Any]:
     cpu0 = cpu_seconds(daemon.pid)
     r = run_load(daemon.nvme_port, NQN, load_cpu, rw=LOADGEN_RW[rw], bs=bs, qd=qd,
-                 seconds=seconds, span_bytes=size)
+                 seconds=seconds, span_bytes=size, engine=engine)
     cpu = cpu_seconds(daemon.pid) - cpu0
     r["daemon_cpu_us_per_io"] = round(cpu / max(r["ios"], 1) * 1e6, 2)
     return r
@@ -83,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dir", default="/var/tmp", help="where the files go (a disk, not tmpfs)")
     p.add_argument("--jobs", default=",".join(j[0] for j in JOBS),
                    help="comma-separated job names (default: all)")
+    p.add_argument("--load-engine", choices=["fast", "poll"], default="fast",
+                   help="the load generator's engine (perf/loadgen.py --engine): poll busy-polls "
+                   "its socket as spdk_nvme_perf does, so the target never pays for waking it")
     p.add_argument("--no-full-read", action="store_true",
                    help="skip reading the whole volume (the RSS / page-cache check)")
     p.add_argument("--json", default=os.path.join(ROOT, "perf", "results", "pool.json"))
@@ -94,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "machine": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
         "time": time.time(), "size": size, "seconds": args.seconds, "rounds": args.rounds,
-        "io": args.io, "pinning": {"daemon_and_fio": daemon_cpu, "load": load_cpu},
+        "io": args.io, "load_engine": args.load_engine,
+        "pinning": {"daemon_and_fio": daemon_cpu, "load": load_cpu},
         "dir": args.dir}
     daemon = None
     try:
@@ -129,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
                 f = fio(yard, daemon_cpu, rw=rw, bs=bs, qd=qd, seconds=args.seconds, size=size)
                 if reading:
                     drop_caches()
-                s = sbstore_job(daemon, load_cpu, rw, bs, qd, args.seconds, size)
+                s = sbstore_job(daemon, load_cpu, rw, bs, qd, args.seconds, size,
+                                args.load_engine)
                 ratio = s["iops"] / max(f["iops"], 1e-9)
                 rounds.append({"round": rnd, "job": name, "fio": f, "sbstore": s,
                                "ratio": round(ratio, 3)})
