@@ -661,7 +661,10 @@ SCHEMAS: dict[str, Any] = {
                   "capacity_bytes": _I, "allocated_bytes": _I, "free_bytes": _I,
                   "metadata_bytes": _I, "metadata_used_bytes": _I, "volumes": _I,
                   "snapshots": _I, "generation": _I, "io_engine": _S, "io_reason": _S,
-                  "io_direct": {"type": "boolean"}}),
+                  "io_direct": {"type": "boolean"},
+                  "io_stats": {"type": "object", "additionalProperties": _I,
+                               "description": "the data I/O engine's counters (reads, "
+                               "writes, submit_calls, inflight, ...)"}}),
     "Policy": _POLICY,
     "Volume": _obj({"name": _S, "pool": _S, "id": _I, "uuid": _S,
                     "kind": {"type": "string", "enum": ["volume", "snapshot"]},

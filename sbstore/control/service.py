@@ -499,7 +499,9 @@ class ControlService:
 
     def pool_info(self, name: str | None) -> dict[str, Any]:
         pool_name, pool = self._pool(name)
-        return {"name": pool_name, **pool.stats().as_dict()}
+        # The engine's counters: submit_calls against reads + writes says how well submissions
+        # batch, inflight and backlog how deep the device queue runs.
+        return {"name": pool_name, **pool.stats().as_dict(), "io_stats": pool.engine.stats()}
 
     def status(self) -> dict[str, Any]:
         return {

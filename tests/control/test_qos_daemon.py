@@ -65,6 +65,17 @@ async def test_tenant_limit_applies_live_to_a_connected_host(daemon: DaemonThrea
         assert samples["sbstore_tenant_throttled_seconds_total"] > 0.5
         assert samples["sbstore_tenant_qos_dispatched_ios_total"] > limited
         assert "sbstore_tenant_queued_ios" in samples
+        # The daemon's admission controller counted every command it let run.
+        assert samples["sbstore_tenant_cpu_admitted_total"] >= samples[
+            "sbstore_tenant_qos_dispatched_ios_total"]
+        assert samples["sbstore_tenant_cpu_waiting_commands"] == 0
+
+        # The pool's engine counted the reads that reached the device (a thin volume never
+        # written reads zeroes without any, so write first).
+        await ctrl.write(1, 0, bytes(4096))
+        await ctrl.read(1, 0, 1)
+        pool = await in_thread(daemon.client.get, "/v1/pools/p1")
+        assert pool["io_stats"]["reads"] >= 1 and pool["io_stats"]["writes"] >= 1
 
         # A volume's own limit applies inside its tenant's.
         await in_thread(daemon.ok, "volume", "set", "vol", "--read-iops", "100",
