@@ -238,31 +238,36 @@ async def run_fast(ctrl: Controller, *, nsid: int, rw: str, bs: int, qd: int, se
 
 
 class _SocketSender:
-    """What FastQueue needs of a transport (``writelines``), on a blocking socket."""
+    """What FastQueue needs of a transport (``writelines``), on the non-blocking socket the
+    event loop left us (a dup shares its O_NONBLOCK): a full send buffer is spun on, as the
+    rest of the polling driver spins."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
         self.sock = sock
+        self.deadline = deadline
 
     def writelines(self, parts: list[Any]) -> None:
         data = memoryview(b"".join(parts))
         while data:
-            sent = self.sock.send(data)
-            data = data[sent:]
+            try:
+                data = data[self.sock.send(data):]
+            except BlockingIOError:
+                if time.perf_counter() > self.deadline:
+                    raise TimeoutError("the target stopped taking data") from None
 
 
 def _run_polled(fqs: list[FastQueue], transports: list[Any], timeout_s: float) -> None:
     """Spin over the queues' sockets (duplicated from the paused transports) until every queue
     is done or ``timeout_s`` passes."""
     socks = []
+    deadline = time.perf_counter() + timeout_s
     try:
         for fq, transport in zip(fqs, transports):
             transport.pause_reading()  # the event loop must not take our responses
             fd = transport.get_extra_info("socket").fileno()
             sock = socket.socket(fileno=os.dup(fd))
-            sock.setblocking(True)
             socks.append(sock)
-            fq.begin(_SocketSender(sock))
-        deadline = time.perf_counter() + timeout_s
+            fq.begin(_SocketSender(sock, deadline))
         dontwait = socket.MSG_DONTWAIT
         pairs = list(zip(fqs, socks))
         spins = 0
