@@ -57,7 +57,6 @@ from sbstore.iostats import InstrumentedDevice, IoStats
 from sbstore.store import (
     AlreadyExists,
     Busy,
-    HasChildren,
     InvalidArgument,
     NoSpace,
     NotFound,
@@ -84,7 +83,7 @@ class ErrorCode(enum.StrEnum):
     INVALID_ARGUMENT = "INVALID_ARGUMENT"  # the request is wrong whatever the state
     NOT_FOUND = "NOT_FOUND"  # it names something that does not exist
     ALREADY_EXISTS = "ALREADY_EXISTS"  # it would create something that exists
-    FAILED_PRECONDITION = "FAILED_PRECONDITION"  # the state forbids it (exported, has children)
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"  # the state forbids it (exported, read-only)
     BUSY = "BUSY"  # try again later (an inflate in progress)
     INTERNAL = "INTERNAL"  # a bug or an I/O failure; the log says more
 
@@ -112,8 +111,6 @@ def from_store_error(exc: StoreError) -> ControlError:
         return ControlError(ErrorCode.NOT_FOUND, msg)
     if isinstance(exc, AlreadyExists):
         return ControlError(ErrorCode.ALREADY_EXISTS, msg)
-    if isinstance(exc, HasChildren):
-        return ControlError(ErrorCode.FAILED_PRECONDITION, msg)
     if isinstance(exc, Busy):
         return ControlError(ErrorCode.BUSY, msg)
     if isinstance(exc, InvalidArgument):

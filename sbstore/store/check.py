@@ -7,7 +7,8 @@ What is verified, from the newest usable superblock:
 - every volume record (flags, sizes, unique ids and names, parent exists and is a snapshot, no
   cycle in the lineage);
 - every map entry: a data cluster of this pool, named at most once per volume, and shared only
-  between volumes of one lineage tree (so no volume can read an unrelated volume's data);
+  between volumes of one family (the lineage a volume was created in: snapshots and clones
+  inherit it), so no volume can read an unrelated volume's data;
 - every reference count equals the number of map leaves naming the cluster (a count too low
   would let a write overwrite shared data; a count too high is leaked space), metadata-area
   clusters have count 0; free space is what the counts say.
@@ -271,7 +272,8 @@ def _check_generation(backing: Backing, sb: Superblock, report: CheckReport) -> 
             report.problems.append(f"volume id {rec.id} is not below the next id "
                                    f"{sb.next_volume_id}: a new volume could reuse it")
             report.unrepairable += 1
-    # Lineage: parents exist, are snapshots, no cycles; components for the sharing check.
+    # Lineage: parents exist, are snapshots, no cycles. The sharing check's components are the
+    # families (a record's family, or its lineage's root in a pool that predates families).
     component: dict[int, int] = {}
     for rec in by_id.values():
         if rec.flags & VOL_DYING:
@@ -295,7 +297,7 @@ def _check_generation(backing: Backing, sb: Superblock, report: CheckReport) -> 
                 break
             seen.add(parent.id)
             cur = parent
-        component[rec.id] = cur.id
+        component[rec.id] = rec.family or cur.id
 
     # Maps: walk every volume, count each distinct leaf page once.
     n = sb.n_clusters

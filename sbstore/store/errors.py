@@ -8,8 +8,6 @@ Rules of this module:
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 
 class StoreError(Exception):
     """Base of every error the pool raises on purpose."""
@@ -29,14 +27,6 @@ class AlreadyExists(StoreError):
 
 class Busy(StoreError):
     """The object is in a state that forbids the operation now."""
-
-
-class HasChildren(Busy):
-    """A snapshot with more than one child cannot be deleted; ``children`` names them."""
-
-    def __init__(self, message: str, children: Sequence[str]) -> None:
-        super().__init__(message)
-        self.children = list(children)
 
 
 class ReadOnly(StoreError):

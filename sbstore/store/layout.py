@@ -249,6 +249,7 @@ _VOLREC = struct.Struct(
     "Q"     # mapped clusters (informational; recomputed by check)
     "H"     # name length
     f"{NAME_MAX_BYTES}s"
+    "Q"     # family: id of the first volume of its lineage (0: not recorded, pre-family pools)
 )
 assert _VOLREC.size <= VOLREC_SIZE
 
@@ -266,6 +267,10 @@ class VolumeRecord:
     root_crc: int = 0
     mapped: int = 0
     name: str = ""
+    # The id of the volume its lineage started from (a new volume: itself; snapshots and clones
+    # inherit it). Volumes of one family may share clusters; no others may. It outlives the
+    # lineage's snapshots, so two clones stay related when the snapshot between them is gone.
+    family: int = 0
 
 
 def push_volume_record(rec: VolumeRecord, buf: bytearray, offset: int) -> None:
@@ -275,13 +280,13 @@ def push_volume_record(rec: VolumeRecord, buf: bytearray, offset: int) -> None:
     buf[offset:offset + VOLREC_SIZE] = bytes(VOLREC_SIZE)
     _VOLREC.pack_into(buf, offset, rec.id, rec.flags, rec.size_bytes, rec.block_size,
                       rec.parent_id, rec.created_ns, rec.uuid.bytes, rec.root, rec.root_crc,
-                      rec.mapped, len(name_b), name_b)
+                      rec.mapped, len(name_b), name_b, rec.family)
 
 
 def pull_volume_record(data: bytes | bytearray | memoryview, offset: int) -> VolumeRecord | None:
     """The record at ``offset``, or None for an empty slot. Raises ValueError if malformed."""
     (vid, flags, size, bs, parent, created, uuid_b, root, root_crc, mapped, name_len,
-     name_b) = _VOLREC.unpack_from(data, offset)
+     name_b, family) = _VOLREC.unpack_from(data, offset)
     if vid == 0:
         return None
     if name_len > NAME_MAX_BYTES:
@@ -289,7 +294,7 @@ def pull_volume_record(data: bytes | bytearray | memoryview, offset: int) -> Vol
     return VolumeRecord(id=vid, flags=flags, size_bytes=size, block_size=bs, parent_id=parent,
                         created_ns=created, uuid=uuid_mod.UUID(bytes=uuid_b), root=root,
                         root_crc=root_crc, mapped=mapped,
-                        name=name_b[:name_len].decode("utf-8", "replace"))
+                        name=name_b[:name_len].decode("utf-8", "replace"), family=family)
 
 
 # --- geometry helpers -------------------------------------------------------------------------

@@ -41,7 +41,7 @@ not block the event loop; create/open/close are plain calls for startup, shutdow
     vol = await pool.create_volume(name, size_bytes, block_size=512)
     snap = await vol.snapshot(name)            # or await pool.snapshot(vol, name)
     clone = await pool.clone(snap, name)
-    await pool.delete(name_or_volume)          # a snapshot with 2+ children: HasChildren
+    await pool.delete(name_or_volume)          # a snapshot's dependents keep their data
     await pool.inflate(name_or_volume)         # independent of its snapshots
     await pool.revert(volume, snapshot)        # snapshot must be in the volume's history
     await vol.resize(new_size_bytes); await vol.rename(new_name)
@@ -73,7 +73,6 @@ from .errors import (
     AlreadyExists,
     Busy,
     Corrupt,
-    HasChildren,
     InvalidArgument,
     NoSpace,
     NotFound,
@@ -306,6 +305,8 @@ class Pool:
                     # Overwrite the unusable newest slot now, with the state we opened.
                     pool._sb_dirty = pool._dirty = True
                     pool.commit_sync()
+                if pool._fill_families() and not readonly:
+                    pool.commit_sync()  # recorded before any lineage can lose its root
                 if not readonly and finish_deletions and pool._dying:
                     pool._finish_dying_sync()
                 return pool
@@ -381,6 +382,27 @@ class Pool:
             raise Corrupt(f"superblock counts {sb.volume_count} volumes, the table holds {count}")
         meta.rebuild_free()
         self._space.rebuild_free()
+
+    def _fill_families(self) -> bool:
+        """Records written before families were recorded (family 0) get the id of their
+        lineage's root, which is their family while no root snapshot with several children has
+        been deleted (older versions refused that). True if any was filled (and marked for the
+        next commit)."""
+        filled = False
+        for vol in self._all_volumes():
+            if vol.family:
+                continue
+            root, seen = vol, {vol.id}
+            while root.parent_id and root.parent_id not in seen:
+                parent = self._by_id.get(root.parent_id)
+                if parent is None:
+                    break
+                seen.add(parent.id)
+                root = parent
+            vol.family = root.id
+            self._vt_dirty.add(vol.slot // VOLRECS_PER_PAGE)
+            self._dirty = filled = True
+        return filled
 
     def _place(self, vol: Volume) -> None:
         while len(self._slots) <= vol.slot:
@@ -545,10 +567,11 @@ class Pool:
         return len(self._slots) - 1
 
     def _add_volume(self, name: str, flags: int, size: int, block_size: int,
-                    parent_id: int) -> Volume:
+                    parent_id: int, family: int = 0) -> Volume:
+        """A new record; ``family`` 0 starts a lineage of its own."""
         rec = VolumeRecord(id=self._next_id, flags=flags, size_bytes=size, block_size=block_size,
                            parent_id=parent_id, created_ns=time.time_ns(), uuid=uuid_mod.uuid4(),
-                           name=name)
+                           name=name, family=family or self._next_id)
         slot = self._new_slot()
         self._next_id += 1
         vol = Volume(self, rec, PageTree(ceil_div(size, self.cluster_size), self._meta), slot)
@@ -606,7 +629,7 @@ class Pool:
                 vol = self._resolve(vol)
                 self._check_new_name(name)
                 snap = self._add_volume(name, VOL_SNAPSHOT, vol.size_bytes, vol.block_size,
-                                        vol.parent_id)
+                                        vol.parent_id, vol.family)
                 self._share_tree(vol, snap)
                 vol.parent_id = snap.id
                 self._record_changed(vol)
@@ -626,7 +649,8 @@ class Pool:
             self._check_new_name(name)
             await self._make_room(lambda: (0, self._share_cost(snap)))
             snap = self._resolve(snap)
-            vol = self._add_volume(name, 0, snap.size_bytes, snap.block_size, snap.id)
+            vol = self._add_volume(name, 0, snap.size_bytes, snap.block_size, snap.id,
+                                   snap.family)
             self._share_tree(snap, vol)
             await self.flush()
             return vol
@@ -634,19 +658,16 @@ class Pool:
     async def delete(self, volume: Volume | str) -> None:
         """Delete a volume or snapshot and give back the space no one else shares.
 
-        A snapshot with one child is folded into it (the child takes the snapshot's parent); a
-        snapshot with several children is refused with :class:`HasChildren`.
+        Whatever depends on a snapshot keeps every byte: each volume has its own map, holding
+        its own references, so the snapshot's references simply go. Its children (later
+        snapshots of its origin, clones made from it) take its parent; they stay one family
+        (``Volume.family``), which is what lets them keep sharing clusters.
         """
         self._writable()
         async with self._mgmt_lock:
             vol = self._resolve(volume)
             self._check_not_busy(vol)
-            children = self._children_of(vol.id)
-            if len(children) > 1:
-                names = [c.name for c in children]
-                raise HasChildren(f"snapshot {vol.name!r} has {len(children)} children ("
-                                  + ", ".join(repr(n) for n in names)
-                                  + "): delete or inflate all but one first", names)
+            # (The margin _make_room keeps covers the volume table pages the children dirty.)
             await self._make_room(lambda: (0, 2), reserve=False)
             vol = self._resolve(vol)
             for child in self._children_of(vol.id):
@@ -682,7 +703,7 @@ class Pool:
                 vol, snap = self._resolve(vol), self._resolve(snap)
                 # The old data moves to a hidden DYING record; the volume object stays (served).
                 old = self._add_volume(f"{vol.name}~before-revert", VOL_DYING, vol.size_bytes,
-                                       vol.block_size, 0)
+                                       vol.block_size, 0, vol.family)
                 old.tree, old._map, old.mapped = vol.tree, vol._map, vol.mapped
                 vol.tree = PageTree(ceil_div(snap.size_bytes, self.cluster_size), self._meta)
                 vol._map = None

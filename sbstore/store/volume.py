@@ -101,6 +101,7 @@ class Volume:
         self._bs = rec.block_size
         self._size = rec.size_bytes
         self.parent_id = rec.parent_id
+        self.family = rec.family  # the lineage it belongs to (layout.VolumeRecord.family)
         self.created_ns = rec.created_ns
         self.mapped = rec.mapped
         self.tree = tree
@@ -209,7 +210,8 @@ class Volume:
         return VolumeRecord(id=self.id, flags=self.flags, size_bytes=self._size,
                             block_size=self._bs, parent_id=self.parent_id,
                             created_ns=self.created_ns, uuid=self._uuid, root=self.tree.root,
-                            root_crc=self.tree.root_crc, mapped=self.mapped, name=self._name)
+                            root_crc=self.tree.root_crc, mapped=self.mapped, name=self._name,
+                            family=self.family)
 
     # --- map ----------------------------------------------------------------------------------
 

@@ -216,3 +216,46 @@ def test_cli_as_a_subprocess(daemon: DaemonThread) -> None:
     assert r.returncode == 2 and "is not a size" in r.stderr
     r = run("--socket", "/nonexistent/api.sock", "volume", "list")
     assert r.returncode == 3 and "cannot reach the sbstore daemon" in r.stderr
+
+
+async def test_snapshot_delete_with_clones_and_later_snapshots(daemon: DaemonThread) -> None:
+    """Through the daemon and a host: a snapshot whose origin has a later snapshot and from
+    which two clones were made is deleted with the CLI; every other volume reads back the same
+    bytes (hashes) over NVMe/TCP, and the listing shows the children in its place."""
+    import asyncio
+    import hashlib
+
+    from target.host import Controller
+    from tests.control.conftest import in_thread
+
+    daemon.ok("volume", "create", "vm", "--size", "4M")
+    daemon.ok("export", "create", NQN_1, "--volume", "vm", "--allow-any-host")
+    async with await Controller.connect("127.0.0.1", daemon.port, NQN_1) as host:
+        await host.write(1, 0, os.urandom(256 << 10))
+    await in_thread(daemon.ok, "snapshot", "create", "vm", "s1")
+    await in_thread(daemon.ok, "clone", "create", "s1", "c1")
+    await in_thread(daemon.ok, "clone", "create", "s1", "c2")
+    async with await Controller.connect("127.0.0.1", daemon.port, NQN_1) as host:
+        await host.write(1, 16, os.urandom(64 << 10))  # the origin moves on
+    await in_thread(daemon.ok, "snapshot", "create", "vm", "s2")
+    names = ["vm", "s2", "c1", "c2"]
+    for name in names[1:]:
+        await in_thread(daemon.ok, "export", "add-volume", NQN_1, name)
+
+    async def hashes() -> dict[str, str]:
+        async with await Controller.connect("127.0.0.1", daemon.port, NQN_1) as host:
+            out = {}
+            for nsid, name in enumerate(names, start=1):
+                data = await asyncio.gather(*(host.read(nsid, lba, 64)
+                                              for lba in range(0, 1024, 64)))
+                out[name] = hashlib.sha256(b"".join(bytes(d) for d in data)).hexdigest()
+            return out
+
+    before = await hashes()
+    r = await in_thread(daemon.ok, "snapshot", "delete", "s1")
+    assert r.out == "deleted snapshot s1\n"
+    assert await hashes() == before
+    listing = {x["name"]: x for x in (await in_thread(daemon.ok, "volume", "list", "--json")).json}
+    assert set(listing) == {"vm", "c1", "c2"}
+    assert (listing["vm"]["parent"], listing["c1"]["parent"], listing["c2"]["parent"]) == \
+        ("s2", None, None)

@@ -24,7 +24,7 @@ from sbstore.control.state import (
     TenantRecord,
     VolumeRecord,
 )
-from sbstore.store import Pool
+from sbstore.store import Busy, Pool
 from target.server import TargetServer
 from target.subsystem import Target
 from tests.control.conftest import HOST_A, NQN_1
@@ -163,19 +163,26 @@ async def test_export_changes_are_undone_when_they_cannot_be_persisted(parts: Pa
     assert sorted(v.name for v in parts.pool.volumes) == ["v", "w"]
 
 
-async def test_a_failed_pool_delete_puts_the_namespaces_back(parts: Parts) -> None:
-    """Deleting a snapshot with two children fails in the pool after the force removed its
-    namespace: the namespace is exported again, under the same NSID."""
+async def test_a_failed_pool_delete_puts_the_namespaces_back(
+        parts: Parts, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pool refuses a delete after the force removed the volume's namespace (here an
+    injected refusal, as an inflate in progress would give): the namespace is exported again,
+    under the same NSID."""
     svc = parts.service
     await svc.create_volume("v", 4 << 20)
     await svc.create_snapshot("v", "s")
     await svc.create_clone("s", "c")
     await svc.create_export(NQN_1, volumes=["v", "s"], allow_any_host=True)
     before = svc.show_export(NQN_1)
+
+    async def refuse(volume: object) -> None:
+        raise Busy("'s' is busy (injected); try again when it is done")
+
+    monkeypatch.setattr(parts.pool, "delete", refuse)
     with pytest.raises(ControlError) as refused:
         await svc.delete_volume("s", force=True, kind="snapshot")
-    assert refused.value.code is ErrorCode.FAILED_PRECONDITION
-    assert "children" in refused.value.message
+    assert refused.value.code is ErrorCode.BUSY
+    assert "injected" in refused.value.message
     assert svc.show_export(NQN_1) == before
     assert sorted(parts.target.subsystems[NQN_1].namespaces) == [1, 2]
 

@@ -12,7 +12,7 @@ management operation completed). Lines:
     F seq                 durable below seq
     S seq vol snap / SD seq      snapshot started / done
     C seq snap clone / CD seq    clone started / done
-    D seq name / DD seq / DH seq delete started / done / refused (children)
+    D seq name / DD seq        delete started / done
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import struct
 import sys
 from collections.abc import Callable
 
-from sbstore.store import HasChildren, Pool
+from sbstore.store import Pool
 
 BS = 512
 
@@ -111,15 +111,10 @@ async def workload(pool: Pool, rng: random.Random, seq: int, say: Callable[[str]
             victims = snaps + [v for v in vols if v.name.startswith("c")]
             x = rng.choice(victims)
             say(f"D {seq} {x.name}")
-            try:
-                await pool.delete(x)
-            except HasChildren:
-                say(f"DH {seq}")
-                seq += 1
-            else:
-                say(f"DD {seq}")
-                seq += 1
-                say(f"F {seq}")
+            await pool.delete(x)
+            say(f"DD {seq}")
+            seq += 1
+            say(f"F {seq}")
 
 
 if __name__ == "__main__":

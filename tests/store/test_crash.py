@@ -97,8 +97,6 @@ def apply(model: dict[str, Vol], lines: list[str]) -> tuple[int, int]:
             pending[seq] = f[2]
         elif kind == "DD":
             del model[pending.pop(seq)]
-        elif kind == "DH":
-            model[pending.pop(seq)].maybe_deleted = False
         else:
             raise AssertionError(f"unknown line {line!r}")
     return durable, nxt

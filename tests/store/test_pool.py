@@ -10,7 +10,6 @@ import pytest
 from sbstore.store import (
     AlreadyExists,
     Busy,
-    HasChildren,
     InvalidArgument,
     NoSpace,
     NotFound,
@@ -164,7 +163,7 @@ async def test_snapshot_is_frozen_and_chains(pool: Pool) -> None:
     assert snaps[2].children == [snaps[3]]
 
 
-async def test_clone_tree_and_has_children(pool: Pool) -> None:
+async def test_clone_tree(pool: Pool) -> None:
     v = await pool.create_volume("v", 1 << 20)
     await v.write(0, b"a" * 4096)
     s = await v.snapshot("s")
@@ -180,14 +179,81 @@ async def test_clone_tree_and_has_children(pool: Pool) -> None:
     # A clone's snapshot takes the clone's place under s: c1 -> c1s -> s.
     assert {x.name for x in s.children} == {"v", "c1s", "c2"}
     assert c1.parent is cs and cs.children == [c1, c1c]
-    with pytest.raises(HasChildren) as err:
-        await pool.delete("s")
-    assert set(err.value.children) == {"v", "c1s", "c2"}
-    assert "'c1s'" in str(err.value) and "'c2'" in str(err.value)
     with pytest.raises(InvalidArgument):
         await pool.clone(v, "nope")  # not a snapshot
     with pytest.raises(InvalidArgument):
         await s.snapshot("nope")  # snapshots are frozen already
+
+
+async def test_delete_a_snapshot_whatever_depends_on_it(pool: Pool) -> None:
+    """A root snapshot whose origin has later snapshots and from which two clones were made
+    (one of them snapshotted and cloned again) is deleted: every other volume reads what it
+    read, its children take its place in the lineage, and the pool checks clean, before and
+    after a reopen."""
+    v = await pool.create_volume("v", 1 << 20)
+    await v.write(0, os.urandom(4 * C))
+    s1 = await v.snapshot("s1")
+    c1 = await pool.clone(s1, "c1")
+    c2 = await pool.clone(s1, "c2")
+    await c1.write(0, os.urandom(C))
+    c1s = await c1.snapshot("c1s")
+    c1c = await pool.clone(c1s, "c1c")
+    await v.write(2 * 128, os.urandom(2 * C))  # v's own clusters 2-3; the clones keep s1's
+    s2 = await v.snapshot("s2")
+    await v.write(0, os.urandom(512))
+    others = [v, s2, c1, c2, c1s, c1c]
+    before = {x.name: bytes(await x.read(0, x.num_blocks)) for x in others}
+    assert {x.name for x in s1.children} == {"s2", "c1s", "c2"}
+    free = pool.stats().free_bytes
+    await pool.delete("s1")
+    with pytest.raises(NotFound):
+        pool.volume("s1")
+    assert {x.name: bytes(await x.read(0, x.num_blocks)) for x in others} == before
+    assert s2.parent is None and c2.parent is None and c1s.parent is None
+    assert c1.parent is c1s and v.parent is s2
+    assert len({x.family for x in others}) == 1  # still one family: they share clusters
+    assert pool.stats().free_bytes == free  # c2 still holds every cluster s1 named
+    assert_clean(pool.path)
+    # They keep sharing, and writes after the delete still copy rather than overwrite.
+    await c2.write(0, b"x" * 512)
+    assert bytes(await s2.read(0, 1)) == before["s2"][:512]
+    before["c2"] = b"x" * 512 + before["c2"][512:]
+    pool = await reopen(pool)
+    try:
+        for name, data in before.items():
+            x = pool.volume(name)
+            assert bytes(await x.read(0, x.num_blocks)) == data, name
+        await pool.delete("s2")  # now a snapshot with one child, v
+        assert pool.volume("v").parent is None
+    finally:
+        await pool.aclose()
+    assert_clean(pool.path)
+
+
+async def test_a_pool_from_before_families_gets_them_at_open(pool: Pool) -> None:
+    """Records written without a family (0, as versions before it wrote them) check clean by
+    their lineage, get their lineage's root as family when the pool opens for writing, and a
+    root snapshot with two clones can then be deleted."""
+    v = await pool.create_volume("v", 1 << 20)
+    await v.write(0, os.urandom(2 * C))
+    s = await v.snapshot("s")
+    c = await pool.clone(s, "c")
+    other = await pool.create_volume("other", 1 << 20)
+    for x in (v, s, c, other):
+        x.family = 0
+        pool._record_changed(x)
+    await pool.flush()
+    assert_clean(pool.path)
+    pool = await reopen(pool)
+    try:
+        families = {x.name: x.family for x in pool.volumes}
+        assert families == {"v": s.id, "s": s.id, "c": s.id, "other": other.id}
+        data = bytes(await pool.volume("c").read(0, 2 * C // 512))
+        await pool.delete("s")
+        assert bytes(await pool.volume("c").read(0, 2 * C // 512)) == data
+    finally:
+        await pool.aclose()
+    assert_clean(pool.path)
 
 
 async def test_delete_snapshot_with_one_child_folds(pool: Pool) -> None:
