@@ -77,6 +77,9 @@ class Daemon:
     def warnings(self) -> int:
         return sum(" WARNING " in line for line in list(self.lines))
 
+    def join_stderr(self) -> None:
+        self._stderr.join(10)
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -167,10 +170,12 @@ def main() -> int:
                 time.sleep(SETTLE_S)
                 print(f"garbage connections: {args.garbage}, closed by the daemon: {closed}; "
                       f"WARNING lines: {daemon.warnings() - warned}")
-                for line in [x for x in daemon.lines if "suppressed" in x][-3:]:
-                    print("  " + line.rstrip())
         finally:
             daemon.stop()
+        # The summary of what the rate limit dropped: at the end of its window, or at stop.
+        daemon.join_stderr()
+        for line in [x for x in daemon.lines if "suppressed" in x][-3:]:
+            print("  " + line.rstrip())
     return 0
 
 
