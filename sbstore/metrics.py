@@ -74,7 +74,7 @@ The target:
                                              time, waiting_for = icreq|connect
   sbstore_log_lines_suppressed_total{kind}   per-connection log lines not written (rate limit),
                                              kind = protocol_error|peer_terminated|refused|
-                                             handshake_timeout
+                                             handshake_timeout|connect_refused
   sbstore_build_info{version,python}         1
 Plus prometheus_client's process_* and python_* series (``standard_collectors=True``).
 """

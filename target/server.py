@@ -63,8 +63,10 @@ LOG_PROTOCOL_ERROR = "protocol_error"
 LOG_PEER_TERMINATED = "peer_terminated"
 LOG_REFUSED = "refused"
 LOG_TIMED_OUT = "handshake_timeout"
+LOG_CONNECT_REFUSED = "connect_refused"
 _LOG_LEVELS = {LOG_PROTOCOL_ERROR: logging.WARNING, LOG_PEER_TERMINATED: logging.INFO,
-               LOG_REFUSED: logging.WARNING, LOG_TIMED_OUT: logging.INFO}
+               LOG_REFUSED: logging.WARNING, LOG_TIMED_OUT: logging.INFO,
+               LOG_CONNECT_REFUSED: logging.INFO}
 
 
 @dataclass(frozen=True)
@@ -325,6 +327,7 @@ class QueueConnection(asyncio.BufferedProtocol):
                                local_traddr=local[0] if local else None)
         session.on_close = self.close
         session.on_async_response = self._send_response
+        session.on_connect_refused = self._connect_refused
         self._session = session
         if self._handshake_timer is not None:  # the ICReq came: now the Connect must
             self._handshake_timer.cancel()
@@ -466,6 +469,10 @@ class QueueConnection(asyncio.BufferedProtocol):
             self._session.handle_timer(time.monotonic())
             self._flush()
             self._rearm_timer()
+
+    def _connect_refused(self, error: Exception) -> None:
+        self._server.log_limited(LOG_CONNECT_REFUSED, "connection %s: Connect refused: %s",
+                                 self.peer, error)
 
     def _on_handshake_deadline(self) -> None:
         self._handshake_timer = None

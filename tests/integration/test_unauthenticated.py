@@ -20,6 +20,7 @@ import pytest
 from target.blockdev import RamDevice
 from target.connlimits import ConnectionLimits
 from target.host import Controller, QueueClient
+from target.host.queue_client import CommandFailed
 from target.server import TargetServer
 from target.subsystem import Subsystem, Target
 
@@ -204,3 +205,20 @@ async def test_garbage_connections_log_a_bounded_number_of_lines(caplog) -> None
 def test_limits_are_validated(kw: dict[str, object]) -> None:
     with pytest.raises(ValueError, match=next(iter(kw))):
         ConnectionLimits(**kw)  # type: ignore[arg-type]
+
+
+async def test_refused_connects_are_rate_limited_too(caplog) -> None:
+    # A Connect to a subsystem that does not exist is a line a stranger can provoke per
+    # connection, like a protocol error: the same limit applies.
+    async with serving(ConnectionLimits(), log_burst=3, log_interval_s=30) as (server, port):
+        caplog.set_level(logging.INFO, logger="sbstore.target")
+        for _ in range(20):
+            with pytest.raises(CommandFailed):
+                await Controller.connect("127.0.0.1", port, "nqn.2026-11.io.sbstore:nope")
+        async with await Controller.connect("127.0.0.1", port, NQN) as ctrl:
+            await ctrl.write(1, 0, b"\x44" * 512)
+    refused = [r for r in caplog.records if "Connect refused" in r.getMessage()]
+    assert len(refused) == 3
+    assert server.log_suppressed()["connect_refused"] == 17
+    assert any("17 similar messages suppressed (connect_refused)" in r.getMessage()
+               for r in caplog.records)  # written when the server stopped
