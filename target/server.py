@@ -524,6 +524,7 @@ class TargetServer:
     gate: ConnectionGate = field(init=False)
     _logs: dict[str, LogLimiter] = field(init=False)
     _log_timer: asyncio.TimerHandle | None = field(default=None, init=False)
+    _log_timer_at: float = field(default=0.0, init=False)  # time.monotonic() it is armed for
 
     def __post_init__(self) -> None:
         self.gate = ConnectionGate(self.connection_limits)
@@ -549,17 +550,21 @@ class TargetServer:
     def _arm_log_flush(self) -> None:
         # One timer for all kinds, so that a summary of what was suppressed is written when
         # its window ends even if the flood has stopped.
-        if self._log_timer is not None:
-            return
         due = [d for d in (limiter.next_deadline() for limiter in self._logs.values())
                if d is not None]
-        if due:
-            self._log_timer = asyncio.get_running_loop().call_later(
-                max(0.0, min(due) - time.monotonic()), self._flush_logs)
+        if not due or (self._log_timer is not None and self._log_timer_at <= min(due)):
+            return
+        if self._log_timer is not None:
+            self._log_timer.cancel()
+        self._log_timer_at = min(due)
+        self._log_timer = asyncio.get_running_loop().call_later(
+            max(0.0, self._log_timer_at - time.monotonic()), self._flush_logs)
 
     def _flush_logs(self) -> None:
         self._log_timer = None
-        now = time.monotonic()
+        # The loop's timers are coarser than time.monotonic() (uvloop: 1 ms) and may fire a
+        # little early: the deadline armed for has passed, whatever the clock says.
+        now = max(time.monotonic(), self._log_timer_at)
         for limiter in self._logs.values():
             limiter.flush(now)
         self._arm_log_flush()
