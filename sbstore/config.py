@@ -30,6 +30,7 @@ The keys (see systemd/sbstore.toml for a commented example)::
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -460,7 +461,7 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>",
     timeouts: list[float] = []
     for key in ("icreq_timeout_s", "connect_timeout_s"):
         value = l_s.get(key, (int, float), getattr(LimitsConfig, key))
-        if value != value or not 0 < value <= LimitsConfig.MAX_TIMEOUT_S:
+        if math.isnan(value) or not 0 < value <= LimitsConfig.MAX_TIMEOUT_S:
             raise l_s.error(f"{value} is out of range: seconds above 0, at most "
                             f"{LimitsConfig.MAX_TIMEOUT_S:g}", key)
         timeouts.append(float(value))

@@ -15,9 +15,11 @@ never closed by these limits: the caps act at accept, the deadlines only before 
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
+from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Any, Hashable
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class ConnectionLimits:
         """Why these limits are invalid, or None."""
         for name in ("icreq_timeout_s", "connect_timeout_s"):
             value = getattr(self, name)
-            if (type(value) not in (int, float) or value != value
+            if (type(value) not in (int, float) or math.isnan(value)
                     or not 0 < value <= self.MAX_TIMEOUT_S):
                 return f"{name} must be a number of seconds above 0, at most " \
                        f"{self.MAX_TIMEOUT_S:g}, not {value!r}"

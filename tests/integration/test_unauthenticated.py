@@ -61,7 +61,7 @@ async def closed_by_peer(sock: socket.socket, timeout_s: float) -> bool:
             data = await asyncio.wait_for(loop.sock_recv(sock, 4096), left)
         except (ConnectionResetError, BrokenPipeError):
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         if not data:
             return True
