@@ -21,6 +21,8 @@ The keys (see systemd/sbstore.toml for a commented example)::
     [metrics]  listen = "127.0.0.1:9420"  allow_remote = false  enabled = true
                per_volume = "counters"              # full | counters | none
     [target]   busy_poll_us = 0                     # > 0: poll, not sleep, this long after I/O
+    [limits]   icreq_timeout_s = 10  connect_timeout_s = 20     # close silent connections
+               max_connections_per_listener = 4096  max_connections_per_source = 1024
     [[pools]]  name = "local"  path = "local.pool"  create_size = "100G"  cluster_size = "256K"
                io = "auto"   # auto | io_uring | threads | buffered (the data I/O engine)
     [[listeners]] address = "192.0.2.10" | interface = "eth1";  port = 4420
@@ -28,6 +30,7 @@ The keys (see systemd/sbstore.toml for a commented example)::
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -178,6 +181,25 @@ class TargetConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """What a client may hold before it has identified itself (issue 8): a connection that
+    sends no ICReq within ``icreq_timeout_s`` of accept, or no Connect within
+    ``connect_timeout_s`` of the ICResp, is closed; a connection beyond
+    ``max_connections_per_listener`` open on its listener, or ``max_connections_per_source``
+    open from its address (over all listeners), is closed at accept. A connected queue is never
+    closed by these. The defaults and why they are what they are: target.connlimits
+    (ConnectionLimits, which these become)."""
+
+    icreq_timeout_s: float = 10.0
+    connect_timeout_s: float = 20.0
+    max_connections_per_listener: int = 4096
+    max_connections_per_source: int = 1024
+
+    MAX_TIMEOUT_S = 3600.0
+    MAX_CONNECTIONS = 1 << 20
+
+
+@dataclass(frozen=True)
 class PoolConfig:
     """A pool to open at start. ``create_size``: format ``path`` (a file) with this size when
     it does not exist yet; otherwise a missing pool is an error."""
@@ -218,6 +240,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     qos: QosConfig = field(default_factory=QosConfig)
     target: TargetConfig = field(default_factory=TargetConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     pools: tuple[PoolConfig, ...] = ()
     listeners: tuple[ListenerConfig, ...] = ()
     source: str = "<built in>"  # the file it came from, for messages
@@ -434,6 +457,25 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>",
     t_s.done()
     target = TargetConfig(busy_poll_us=busy_poll_us)
 
+    l_s = _Section(top.get("limits", dict, {}), "limits", source)
+    timeouts: list[float] = []
+    for key in ("icreq_timeout_s", "connect_timeout_s"):
+        value = l_s.get(key, (int, float), getattr(LimitsConfig, key))
+        if math.isnan(value) or not 0 < value <= LimitsConfig.MAX_TIMEOUT_S:
+            raise l_s.error(f"{value} is out of range: seconds above 0, at most "
+                            f"{LimitsConfig.MAX_TIMEOUT_S:g}", key)
+        timeouts.append(float(value))
+    caps: list[int] = []
+    for key in ("max_connections_per_listener", "max_connections_per_source"):
+        value = l_s.get(key, int, getattr(LimitsConfig, key))
+        if not 1 <= value <= LimitsConfig.MAX_CONNECTIONS:
+            raise l_s.error(f"{value} is out of range 1..{LimitsConfig.MAX_CONNECTIONS}", key)
+        caps.append(value)
+    l_s.done()
+    limits = LimitsConfig(icreq_timeout_s=timeouts[0], connect_timeout_s=timeouts[1],
+                          max_connections_per_listener=caps[0],
+                          max_connections_per_source=caps[1])
+
     pools: list[PoolConfig] = []
     raw_pools = top.get("pools", list, [])
     for i, raw in enumerate(raw_pools):
@@ -502,8 +544,8 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>",
         listeners.append(lc)
     top.done()
     return Config(state_dir=state_dir, log=LogConfig(level), api=api, metrics=metrics,
-                  qos=qos, target=target, pools=tuple(pools), listeners=tuple(listeners),
-                  source=source)
+                  qos=qos, target=target, limits=limits, pools=tuple(pools),
+                  listeners=tuple(listeners), source=source)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

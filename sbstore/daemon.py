@@ -45,6 +45,7 @@ from sbstore.config import (
 from sbstore.control.state import DEFAULT_TENANT, ListenerRecord, StateError, StateStore
 from sbstore.qos import QosManager
 from sbstore.store.engines.buffers import BufferPool
+from target.connlimits import ConnectionLimits
 from target.server import TargetServer, TransportLimits
 from target.subsystem import Subsystem, Target
 
@@ -287,9 +288,15 @@ async def run_daemon(config: Config, *, demo: DemoConfig | None = None,
         # Writes' data is gathered in page-aligned buffers: an O_DIRECT engine writes it as it
         # came off the socket, with no copy to align it.
         transfer_buffers = BufferPool()
+        limits = config.limits
         server = TargetServer(target, TransportLimits(
             busy_poll_s=config.target.busy_poll_us / 1e6,
-            transfer_buffer=transfer_buffers.get), admission=qos.admission)
+            transfer_buffer=transfer_buffers.get), admission=qos.admission,
+            connection_limits=ConnectionLimits(
+                icreq_timeout_s=limits.icreq_timeout_s,
+                connect_timeout_s=limits.connect_timeout_s,
+                max_per_listener=limits.max_connections_per_listener,
+                max_per_source=limits.max_connections_per_source))
         stack.push_async_callback(server.close)
         service = ControlService(state, pools, target, server, device_wrapper=qos.device_hook)
         stack.push_async_callback(service.close)

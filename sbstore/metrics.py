@@ -71,6 +71,14 @@ The target:
   sbstore_subsystems                         NVM subsystems (discovery not counted)
   sbstore_namespaces                         namespaces over all subsystems
   sbstore_listeners                          listeners
+  sbstore_listener_connections{listener}     open connections per listener (address:port)
+  sbstore_connection_limit{scope}            the caps ([limits]), scope = listener|source
+  sbstore_connections_refused_total{reason}  closed at accept, reason = listener_cap|source_cap
+  sbstore_connections_timed_out_total{waiting_for}  closed without an ICReq or a Connect in
+                                             time, waiting_for = icreq|connect
+  sbstore_log_lines_suppressed_total{kind}   per-connection log lines not written (rate limit),
+                                             kind = protocol_error|peer_terminated|refused|
+                                             handshake_timeout|connect_refused
   sbstore_build_info{version,python}         1
 Plus prometheus_client's process_* and python_* series (``standard_collectors=True``).
 """
@@ -82,7 +90,7 @@ import logging
 import platform
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import accumulate
 from operator import add, attrgetter, sub
 from typing import TYPE_CHECKING, NamedTuple, Self
@@ -90,6 +98,7 @@ from typing import TYPE_CHECKING, NamedTuple, Self
 import sbstore
 from sbstore.config import METRICS_PER_VOLUME
 from sbstore.iostats import BUCKET_BOUNDS_NS, FIRST_BUCKET_EXP, LAST_BUCKET_EXP, N_SLOTS, IoStats
+from target.connlimits import REFUSED_LISTENER, REFUSED_SOURCE, WAITING_CONNECT, WAITING_ICREQ
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -146,12 +155,19 @@ class TargetSample:
     subsystems: int = 0
     namespaces: int = 0
     listeners: int = 0
+    # What keeps unauthenticated clients in check (target.connlimits, target.loglimit); each
+    # a tuple of (label value, number).
+    listener_connections: tuple[tuple[str, int], ...] = ()
+    connection_limits: tuple[tuple[str, int], ...] = ()  # scope: listener, source
+    refused: tuple[tuple[str, int], ...] = ()  # reason
+    timed_out: tuple[tuple[str, int], ...] = ()  # waiting_for
+    log_suppressed: tuple[tuple[str, int], ...] = ()  # kind
 
     @classmethod
     def of(cls, target: Target, server: TargetServer | None = None) -> TargetSample:
         """Count what ``target`` (and ``server``'s connections) hold right now (loop thread)."""
         subsystems = list(target.subsystems.values())
-        return cls(
+        sample = cls(
             connections=server.connection_count if server is not None else 0,
             io_controllers=sum(len(s.controllers) for s in subsystems),
             discovery_controllers=len(target.discovery.controllers),
@@ -159,6 +175,25 @@ class TargetSample:
             namespaces=sum(len(s.namespaces) for s in subsystems),
             listeners=len(target.listeners),
         )
+        if server is None:
+            return sample
+        gate, limits = server.gate, server.connection_limits
+        return replace(
+            sample,
+            # Every listener, the idle ones too (a series that vanishes at 0 hides a drop).
+            listener_connections=tuple(
+                (_listener_label(x.traddr, x.trsvcid), gate.open_by_listener.get(x, 0))
+                for x in server.listeners),
+            connection_limits=(("listener", limits.max_per_listener),
+                               ("source", limits.max_per_source)),
+            refused=tuple((r, gate.refused[r]) for r in (REFUSED_LISTENER, REFUSED_SOURCE)),
+            timed_out=tuple((w, gate.timed_out[w]) for w in (WAITING_ICREQ, WAITING_CONNECT)),
+            log_suppressed=tuple(sorted(server.log_suppressed().items())),
+        )
+
+
+def _listener_label(traddr: str, trsvcid: str) -> str:
+    return f"[{traddr}]:{trsvcid}" if ":" in traddr else f"{traddr}:{trsvcid}"
 
 
 @dataclass(frozen=True)
@@ -350,6 +385,11 @@ class _TenantSum:
 def _gauge_family(name: str, doc: str, rows: Iterable[tuple[str, float]]) -> str:
     return _header(name, "gauge", doc) + "".join(f"{name}{_braced(inner)} {v}\n"
                                                  for inner, v in rows)
+
+
+def _counter_family(name: str, doc: str, rows: Iterable[tuple[str, float]]) -> str:
+    return _header(name, "counter", doc) + "".join(f"{name}{_braced(inner)} {v}\n"
+                                                   for inner, v in rows)
 
 
 class Exposition:
@@ -552,6 +592,23 @@ class Exposition:
                 _gauge_family("sbstore_namespaces", "Namespaces over all subsystems.",
                               [("", t.namespaces)]),
                 _gauge_family("sbstore_listeners", "NVMe/TCP listeners.", [("", t.listeners)]),
+                _gauge_family("sbstore_listener_connections",
+                              "Open NVMe/TCP connections per listener.",
+                              [(_labels(listener=k), v) for k, v in t.listener_connections]),
+                _gauge_family("sbstore_connection_limit",
+                              "Most connections open per listener, or per source address "
+                              "over all listeners; beyond, they are closed at accept.",
+                              [(_labels(scope=k), v) for k, v in t.connection_limits]),
+                _counter_family("sbstore_connections_refused_total",
+                                "Connections closed at accept: a cap was reached.",
+                                [(_labels(reason=k), v) for k, v in t.refused]),
+                _counter_family("sbstore_connections_timed_out_total",
+                                "Connections closed for sending no ICReq, or no Connect "
+                                "after it, in time.",
+                                [(_labels(waiting_for=k), v) for k, v in t.timed_out]),
+                _counter_family("sbstore_log_lines_suppressed_total",
+                                "Per-connection log lines not written (rate-limited).",
+                                [(_labels(kind=k), v) for k, v in t.log_suppressed]),
             ]
         parts.append(_gauge_family("sbstore_build_info", "sbstore version.", [(
             _labels(version=sbstore.__version__, python=platform.python_version()), 1)]))

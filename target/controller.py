@@ -395,6 +395,9 @@ class QueueSession:
         self.allow_success_flag = False
         self.on_async_response: Callable[[Response], None] | None = None
         self.on_close: Callable[[], None] | None = None
+        # Reports a refused Connect (the reason); None: logged here. Anyone who reaches a
+        # listener can provoke one per connection, so the server rate-limits them.
+        self.on_connect_refused: Callable[[st.NvmeError], None] | None = None
         self.closed = False
         self._detached = False
         self._close_at: float | None = None
@@ -521,7 +524,10 @@ class QueueSession:
                 return self._connect_admin(cmd, cid, now)
             return self._connect_io(cmd, cid, now)
         except st.NvmeError as e:
-            log.info("Connect refused: %s", e)
+            if self.on_connect_refused is not None:
+                self.on_connect_refused(e)
+            else:
+                log.info("Connect refused: %s", e)
             return self.fail(cid, 0, e)
         except Exception:
             log.exception("Connect failed")

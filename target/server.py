@@ -21,6 +21,10 @@ Rules of this module:
 - Busy-polling (off by default, :mod:`target.busypoll`): every receive kicks the server's one
   poller, which keeps the loop polling instead of sleeping for a bounded time.
 - A failure on one connection closes that connection only.
+- Unauthenticated clients cannot exhaust the daemon (``target.connlimits``): a connection over
+  its listener's or its source address's cap is closed at accept, one that sends no ICReq, or
+  no Connect after it, in time is closed, and the lines a peer can provoke per connection are
+  rate-limited (``target.loglimit``). A connected queue is never closed by these.
 """
 from __future__ import annotations
 
@@ -34,7 +38,10 @@ from typing import Any, Awaitable, Callable, Coroutine, cast
 
 from target.admission import Admission
 from target.busypoll import BusyPoller
+from target.connlimits import (REFUSED_LISTENER, WAITING_CONNECT, WAITING_ICREQ, ConnectionGate,
+                               ConnectionLimits)
 from target.controller import QueueSession, Response
+from target.loglimit import DEFAULT_BURST, DEFAULT_INTERVAL_S, LogLimiter
 from target.subsystem import Listener, Target
 from target.tcp.queue import (CommandReceived, PeerTerminated, ProtocolFailed, QueueEstablished,
                               TargetQueue)
@@ -49,6 +56,17 @@ WRITE_LOW_WATER = 1 << 20
 # has not let run yet (target.admission); read again once it is down to the low mark.
 HELD_HIGH_WATER = 64
 HELD_LOW_WATER = 16
+
+# Kinds of per-connection log lines, each rate-limited on its own (a flood of one kind does
+# not hide the others); the metrics count what each did not log.
+LOG_PROTOCOL_ERROR = "protocol_error"
+LOG_PEER_TERMINATED = "peer_terminated"
+LOG_REFUSED = "refused"
+LOG_TIMED_OUT = "handshake_timeout"
+LOG_CONNECT_REFUSED = "connect_refused"
+_LOG_LEVELS = {LOG_PROTOCOL_ERROR: logging.WARNING, LOG_PEER_TERMINATED: logging.INFO,
+               LOG_REFUSED: logging.WARNING, LOG_TIMED_OUT: logging.INFO,
+               LOG_CONNECT_REFUSED: logging.INFO}
 
 
 @dataclass(frozen=True)
@@ -182,6 +200,11 @@ class QueueConnection(asyncio.BufferedProtocol):
         self._batching = False  # inside _process_events: responses are flushed once at its end
         self._flush_soon = False  # a _flush_later is scheduled
         self.peer: str = "?"
+        self._source = "?"  # the peer's address, for the per-source cap
+        self._counted = False  # admitted by the server's ConnectionGate (released when lost)
+        # Closes the connection if it is still without an ICReq, or without a Connect, when
+        # it fires (target.connlimits); it does nothing once the queue is connected.
+        self._handshake_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.BufferedProtocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -193,7 +216,21 @@ class QueueConnection(asyncio.BufferedProtocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
-        self._server._connections.add(self)
+        self._source = str(peer[0]) if peer else "?"
+        server = self._server
+        refused = server.gate.admit(self._listener, self._source)
+        if refused is not None:
+            # Closed before anything is allocated or read; a reset, not a FIN, so not even a
+            # TIME_WAIT entry is left on our side. Connections already open are untouched.
+            self._closing = True
+            server.log_limited(LOG_REFUSED, "connection %s refused: %s reached (%d per %s)",
+                               self.peer, refused, *server.cap_of(refused))
+            transport.abort()
+            return
+        self._counted = True
+        server._connections.add(self)
+        self._handshake_timer = self._loop.call_later(
+            server.connection_limits.icreq_timeout_s, self._on_handshake_deadline)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._queue.get_buffer(sizehint)
@@ -210,6 +247,12 @@ class QueueConnection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         self._server._connections.discard(self)
+        if self._counted:
+            self._counted = False
+            self._server.gate.release(self._listener, self._source)
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -263,14 +306,16 @@ class QueueConnection(asyncio.BufferedProtocol):
             elif type(event) is QueueEstablished:
                 self._start_session()
             elif type(event) is ProtocolFailed:
-                log.warning("connection %s: protocol error (fes %d): %s", self.peer, event.fes,
-                            event.message)
+                self._server.log_limited(LOG_PROTOCOL_ERROR,
+                                         "connection %s: protocol error (fes %d): %s",
+                                         self.peer, event.fes, event.message)
                 self._flush()
                 self.close()
                 return
             elif type(event) is PeerTerminated:
-                log.info("connection %s: host terminated the connection (fes %d)", self.peer,
-                         event.fes)
+                self._server.log_limited(LOG_PEER_TERMINATED,
+                                         "connection %s: host terminated the connection "
+                                         "(fes %d)", self.peer, event.fes)
                 self.close()
                 return
 
@@ -282,7 +327,12 @@ class QueueConnection(asyncio.BufferedProtocol):
                                local_traddr=local[0] if local else None)
         session.on_close = self.close
         session.on_async_response = self._send_response
+        session.on_connect_refused = self._connect_refused
         self._session = session
+        if self._handshake_timer is not None:  # the ICReq came: now the Connect must
+            self._handshake_timer.cancel()
+            self._handshake_timer = self._loop.call_later(
+                self._server.connection_limits.connect_timeout_s, self._on_handshake_deadline)
 
     def _dispatch(self, event: CommandReceived) -> None:
         session = self._session
@@ -420,6 +470,30 @@ class QueueConnection(asyncio.BufferedProtocol):
             self._flush()
             self._rearm_timer()
 
+    def _connect_refused(self, error: Exception) -> None:
+        self._server.log_limited(LOG_CONNECT_REFUSED, "connection %s: Connect refused: %s",
+                                 self.peer, error)
+
+    def _on_handshake_deadline(self) -> None:
+        self._handshake_timer = None
+        session = self._session
+        if self._closing:
+            return
+        if session is None:
+            waiting_for = WAITING_ICREQ
+        elif session.controller is None and not session.closed:
+            waiting_for = WAITING_CONNECT
+        else:
+            return  # connected: the controller's keep-alive looks after it from now on
+        server = self._server
+        server.gate.note_timed_out(waiting_for)
+        limits = server.connection_limits
+        server.log_limited(LOG_TIMED_OUT, "connection %s closed: no %s within %g s", self.peer,
+                           "ICReq" if waiting_for == WAITING_ICREQ else "Connect",
+                           limits.icreq_timeout_s if waiting_for == WAITING_ICREQ
+                           else limits.connect_timeout_s)
+        self.close()
+
     def close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._flush()
@@ -440,9 +514,65 @@ class TargetServer:
     target: Target
     limits: TransportLimits = field(default_factory=TransportLimits)
     admission: Admission | None = None  # None: every command runs when it arrives
+    connection_limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    # Per-connection log lines of one kind written per interval (target.loglimit).
+    log_burst: int = DEFAULT_BURST
+    log_interval_s: float = DEFAULT_INTERVAL_S
     _bound: list[_Bound] = field(default_factory=list)
     _connections: set[QueueConnection] = field(default_factory=set)
     _poller: BusyPoller | None = None
+    gate: ConnectionGate = field(init=False)
+    _logs: dict[str, LogLimiter] = field(init=False)
+    _log_timer: asyncio.TimerHandle | None = field(default=None, init=False)
+    _log_timer_at: float = field(default=0.0, init=False)  # time.monotonic() it is armed for
+
+    def __post_init__(self) -> None:
+        self.gate = ConnectionGate(self.connection_limits)
+        self._logs = {kind: LogLimiter(log, level, kind, burst=self.log_burst,
+                                       interval_s=self.log_interval_s)
+                      for kind, level in _LOG_LEVELS.items()}
+
+    def cap_of(self, refused: str) -> tuple[int, str]:
+        """The cap a refusal reason stands for, and what it counts per (for messages)."""
+        if refused == REFUSED_LISTENER:
+            return self.connection_limits.max_per_listener, "listener"
+        return self.connection_limits.max_per_source, "source address"
+
+    def log_limited(self, kind: str, msg: str, *args: object) -> None:
+        """Log a line a peer provoked, rate-limited per ``kind`` (a LOG_* name)."""
+        self._logs[kind].log(time.monotonic(), msg, *args)
+        self._arm_log_flush()
+
+    def log_suppressed(self) -> dict[str, int]:
+        """Per LOG_* kind: the lines not logged since the server was made."""
+        return {kind: limiter.suppressed_total for kind, limiter in self._logs.items()}
+
+    def _arm_log_flush(self) -> None:
+        # One timer for all kinds, so that a summary of what was suppressed is written when
+        # its window ends even if the flood has stopped.
+        due = [d for d in (limiter.next_deadline() for limiter in self._logs.values())
+               if d is not None]
+        if not due or (self._log_timer is not None and self._log_timer_at <= min(due)):
+            return
+        if self._log_timer is not None:
+            self._log_timer.cancel()
+        self._log_timer_at = min(due)
+        self._log_timer = asyncio.get_running_loop().call_later(
+            max(0.0, self._log_timer_at - time.monotonic()), self._flush_logs)
+
+    def _flush_logs(self) -> None:
+        self._log_timer = None
+        # The loop's timers are coarser than time.monotonic() (uvloop: 1 ms) and may fire a
+        # little early: the deadline armed for has passed, whatever the clock says.
+        now = max(time.monotonic(), self._log_timer_at)
+        for limiter in self._logs.values():
+            limiter.flush(now)
+        self._arm_log_flush()
+
+    def _flush_logs_now(self) -> None:
+        # Stopping: whatever was suppressed is reported now rather than never.
+        for limiter in self._logs.values():
+            limiter.flush(float("inf"))
 
     def poller(self) -> BusyPoller | None:
         """The busy-poller the connections kick (one per server, made in the running loop on
@@ -490,6 +620,10 @@ class TargetServer:
         """Stop accepting, close every connection, and wait (bounded) for them to go."""
         for bound in self._bound:
             bound.server.close()
+        if self._log_timer is not None:
+            self._log_timer.cancel()
+            self._log_timer = None
+            self._flush_logs_now()
         if self._poller is not None:
             self._poller.close()
             self._poller = None

@@ -54,7 +54,7 @@ from target.tcp.pdu import (CH, CMD_HLEN, DATA, DATA_FIELDS, DATA_HLEN, DATA_LAS
                             data_offset, pda_bytes)
 from target.tcp.pdu import (PDU_C2H_DATA, PDU_C2H_TERM_REQ, PDU_CAPSULE_CMD, PDU_CAPSULE_RESP,
                             PDU_H2C_DATA, PDU_H2C_TERM_REQ, PDU_IC_REQ, PDU_IC_RESP, PDU_R2T)
-from target.tcp.stream import DEAD, RECV_BUFFER_SIZE, PduStream
+from target.tcp.stream import DEAD, HANDSHAKE_BUFFER_SIZE, RECV_BUFFER_SIZE, PduStream
 
 # The host role and its events are re-exported: both roles are "the queue" to their users.
 __all__ = [
@@ -127,7 +127,9 @@ class TargetQueue(PduStream):
                  max_c2h_data: int = 131072, max_transfer_bytes: int = 16 << 20,
                  max_waiting: int = 4096, recv_buffer_size: int = RECV_BUFFER_SIZE,
                  transfer_buffer: Callable[[int], memoryview] | None = None) -> None:
-        super().__init__(recv_buffer_size=recv_buffer_size)
+        # Until the ICReq, a small buffer: a connection that never sends one costs little.
+        super().__init__(recv_buffer_size=recv_buffer_size,
+                         handshake_buffer_size=HANDSHAKE_BUFFER_SIZE)
         if maxh2cdata % 4 or maxh2cdata < MIN_MAXH2CDATA:
             raise ValueError(f"maxh2cdata must be a multiple of 4, at least {MIN_MAXH2CDATA}")
         if not 0 <= cpda <= PDA_MAX:

@@ -25,9 +25,12 @@ role may name CH prefixes of its busiest PDUs (``_fast_path``): a PDU starting w
 straight to its handler, which checks whatever the prefix does not prove.
 
 Rules:
-- Memory is bounded by construction: the receive buffer is allocated once; what waits in it
-  between calls is less than one header (< 256 bytes); data goes to buffers the handler sized
-  from limits it enforces. No input makes this module allocate in proportion to ``plen``.
+- Memory is bounded by construction: the receive buffer is allocated once at its full size,
+  when the connection is set up (``_negotiated``); until then a peer may only send its ICReq or
+  ICResp, so a small handshake buffer holds it (a connection that never gets that far, such as
+  one of a thousand idle sockets, costs a few KiB, not the full buffer). What waits in the
+  buffer between calls is less than one header (< 256 bytes); data goes to buffers the handler
+  sized from limits it enforces. No input makes this module allocate in proportion to ``plen``.
 - Every loop consumes bytes or stops; nothing raises out of the public methods on any input.
   A protocol violation raises :class:`TransportError` inside; it is caught once, answered with
   a termination request (C2HTermReq or H2CTermReq, by role) carrying FES, FEI and up to 128
@@ -54,6 +57,9 @@ Handler = Callable[[int, int, int, int, int], None]
 FastHandler = Callable[[int, int], "bool | None"]
 
 RECV_BUFFER_SIZE = 256 * 1024
+# The receive buffer before the handshake is done: it must hold the largest header a peer may
+# leave pending (PDO is a u8: < 256 bytes) and still offer room to read into.
+HANDSHAKE_BUFFER_SIZE = 1024
 DIRECT_MIN = 16 * 1024  # receive straight into the sink when at least this much data is due
 _MIN_FREE = 4096  # compact the receive buffer when less room than this is left at its end
 
@@ -68,10 +74,18 @@ class PduStream:
 
     _term_type: int
 
-    def __init__(self, *, recv_buffer_size: int = RECV_BUFFER_SIZE) -> None:
+    def __init__(self, *, recv_buffer_size: int = RECV_BUFFER_SIZE,
+                 handshake_buffer_size: int | None = None) -> None:
+        """``handshake_buffer_size``: the receive buffer until ``_negotiated`` (None: the full
+        ``recv_buffer_size`` from the start)."""
         if recv_buffer_size < 4 * _MIN_FREE:
             raise ValueError(f"recv_buffer_size must be at least {4 * _MIN_FREE}")
-        self._buf = bytearray(recv_buffer_size)
+        first = recv_buffer_size if handshake_buffer_size is None else handshake_buffer_size
+        if not HANDSHAKE_BUFFER_SIZE <= first <= recv_buffer_size:
+            raise ValueError(f"handshake_buffer_size must be {HANDSHAKE_BUFFER_SIZE}.."
+                             f"{recv_buffer_size}")
+        self._recv_buffer_size = recv_buffer_size
+        self._buf = bytearray(first)
         self._mv = memoryview(self._buf)
         self._start = 0  # first unprocessed byte
         self._end = 0  # end of received bytes
@@ -245,6 +259,15 @@ class PduStream:
     def _negotiated(self, hdgst: bool, ddgst: bool) -> None:
         """Digests are on (or off) from now on, as the ICReq/ICResp exchange decided."""
         self.hdgst, self.ddgst = hdgst, ddgst
+        if len(self._buf) < self._recv_buffer_size:
+            # The full buffer, now that the peer has proved it speaks NVMe/TCP. This runs inside
+            # _process, which holds the old buffer: the new one gets the same bytes at the same
+            # offsets, so _start/_end and whatever _process goes on reading stay valid, and
+            # nothing writes to either before the next get_buffer().
+            buf = bytearray(self._recv_buffer_size)
+            buf[:len(self._buf)] = self._buf
+            self._buf = buf
+            self._mv = memoryview(buf)
         self._rebuild_rx()
 
     def _rebuild_rx(self) -> None:

@@ -11,6 +11,7 @@ from sbstore.config import (
     DEFAULT_API_SOCKET,
     IO_MODES,
     ConfigError,
+    LimitsConfig,
     ListenerConfig,
     QosPolicy,
     load_config,
@@ -34,6 +35,7 @@ def test_the_example_config_loads() -> None:
     assert c.listeners == (ListenerConfig(4420, "192.0.2.10"),
                            ListenerConfig(4420, interface="eth1"))
     assert c.target.busy_poll_us == 0  # busy-polling is off unless asked for
+    assert c.limits == LimitsConfig()  # the example shows the defaults
 
 
 def test_minimal_config_and_relative_paths(tmp_path: Path) -> None:
@@ -61,6 +63,21 @@ def test_pool_engine_and_admission_keys() -> None:
     # The config is a stdlib leaf and keeps its own list: it must name the store's modes.
     from sbstore.store import engines
     assert IO_MODES == engines.IO_MODES
+
+
+def test_limits_keys() -> None:
+    c = parse_config({**BASE, "limits": {"icreq_timeout_s": 2, "connect_timeout_s": 0.5,
+                                         "max_connections_per_listener": 100,
+                                         "max_connections_per_source": 10}}, source="t.toml")
+    assert c.limits == LimitsConfig(2.0, 0.5, 100, 10)
+    # The config is a stdlib leaf with its own defaults: they must be the target's.
+    from target.connlimits import ConnectionLimits
+    d, t = parse_config(BASE).limits, ConnectionLimits()
+    assert (d.icreq_timeout_s, d.connect_timeout_s, d.max_connections_per_listener,
+            d.max_connections_per_source) == (t.icreq_timeout_s, t.connect_timeout_s,
+                                              t.max_per_listener, t.max_per_source)
+    assert (LimitsConfig.MAX_TIMEOUT_S, LimitsConfig.MAX_CONNECTIONS) == (
+        ConnectionLimits.MAX_TIMEOUT_S, ConnectionLimits.MAX_CONNECTIONS)
 
 
 def test_busy_poll_key() -> None:
@@ -111,6 +128,16 @@ BASE: dict[str, Any] = {"state_dir": "/s"}
     ({**BASE, "target": {"busy_poll_us": 10**7}}, "target.busy_poll_us", "out of range"),
     ({**BASE, "target": {"busy_poll_us": 0.5}}, "target.busy_poll_us", "must be an integer"),
     ({**BASE, "target": {"busy_poll": 5}}, "target", "unknown key 'busy_poll'"),
+    ({**BASE, "limits": {"icreq_timeout_s": 0}}, "limits.icreq_timeout_s", "out of range"),
+    ({**BASE, "limits": {"connect_timeout_s": 86400}}, "limits.connect_timeout_s",
+     "out of range"),
+    ({**BASE, "limits": {"connect_timeout_s": "10s"}}, "limits.connect_timeout_s",
+     "must be an integer or a number"),
+    ({**BASE, "limits": {"max_connections_per_listener": 0}},
+     "limits.max_connections_per_listener", "out of range"),
+    ({**BASE, "limits": {"max_connections_per_source": 2.5}},
+     "limits.max_connections_per_source", "must be an integer"),
+    ({**BASE, "limits": {"max_connections": 5}}, "limits", "unknown key 'max_connections'"),
     ({**BASE, "listeners": [{"port": 4420}]}, "listeners[0]", "either address or interface"),
     ({**BASE, "listeners": [{"address": "1.2.3.4", "interface": "eth0"}]}, "listeners[0]",
      "not both"),

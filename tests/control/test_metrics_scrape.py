@@ -4,6 +4,7 @@ and what ``[metrics] per_volume`` leaves out."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from sbstore.config import LimitsConfig
 from target.host import Controller
 from target.host.queue_client import CommandFailed
 from tests.control.conftest import NQN_1, NQN_2, DaemonThread, in_thread, make_config
@@ -30,7 +32,9 @@ DOCUMENTED = [
         "info", "capacity_bytes", "allocated_bytes", "free_bytes", "metadata_bytes",
         "metadata_used_bytes", "volumes", "snapshots")),
     "sbstore_connections", "sbstore_controllers", "sbstore_subsystems", "sbstore_namespaces",
-    "sbstore_listeners", "sbstore_build_info",
+    "sbstore_listeners", "sbstore_listener_connections", "sbstore_connection_limit",
+    "sbstore_connections_refused_total", "sbstore_connections_timed_out_total",
+    "sbstore_log_lines_suppressed_total", "sbstore_build_info",
 ]
 
 
@@ -144,3 +148,44 @@ async def test_default_detail_leaves_out_per_volume_histograms(daemon: DaemonThr
     assert value(samples, "sbstore_volume_size_bytes", **vol) == 4 << 20
     assert not any(n.startswith("sbstore_volume_") and "latency" in n for n in names)
     assert value(samples, "sbstore_tenant_read_latency_seconds_count", tenant="default") == 1
+
+
+async def test_connection_limits_from_the_config_act_and_show(tmp_path: Path,
+                                                              sock_dir: Path) -> None:
+    # [limits] reaches the target: a silent connection is closed at the ICReq deadline, one
+    # over the per-source cap at accept, and the metrics count both; a connected host (two
+    # connections) is untouched throughout.
+    from tests.integration.test_unauthenticated import closed_by_peer, raw_socket
+    limits = LimitsConfig(icreq_timeout_s=0.3, connect_timeout_s=0.3,
+                          max_connections_per_listener=100, max_connections_per_source=4)
+    config = dataclasses.replace(make_config(tmp_path, sock_dir), limits=limits)
+    daemon = DaemonThread(config).start()
+    port = daemon.port
+    try:
+        daemon.ok("volume", "create", "vol", "--size", "4M")
+        daemon.ok("export", "create", NQN_1, "--volume", "vol", "--allow-any-host")
+        async with await Controller.connect("127.0.0.1", daemon.port, NQN_1) as ctrl:
+            silent = [await raw_socket(daemon.port) for _ in range(2)]
+            refused = await raw_socket(daemon.port)
+            try:
+                assert await closed_by_peer(refused, 2)
+                assert all(await asyncio.gather(*(closed_by_peer(s, 3) for s in silent)))
+            finally:
+                for s in (*silent, refused):
+                    s.close()
+            await ctrl.write(1, 0, b"\x05" * ctrl.block_size(1))
+            assert bytes(await ctrl.read(1, 0, 1)) == b"\x05" * ctrl.block_size(1)
+            samples = await in_thread(scrape, daemon.metrics_url)
+    finally:
+        daemon.stop()
+    listener = next(dict(labels)["listener"] for name, labels in samples
+                    if name == "sbstore_listener_connections")
+    assert listener == f"127.0.0.1:{port}"
+    assert value(samples, "sbstore_listener_connections", listener=listener) == 2
+    assert value(samples, "sbstore_connection_limit", scope="source") == 4
+    assert value(samples, "sbstore_connection_limit", scope="listener") == 100
+    assert value(samples, "sbstore_connections_refused_total", reason="source_cap") == 1
+    assert value(samples, "sbstore_connections_refused_total", reason="listener_cap") == 0
+    assert value(samples, "sbstore_connections_timed_out_total", waiting_for="icreq") == 2
+    assert value(samples, "sbstore_connections_timed_out_total", waiting_for="connect") == 0
+    assert value(samples, "sbstore_log_lines_suppressed_total", kind="protocol_error") == 0

@@ -339,6 +339,27 @@ def reference_text(source: MetricsSource) -> str:
                         ("sbstore_namespaces", "Namespaces over all subsystems.", t.namespaces),
                         ("sbstore_listeners", "NVMe/TCP listeners.", t.listeners)):
                     out.append(GaugeMetricFamily(name, doc, value=value))
+                for family, name, doc, label, rows in (
+                        (GaugeMetricFamily, "sbstore_listener_connections",
+                         "Open NVMe/TCP connections per listener.", "listener",
+                         t.listener_connections),
+                        (GaugeMetricFamily, "sbstore_connection_limit",
+                         "Most connections open per listener, or per source address over "
+                         "all listeners; beyond, they are closed at accept.", "scope",
+                         t.connection_limits),
+                        (CounterMetricFamily, "sbstore_connections_refused",
+                         "Connections closed at accept: a cap was reached.", "reason",
+                         t.refused),
+                        (CounterMetricFamily, "sbstore_connections_timed_out",
+                         "Connections closed for sending no ICReq, or no Connect after it, "
+                         "in time.", "waiting_for", t.timed_out),
+                        (CounterMetricFamily, "sbstore_log_lines_suppressed",
+                         "Per-connection log lines not written (rate-limited).", "kind",
+                         t.log_suppressed)):
+                    f = family(name, doc, labels=[label])
+                    for k, v in rows:
+                        f.add_metric([k], v)
+                    out.append(f)
             b = GaugeMetricFamily("sbstore_build_info", "sbstore version.",
                                   labels=["version", "python"])
             b.add_metric([sbstore.__version__, platform.python_version()], 1)
@@ -382,7 +403,12 @@ def test_same_series_as_prometheus_client_writes() -> None:
                                       io_reason="O_DIRECT through io_uring",
                                       io_direct=True))
     source = MetricsSource(volumes=lambda: vols, pools=lambda: [pool],
-                           target=lambda: TargetSample(1, 2, 3, 4, 5, 6),
+                           target=lambda: TargetSample(
+                               1, 2, 3, 4, 5, 6, (("127.0.0.1:4420", 1), ("[::1]:4420", 0)),
+                               (("listener", 4096), ("source", 1024)),
+                               (("listener_cap", 2), ("source_cap", 3)),
+                               (("icreq", 4), ("connect", 5)),
+                               (("protocol_error", 6), ("refused", 7))),
                            qos=lambda: [TenantQosSample("t1", 3, 1.25, 7, 8, 9, 2, 1),
                                         TenantQosSample(odd, 0, 0.0)])
     expected = reference_text(source)

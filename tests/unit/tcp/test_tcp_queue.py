@@ -15,6 +15,7 @@ from target.tcp.events import (CommandReceived, Established, PeerTerminated, Pro
                                QueueEstablished, ResponseReceived)
 from target.tcp.host import HostQueue
 from target.tcp.queue import TargetQueue
+from target.tcp.stream import HANDSHAKE_BUFFER_SIZE, RECV_BUFFER_SIZE
 
 from .pair import (Link, cqe, decode_all, drain, feed, joined, make_link, pattern, read_sqe,
                    ready, write_sqe)
@@ -93,6 +94,30 @@ def test_bad_icreq(wire: bytes, fes: int, fei: int) -> None:
     assert isinstance(events[-1], ProtocolFailed) and events[-1].fes == fes
     term = decode_all(joined(queue.data_to_send()))[-1]
     assert isinstance(term, P.C2HTermReq) and (term.fes, term.fei) == (fes, fei)
+
+
+def test_receive_buffer_is_small_until_the_icreq() -> None:
+    # A connection that never sends an ICReq must cost little (issue 8: 1,000 idle sockets
+    # held 261 MiB): the full receive buffer comes with the handshake.
+    queue = TargetQueue()
+    assert len(queue.get_buffer()) <= HANDSHAKE_BUFFER_SIZE
+    queue.receive_data(icreq())
+    assert len(queue.get_buffer()) == RECV_BUFFER_SIZE
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 7, 100])
+def test_command_sent_with_the_icreq_survives_the_buffer_swap(chunk: int | None) -> None:
+    # The buffer grows while the ICReq is processed; bytes already behind it must be parsed
+    # from the new buffer exactly as they arrived (a host should wait for the ICResp, but
+    # nothing breaks if one does not).
+    queue = TargetQueue()
+    data = pattern(300)
+    feed(queue, icreq() + _capsule(_sqe(0x01, 9, 0x01, len(data)), data) + _capsule(read_sqe(10)),
+         chunk, buffered=True)
+    events = drain(queue)
+    assert isinstance(events[0], QueueEstablished)
+    assert [(e.cid, e.data_status) for e in events[1:]] == [(9, 0), (10, 0)]
+    assert bytes(events[1].data) == data and events[2].data is None
 
 
 def test_constructor_refuses_bad_limits() -> None:
