@@ -67,6 +67,8 @@ The target:
   sbstore_subsystems                         NVM subsystems (discovery not counted)
   sbstore_namespaces                         namespaces over all subsystems
   sbstore_listeners                          listeners
+  sbstore_ana_groups{portid,state}           (subsystem, ANA group) pairs each port shows in
+                                             each ANA state (states with none: no series)
   sbstore_build_info{version,python}         1
 Plus prometheus_client's process_* and python_* series (``standard_collectors=True``).
 """
@@ -86,6 +88,7 @@ from typing import TYPE_CHECKING, NamedTuple, Self
 import sbstore
 from sbstore.config import METRICS_PER_VOLUME
 from sbstore.iostats import BUCKET_BOUNDS_NS, FIRST_BUCKET_EXP, LAST_BUCKET_EXP, N_SLOTS, IoStats
+from target.ana import state_name
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -93,7 +96,7 @@ if TYPE_CHECKING:
     from sbstore.qos import TenantQosStats
     from sbstore.store.pool import Pool, PoolStats
     from target.server import TargetServer
-    from target.subsystem import Target
+    from target.subsystem import Subsystem, Target
 
 log = logging.getLogger("sbstore.metrics")
 
@@ -142,6 +145,8 @@ class TargetSample:
     subsystems: int = 0
     namespaces: int = 0
     listeners: int = 0
+    # (portid, ANA state name, how many (subsystem, group) pairs that port shows in it)
+    ana_groups: tuple[tuple[int, str, int], ...] = ()
 
     @classmethod
     def of(cls, target: Target, server: TargetServer | None = None) -> TargetSample:
@@ -154,7 +159,20 @@ class TargetSample:
             subsystems=len(subsystems),
             namespaces=sum(len(s.namespaces) for s in subsystems),
             listeners=len(target.listeners),
+            ana_groups=_ana_groups(target, subsystems),
         )
+
+
+def _ana_groups(target: Target, subsystems: list[Subsystem]) -> tuple[tuple[int, str, int], ...]:
+    counts: dict[tuple[int, str], int] = {}
+    for portid, listener in sorted(target.listeners.items()):
+        for subsystem in subsystems:
+            if not subsystem.reachable_on(listener):
+                continue
+            for grpid in subsystem.ana_groups():
+                key = (portid, state_name(subsystem.ana_state(portid, grpid)))
+                counts[key] = counts.get(key, 0) + 1
+    return tuple((portid, state, n) for (portid, state), n in sorted(counts.items()))
 
 
 @dataclass(frozen=True)
@@ -537,6 +555,9 @@ class Exposition:
                 _gauge_family("sbstore_namespaces", "Namespaces over all subsystems.",
                               [("", t.namespaces)]),
                 _gauge_family("sbstore_listeners", "NVMe/TCP listeners.", [("", t.listeners)]),
+                _gauge_family("sbstore_ana_groups", "(Subsystem, ANA group) pairs a port shows "
+                              "in an ANA state.", ((_labels(portid=str(portid), state=state), n)
+                                                   for portid, state, n in t.ana_groups)),
             ]
         parts.append(_gauge_family("sbstore_build_info", "sbstore version.", [(
             _labels(version=sbstore.__version__, python=platform.python_version()), 1)]))

@@ -22,6 +22,7 @@ from target.nvme.spec import (
     StatusType,
 )
 from tests.control.conftest import NQN_1, NQN_2, DaemonThread, in_thread, make_config
+from tests.control.test_metrics_scrape import scrape, value
 
 ANA_NOTICE = 0x000C0302  # Notice / ANA change / log page 0Ch
 AEN_TIMEOUT_S = 5
@@ -72,6 +73,9 @@ async def test_listener_set_reaches_connected_hosts(daemon: DaemonThread) -> Non
         except CommandFailed as e:
             assert (e.sct, e.sc, e.dnr) == (StatusType.PATH, PathStatus.ANA_INACCESSIBLE, False)
         assert bytes(await ca.read(1, 0, 1)) == b"\x11" * bs
+        samples = await in_thread(scrape, daemon.metrics_url)
+        assert value(samples, "sbstore_ana_groups", portid=str(lid), state="inaccessible") == 2
+        assert value(samples, "sbstore_ana_groups", portid="1", state="optimized") == 2
 
         # One export's own state wins over the listener's; "default" drops it again.
         x = (await in_thread(daemon.ok, "listener", "set", str(lid), "--ana-state",

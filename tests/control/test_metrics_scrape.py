@@ -30,7 +30,7 @@ DOCUMENTED = [
         "info", "capacity_bytes", "allocated_bytes", "free_bytes", "metadata_bytes",
         "metadata_used_bytes", "volumes", "snapshots")),
     "sbstore_connections", "sbstore_controllers", "sbstore_subsystems", "sbstore_namespaces",
-    "sbstore_listeners", "sbstore_build_info",
+    "sbstore_listeners", "sbstore_ana_groups", "sbstore_build_info",
 ]
 
 
@@ -111,6 +111,7 @@ async def test_metrics_after_io(full_daemon: DaemonThread) -> None:
     assert value(samples, "sbstore_subsystems") == 2
     assert value(samples, "sbstore_namespaces") == 2
     assert value(samples, "sbstore_listeners") == 1
+    assert value(samples, "sbstore_ana_groups", portid="1", state="optimized") == 2
     assert value(samples, "sbstore_controllers", kind="io") == 2
     assert value(samples, "sbstore_connections") >= 4  # two admin queues, three I/O queues
 

@@ -211,6 +211,8 @@ async def test_scrape_shows_the_io_done(served: Served) -> None:
     assert val(s, "sbstore_subsystems") == 1
     assert val(s, "sbstore_namespaces") == 3
     assert val(s, "sbstore_listeners") == 1
+    assert val(s, "sbstore_ana_groups", portid=str(next(iter(served.target.listeners))),
+               state="optimized") == 1
     build = [dict(labels) for (name, labels) in s if name == "sbstore_build_info"]
     assert build and build[0]["version"] == sbstore.__version__
     assert any(name.startswith("process_") for name, _ in s)  # the standard collectors
@@ -329,6 +331,11 @@ def reference_text(source: MetricsSource) -> str:
                         ("sbstore_namespaces", "Namespaces over all subsystems.", t.namespaces),
                         ("sbstore_listeners", "NVMe/TCP listeners.", t.listeners)):
                     out.append(GaugeMetricFamily(name, doc, value=value))
+                a = GaugeMetricFamily("sbstore_ana_groups", "(Subsystem, ANA group) pairs a "
+                                      "port shows in an ANA state.", labels=["portid", "state"])
+                for portid, state, n in t.ana_groups:
+                    a.add_metric([str(portid), state], n)
+                out.append(a)
             b = GaugeMetricFamily("sbstore_build_info", "sbstore version.",
                                   labels=["version", "python"])
             b.add_metric([sbstore.__version__, platform.python_version()], 1)
@@ -372,7 +379,8 @@ def test_same_series_as_prometheus_client_writes() -> None:
                                       io_reason="O_DIRECT through io_uring",
                                       io_direct=True))
     source = MetricsSource(volumes=lambda: vols, pools=lambda: [pool],
-                           target=lambda: TargetSample(1, 2, 3, 4, 5, 6),
+                           target=lambda: TargetSample(1, 2, 3, 4, 5, 6, (
+                               (1, "optimized", 3), (2, "inaccessible", 1))),
                            qos=lambda: [TenantQosSample("t1", 3, 1.25, 7, 8),
                                         TenantQosSample(odd, 0, 0.0)])
     expected = reference_text(source)
