@@ -153,3 +153,38 @@ async def test_removed_listener_is_a_lost_path(daemon: DaemonThread) -> None:
     finally:
         await cb.close(shutdown=False)
         await ca.close()
+
+
+async def test_a_listeners_settings_reach_every_port_it_binds() -> None:
+    """An interface listener binds a port per address, as addresses come: each port shows the
+    listener's states, from the moment it is bound (driven here without a netlink watcher:
+    _follow is what the watcher calls; test_listener_interface.py covers the watcher)."""
+    from sbstore.control.listeners import ListenerSet
+    from sbstore.control.state import ListenerRecord
+    from target.server import TargetServer
+    from target.subsystem import Target
+
+    target = Target()
+    server = TargetServer(target)
+    listeners = ListenerSet(server)
+    try:
+        live = await listeners.open(ListenerRecord(1, "api", 0, address="127.0.0.1"),
+                                    {None: AnaState.INACCESSIBLE, NQN_2: AnaState.CHANGE})
+        await listeners._follow(live, {"127.0.0.2"}, set())  # a new address of the interface
+        portids = sorted(x.portid for x in live.bound.values())
+        assert len(portids) == 2
+        for portid in portids:
+            assert target.ana.state(portid, NQN_1, 1) == AnaState.INACCESSIBLE
+            assert target.ana.state(portid, NQN_2, 1) == AnaState.CHANGE
+        listeners.set_ana(1, None, None)
+        listeners.forget_export(NQN_2)
+        assert all(target.ana.state(p, n, 1) == AnaState.OPTIMIZED
+                   for p in portids for n in (NQN_1, NQN_2))
+        listeners.set_ana(1, None, AnaState.NON_OPTIMIZED)
+        await listeners._follow(live, set(), {"127.0.0.2"})  # the address went away
+        gone = next(p for p in portids if p not in {x.portid for x in live.bound.values()})
+        assert target.ana.state(gone, NQN_1, 1) == AnaState.OPTIMIZED  # forgotten with it
+        assert live.info()["ana_state"] == "non-optimized"
+    finally:
+        await listeners.close_all()
+        await server.close()
