@@ -2,8 +2,9 @@
 
 What it holds is what the pools do not: listeners and the ANA state each shows (for every
 export, or for one), subsystems (exports), their allowed hosts and namespaces (subsystem NQN,
-NSID, pool, volume uuid), tenants and their policies, and each volume's tenant and own limits. Volumes themselves (names, sizes, lineage) live in the pools;
-rows here name them by ``(pool, uuid)``, which a rename does not change.
+NSID, pool, volume uuid), tenants and their policies, and each volume's tenant and own limits.
+Volumes themselves (names, sizes, lineage) live in the pools; rows here name them by ``(pool,
+uuid)``, which a rename does not change.
 
 Rules of this module:
 - Every change is one transaction: a method that writes commits before it returns, or, inside

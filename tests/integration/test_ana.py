@@ -174,7 +174,8 @@ async def test_ana_change_notice(two_paths: TwoPaths) -> None:
         assert groups[2][0] == AnaState.INACCESSIBLE
         t.target.set_ana_state(t.b.portid, None, nqn=NQN, grpid=2)
         done = await asyncio.wait_for(aer_b, 5)
-        assert (done.cqe.dw0 >> 8) & 0xFF == AsyncEventNotice.ANA_CHANGE  # type: ignore[attr-defined]
+        dw0 = done.cqe.dw0  # type: ignore[attr-defined]
+        assert (dw0 >> 8) & 0xFF == AsyncEventNotice.ANA_CHANGE
         assert not aer_a.done()
         aer_a.cancel()
 
