@@ -79,6 +79,8 @@ The target:
   sbstore_log_lines_suppressed_total{kind}   per-connection log lines not written (rate limit),
                                              kind = protocol_error|peer_terminated|refused|
                                              handshake_timeout|connect_refused
+  sbstore_ana_groups{portid,state}           (subsystem, ANA group) pairs each port shows in
+                                             each ANA state (states with none: no series)
   sbstore_build_info{version,python}         1
 Plus prometheus_client's process_* and python_* series (``standard_collectors=True``).
 """
@@ -99,6 +101,7 @@ import sbstore
 from sbstore.config import METRICS_PER_VOLUME
 from sbstore.iostats import BUCKET_BOUNDS_NS, FIRST_BUCKET_EXP, LAST_BUCKET_EXP, N_SLOTS, IoStats
 from target.connlimits import REFUSED_LISTENER, REFUSED_SOURCE, WAITING_CONNECT, WAITING_ICREQ
+from target.ana import state_name
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -106,7 +109,7 @@ if TYPE_CHECKING:
     from sbstore.qos import TenantQosStats
     from sbstore.store.pool import Pool, PoolStats
     from target.server import TargetServer
-    from target.subsystem import Target
+    from target.subsystem import Subsystem, Target
 
 log = logging.getLogger("sbstore.metrics")
 
@@ -162,6 +165,8 @@ class TargetSample:
     refused: tuple[tuple[str, int], ...] = ()  # reason
     timed_out: tuple[tuple[str, int], ...] = ()  # waiting_for
     log_suppressed: tuple[tuple[str, int], ...] = ()  # kind
+    # (portid, ANA state name, how many (subsystem, group) pairs that port shows in it)
+    ana_groups: tuple[tuple[int, str, int], ...] = ()
 
     @classmethod
     def of(cls, target: Target, server: TargetServer | None = None) -> TargetSample:
@@ -174,6 +179,7 @@ class TargetSample:
             subsystems=len(subsystems),
             namespaces=sum(len(s.namespaces) for s in subsystems),
             listeners=len(target.listeners),
+            ana_groups=_ana_groups(target, subsystems),
         )
         if server is None:
             return sample
@@ -194,6 +200,18 @@ class TargetSample:
 
 def _listener_label(traddr: str, trsvcid: str) -> str:
     return f"[{traddr}]:{trsvcid}" if ":" in traddr else f"{traddr}:{trsvcid}"
+
+
+def _ana_groups(target: Target, subsystems: list[Subsystem]) -> tuple[tuple[int, str, int], ...]:
+    counts: dict[tuple[int, str], int] = {}
+    for portid, listener in sorted(target.listeners.items()):
+        for subsystem in subsystems:
+            if not subsystem.reachable_on(listener):
+                continue
+            for grpid in subsystem.ana_groups():
+                key = (portid, state_name(subsystem.ana_state(portid, grpid)))
+                counts[key] = counts.get(key, 0) + 1
+    return tuple((portid, state, n) for (portid, state), n in sorted(counts.items()))
 
 
 @dataclass(frozen=True)
@@ -609,6 +627,9 @@ class Exposition:
                 _counter_family("sbstore_log_lines_suppressed_total",
                                 "Per-connection log lines not written (rate-limited).",
                                 [(_labels(kind=k), v) for k, v in t.log_suppressed]),
+                _gauge_family("sbstore_ana_groups", "(Subsystem, ANA group) pairs a port shows "
+                              "in an ANA state.", ((_labels(portid=str(portid), state=state), n)
+                                                   for portid, state, n in t.ana_groups)),
             ]
         parts.append(_gauge_family("sbstore_build_info", "sbstore version.", [(
             _labels(version=sbstore.__version__, python=platform.python_version()), 1)]))

@@ -11,6 +11,10 @@ Rules:
   Get Log Page NUMD x 4): a mismatch is Data SGL Length Invalid, as nvmet answers.
 - NSIDs: 0 and FFFFFFFFh where a namespace is needed, or beyond NN: Invalid Namespace; an
   inactive NSID within NN reads as a zeroed Identify Namespace (Base 2.0 §5.17.2.1).
+- ANA (target/ana.py): an I/O controller reports ANA (CMIC bit 3, ANACAP, ANATT, ANAGRPMAX,
+  NANAGRPID, each namespace's ANAGRPID) and serves the ANA log (0Ch) of its own path: the
+  states of the groups on the port it connected through, with their NSIDs unless the host
+  asked for groups only (LSP bit 0, RGO).
 - Get Log Page: NUMD dwords from a dword-aligned offset (Invalid Field otherwise or past the page
   end), zero-filled past the end of the page, at most MDTS bytes. Without RAE, reading a log
   clears its pending event (and the Changed Namespace List).
@@ -21,6 +25,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from target import discovery
+from target.ana import ANATT_S, MAX_ANA_GROUPS
 from target.nvme import status as st
 from target.nvme.identify import (
     IdentifyController,
@@ -36,14 +41,24 @@ from target.nvme.logpages import (
     push_changed_ns_list,
     push_effects_log,
     push_error_log,
+    push_ana_log,
     push_fw_slot_log,
     push_smart_log,
     slice_log,
 )
 from target.nvme.spec import (
+    AEC_ANA_CHANGE,
     AEC_DISCOVERY_CHANGE,
     AEC_NS_ATTRIBUTE,
     AEC_SMART_MASK,
+    ANA_LSP_RGO,
+    ANACAP_CHANGE,
+    ANACAP_GRPID_STATIC,
+    ANACAP_INACCESSIBLE,
+    ANACAP_NON_OPTIMIZED,
+    ANACAP_OPTIMIZED,
+    ANACAP_PERSISTENT_LOSS,
+    CMIC_ANA,
     CMIC_MULTI_CTRL,
     CNTRLTYPE_DISCOVERY,
     CNTRLTYPE_IO,
@@ -96,6 +111,9 @@ ERROR_LOG_ENTRIES = 64  # Identify ELPE + 1: the Error Information log keeps the
 KAS_100MS = 10  # Identify KAS: keep-alive granularity, 100 ms units
 PS0_MAX_POWER_CW = 2500  # power state 0: 25 W, a plausible figure for a network controller
 TEMPERATURE_OVER_DEFAULT_K = 0x0157  # 343 K (70 C): the default over-temperature threshold
+IO_OAES = AEC_NS_ATTRIBUTE | AEC_ANA_CHANGE  # the notices an I/O controller sends
+ANACAP = (ANACAP_OPTIMIZED | ANACAP_NON_OPTIMIZED | ANACAP_INACCESSIBLE | ANACAP_PERSISTENT_LOSS
+          | ANACAP_CHANGE | ANACAP_GRPID_STATIC)
 
 
 def _expect_length(cmd: Sqe, nbytes: int) -> None:
@@ -113,12 +131,14 @@ def identify_controller_data(ctrl: Controller) -> bytes:
         cntlid=ctrl.cntlid, serial=sub.serial, model=sub.model, firmware=sub.firmware,
         subnqn=sub.nqn, ver=ctrl.vs, cntrltype=CNTRLTYPE_IO if io else CNTRLTYPE_DISCOVERY,
         mdts=(t.max_data_transfer >> 12).bit_length() - 1,  # units of MPSMIN (4 KiB)
-        cmic=CMIC_MULTI_CTRL if io else 0,
-        oaes=AEC_NS_ATTRIBUTE if io else AEC_DISCOVERY_CHANGE,
+        cmic=(CMIC_MULTI_CTRL | CMIC_ANA) if io else 0,
+        oaes=IO_OAES if io else AEC_DISCOVERY_CHANGE,
         ctratt=CTRATT_HOST_ID_128 | CTRATT_TBKAS,
         acl=3, aerl=AERL, frmw=0x03 if io else 0,  # one firmware slot, read-only
         lpa=(LPA_SMART_PER_NS | LPA_CMD_EFFECTS | LPA_EXTENDED) if io else LPA_EXTENDED,
         elpe=ERROR_LOG_ENTRIES - 1, kas=KAS_100MS,
+        anatt=ANATT_S if io else 0, anacap=ANACAP if io else 0,
+        anagrpmax=MAX_ANA_GROUPS if io else 0, nanagrpid=MAX_ANA_GROUPS if io else 0,
         sqes=IOSQES << 4 | IOSQES, cqes=IOCQES << 4 | IOCQES, maxcmd=t.queue_entries,
         nn=sub.max_namespaces, mnan=sub.max_namespaces,
         oncs=(ONCS_DSM | ONCS_WRITE_ZEROES) if io else 0,
@@ -135,7 +155,7 @@ def identify_namespace_data(ns: Namespace) -> bytes:
     return push_identify_namespace(IdentifyNamespace(
         nsze=n, ncap=n, nuse=n, lbads=ns.lba_shift, nsfeat=NSFEAT_THIN_PROVISIONING,
         nmic=NMIC_SHARED, dlfeat=DLFEAT_READ_ZEROES | DLFEAT_WRITE_ZEROES_DEAC,
-        nvmcap=n * ns.block_size, nguid=ns.nguid, eui64=ns.eui64))
+        nvmcap=n * ns.block_size, anagrpid=ns.anagrpid, nguid=ns.nguid, eui64=ns.eui64))
 
 
 def _check_nsid(ctrl: Controller, nsid: int) -> Namespace | None:
@@ -197,7 +217,8 @@ def _smart(ctrl: Controller, nsid: int) -> bytes:
         num_err_log_entries=ctrl.error_count))
 
 
-def log_page(session: QueueSession, ctrl: Controller, lid: int, nsid: int, csi: int) -> bytes:
+def log_page(session: QueueSession, ctrl: Controller, lid: int, nsid: int, csi: int,
+             lsp: int = 0) -> bytes:
     """The whole log page ``lid`` as this controller shows it."""
     if lid == LogPageId.ERROR_INFORMATION:
         return push_error_log(ctrl.errors)
@@ -216,12 +237,17 @@ def log_page(session: QueueSession, ctrl: Controller, lid: int, nsid: int, csi: 
             raise st.InvalidField(f"CSI {csi:#x}", error_loc=59)
         return push_effects_log(SUPPORTED_ADMIN_OPCODES, SUPPORTED_IO_OPCODES,
                                 WRITING_IO_OPCODES)
+    if lid == LogPageId.ANA:
+        sub = ctrl.subsystem
+        return push_ana_log(sub.ana_chgcnt, sub.ana_descriptors(ctrl.listener.portid),
+                            groups_only=bool(lsp & ANA_LSP_RGO))
     raise st.InvalidLogPage(f"log page {lid:#x}", error_loc=40)
 
 
 def _get_log_page(session: QueueSession, ctrl: Controller, cmd: Sqe, data: memoryview | None,
                   now: float) -> Done:
     lid = cmd.cdw10 & 0xFF
+    lsp = (cmd.cdw10 >> 8) & 0x7F
     rae = bool(cmd.cdw10 & (1 << 15))
     numd = ((cmd.cdw11 & 0xFFFF) << 16 | cmd.cdw10 >> 16) + 1
     nbytes = numd * 4
@@ -232,7 +258,7 @@ def _get_log_page(session: QueueSession, ctrl: Controller, cmd: Sqe, data: memor
     _expect_length(cmd, nbytes)
     if offset & 3:
         raise st.InvalidField(f"log page offset {offset} is not dword aligned", error_loc=48)
-    page = log_page(session, ctrl, lid, cmd.nsid, csi)
+    page = log_page(session, ctrl, lid, cmd.nsid, csi, lsp)
     if offset > len(page):
         raise st.InvalidField(f"log page offset {offset} beyond its {len(page)} bytes",
                               error_loc=48)
@@ -249,7 +275,7 @@ _CHANGEABLE = 1 << 2  # Get Features SEL 011b capabilities: changeable
 
 
 def _oaes(ctrl: Controller) -> int:
-    return AEC_DISCOVERY_CHANGE if ctrl.is_discovery else AEC_NS_ATTRIBUTE
+    return AEC_DISCOVERY_CHANGE if ctrl.is_discovery else IO_OAES
 
 
 def _temperature_key(cdw11: int) -> tuple[int, int]:

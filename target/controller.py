@@ -26,7 +26,11 @@ Theory of operation (after Linux drivers/nvme/target/core.c).
   such period later (the lazy check).
 - Asynchronous events: an Asynchronous Event Request returns None and completes later through
   the admin session's ``on_async_response``. At most AERL+1 (4) are outstanding. An event is
-  sent once, then masked until the host reads its log page without RAE (Base 2.0 §5.2).
+  sent once, then masked until the host reads its log page without RAE (Base 2.0 §5.2). The
+  notices: Namespace Attribute Changed (log 04h), ANA Change (log 0Ch; the subsystem calls
+  ``ana_changed`` when a group's state on this controller's port changed) and, on discovery
+  controllers, Discovery Log Changed (log 70h); each only if enabled in Asynchronous Event
+  Configuration.
 - Disconnect of an I/O queue completes, detaches the queue from its controller, and then asks to
   close through the timer: ``next_deadline()`` returns the time of the Disconnect and
   ``handle_timer`` calls ``on_close``, so the server sends the completion first.
@@ -46,6 +50,7 @@ from target.io import IoQueue, data_status_error
 from target.nvme import status as st
 from target.nvme.logpages import CHANGED_NS_LIST_MAX, ErrorLogEntry
 from target.nvme.spec import (
+    AEC_ANA_CHANGE,
     AEC_DISCOVERY_CHANGE,
     AEC_NS_ATTRIBUTE,
     CAP_CQR,
@@ -98,6 +103,7 @@ def _aen(event_type: int, info: int, lid: int) -> int:
 
 AEN_NS_CHANGED = _aen(AsyncEventType.NOTICE, AsyncEventNotice.NAMESPACE_ATTRIBUTE_CHANGED,
                       LogPageId.CHANGED_NAMESPACE_LIST)
+AEN_ANA_CHANGED = _aen(AsyncEventType.NOTICE, AsyncEventNotice.ANA_CHANGE, LogPageId.ANA)
 AEN_DISCOVERY_CHANGED = _aen(AsyncEventType.NOTICE, AsyncEventNotice.DISCOVERY_LOG_CHANGED,
                              LogPageId.DISCOVERY)
 
@@ -328,6 +334,11 @@ class Controller:
             self.changed_nsids.add(nsid)
         if self.aec & AEC_NS_ATTRIBUTE:
             self._queue_event(AEN_NS_CHANGED, LogPageId.CHANGED_NAMESPACE_LIST)
+
+    def ana_changed(self) -> None:
+        """Called by the subsystem when an ANA group changed state on this controller's path."""
+        if not self.is_discovery and not self.deleted and self.aec & AEC_ANA_CHANGE:
+            self._queue_event(AEN_ANA_CHANGED, LogPageId.ANA)
 
     def discovery_changed(self) -> None:
         """Called by the target when the discovery log may read differently."""

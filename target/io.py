@@ -9,6 +9,10 @@ Rules:
 - A device's :class:`target.blockdev.BlockDeviceError` (or an exception of a family registered
   with ``target.blockdev.register_errors``) becomes its own status (sct/sc); any other
   exception is Internal Error, logged. Errors go through ``QueueSession.fail`` (Error log).
+- ANA (target/ana.py): namespaces are looked up in the subsystem's *path view* of the port this
+  controller connected through, which holds only the namespaces that path serves. A miss is
+  then either Invalid Namespace or the path's ANA status (Inaccessible, Persistent Loss,
+  Transition), which the subsystem tells apart; the hot path pays nothing for ANA.
 - Every command bumps one controller counter (reads, writes, other_cmds or errors): SMART reads
   them and keep-alive takes a change as proof of traffic.
 
@@ -86,6 +90,7 @@ class IoQueue:
         "ctrl",
         "entries",
         "max_bytes",
+        "portid",
         "qid",
         "session",
         "sqhd",
@@ -101,7 +106,9 @@ class IoQueue:
         self.counters = ctrl.counters
         self.max_bytes = ctrl.mdts_bytes
         self.subsystem = ctrl.subsystem
-        self._ns_get = ctrl.subsystem.namespaces.get  # the live dict: add/remove show at once
+        self.portid = ctrl.listener.portid
+        # The live path view: namespace add/remove and ANA changes show at once.
+        self._ns_get = ctrl.subsystem.path_view(self.portid).get
 
     def flow_of(self, sqe: bytes) -> tuple[object, int] | None:
         """The admission flow of a command and the bytes it moves (None: never held)."""
@@ -126,7 +133,7 @@ class IoQueue:
             if opcode == _READ:
                 ns = self._ns_get(nsid)
                 if ns is None:
-                    raise st.InvalidNamespace(f"no namespace {nsid}", error_loc=4)
+                    raise self.subsystem.path_error(self.portid, nsid)
                 nlb = (cdw12 & 0xFFFF) + 1
                 if slba + nlb > ns.nblocks:
                     raise st.LbaOutOfRange(f"read {slba}+{nlb} beyond {ns.nblocks} blocks")
@@ -146,7 +153,7 @@ class IoQueue:
             if opcode == _WRITE:
                 ns = self._ns_get(nsid)
                 if ns is None:
-                    raise st.InvalidNamespace(f"no namespace {nsid}", error_loc=4)
+                    raise self.subsystem.path_error(self.portid, nsid)
                 nlb = (cdw12 & 0xFFFF) + 1
                 if slba + nlb > ns.nblocks:
                     raise st.LbaOutOfRange(f"write {slba}+{nlb} beyond {ns.nblocks} blocks")
@@ -197,14 +204,16 @@ class IoQueue:
     def _namespace(self, nsid: int) -> Namespace:
         ns = self._ns_get(nsid)
         if ns is None:
-            raise st.InvalidNamespace(f"no namespace {nsid}", error_loc=4)
+            raise self.subsystem.path_error(self.portid, nsid)
         return ns
 
     async def _other(self, opcode: int, cid: int, nsid: int, slba: int, cdw12: int, sqe: bytes,
                      data: memoryview | None, now: float, sqhd: int) -> Response:
         if opcode == IoOpcode.FLUSH:
             if nsid == NSID_ALL:
-                devices = {id(ns.device): ns.device for ns in self.subsystem.namespaces.values()}
+                # Every namespace this path serves (those it does not are another path's).
+                view = self.subsystem.path_view(self.portid)
+                devices = {id(ns.device): ns.device for ns in view.values()}
                 for device in devices.values():
                     await device.flush()
             else:

@@ -17,6 +17,13 @@ Rules:
   therefore takes effect immediately, not at the next reconnect.
 - Which subsystems a listener reaches: by default all on all; ``Subsystem.set_listeners`` narrows
   a subsystem to some port ids. The discovery subsystem is reachable on every listener.
+- ANA (target/ana.py): the target's :class:`~target.ana.AnaTable` says which state each path
+  (listener port) shows for each ANA group. Each subsystem keeps, per port that controllers
+  reached it through, a *path view*: the live NSID -> Namespace dict of the namespaces that path
+  serves. The I/O path looks namespaces up there, so ANA costs it nothing; a miss is told apart
+  (Invalid Namespace or an ANA path status) only then. A change of state rebuilds the views in
+  place, bumps the ANA log's change count and queues an ANA change notice on the controllers of
+  the ports whose states changed.
 - Nothing here does I/O or awaits; a namespace wraps a :class:`target.blockdev.BlockDevice`.
 """
 from __future__ import annotations
@@ -29,13 +36,17 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from target.ana import DEFAULT_ANAGRPID, SERVING_STATES, AnaTable, check_grpid, path_error
 from target.blockdev import BlockDevice
+from target.nvme import status as st
+from target.nvme.logpages import AnaGroupDescriptor
 from target.nvme.spec import (
     ADRFAM_IPV4,
     ADRFAM_IPV6,
     CNTLID_STATIC_MAX,
     DISCOVERY_NQN,
     NQN_MAX_LEN,
+    AnaState,
 )
 
 if TYPE_CHECKING:
@@ -117,6 +128,7 @@ class Namespace:
     check and refreshed by :meth:`Subsystem.namespace_changed`; the device checks again."""
 
     __slots__ = (
+        "anagrpid",
         "block_size",
         "counters",
         "device",
@@ -129,12 +141,14 @@ class Namespace:
         "uuid",
     )
 
-    def __init__(self, nsid: int, device: BlockDevice) -> None:
+    def __init__(self, nsid: int, device: BlockDevice,
+                 anagrpid: int = DEFAULT_ANAGRPID) -> None:
         bs = device.block_size
         if bs < 512 or bs & (bs - 1):
             raise ValueError(f"block size {bs} is not a power of two >= 512")
         self.nsid = nsid
         self.device = device
+        self.anagrpid = check_grpid(anagrpid)
         self.block_size = bs
         self.lba_shift = bs.bit_length() - 1
         self.nblocks = device.num_blocks
@@ -194,6 +208,12 @@ class Subsystem:
         self._controllers: dict[int, Controller] = {}
         self._next_cntlid = 1
         self._target: Target | None = None
+        # ANA, per port id: the namespaces that path serves (the I/O path's dict: the same
+        # object for life, rebuilt in place) and the state of each group on it.
+        self._path_views: dict[int, dict[int, Namespace]] = {}
+        self._path_states: dict[int, dict[int, AnaState]] = {}
+        self._group_chgcnt: dict[tuple[int, int], int] = {}  # (portid, grpid) -> last change
+        self.ana_chgcnt = 0  # the ANA log's change count
 
     def __repr__(self) -> str:
         return f"Subsystem({self.nqn!r}, namespaces={sorted(self._namespaces)})"
@@ -204,8 +224,10 @@ class Subsystem:
         """The live NSID -> Namespace map (read-only view of the same dict the I/O path uses)."""
         return self._namespaces
 
-    def add_namespace(self, device: BlockDevice, nsid: int | None = None) -> int:
-        """Export ``device``; returns its NSID (the lowest free one unless given)."""
+    def add_namespace(self, device: BlockDevice, nsid: int | None = None, *,
+                      anagrpid: int = DEFAULT_ANAGRPID) -> int:
+        """Export ``device`` in ANA group ``anagrpid``; returns its NSID (the lowest free one
+        unless given)."""
         if self.is_discovery:
             raise ValueError("the discovery subsystem has no namespaces")
         if nsid is None:
@@ -217,7 +239,8 @@ class Subsystem:
             raise ValueError(f"NSID {nsid} outside 1..{self.max_namespaces}")
         elif nsid in self._namespaces:
             raise ValueError(f"{self.nqn}: NSID {nsid} is in use")
-        self._namespaces[nsid] = Namespace(nsid, device)
+        self._namespaces[nsid] = Namespace(nsid, device, anagrpid)
+        self.refresh_ana()
         log.info("%s: namespace %d added (%d blocks of %d bytes)", self.nqn, nsid,
                  device.num_blocks, device.block_size)
         self._notify_namespace(nsid)
@@ -227,6 +250,7 @@ class Subsystem:
         if self._namespaces.pop(nsid, None) is None:
             raise KeyError(f"{self.nqn}: no namespace {nsid}")
         log.info("%s: namespace %d removed", self.nqn, nsid)
+        self.refresh_ana()
         self._notify_namespace(nsid)
 
     def namespace_changed(self, nsid: int) -> None:
@@ -240,6 +264,86 @@ class Subsystem:
     def _notify_namespace(self, nsid: int) -> None:
         for ctrl in list(self._controllers.values()):
             ctrl.namespace_changed(nsid)
+
+    # --- ANA (see the module docstring and target/ana.py) ------------------------------------
+    def ana_state(self, portid: int, grpid: int) -> AnaState:
+        target = self._target
+        return AnaState.OPTIMIZED if target is None else target.ana.state(portid, self.nqn,
+                                                                          grpid)
+
+    def ana_groups(self) -> dict[int, list[int]]:
+        """ANA group id -> its NSIDs (ascending), for the groups that hold namespaces."""
+        groups: dict[int, list[int]] = {}
+        for nsid in sorted(self._namespaces):
+            groups.setdefault(self._namespaces[nsid].anagrpid, []).append(nsid)
+        return groups
+
+    def ana_descriptors(self, portid: int) -> list[AnaGroupDescriptor]:
+        """The ANA log's group descriptors as a controller on ``portid`` sees them."""
+        self.path_view(portid)
+        return [AnaGroupDescriptor(grpid, self.ana_state(portid, grpid),
+                                   self._group_chgcnt.get((portid, grpid), 0), tuple(nsids))
+                for grpid, nsids in sorted(self.ana_groups().items())]
+
+    def path_view(self, portid: int) -> Mapping[int, Namespace]:
+        """The live NSID -> Namespace dict of the namespaces port ``portid`` serves I/O for."""
+        view = self._path_views.get(portid)
+        if view is None:
+            view = self._path_views[portid] = {}
+            self._path_states[portid] = self._rebuild_view(portid, view)
+        return view
+
+    def path_error(self, portid: int, nsid: int) -> st.NvmeError:
+        """Why an I/O command for ``nsid`` found no namespace in the port's path view."""
+        ns = self._namespaces.get(nsid)
+        if ns is None:
+            return st.InvalidNamespace(f"no namespace {nsid}", error_loc=4)
+        state = self.ana_state(portid, ns.anagrpid)
+        if state in SERVING_STATES:  # not expected: the views are rebuilt on every change
+            return st.AnaTransition(f"namespace {nsid}: path view out of date")
+        return path_error(state, f"namespace {nsid} (ANA group {ns.anagrpid}) is "
+                                 f"{state.name.lower()} through port {portid}")
+
+    def _rebuild_view(self, portid: int, view: dict[int, Namespace]) -> dict[int, AnaState]:
+        states = {grpid: self.ana_state(portid, grpid) for grpid in
+                  {ns.anagrpid for ns in self._namespaces.values()}}
+        view.clear()
+        view.update((nsid, ns) for nsid, ns in self._namespaces.items()
+                    if states[ns.anagrpid] in SERVING_STATES)
+        return states
+
+    def refresh_ana(self) -> None:
+        """Re-read the ANA states of every known path (after a table or namespace change):
+        rebuild the path views, bump the change count if the log reads differently, and queue
+        an ANA change notice on the controllers of the ports where a group changed state."""
+        changed_ports = set()
+        log_changed = False
+        for portid, view in self._path_views.items():
+            old = self._path_states[portid]
+            new = self._rebuild_view(portid, view)
+            if new == old:
+                continue
+            self._path_states[portid] = new
+            log_changed = True
+            moved = [g for g in new if g in old and new[g] != old[g]]
+            if moved:
+                changed_ports.add(portid)
+                for grpid in moved:
+                    log.info("%s: ANA group %d on port %d: %s -> %s", self.nqn, grpid, portid,
+                             old[grpid].name, new[grpid].name)
+                    self._group_chgcnt[(portid, grpid)] = self.ana_chgcnt + 1
+        if log_changed:
+            self.ana_chgcnt += 1
+        for ctrl in list(self._controllers.values()):
+            if ctrl.listener.portid in changed_ports:
+                ctrl.ana_changed()
+
+    def forget_port(self, portid: int) -> None:
+        """The port's listener is gone (its controllers are deleted already)."""
+        self._path_views.pop(portid, None)
+        self._path_states.pop(portid, None)
+        for key in [k for k in self._group_chgcnt if k[0] == portid]:
+            del self._group_chgcnt[key]
 
     # --- hosts ------------------------------------------------------------------------------
     @property
@@ -314,6 +418,8 @@ class Subsystem:
         if ctrl.cntlid in self._controllers:
             raise ValueError(f"cntlid {ctrl.cntlid} in use")
         self._controllers[ctrl.cntlid] = ctrl
+        if not self.is_discovery:
+            self.path_view(ctrl.listener.portid)  # so that a state change reaches it
 
     def unregister_controller(self, ctrl: Controller) -> None:
         if self._controllers.get(ctrl.cntlid) is ctrl:
@@ -366,6 +472,7 @@ class Target:
         self._subsystems: dict[str, Subsystem] = {}
         self._listeners: dict[int, Listener] = {}
         self.genctr = 0
+        self.ana = AnaTable()
 
     # --- subsystems -------------------------------------------------------------------------
     @property
@@ -381,6 +488,7 @@ class Target:
             raise ValueError(f"subsystem {subsystem.nqn} belongs to another target")
         subsystem._target = self
         self._subsystems[subsystem.nqn] = subsystem
+        subsystem.refresh_ana()  # the target's ANA table may name it already
         log.info("subsystem %s added", subsystem.nqn)
         self.discovery_changed()
         return subsystem
@@ -431,7 +539,22 @@ class Target:
         for ctrl in list(self.controllers()):
             if ctrl.listener == removed:
                 ctrl.delete("listener removed")
+        # Port ids come back (an interface's addresses): a new listener starts optimized.
+        self.ana.forget_port(portid)
+        for subsystem in self._subsystems.values():
+            subsystem.forget_port(portid)
         self.discovery_changed()
+
+    # --- ANA --------------------------------------------------------------------------------
+    def set_ana_state(self, portid: int, state: AnaState | None, *, nqn: str | None = None,
+                      grpid: int | None = None) -> None:
+        """Set the ANA state of a path: every group of every subsystem on port ``portid``, or
+        of subsystem ``nqn``, or of its group ``grpid`` (the most specific setting wins; None
+        removes a setting). Live controllers see the change at once (target/ana.py)."""
+        if self.ana.set(portid, state, nqn=nqn, grpid=grpid):
+            for subsystem in ([self._subsystems[nqn]] if nqn in self._subsystems
+                              else [] if nqn is not None else self._subsystems.values()):
+                subsystem.refresh_ana()
 
     # --- controllers ------------------------------------------------------------------------
     def controllers(self) -> Iterator[Controller]:

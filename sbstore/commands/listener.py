@@ -1,8 +1,13 @@
-"""``sbstore listener add|list|remove``: where hosts reach the NVMe/TCP target.
+"""``sbstore listener add|list|set|remove``: where hosts reach the NVMe/TCP target.
 
 By address (``--address 192.0.2.10 --port 4420``) or by interface (``--interface eth0 --port
 4420``: every address of the interface, followed as addresses come and go). Listeners added
 here are kept in the state and restored at start; the config's are opened at every start.
+
+Each listener is a path for multipath hosts: ``listener set ID --ana-state STATE`` sets the ANA
+state hosts see through it, for every export or (``--export NQN``) for one. Taking a path out
+of service for maintenance: set it ``inaccessible`` (hosts move their I/O to the other
+listeners), then remove it or set it back to ``optimized``.
 """
 from __future__ import annotations
 
@@ -41,10 +46,30 @@ def register(subparsers: Subparsers) -> None:
     add_json(p)
     p.set_defaults(func=run_list)
 
+    p = sub.add_parser("set", help="set the ANA state hosts see through listener ID",
+                       description="Set the ANA state of a path. States: optimized, "
+                       "non-optimized (served, but hosts prefer optimized paths), inaccessible "
+                       "and persistent-loss (I/O fails over to other paths), change (in "
+                       "transition: hosts wait up to ANATT, 10 s, then reset the path); "
+                       "default removes the setting.")
+    p.add_argument("id", type=int)
+    p.add_argument("--ana-state", required=True, choices=ANA_STATE_CHOICES,
+                   help="the state to show")
+    p.add_argument("--export", metavar="NQN",
+                   help="only for this export (default: every export without its own state)")
+    add_json(p)
+    p.set_defaults(func=run_set)
+
     p = sub.add_parser("remove", help="stop listener ID (its hosts are disconnected)")
     p.add_argument("id", type=int)
     add_json(p)
     p.set_defaults(func=run_remove)
+
+
+# target.ana.STATE_NAMES and "default" (the CLI imports neither the target nor the service;
+# tests/control/test_ana_control.py checks that the lists agree).
+ANA_STATE_CHOICES = ("optimized", "non-optimized", "inaccessible", "persistent-loss", "change",
+                     "default")
 
 
 def _hostport(address: str, port: int) -> str:
@@ -68,10 +93,25 @@ def run_add(args: argparse.Namespace) -> int:
 def run_list(args: argparse.Namespace) -> int:
     xs = call(args, lambda c: c.get("/v1/listeners"))
     rows = [(x["id"], x["source"], _where(x), x["state"],
-             " ".join(_hostport(b["address"], b["port"]) for b in x["bound"]) or None)
-            for x in xs]
-    return emit(args, xs, lambda _: table(rows, ("ID", "SOURCE", "WHERE", "STATE", "BOUND"),
-                                          right=("ID",)))
+             " ".join(_hostport(b["address"], b["port"]) for b in x["bound"]) or None,
+             _ana(x)) for x in xs]
+    return emit(args, xs, lambda _: table(rows, ("ID", "SOURCE", "WHERE", "STATE", "BOUND",
+                                                 "ANA"), right=("ID",)))
+
+
+def _ana(x: dict[str, Any]) -> str:
+    """The listener's ANA state, and each export's own: ``optimized, nqn...:a inaccessible``."""
+    own = x.get("ana_exports") or {}
+    return ", ".join([x.get("ana_state", "optimized")]
+                     + [f"{nqn} {state}" for nqn, state in sorted(own.items())])
+
+
+def run_set(args: argparse.Namespace) -> int:
+    body = {"ana_state": args.ana_state}
+    if args.export:
+        body["export"] = args.export
+    x = call(args, lambda c: c.patch(path("v1", "listeners", args.id), body))
+    return emit(args, x, f"listener {x['id']}: ANA {_ana(x)}")
 
 
 def run_remove(args: argparse.Namespace) -> int:

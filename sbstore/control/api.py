@@ -36,7 +36,8 @@ from sbstore.control.http import (
     error_response,
     json_response_sliced,
 )
-from sbstore.control.service import ControlError, ControlService, ErrorCode
+from sbstore.control.service import ANA_STATE_CHOICES, ControlError, ControlService, ErrorCode
+from target.ana import STATE_NAMES
 
 log = logging.getLogger("sbstore.control.api")
 
@@ -347,6 +348,11 @@ async def _listener_remove(c: Call) -> Any:
     await c.service.remove_listener(c.params["id"])
 
 
+async def _listener_set(c: Call) -> Any:
+    return await c.service.set_listener_ana(c.params["id"], c.body["ana_state"],
+                                            c.body.get("export"))
+
+
 async def _tenants(c: Call) -> Any:
     return c.service.list_tenants()
 
@@ -471,6 +477,15 @@ ROUTES: tuple[Route, ...] = (
           body=(Field("address", "string", description="an IP address"),
                 Field("interface", "string", description="an interface name, e.g. eth0"),
                 Field("port", "integer", True, minimum=0, maximum=65535))),
+    Route("PATCH", "/v1/listeners/{id}", _listener_set,
+          "Set the ANA state hosts see through this listener (a path), for every export or "
+          "for one; connected hosts get an ANA change event", "listeners", "Listener",
+          body=(Field("ana_state", "string", True,
+                      "default removes the setting: an export then follows the listener's "
+                      "state, a listener is optimized", enum=ANA_STATE_CHOICES),
+                Field("export", "string", description="an export's NQN (default: every "
+                      "export without a state of its own)")),
+          path_types=(("id", "integer"),)),
     Route("DELETE", "/v1/listeners/{id}", _listener_remove,
           "Stop a listener (its hosts are disconnected)", "listeners", None, 204,
           path_types=(("id", "integer"),)),
@@ -690,7 +705,12 @@ SCHEMAS: dict[str, Any] = {
                       "bound": {"type": "array", "items": _obj(
                           {"address": _S, "port": _I, "portid": _I})},
                       "errors": {"type": "array", "items": _obj(
-                          {"address": _S, "error": _S})}}),
+                          {"address": _S, "error": _S})},
+                      "ana_state": {"type": "string", "enum": list(STATE_NAMES),
+                                    "description": "the ANA state shown for every export "
+                                                   "without one of its own"},
+                      "ana_exports": {"type": "object", "additionalProperties": _S,
+                                      "description": "export NQN -> its ANA state here"}}),
     "Tenant": _obj({"name": _S, "policy": {"$ref": "#/components/schemas/Policy"},
                     "volumes": {"type": "array", "items": _S,
                                 "description": "pool/name of each volume"}}),

@@ -11,6 +11,9 @@ Rules of this module:
   take port ids from :data:`INTERFACE_PORTID_BASE` up, handed out as the addresses appear.
 - Failing to bind one address of an interface (it went away again, the port is taken) is
   logged and shown in the listener's ``errors``; the others keep serving.
+- ANA: a listener is a path. Its ANA settings (a state for every export, and states for
+  single exports, which win) apply to every port it has bound, at once and to each port bound
+  later (an interface's new address); the target forgets a port's states when it is unbound.
 - Nothing here persists: the service decides what is stored.
 """
 from __future__ import annotations
@@ -21,6 +24,8 @@ from typing import Any
 
 from sbstore.control.netif import InterfaceWatcher
 from sbstore.control.state import ListenerRecord
+from target.ana import state_name
+from target.nvme.spec import AnaState
 from target.server import TargetServer
 from target.subsystem import Listener
 
@@ -36,6 +41,8 @@ class LiveListener:
     bound: dict[str, Listener] = field(default_factory=dict)  # address -> target listener
     errors: dict[str, str] = field(default_factory=dict)  # address -> why it is not bound
     watcher: InterfaceWatcher | None = None
+    # ANA settings: export NQN (None: every export without its own) -> state.
+    ana: dict[str | None, AnaState] = field(default_factory=dict)
 
     def info(self) -> dict[str, Any]:
         rec = self.record
@@ -50,7 +57,10 @@ class LiveListener:
         return {"id": rec.id, "source": rec.source, "address": rec.address,
                 "interface": rec.interface, "port": rec.port, "state": state,
                 "bound": bound,
-                "errors": [{"address": a, "error": e} for a, e in sorted(self.errors.items())]}
+                "errors": [{"address": a, "error": e} for a, e in sorted(self.errors.items())],
+                "ana_state": state_name(self.ana.get(None, AnaState.OPTIMIZED)),
+                "ana_exports": {nqn: state_name(st) for nqn, st in sorted(
+                    (k, v) for k, v in self.ana.items() if k is not None)}}
 
 
 class ListenerSet:
@@ -82,16 +92,20 @@ class ListenerSet:
             raise
         live.errors.pop(address, None)
         live.bound[address] = listener
+        for nqn, state in live.ana.items():
+            self.server.target.set_ana_state(listener.portid, state, nqn=nqn)
         log.info("listening on %s:%s (port id %d, listener %d)", listener.traddr,
                  listener.trsvcid, listener.portid, live.record.id)
         return listener
 
-    async def open(self, record: ListenerRecord) -> LiveListener:
-        """Bind a listener. An address listener that cannot bind raises OSError (nothing is
-        kept); an interface listener is kept even when no address is bound yet."""
+    async def open(self, record: ListenerRecord,
+                   ana: dict[str | None, AnaState] | None = None) -> LiveListener:
+        """Bind a listener, showing the ANA states ``ana`` (see :meth:`set_ana`). An address
+        listener that cannot bind raises OSError (nothing is kept); an interface listener is
+        kept even when no address is bound yet."""
         if record.id in self.live:
             raise ValueError(f"listener {record.id} is open")
-        live = LiveListener(record)
+        live = LiveListener(record, ana=dict(ana or {}))
         if record.address is not None:
             await self._bind(live, record.address, record.port, record.id)
             self.live[record.id] = live
@@ -128,6 +142,24 @@ class ListenerSet:
             except (OSError, ValueError) as exc:
                 log.warning("listener %d: cannot listen on new address %s port %d: %s",
                             live.record.id, address, live.record.port, exc)
+
+    def set_ana(self, listener_id: int, export: str | None, state: AnaState | None) -> None:
+        """What listener ``listener_id`` shows for ``export`` (None: for every export without a
+        setting of its own); ``state`` None removes the setting. Hosts connected through it
+        see the change at once (an ANA change notice)."""
+        live = self.live[listener_id]
+        if state is None:
+            live.ana.pop(export, None)
+        else:
+            live.ana[export] = state
+        for listener in live.bound.values():
+            self.server.target.set_ana_state(listener.portid, state, nqn=export)
+
+    def forget_export(self, nqn: str) -> None:
+        """An export is gone: its ANA settings go with it."""
+        for listener_id, live in self.live.items():
+            if nqn in live.ana:
+                self.set_ana(listener_id, nqn, None)
 
     async def close(self, listener_id: int) -> None:
         live = self.live.pop(listener_id)

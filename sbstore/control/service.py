@@ -25,6 +25,11 @@ Rules:
   subscribes with :meth:`ControlService.add_policy_observer` and is told every change.
 - Every volume belongs to a tenant (``default`` unless said otherwise); a volume the state does
   not know yet (created offline) is given to ``default`` at start.
+- ANA and multipath: each listener is a path to every export it reaches. A listener shows one
+  ANA state for all exports (optimized unless set) and may show another for single exports;
+  :meth:`ControlService.set_listener_ana` sets both, persists them, and hosts connected through
+  the listener see the change at once. Removing a listener closes its connections: to a
+  multipath host that is a lost path, and its I/O goes on through the others.
 """
 from __future__ import annotations
 
@@ -43,7 +48,7 @@ from typing import Any
 
 import sbstore
 from sbstore.config import QosPolicy, check_name
-from sbstore.control.listeners import MAX_LISTENER_ID, ListenerSet
+from sbstore.control.listeners import MAX_LISTENER_ID, ListenerSet, LiveListener
 from sbstore.control.state import (
     DEFAULT_TENANT,
     ListenerRecord,
@@ -66,8 +71,9 @@ from sbstore.store import (
     Volume,
 )
 from sbstore.volume_device import VolumeDevice
+from target.ana import STATE_NAMES, parse_state, state_name
 from target.blockdev import BlockDevice
-from target.nvme.spec import DISCOVERY_NQN, NQN_MAX_LEN
+from target.nvme.spec import DISCOVERY_NQN, NQN_MAX_LEN, AnaState
 from target.server import TargetServer
 from target.subsystem import MAX_NAMESPACES, Subsystem, Target
 
@@ -322,18 +328,29 @@ class ControlService:
                 self.state.add_listener(rec)
                 keep[rec.id] = rec
         await self._sync_state()
+        ana = self._ana_settings()
         for rec in sorted(keep.values(), key=lambda r: r.id):
-            await self.listeners.open(rec)  # fatal: the config asks for it
+            await self.listeners.open(rec, ana.get(rec.id))  # fatal: the config asks for it
         for rec in self.state.listeners():
             if rec.source != "api":
                 continue
             try:
-                await self.listeners.open(rec)
+                await self.listeners.open(rec, ana.get(rec.id))
             except (OSError, ValueError) as exc:
                 what = f"listener {rec.id} ({_where(rec)}): {getattr(exc, 'strerror', None) or exc}"
                 log.error("cannot restore %s", what)
                 problems.append(what)
         return problems
+
+    def _ana_settings(self) -> dict[int, dict[str | None, AnaState]]:
+        out: dict[int, dict[str | None, AnaState]] = {}
+        for row in self.state.ana_states():
+            try:
+                out.setdefault(row.listener, {})[row.export] = parse_state(row.state)
+            except ValueError:
+                log.error("listener %d: unknown ANA state %r in the state database; ignored",
+                          row.listener, row.state)
+        return out
 
     def _next_listener_id(self, extra: Mapping[int, Any] = {}) -> int:
         used = {r.id for r in self.state.listeners()} | set(extra)
@@ -843,9 +860,10 @@ class ControlService:
                 raise ControlError(ErrorCode.FAILED_PRECONDITION,
                                    f"export {nqn!r} still has {len(export.namespaces)} "
                                    f"namespace(s): remove them first or delete with --force")
-            self.state.remove_subsystem(nqn)
+            self.state.remove_subsystem(nqn)  # and its listeners' ANA settings (cascade)
             del self._exports[nqn]
             self.target.remove_subsystem(nqn)
+            self.listeners.forget_export(nqn)
             log.info("deleted export %s", nqn)
 
     async def set_export(self, nqn: str, *, allow_any_host: bool) -> dict[str, Any]:
@@ -1011,6 +1029,40 @@ class ControlService:
             if live is not None:
                 await self.listeners.close(listener_id)
 
+    async def set_listener_ana(self, listener_id: int, state: str,
+                               export: str | None = None) -> dict[str, Any]:
+        """Set the ANA state listener ``listener_id`` shows for every export, or (``export``)
+        for one; ``state`` ``default`` removes the setting (an export then follows the
+        listener's state, a listener is optimized). Returns the listener."""
+        if type(listener_id) is not int:
+            raise invalid(f"a listener id is an integer, not {listener_id!r}")
+        if not isinstance(state, str):
+            raise invalid(f"an ANA state is a string, not {state!r}")
+        wanted: AnaState | None = None
+        if state != ANA_DEFAULT:
+            try:
+                wanted = parse_state(state)
+            except ValueError:
+                raise invalid(f"ANA state {state!r}: one of {', '.join(ANA_STATE_CHOICES)}"
+                              ) from None
+        async with self._mutation():
+            live = self.listeners.live.get(listener_id)
+            stored = {r.id: r for r in self.state.listeners()}
+            if live is None and listener_id not in stored:
+                raise ControlError(ErrorCode.NOT_FOUND, f"no listener {listener_id}")
+            if export is not None:
+                self._export(export)  # NOT_FOUND unless it exists
+            self.state.set_ana_state(listener_id, export,
+                                     None if wanted is None else state_name(wanted))
+            log.info("listener %d: ANA state %s for %s", listener_id,
+                     "default" if wanted is None else state_name(wanted),
+                     f"export {export}" if export else "every export")
+            if live is None:  # stored but not listening (it failed to bind at start)
+                return LiveListener(stored[listener_id],
+                                    ana=self._ana_settings().get(listener_id, {})).info()
+            self.listeners.set_ana(listener_id, export, wanted)
+            return live.info()
+
     # === tenants =================================================================================
 
     def list_tenants(self) -> list[dict[str, Any]]:
@@ -1106,6 +1158,10 @@ def _named(pool: Pool, name: str) -> Volume | None:
         return pool.volume(name)
     except NotFound:
         return None
+
+
+ANA_DEFAULT = "default"
+ANA_STATE_CHOICES = (*STATE_NAMES, ANA_DEFAULT)
 
 
 def _where(rec: ListenerRecord) -> str:

@@ -1,9 +1,10 @@
 """The control module's persistent state: one SQLite database, ``state_dir/state.db``.
 
-What it holds is what the pools do not: listeners, subsystems (exports), their allowed hosts and
-namespaces (subsystem NQN, NSID, pool, volume uuid), tenants and their policies, and each
-volume's tenant and own limits. Volumes themselves (names, sizes, lineage) live in the pools;
-rows here name them by ``(pool, uuid)``, which a rename does not change.
+What it holds is what the pools do not: listeners and the ANA state each shows (for every
+export, or for one), subsystems (exports), their allowed hosts and namespaces (subsystem NQN,
+NSID, pool, volume uuid), tenants and their policies, and each volume's tenant and own limits.
+Volumes themselves (names, sizes, lineage) live in the pools; rows here name them by ``(pool,
+uuid)``, which a rename does not change.
 
 Rules of this module:
 - Every change is one transaction: a method that writes commits before it returns, or, inside
@@ -58,6 +59,16 @@ class ListenerRecord:
     port: int
     address: str | None = None
     interface: str | None = None
+
+
+@dataclass(frozen=True)
+class AnaRecord:
+    """The ANA state (a name, see target.ana.STATE_NAMES) listener ``listener`` shows for
+    export ``export``, or for every export that has no setting of its own (``export`` None)."""
+
+    listener: int
+    export: str | None
+    state: str
 
 
 @dataclass(frozen=True)
@@ -122,6 +133,10 @@ CREATE TABLE namespaces (
     pool TEXT NOT NULL, volume_uuid TEXT NOT NULL,
     PRIMARY KEY (subsystem, nsid), UNIQUE (subsystem, pool, volume_uuid));
 CREATE TABLE tenants (name TEXT PRIMARY KEY, {_policy_columns()});
+CREATE TABLE IF NOT EXISTS ana_states (
+    listener INTEGER NOT NULL REFERENCES listeners (id) ON DELETE CASCADE,
+    subsystem TEXT REFERENCES subsystems (nqn) ON DELETE CASCADE,
+    state TEXT NOT NULL);
 CREATE TABLE volumes (
     pool TEXT NOT NULL, uuid TEXT NOT NULL,
     tenant TEXT NOT NULL REFERENCES tenants (name) ON DELETE RESTRICT,
@@ -130,6 +145,7 @@ CREATE TABLE volumes (
 """
 
 DEFAULT_TENANT = "default"
+_ANA_TABLE = next(x for x in _SCHEMA.split(";") if "ana_states" in x)
 
 
 class StateStore:
@@ -182,6 +198,11 @@ class StateStore:
         if row is None or row[0] != str(SCHEMA_VERSION):
             raise StateError(f"{self.path}: state schema version {row and row[0]!r}, this "
                              f"sbstore reads version {SCHEMA_VERSION}")
+        if "ana_states" not in tables:
+            # Added to version 1 later: an older sbstore ignores the table (its listeners
+            # then show every path optimized), so the version stays.
+            with self.transaction():
+                self._db.execute(_ANA_TABLE)
 
     def close(self) -> None:
         self._db.close()  # the last connection checkpoints the WAL, with its fsyncs
@@ -305,6 +326,23 @@ class StateStore:
 
     def remove_listener(self, listener_id: int) -> None:
         self._write("DELETE FROM listeners WHERE id = ?", (listener_id,))
+
+    # --- ANA states ---------------------------------------------------------------------------
+
+    def ana_states(self) -> list[AnaRecord]:
+        return [AnaRecord(listener, export, state) for listener, export, state in self._db.execute(
+            "SELECT listener, subsystem, state FROM ana_states "
+            "ORDER BY listener, subsystem IS NOT NULL, subsystem")]
+
+    def set_ana_state(self, listener_id: int, export: str | None, state: str | None) -> None:
+        """Set (``state`` None: remove) what listener ``listener_id`` shows for ``export``
+        (None: for every export without a setting of its own)."""
+        with self.transaction():
+            self._db.execute("DELETE FROM ana_states WHERE listener = ? AND subsystem IS ?",
+                             (listener_id, export))
+            if state is not None:
+                self._db.execute("INSERT INTO ana_states (listener, subsystem, state) "
+                                 "VALUES (?, ?, ?)", (listener_id, export, state))
 
     # --- subsystems, hosts, namespaces --------------------------------------------------------
 

@@ -162,9 +162,10 @@ class Controller:
         return min(nsqa, ncqa)
 
     async def get_log_page(self, lid: int, nbytes: int, *, offset: int = 0,
-                           nsid: int = 0xFFFFFFFF, rae: bool = False) -> memoryview:
+                           nsid: int = 0xFFFFFFFF, rae: bool = False,
+                           lsp: int = 0) -> memoryview:
         done = await self.admin_cmd(cmd.get_log_page(0, lid, nbytes, offset=offset, nsid=nsid,
-                                                     rae=rae), read_len=nbytes)
+                                                     rae=rae, lsp=lsp), read_len=nbytes)
         return done.payload
 
     async def keep_alive_once(self) -> None:

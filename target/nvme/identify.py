@@ -57,6 +57,10 @@ class IdentifyController:
     lpa: int = 0
     elpe: int = 0  # 0's based
     kas: int = 0  # 100 ms units
+    anatt: int = 0  # ANA transition time, seconds
+    anacap: int = 0
+    anagrpmax: int = 0  # largest ANA group id
+    nanagrpid: int = 0  # number of ANA group ids
     sqes: int = 0
     cqes: int = 0
     maxcmd: int = 0
@@ -85,6 +89,7 @@ def push_identify_controller(idc: IdentifyController) -> bytes:
     struct.pack_into("<HBBBBBB", buf, 256, idc.oacs, idc.acl, idc.aerl, idc.frmw, idc.lpa,
                      idc.elpe, 0)  # npss 0: one power state
     _U16.pack_into(buf, 320, idc.kas)
+    struct.pack_into("<BBII", buf, 342, idc.anatt, idc.anacap, idc.anagrpmax, idc.nanagrpid)
     struct.pack_into("<BBHIHHBB", buf, 512, idc.sqes, idc.cqes, idc.maxcmd, idc.nn, idc.oncs,
                      0, 0, idc.vwc)  # fuses, fna
     _U32.pack_into(buf, 536, idc.sgls)
@@ -105,13 +110,15 @@ def pull_identify_controller(data: bytes | bytearray | memoryview) -> IdentifyCo
     oacs, acl, aerl, frmw, lpa, elpe, _npss = struct.unpack_from("<HBBBBBB", b, 256)
     sqes, cqes, maxcmd, nn, oncs, _fuses, _fna, vwc = struct.unpack_from("<BBHIHHBB", b, 512)
     ioccsz, iorcsz, icdoff, fcatt, msdbd, ofcs = struct.unpack_from("<IIHBBH", b, 1792)
+    anatt, anacap, anagrpmax, nanagrpid = struct.unpack_from("<BBII", b, 342)
     return IdentifyController(
         cntlid=cntlid, serial=b[4:24].decode("ascii").rstrip(" "),
         model=b[24:64].decode("ascii").rstrip(" "), firmware=b[64:72].decode("ascii").rstrip(" "),
         subnqn=b[768:1024].split(b"\0", 1)[0].decode("utf-8"), ver=ver, cntrltype=b[111],
         mdts=mdts, cmic=cmic, rab=rab, oaes=oaes, ctratt=ctratt, oacs=oacs, acl=acl, aerl=aerl,
-        frmw=frmw, lpa=lpa, elpe=elpe, kas=_U16.unpack_from(b, 320)[0], sqes=sqes, cqes=cqes,
-        maxcmd=maxcmd, nn=nn, oncs=oncs, vwc=vwc, sgls=_U32.unpack_from(b, 536)[0],
+        frmw=frmw, lpa=lpa, elpe=elpe, kas=_U16.unpack_from(b, 320)[0],
+        anatt=anatt, anacap=anacap, anagrpmax=anagrpmax, nanagrpid=nanagrpid, sqes=sqes,
+        cqes=cqes, maxcmd=maxcmd, nn=nn, oncs=oncs, vwc=vwc, sgls=_U32.unpack_from(b, 536)[0],
         mnan=_U32.unpack_from(b, 540)[0], ioccsz=ioccsz, iorcsz=iorcsz, icdoff=icdoff,
         fcatt=fcatt, msdbd=msdbd, ofcs=ofcs, ps0_max_power_cw=_U16.unpack_from(b, 2048)[0])
 
@@ -128,6 +135,7 @@ class IdentifyNamespace:
     nmic: int = 0
     dlfeat: int = 0
     nvmcap: int = 0  # bytes
+    anagrpid: int = 0  # the namespace's ANA group
     nguid: bytes = bytes(16)
     eui64: bytes = bytes(8)
     extra_lbafs: tuple[int, ...] = field(default=())  # only for pull; push writes one format
@@ -144,6 +152,7 @@ def push_identify_namespace(idn: IdentifyNamespace) -> bytes:
     struct.pack_into("<QQQBBBBBBBBBB", buf, 0, idn.nsze, idn.ncap, idn.nuse, idn.nsfeat, 0, 0,
                      0, 0, 0, idn.nmic, 0, 0, idn.dlfeat)
     buf[48:64] = idn.nvmcap.to_bytes(16, "little")
+    _U32.pack_into(buf, 92, idn.anagrpid)
     if len(idn.nguid) != 16 or len(idn.eui64) != 8:
         raise ValueError("NGUID is 16 bytes, EUI64 8")
     buf[104:120] = idn.nguid
@@ -161,7 +170,8 @@ def pull_identify_namespace(data: bytes | bytearray | memoryview) -> IdentifyNam
     lbaf = [struct.unpack_from("<HBB", b, 128 + 4 * i) for i in range(nlbaf + 1)]
     return IdentifyNamespace(
         nsze=nsze, ncap=ncap, nuse=nuse, lbads=lbaf[flbas & 0xF][1], nsfeat=nsfeat, nmic=nmic,
-        dlfeat=dlfeat, nvmcap=int.from_bytes(b[48:64], "little"), nguid=b[104:120],
+        dlfeat=dlfeat, nvmcap=int.from_bytes(b[48:64], "little"),
+        anagrpid=_U32.unpack_from(b, 92)[0], nguid=b[104:120],
         eui64=b[120:128], extra_lbafs=tuple(x[1] for x in lbaf[1:]))
 
 

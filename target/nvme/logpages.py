@@ -1,5 +1,6 @@
 """Log pages: Error Information (01h), SMART / Health (02h), Firmware Slot (03h), Changed
-Namespace List (04h), Commands Supported and Effects (05h) and Discovery (70h), as ``push_x``
+Namespace List (04h), Commands Supported and Effects (05h), Asymmetric Namespace Access (0Ch)
+and Discovery (70h), as ``push_x``
 builders and ``pull_x`` readers.
 
 Rules: pure, stdlib only; a builder returns the whole log page, and the caller slices it by the
@@ -152,6 +153,48 @@ def push_effects_log(admin_opcodes: Iterable[int], io_opcodes: Iterable[int],
         struct.pack_into("<I", buf, 1024 + 4 * op,
                          EFFECTS_CSUPP | (EFFECTS_LBCC if op in writes else 0))
     return bytes(buf)
+
+
+ANA_LOG_HEADER_SIZE = 16
+ANA_GROUP_DESC_SIZE = 32
+
+
+@dataclass(frozen=True, slots=True)
+class AnaGroupDescriptor:  # Base 2.0 Figure 220
+    grpid: int
+    state: int  # target.nvme.spec.AnaState
+    chgcnt: int = 0
+    nsids: tuple[int, ...] = ()
+
+
+def push_ana_log(chgcnt: int, groups: Iterable[AnaGroupDescriptor], *,
+                 groups_only: bool = False) -> bytes:
+    """The ANA log page (Figure 219): {chgcnt u64, ngrps u16, 6 reserved}, then per group
+    {grpid u32, nnsids u32, chgcnt u64, state u8, 15 reserved, nsid u32 x nnsids}.
+    ``groups_only`` (RGO): every descriptor with no NSID list."""
+    out = bytearray()
+    count = 0
+    for g in groups:
+        nsids = () if groups_only else tuple(sorted(g.nsids))
+        out += struct.pack("<IIQB15x", g.grpid, len(nsids), g.chgcnt, g.state)
+        out += struct.pack(f"<{len(nsids)}I", *nsids)
+        count += 1
+    return struct.pack("<QH6x", chgcnt, count) + bytes(out)
+
+
+def pull_ana_log(data: bytes | bytearray | memoryview) -> tuple[int, list[AnaGroupDescriptor]]:
+    """(chgcnt, descriptors) from an ANA log page, walking it as Linux's nvme_parse_ana_log."""
+    b = bytes(data)
+    chgcnt, ngrps = struct.unpack_from("<QH", b, 0)
+    pos = ANA_LOG_HEADER_SIZE
+    groups = []
+    for _ in range(ngrps):
+        grpid, nnsids, g_chgcnt, state = struct.unpack_from("<IIQB", b, pos)
+        pos += ANA_GROUP_DESC_SIZE
+        nsids = struct.unpack_from(f"<{nnsids}I", b, pos)
+        pos += 4 * nnsids
+        groups.append(AnaGroupDescriptor(grpid, state, g_chgcnt, tuple(nsids)))
+    return chgcnt, groups
 
 
 @dataclass(frozen=True, slots=True)

@@ -99,6 +99,21 @@ class CommandSpecificStatus(IntEnum):  # Base 2.0 Figure 103; Fabrics 1.1 Figure
     # Base 2.0: attribute-type errors for Dataset Management reuse 0x80.. in the NVM set.
 
 
+class PathStatus(IntEnum):  # Base 2.0 Figure 105 (SCT 3h, path related)
+    INTERNAL_PATH_ERROR = 0x00
+    ANA_PERSISTENT_LOSS = 0x01
+    ANA_INACCESSIBLE = 0x02
+    ANA_TRANSITION = 0x03
+
+
+class AnaState(IntEnum):  # Base 2.0 §8.1.3 and Figure 220 (ANA Group Descriptor, byte 16)
+    OPTIMIZED = 0x01
+    NON_OPTIMIZED = 0x02
+    INACCESSIBLE = 0x03
+    PERSISTENT_LOSS = 0x04
+    CHANGE = 0x0F
+
+
 class MediaStatus(IntEnum):  # Base 2.0 Figure 104
     WRITE_FAULT = 0x80
     UNRECOVERED_READ_ERROR = 0x81
@@ -124,6 +139,7 @@ class LogPageId(IntEnum):  # Base 2.0 Figure 202
     FIRMWARE_SLOT = 0x03
     CHANGED_NAMESPACE_LIST = 0x04
     COMMANDS_SUPPORTED = 0x05
+    ANA = 0x0C  # Asymmetric Namespace Access, Base 2.0 §5.16.1.12
     DISCOVERY = 0x70
 
 
@@ -162,6 +178,7 @@ class AsyncEventType(IntEnum):  # Base 2.0 Figure 150
 class AsyncEventNotice(IntEnum):  # AEI for type NOTICE
     NAMESPACE_ATTRIBUTE_CHANGED = 0x00
     FIRMWARE_ACTIVATION_STARTING = 0x01
+    ANA_CHANGE = 0x03
     DISCOVERY_LOG_CHANGED = 0xF0
 
 
@@ -212,6 +229,7 @@ class HostFeatureId(IntEnum):  # Base 2.0 Figure 316, features beyond FeatureId
 AEC_SMART_MASK = 0xFF
 AEC_NS_ATTRIBUTE = 1 << 8
 AEC_FW_ACTIVATION = 1 << 9
+AEC_ANA_CHANGE = 1 << 11
 AEC_DISCOVERY_CHANGE = 1 << 31
 
 # CC fields beyond EN/SHN (Base 2.0 §3.1.3.5).
@@ -229,6 +247,16 @@ CAP_MPSMIN_SHIFT, CAP_MPSMAX_SHIFT = 48, 52
 
 # Identify Controller bits (Base 2.0 Figure 275).
 CMIC_MULTI_CTRL = 1 << 1
+CMIC_ANA = 1 << 3  # Asymmetric Namespace Access reporting
+# ANACAP: which ANA states the controller reports (bits 0-4), and bit 6: a namespace's
+# ANAGRPID does not change while it is attached (Base 2.0 Figure 275).
+ANACAP_OPTIMIZED = 1 << 0
+ANACAP_NON_OPTIMIZED = 1 << 1
+ANACAP_INACCESSIBLE = 1 << 2
+ANACAP_PERSISTENT_LOSS = 1 << 3
+ANACAP_CHANGE = 1 << 4
+ANACAP_GRPID_STATIC = 1 << 6
+ANA_LSP_RGO = 1 << 0  # Get Log Page ANA, LSP bit 0: Return Groups Only (no NSID lists)
 CTRATT_HOST_ID_128 = 1 << 0
 CTRATT_TBKAS = 1 << 6  # traffic based keep alive
 ONCS_DSM = 1 << 2

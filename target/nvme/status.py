@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from target.nvme.spec import CommandSpecificStatus as CS
 from target.nvme.spec import GenericStatus as GS
-from target.nvme.spec import MediaStatus, StatusType
+from target.nvme.spec import MediaStatus, PathStatus, StatusType
 
 
 def status_field(sct: int, sc: int, *, dnr: bool = False, more: bool = False) -> int:
@@ -91,3 +91,13 @@ def with_result(error: NvmeError, dw0: int) -> NvmeError:
     there); the controller reads it back with ``getattr(error, "dw0", 0)``."""
     error.dw0 = dw0  # type: ignore[attr-defined]
     return error
+
+
+# --- Path related (SCT 3h): never DNR, so a multipath host retries the command on another path.
+def _path(name: str, code: int) -> type[NvmeError]:
+    return type(name, (NvmeError,), {"sct": StatusType.PATH, "sc": code, "dnr": False})
+
+
+AnaPersistentLoss = _path("AnaPersistentLoss", PathStatus.ANA_PERSISTENT_LOSS)
+AnaInaccessible = _path("AnaInaccessible", PathStatus.ANA_INACCESSIBLE)
+AnaTransition = _path("AnaTransition", PathStatus.ANA_TRANSITION)

@@ -136,7 +136,7 @@ def test_listener_verbs(daemon: DaemonThread) -> None:
     out = daemon.ok("listener", "add", "--interface", "lo", "--port", "0").out
     assert out.startswith("listener 3: interface lo port 0 (") and "127.0.0.1:" in out
     table = daemon.ok("listener", "list").out.splitlines()
-    assert table[0].split() == ["ID", "SOURCE", "WHERE", "STATE", "BOUND"]
+    assert table[0].split() == ["ID", "SOURCE", "WHERE", "STATE", "BOUND", "ANA"]
     assert [line.split()[:2] for line in table[1:]] == [["1", "config"], ["2", "api"],
                                                          ["3", "api"]]
     assert daemon.ok("listener", "remove", "3").out == "removed listener 3\n"

@@ -34,7 +34,7 @@ DOCUMENTED = [
     "sbstore_connections", "sbstore_controllers", "sbstore_subsystems", "sbstore_namespaces",
     "sbstore_listeners", "sbstore_listener_connections", "sbstore_connection_limit",
     "sbstore_connections_refused_total", "sbstore_connections_timed_out_total",
-    "sbstore_log_lines_suppressed_total", "sbstore_build_info",
+    "sbstore_log_lines_suppressed_total", "sbstore_ana_groups", "sbstore_build_info",
 ]
 
 
@@ -115,6 +115,7 @@ async def test_metrics_after_io(full_daemon: DaemonThread) -> None:
     assert value(samples, "sbstore_subsystems") == 2
     assert value(samples, "sbstore_namespaces") == 2
     assert value(samples, "sbstore_listeners") == 1
+    assert value(samples, "sbstore_ana_groups", portid="1", state="optimized") == 2
     assert value(samples, "sbstore_controllers", kind="io") == 2
     assert value(samples, "sbstore_connections") >= 4  # two admin queues, three I/O queues
 

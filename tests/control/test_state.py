@@ -16,6 +16,7 @@ import pytest
 from sbstore.config import QosPolicy
 from sbstore.control.service import ControlError, ControlService, ErrorCode
 from sbstore.control.state import (
+    AnaRecord,
     ListenerRecord,
     NamespaceRecord,
     StateError,
@@ -49,6 +50,33 @@ def test_a_new_database_has_the_default_tenant_and_reopens(tmp_path: Path) -> No
         assert s.tenants()[1] == TenantRecord("gold", QosPolicy(iops=10, burst_s=0.25,
                                                                   weight=9))
         assert s.volumes() == [VolumeRecord("p", "u-1", "gold", QosPolicy(write_bps=1 << 20))]
+    finally:
+        s.close()
+
+
+def test_ana_states_cascade_and_an_older_database_gains_the_table(tmp_path: Path) -> None:
+    s = StateStore(tmp_path / "state.db")
+    try:
+        s.add_listener(ListenerRecord(1, "api", 4420, address="127.0.0.1"))
+        s.add_subsystem(SubsystemRecord(NQN_1, True, "SER", "model"))
+        s.set_ana_state(1, None, "inaccessible")
+        s.set_ana_state(1, NQN_1, "change")
+        s.set_ana_state(1, None, "non-optimized")  # replaces, NULL export included
+        assert s.ana_states() == [AnaRecord(1, None, "non-optimized"),
+                                  AnaRecord(1, NQN_1, "change")]
+        s.remove_subsystem(NQN_1)
+        assert s.ana_states() == [AnaRecord(1, None, "non-optimized")]
+        s.remove_listener(1)
+        assert s.ana_states() == []
+        # A database made before the table existed (same schema version) gets it at open.
+        s._db.execute("DROP TABLE ana_states")
+    finally:
+        s.close()
+    s = StateStore(tmp_path / "state.db")
+    try:
+        s.add_listener(ListenerRecord(1, "api", 4420, address="127.0.0.1"))
+        s.set_ana_state(1, None, "inaccessible")
+        assert s.ana_states() == [AnaRecord(1, None, "inaccessible")]
     finally:
         s.close()
 

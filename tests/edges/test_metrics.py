@@ -211,6 +211,8 @@ async def test_scrape_shows_the_io_done(served: Served) -> None:
     assert val(s, "sbstore_subsystems") == 1
     assert val(s, "sbstore_namespaces") == 3
     assert val(s, "sbstore_listeners") == 1
+    assert val(s, "sbstore_ana_groups", portid=str(next(iter(served.target.listeners))),
+               state="optimized") == 1
     build = [dict(labels) for (name, labels) in s if name == "sbstore_build_info"]
     assert build and build[0]["version"] == sbstore.__version__
     assert any(name.startswith("process_") for name, _ in s)  # the standard collectors
@@ -360,6 +362,11 @@ def reference_text(source: MetricsSource) -> str:
                     for k, v in rows:
                         f.add_metric([k], v)
                     out.append(f)
+                a = GaugeMetricFamily("sbstore_ana_groups", "(Subsystem, ANA group) pairs a "
+                                      "port shows in an ANA state.", labels=["portid", "state"])
+                for portid, state, n in t.ana_groups:
+                    a.add_metric([str(portid), state], n)
+                out.append(a)
             b = GaugeMetricFamily("sbstore_build_info", "sbstore version.",
                                   labels=["version", "python"])
             b.add_metric([sbstore.__version__, platform.python_version()], 1)
@@ -408,7 +415,8 @@ def test_same_series_as_prometheus_client_writes() -> None:
                                (("listener", 4096), ("source", 1024)),
                                (("listener_cap", 2), ("source_cap", 3)),
                                (("icreq", 4), ("connect", 5)),
-                               (("protocol_error", 6), ("refused", 7))),
+                               (("protocol_error", 6), ("refused", 7)),
+                               ana_groups=((1, "optimized", 3), (2, "inaccessible", 1))),
                            qos=lambda: [TenantQosSample("t1", 3, 1.25, 7, 8, 9, 2, 1),
                                         TenantQosSample(odd, 0, 0.0)])
     expected = reference_text(source)

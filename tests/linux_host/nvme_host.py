@@ -231,6 +231,101 @@ def fio(vm: LinuxHostVM, name: str, filename: str, timeout: float = 180.0,
     return FioResult(r.rc, r.output if job is not None else r.output + raw, job)
 
 
+def fio_start(vm: LinuxHostVM, name: str, filename: str, **options: str | int) -> None:
+    """Start one fio job (as :func:`fio`) in the background of the guest and return at once.
+
+    The agent runs one command at a time, so a job that must run while the test does other
+    things in the guest is started in a session of its own, its report and exit status going
+    to files that :func:`fio_wait` collects."""
+    opts: dict[str, str | int] = {"ioengine": "libaio", "direct": 1}
+    opts.update(options)
+    args = ["fio", f"--name={name}", f"--filename={filename}", "--output-format=json",
+            f"--output=/tmp/fio-{name}.json"] + [f"--{k}={v}" for k, v in opts.items()]
+    job = f"{shlex.join(args)} > /tmp/fio-{name}.out 2>&1; echo $? > /tmp/fio-{name}.rc"
+    vm.exec(f"rm -f /tmp/fio-{name}.*; setsid sh -c {shlex.quote(job)} "
+            f"< /dev/null > /dev/null 2>&1 &", timeout=30).check(f"starting fio {name}")
+
+
+def fio_wait(vm: LinuxHostVM, name: str, timeout: float) -> FioResult:
+    """Wait (polling) for a job :func:`fio_start` started; its report. A job still running at
+    the deadline is killed and reported with rc -1."""
+    deadline = time.monotonic() + timeout
+    rc = -1
+    while time.monotonic() < deadline:
+        r = vm.exec(f"cat /tmp/fio-{name}.rc 2>/dev/null", timeout=30)
+        if r.output.strip().lstrip("-").isdigit():
+            rc = int(r.output.strip())
+            break
+        time.sleep(0.5)
+    else:
+        vm.exec("pkill -9 fio; true", timeout=30)
+    raw = vm.exec(f"cat /tmp/fio-{name}.json 2>/dev/null", timeout=30).output
+    out = vm.exec(f"cat /tmp/fio-{name}.out 2>/dev/null; rm -f /tmp/fio-{name}.*",
+                  timeout=30).output
+    job = None
+    try:
+        data = json.loads(raw[raw.index("{"):]) if "{" in raw else None
+        if isinstance(data, dict) and data.get("jobs"):
+            job = data["jobs"][0]
+    except json.JSONDecodeError:
+        pass
+    return FioResult(rc, out if job is not None else out + raw, job)
+
+
+@dataclass(frozen=True)
+class PathInfo:
+    """One controller of a subsystem as native multipath sees it: a path."""
+
+    ctrl: str  # e.g. "nvme1"
+    trsvcid: int  # the target port it connects to
+    state: str  # controller state: live, connecting, resetting, ...
+    ana_state: str  # of its namespace path device (optimized, inaccessible, ...); "" if none
+    written_sectors: int  # 512-byte sectors written through this path (its stat)
+
+
+def paths(vm: LinuxHostVM, subnqn: str) -> dict[int, PathInfo]:
+    """The subsystem's paths by target port, from sysfs: each controller's address and state,
+    and its hidden per-path namespace device (``nvmeXcYnZ``: ``ana_state``, ``stat``)."""
+    q = shlex.quote(subnqn)
+    script = f"""
+for c in /sys/class/nvme/nvme*; do
+  [ "$(cat "$c/subsysnqn" 2>/dev/null)" = {q} ] || continue
+  p=$(ls -d "$c"/nvme*c*n* 2>/dev/null | head -n 1)
+  ana=""; w=0
+  if [ -n "$p" ]; then
+    ana=$(cat "$p/ana_state" 2>/dev/null)
+    w=$(awk '{{print $7}}' "$p/stat" 2>/dev/null)
+  fi
+  echo "path ${{c##*/}} $(cat "$c/state") ${{ana:--}} ${{w:-0}} $(cat "$c/address" | tr -d ' ')"
+done
+true"""
+    out = vm.exec(script, timeout=30).check("listing nvme paths").output
+    found: dict[int, PathInfo] = {}
+    for line in out.splitlines():
+        parts = line.split(" ", 5)
+        if len(parts) != 6 or parts[0] != "path":
+            continue
+        _, ctrl, state, ana, written, address = parts
+        fields = dict(kv.split("=", 1) for kv in address.split(",") if "=" in kv)
+        port = int(fields.get("trsvcid", "0") or 0)
+        found[port] = PathInfo(ctrl, port, state, "" if ana == "-" else ana,
+                               int(written) if written.isdigit() else 0)
+    return found
+
+
+def wait_paths(vm: LinuxHostVM, subnqn: str, ready: Any, what: str,
+               timeout: float = 20.0) -> dict[int, PathInfo]:
+    """Poll :func:`paths` until ``ready(paths)`` holds (VMError naming ``what`` if not)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = paths(vm, subnqn)
+        if ready(found):
+            return found
+        if time.monotonic() > deadline:
+            raise VMError(f"{what}: not within {timeout}s; paths: {found}")
+        time.sleep(0.2)
+
+
 def nonzero_bytes(vm: LinuxHostVM, dev: str, offset: int, length: int,
                   timeout: float = 60.0) -> int:
     """How many bytes in [offset, offset+length) of ``dev`` are not zero (O_DIRECT reads)."""
