@@ -101,5 +101,10 @@ class VolumeDevice:
         return self.volume.num_blocks
 
     @property
+    def used_blocks(self) -> int:
+        """The blocks of the clusters the volume's map names (Identify Namespace NUSE)."""
+        return self.volume.allocated_bytes // self.volume.block_size
+
+    @property
     def uuid(self) -> uuid_mod.UUID:
         return self.volume.uuid

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from target import discovery
 from target.ana import ANATT_S, MAX_ANA_GROUPS
+from target.blockdev import USED_BLOCKS
 from target.nvme import status as st
 from target.nvme.identify import (
     IdentifyController,
@@ -152,8 +153,11 @@ def identify_controller_data(ctrl: Controller) -> bytes:
 def identify_namespace_data(ns: Namespace) -> bytes:
     ns.refresh()  # the host learns the size here: check I/O against the same figure
     n = ns.nblocks
+    # NUSE: what a thin device really holds (target.blockdev.USED_BLOCKS), else all of it.
+    used = getattr(ns.device, USED_BLOCKS, None)
+    nuse = n if used is None else min(n, used)
     return push_identify_namespace(IdentifyNamespace(
-        nsze=n, ncap=n, nuse=n, lbads=ns.lba_shift, nsfeat=NSFEAT_THIN_PROVISIONING,
+        nsze=n, ncap=n, nuse=nuse, lbads=ns.lba_shift, nsfeat=NSFEAT_THIN_PROVISIONING,
         nmic=NMIC_SHARED, dlfeat=DLFEAT_READ_ZEROES | DLFEAT_WRITE_ZEROES_DEAC,
         nvmcap=n * ns.block_size, anagrpid=ns.anagrpid, nguid=ns.nguid, eui64=ns.eui64))
 

@@ -92,6 +92,11 @@ class BlockDevice(Protocol):
         """TRIM: ``(lba, nblocks)`` ranges may be unmapped; they then read as zeroes."""
 
 
+# Optional, beyond the protocol: a thin device may have ``used_blocks`` (int or None), the
+# blocks it really holds now; Identify Namespace reports it as NUSE (absent or None: all).
+USED_BLOCKS = "used_blocks"
+
+
 ErrorTranslator = Callable[[Exception], BlockDeviceError]
 _TRANSLATORS: dict[type, ErrorTranslator] = {}
 

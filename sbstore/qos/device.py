@@ -73,7 +73,7 @@ from sbstore.qos.scheduler import (
     TenantQosStats,
     VolumeState,
 )
-from target.blockdev import BlockDevice
+from target.blockdev import USED_BLOCKS, BlockDevice
 
 _now = time.monotonic
 MIN_TIMER_S = 0.001
@@ -212,6 +212,10 @@ class QosDevice:
     @property
     def uuid(self) -> uuid_mod.UUID:
         return self.device.uuid
+
+    @property
+    def used_blocks(self) -> int | None:
+        return getattr(self.device, USED_BLOCKS, None)
 
     @property
     def tenant(self) -> str:

@@ -69,6 +69,7 @@ from typing import Any, Self
 from .backing import Backing
 from .engines import open_engine
 from .engines.base import EngineUnavailable, IoEngine
+from .engines.kernel import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, fallocate
 from .errors import (
     AlreadyExists,
     Busy,
@@ -129,6 +130,7 @@ log = logging.getLogger(__name__)
 _META_RESERVE = 16  # pages kept back for management operations (deleting must stay possible)
 _DRAIN_LEAVES = 64  # leaves a deletion drops before yielding to the event loop
 _INFLATE_BATCH = 16  # clusters an inflate copies before yielding
+_PUNCH_BATCH = 64  # hole punches (discards) in flight at once while giving space back
 _ROOM_ROUNDS = 200  # tries of _make_room (a commit, or 1 ms for in-flight I/O to drain)
 
 
@@ -210,6 +212,10 @@ class Pool:
         self._mgmt_lock = asyncio.Lock()
         self._busy: dict[int, str] = {}
         self._drains: set[asyncio.Task[None]] = set()
+        # Freed clusters being given back to the file system (hole punch) or the device
+        # (discard) before they return to the free set: see _give_back.
+        self._punches: set[asyncio.Task[None]] = set()
+        self.punched_bytes = 0  # given back so far (a statistic)
         self._closed = False
         self.fallback_used = False  # opened from the older superblock slot
 
@@ -450,6 +456,7 @@ class Pool:
                 await self.flush()
             while self._commit_task is not None:
                 await asyncio.shield(self._commit_task)
+            await self.punches_done()
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
@@ -1039,6 +1046,10 @@ class Pool:
         clusters = 0
         pages = 0
         shared_leaves: set[int] = set()
+        # Unmapping a whole cluster dirties its map leaf and its refcount leaf: pages per
+        # distinct leaf (each with its directory), not per cluster, or a large deallocate
+        # (fstrim of a full file system) would look bigger than any metadata area.
+        unmapped_leaves: set[tuple[int, int]] = set()
         for ci, _co, _pos, length in segs:
             p = m[ci]
             j = ci >> LEAF_SHIFT
@@ -1047,11 +1058,14 @@ class Pool:
             if leaf_shared:
                 shared_leaves.add(j)
             if zeroing and (p == 0 or length == csize):
-                pages += 2 if p else 0
+                if p:
+                    unmapped_leaves.add((0, j))
+                    unmapped_leaves.add((1, p >> LEAF_SHIFT))
                 continue
             if not p or leaf_shared or rc[p] != 1 or self.is_unstable(p):
                 clusters += 1
                 pages += 3
+        pages += 2 * len(unmapped_leaves)
         for j in shared_leaves:
             pages += 1 + self._unshare_cost(vol, j)
         return clusters, pages
@@ -1079,6 +1093,9 @@ class Pool:
             if self.guard.deferred and attempt < _ROOM_ROUNDS:
                 # Freed clusters wait for data I/O still in flight: it completes shortly.
                 await asyncio.sleep(0.001)
+                continue
+            if self._punches and attempt < _ROOM_ROUNDS:
+                await self.punches_done()  # freed clusters on their way back to the free set
                 continue
             break
         if not data_ok:
@@ -1253,6 +1270,71 @@ class Pool:
             self._vt_root_ptr = (loc, page_crc(data))
             writes.append((loc, data))
 
+    # --- space back to the file system or the device ---------------------------------------------
+
+    def _give_back(self, clusters: list[int]) -> None:
+        """Clusters no map names any more, committed free, no I/O in flight on them: punch them
+        out of the pool file (or discard them on a block device), then make them allocatable.
+        Punching before they are free is what makes it safe: nothing can be written there
+        meanwhile. On the event loop it runs as a task, off the I/O path; from synchronous code
+        (open, close, tools) it is done inline. A device that cannot punch only loses the space
+        back, never data: the clusters are freed either way."""
+        if self.readonly or self._closed:
+            self._space.release_committed(clusters)
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            for offset, nbytes in self._runs(clusters):
+                try:  # (the metadata descriptor: any descriptor of the file will do)
+                    fallocate(self._backing.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                              offset, nbytes)
+                except OSError:
+                    break  # best effort: cannot punch here
+                self.punched_bytes += nbytes
+            self._space.release_committed(clusters)
+            return
+        task = asyncio.get_running_loop().create_task(self._punch_then_release(clusters))
+        self._punches.add(task)
+        task.add_done_callback(self._punches.discard)
+
+    async def _punch_then_release(self, clusters: list[int]) -> None:
+        try:
+            runs = self._runs(clusters)
+            for i in range(0, len(runs), _PUNCH_BATCH):
+                batch = [self.engine.punch(off, n) for off, n in runs[i:i + _PUNCH_BATCH]]
+                done = await asyncio.gather(*batch, return_exceptions=True)
+                for (_, n), ok in zip(runs[i:i + _PUNCH_BATCH], done):
+                    if ok is True:
+                        self.punched_bytes += n
+                if any(ok is False or isinstance(ok, BaseException) for ok in done):
+                    break  # the device cannot (or failed): the rest stays allocated on it
+        except Exception:  # best effort: the space is free in the pool whatever happens here
+            log.exception("pool %s: giving space back to the device failed", self.path)
+        finally:
+            if not self._closed:
+                self._space.release_committed(clusters)
+
+    def _runs(self, clusters: list[int]) -> list[tuple[int, int]]:
+        """Byte ranges (offset, length) of ``clusters``, contiguous ones merged."""
+        shift = self.cluster_size.bit_length() - 1
+        runs: list[tuple[int, int]] = []
+        start = prev = -2
+        for pcn in sorted(clusters):
+            if pcn != prev + 1:
+                if start >= 0:
+                    runs.append((start << shift, (prev - start + 1) << shift))
+                start = pcn
+            prev = pcn
+        if start >= 0:
+            runs.append((start << shift, (prev - start + 1) << shift))
+        return runs
+
+    async def punches_done(self) -> None:
+        """Wait until freed space given back so far has reached the file system or device."""
+        while self._punches:
+            await asyncio.gather(*list(self._punches), return_exceptions=True)
+
     def _write_plan(self, plan: _Plan) -> None:
         """The I/O of a commit (worker thread): pages, barrier, superblock, barrier."""
         b = self._backing
@@ -1268,9 +1350,9 @@ class Pool:
             self._sb = plan.sb
         self._meta.release_committed(plan.release_meta)
         if plan.release_data:
-            # Freed clusters return once no data I/O that may still touch them is in flight.
-            self.guard.after(plan.epoch, functools.partial(self._space.release_committed,
-                                                           plan.release_data))
+            # Freed clusters return once no data I/O that may still touch them is in flight
+            # (and their space has gone back to the file system or the device).
+            self.guard.after(plan.epoch, functools.partial(self._give_back, plan.release_data))
         self._inflight_pages = {}
         self._unstable_inflight = set()
         self._durable_txn = plan.txn

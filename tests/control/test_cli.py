@@ -259,3 +259,25 @@ async def test_snapshot_delete_with_clones_and_later_snapshots(daemon: DaemonThr
     assert set(listing) == {"vm", "c1", "c2"}
     assert (listing["vm"]["parent"], listing["c1"]["parent"], listing["c2"]["parent"]) == \
         ("s2", None, None)
+
+
+async def test_nuse_follows_what_a_volume_holds(daemon: DaemonThread) -> None:
+    """Identify Namespace over NVMe/TCP: NUSE counts the blocks a thin volume holds (none
+    before a write, a cluster's worth after one, none again after a deallocate), NSZE stays
+    the size, NSFEAT says thin provisioning; and the pool gives the space back."""
+    from target.host import Controller
+    from tests.control.conftest import in_thread
+
+    daemon.ok("volume", "create", "thin", "--size", "16M")
+    daemon.ok("export", "create", NQN_1, "--volume", "thin", "--allow-any-host")
+    cluster = daemon.client.get("/v1/pools/p1")["cluster_size"]
+    async with await Controller.connect("127.0.0.1", daemon.port, NQN_1) as host:
+        idn = await host.identify_namespace(1)
+        assert (idn.nsze, idn.nuse, idn.nsfeat & 1) == ((16 << 20) // 4096, 0, 1)
+        await host.write(1, 0, os.urandom(4096))
+        assert (await host.identify_namespace(1)).nuse == cluster // 4096
+        await host.deallocate(1, [(0, cluster // 4096)])
+        assert (await host.identify_namespace(1)).nuse == 0
+        await host.flush(1)
+    pool = await in_thread(daemon.client.get, "/v1/pools/p1")
+    assert pool["allocated_bytes"] == 0

@@ -290,6 +290,72 @@ async def test_delete_frees_only_unshared_space(pool: Pool) -> None:
     assert pool.volumes == []
 
 
+def medium_bytes(pool: Pool, pool_path: Path) -> int:
+    """What the pool occupies on the medium: the file's allocated blocks, or for a loop
+    device the blocks of the file under it (its discards punch that file)."""
+    under = pool_path
+    if pool_path.is_block_device():
+        under = Path((Path("/sys/block") / pool_path.name / "loop" / "backing_file")
+                     .read_text().strip())
+    return os.stat(under).st_blocks * 512
+
+
+async def test_freed_space_goes_back_to_the_medium(pool: Pool, pool_path: Path) -> None:
+    """A deleted volume's clusters, and clusters a deallocate unmaps, are punched out of the
+    pool file (discarded on a block device) once freed, and stay allocatable; a snapshot's
+    shared clusters are not."""
+    v = await pool.create_volume("v", 8 << 20)
+    keep = await pool.create_volume("keep", 1 << 20)
+    kept = os.urandom(C)
+    await keep.write(0, kept)
+    for mib in range(8):  # writes as a host sends them (at most 1 MiB each)
+        await v.write(mib * 2048, os.urandom(1 << 20))
+    await pool.flush()
+    full = medium_bytes(pool, pool_path)
+    await v.deallocate([(0, (2 << 20) // 512)])  # the first 2 MiB: 32 whole clusters
+    await pool.flush()
+    await pool.punches_done()
+    after_trim = medium_bytes(pool, pool_path)
+    assert full - after_trim >= (2 << 20) - C, (full, after_trim)
+    s = await v.snapshot("s")
+    await pool.delete(v)  # the snapshot still names the rest
+    await pool.flush()
+    await pool.punches_done()
+    assert medium_bytes(pool, pool_path) >= after_trim - C
+    await pool.delete(s)
+    await pool.flush()
+    await pool.punches_done()
+    assert after_trim - medium_bytes(pool, pool_path) >= (6 << 20) - C
+    assert pool.punched_bytes >= 8 << 20
+    assert bytes(await keep.read(0, C // 512)) == kept
+    # The space is allocatable again: a new volume fills it.
+    w = await pool.create_volume("w", 8 << 20)
+    data = os.urandom(8 << 20)
+    for mib in range(8):
+        await w.write(mib * 2048, data[mib << 20:(mib + 1) << 20])
+    assert bytes(await w.read(0, (8 << 20) // 512)) == data
+    await pool.flush()
+    assert_clean(pool.path)
+
+
+async def test_a_large_deallocate_fits_a_small_metadata_area(pool: Pool) -> None:
+    """fstrim of a full file system: one deallocate unmapping more clusters than the metadata
+    area has pages (its room is counted per leaf, not per cluster), on a clone sharing every
+    leaf with its snapshot."""
+    v = await pool.create_volume("v", 16 << 20)
+    for mib in range(16):
+        await v.write(mib * 2048, os.urandom(1 << 20))
+    s = await v.snapshot("s")
+    c = await pool.clone(s, "c")
+    assert 2 * (16 << 20) // C > pool._meta.n_free  # two pages a cluster would not fit
+    await c.deallocate([(0, c.num_blocks)])
+    assert bytes(await c.read(0, 64)) == bytes(64 * 512)
+    assert c.allocated_bytes == 0 and s.allocated_bytes == 16 << 20
+    await v.deallocate([(0, v.num_blocks)])
+    await pool.flush()
+    assert_clean(pool.path)
+
+
 async def test_inflate_makes_clone_independent(pool: Pool) -> None:
     v = await pool.create_volume("v", 1 << 20)
     base = os.urandom(3 * C)
