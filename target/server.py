@@ -433,6 +433,10 @@ class _Bound:
     server: asyncio.AbstractServer
 
 
+async def _in_thread(fn: Callable[[], Any]) -> Any:
+    return await asyncio.to_thread(fn)
+
+
 @dataclass
 class TargetServer:
     """The listeners of one target and the connections they accepted."""
@@ -443,6 +447,12 @@ class TargetServer:
     _bound: list[_Bound] = field(default_factory=list)
     _connections: set[QueueConnection] = field(default_factory=set)
     _poller: BusyPoller | None = None
+
+    def __post_init__(self) -> None:
+        # DH-HMAC-CHAP's modular exponentiations take 5-60 ms in Python: a worker thread
+        # runs them, so that other connections are served meanwhile (the GIL is handed back
+        # every few ms).
+        self.target.offload = _in_thread
 
     def poller(self) -> BusyPoller | None:
         """The busy-poller the connections kick (one per server, made in the running loop on
