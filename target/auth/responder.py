@@ -37,7 +37,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from target.auth import chap, ffdhe
 from target.auth.secret import DhchapSecret
@@ -67,7 +67,12 @@ from target.nvme.dhchap import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Offload = Callable[[Callable[[], T]], Awaitable[T]]
+
+
+class Offload(Protocol):
+    """Runs a slow computation somewhere (a worker thread) and awaits its result."""
+
+    def __call__(self, fn: Callable[[], T], /) -> Awaitable[T]: ...
 
 DEFAULT_HASHES: tuple[int, ...] = (HashId.SHA256, HashId.SHA384, HashId.SHA512)
 DEFAULT_DHGROUPS: tuple[int, ...] = (DhGroupId.FFDHE2048, DhGroupId.FFDHE3072,

@@ -103,5 +103,5 @@ class DhchapSecret:
 
     __str__ = __repr__
 
-    def __reduce__(self) -> object:  # never pickle key material by accident
+    def __reduce__(self) -> str | tuple[object, ...]:  # never pickle key material by accident
         raise TypeError("DhchapSecret is not picklable")

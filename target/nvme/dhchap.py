@@ -82,9 +82,9 @@ class FailureReason(IntEnum):  # rescode_exp of Failure1/Failure2 (Base 2.0 Figu
 
 RESCODE_FAILED = 0x01
 
-HASH_LEN = {HashId.SHA256: 32, HashId.SHA384: 48, HashId.SHA512: 64}
-HASH_NAME = {HashId.SHA256: "sha256", HashId.SHA384: "sha384", HashId.SHA512: "sha512"}
-DHGROUP_NAME = {DhGroupId.NULL: "null", DhGroupId.FFDHE2048: "ffdhe2048",
+HASH_LEN: dict[int, int] = {HashId.SHA256: 32, HashId.SHA384: 48, HashId.SHA512: 64}
+HASH_NAME: dict[int, str] = {HashId.SHA256: "sha256", HashId.SHA384: "sha384", HashId.SHA512: "sha512"}
+DHGROUP_NAME: dict[int, str] = {DhGroupId.NULL: "null", DhGroupId.FFDHE2048: "ffdhe2048",
                 DhGroupId.FFDHE3072: "ffdhe3072", DhGroupId.FFDHE4096: "ffdhe4096",
                 DhGroupId.FFDHE6144: "ffdhe6144", DhGroupId.FFDHE8192: "ffdhe8192"}
 
