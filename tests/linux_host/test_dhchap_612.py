@@ -16,6 +16,8 @@ step whose precondition did not pass fails at once saying so.
 7. SHA-512 with a larger group, ffdhe3072, when the export asks for them. (ffdhe8192 works
    with our own initiator, tests/integration/test_auth.py; the guest kernel's own ffdhe8192
    arithmetic under TCG takes longer than a minute per connect.)
+8. the discovery controller (the daemon runs with ``[target] discovery_auth = true``): this
+   host must authenticate there too, while a host holding no secret discovers as before.
 
 The daemon's log must never show a secret.
 """
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from target.auth.secret import DhchapSecret
+from target.nvme.spec import DISCOVERY_NQN
 
 from . import nvme_host as nh
 from .sbstore_process import SbstoreDaemon, free_port, write_config
@@ -62,7 +65,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SbstoreDaemon]:
     port = free_port()
     config = write_config(d / "sbstore.toml", state_dir=d / "state", pool_path=d / "p.pool",
                           pool_size="256M", api_socket=d / "api.sock", nvme_port=port,
-                          pool_name="p")
+                          pool_name="p", extra="[target]\ndiscovery_auth = true\n")
     server = SbstoreDaemon(config, d / "api.sock", port, d / "daemon.log")
     try:
         server.start()
@@ -237,3 +240,31 @@ def test_7_sha512_and_ffdhe3072(flow: Flow) -> None:
     _io(flow, a.namespaces[0], 5)
     assert "authenticated with hash hmac(sha512) dhgroup ffdhe3072" in flow.vm.dmesg()
     _disconnect(flow)
+
+
+def test_8_discovery_controller(flow: Flow) -> None:
+    flow.need("export")
+    port = flow.daemon.port
+    refused = nh.discover(flow.vm, HOST_FROM_GUEST, port, hostnqn=HOSTNQN, hostid=HOST_ID)
+    assert refused.rc != 0, f"discovery without the secret succeeded:\n{refused.describe()}"
+    # nvme-cli 2.3's discover does not hand --dhchap-secret to the kernel (it fails with
+    # ENOKEY, "qid 0: no key", whatever the target): ask the kernel for the discovery
+    # controller directly, then read its log through it.
+    opts = (f"transport=tcp,traddr={HOST_FROM_GUEST},trsvcid={port},nqn={DISCOVERY_NQN},"
+            f"hostnqn={HOSTNQN},hostid={HOST_ID},dhchap_secret={flow.secrets['host']}")
+    r = flow.vm.exec(f"printf %s {shlex.quote(opts)} > /dev/nvme-fabrics", timeout=60)
+    assert r.rc == 0, f"discovery controller with the secret refused:\n{r.output}"
+    ctrls = nh.attached(flow.vm, DISCOVERY_NQN).controllers
+    assert ctrls, "no discovery controller after an accepted connect"
+    try:
+        ok = nh.run_json(flow.vm, f"nvme discover --device={ctrls[0]} -o json")
+        subnqns = [rec.get("subnqn") for rec in nh.discovery_records(ok)]
+        assert ok.rc == 0 and SUBNQN in subnqns, ok.describe()
+    finally:
+        flow.vm.exec(f"echo 1 > /sys/class/nvme/{ctrls[0]}/delete_controller 2>/dev/null; true",
+                     timeout=30)
+    other_id = str(uuid.uuid4())
+    other = nh.discover(flow.vm, HOST_FROM_GUEST, port,
+                        hostnqn=f"nqn.2014-08.org.nvmexpress:uuid:{other_id}", hostid=other_id)
+    assert other.rc == 0, other.describe()
+    assert SUBNQN not in [r.get("subnqn") for r in nh.discovery_records(other)]
