@@ -64,6 +64,7 @@ class Field:
     minimum: int | None = None
     maximum: int | None = None
     enum: tuple[str, ...] | None = None
+    secret: bool = False  # never quoted back in an error message
 
     def schema(self) -> dict[str, Any]:
         s: dict[str, Any] = {"type": self.type}
@@ -90,8 +91,8 @@ class Field:
             kind = {"array": "an array of strings", "integer": "an integer",
                     "boolean": "true or false", "number": "a number",
                     "string": "a string"}[self.type]
-            raise BadRequest(f"{where} {self.name!r} must be {kind}, not "
-                             f"{json.dumps(value)[:40]}")
+            shown = "something else" if self.secret else json.dumps(value)[:40]
+            raise BadRequest(f"{where} {self.name!r} must be {kind}, not {shown}")
         if self.type in ("integer", "number"):
             if self.minimum is not None and value < self.minimum:
                 raise BadRequest(f"{where} {self.name!r} must be at least {self.minimum}")
@@ -386,12 +387,12 @@ NQN_DESC = "an NVMe Qualified Name, e.g. nqn.2026-11.io.example:vol1"
 _KEY_HASHES = tuple(dhchap.TRANSFORM_NAMES)
 _DHCHAP_FIELDS = (
     Field("dhchap_key", "string", description="the host's secret, DHHC-1:hh:base64: (as "
-          "nvme gen-dhchap-key writes)"),
+          "nvme gen-dhchap-key writes)", secret=True),
     Field("generate_key", "boolean", description="sbstore generates the host's secret"),
     Field("key_hash", "string", description="transform hash of a generated secret",
           enum=_KEY_HASHES),
     Field("ctrl_key", "string", description="the controller's secret, for bidirectional "
-          "authentication"),
+          "authentication", secret=True),
     Field("generate_ctrl_key", "boolean", description="sbstore generates the controller's "
           "secret"),
     Field("ctrl_key_hash", "string", description="transform hash of a generated controller "

@@ -111,3 +111,20 @@ def test_bad_secrets_are_refused_without_echo(daemon: DaemonThread) -> None:
     assert daemon.ok("host", "list", NQN_1, "--json").json == []
     r = daemon.cli("host", "set", NQN_1, HOST_B, "--generate")
     assert r.rc == 1  # not a host of the export
+
+
+def test_api_never_echoes_a_secret(daemon: DaemonThread) -> None:
+    from sbstore.control.client import ApiError
+    daemon.ok("export", "create", NQN_1)
+    secret = DhchapSecret.generate(1).format()
+    with daemon.client as c:
+        for body in ({"host_nqn": HOST_B, "dhchap_key": [secret]},
+                     {"host_nqn": HOST_B, "dhchap_key": secret[:-8] + "AAAAAAA:"},
+                     {"host_nqn": HOST_B, "generate_key": True, "ctrl_key": {"k": secret}}):
+            with pytest.raises(ApiError) as info:
+                c.post(f"/v1/subsystems/{NQN_1}/hosts", body)
+            assert info.value.status in (400, 422)
+            assert secret.split(":")[2][:12] not in str(info.value.message)
+        given = c.post(f"/v1/subsystems/{NQN_1}/hosts", {"host_nqn": HOST_B,
+                                                          "dhchap_key": secret})
+        assert "generated" not in given and secret.split(":")[2] not in str(given)
