@@ -619,6 +619,9 @@ class QueueSession:
             raise st.AuthRequired(f"qid {self.qid}: authentication required")
         except st.NvmeError as e:
             return self.fail(cid, sqhd, e)
+        except Exception:
+            log.exception("%r: authentication command failed", self)
+            return self.fail(cid, sqhd, st.InternalError())
 
     async def auth_command(self, sqe: bytes, data: memoryview | None, now: float) -> Done:
         """Authentication Send or Receive on this queue (admin or I/O)."""

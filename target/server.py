@@ -35,6 +35,7 @@ from typing import Any, Awaitable, Callable, Coroutine, cast
 from target.admission import Admission
 from target.busypoll import BusyPoller
 from target.controller import QueueSession, Response
+from target.offload import ProcessOffload
 from target.subsystem import Listener, Target
 from target.tcp.queue import (CommandReceived, PeerTerminated, ProtocolFailed, QueueEstablished,
                               TargetQueue)
@@ -433,10 +434,6 @@ class _Bound:
     server: asyncio.AbstractServer
 
 
-async def _in_thread(fn: Callable[[], Any]) -> Any:
-    return await asyncio.to_thread(fn)
-
-
 @dataclass
 class TargetServer:
     """The listeners of one target and the connections they accepted."""
@@ -447,12 +444,12 @@ class TargetServer:
     _bound: list[_Bound] = field(default_factory=list)
     _connections: set[QueueConnection] = field(default_factory=set)
     _poller: BusyPoller | None = None
+    # DH-HMAC-CHAP's modular exponentiations take 7-70 ms in Python and pow() holds the GIL:
+    # a worker process (started on first use) runs them, so other connections are served.
+    _offload: ProcessOffload = field(default_factory=ProcessOffload)
 
     def __post_init__(self) -> None:
-        # DH-HMAC-CHAP's modular exponentiations take 5-60 ms in Python: a worker thread
-        # runs them, so that other connections are served meanwhile (the GIL is handed back
-        # every few ms).
-        self.target.offload = _in_thread
+        self.target.offload = self._offload
 
     def poller(self) -> BusyPoller | None:
         """The busy-poller the connections kick (one per server, made in the running loop on
@@ -500,6 +497,7 @@ class TargetServer:
         """Stop accepting, close every connection, and wait (bounded) for them to go."""
         for bound in self._bound:
             bound.server.close()
+        await self._offload.close()
         if self._poller is not None:
             self._poller.close()
             self._poller = None

@@ -167,6 +167,9 @@ async def test_discovery_controller(served: Served) -> None:
         assert disc.auth_outcome is not None
         header = await disc.get_log_page(0x70, 1024)
         assert struct.unpack_from("<Q", header, 8)[0] >= 1
+    from target.host import discover
+    entries = await discover(*served.addr, hostnqn=HOSTNQN, auth=HostAuth(HOST_SECRET))
+    assert NQN in [e.subnqn for e in entries]
     # a host holding no secret anywhere discovers as before
     async with await Controller.connect(*served.addr, DISCOVERY_NQN, timeout_s=10) as disc:
         assert not disc.auth_required
