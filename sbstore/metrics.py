@@ -67,6 +67,8 @@ The target:
   sbstore_subsystems                         NVM subsystems (discovery not counted)
   sbstore_namespaces                         namespaces over all subsystems
   sbstore_listeners                          listeners
+  sbstore_dhchap_authentications_total{result}  DH-HMAC-CHAP transactions (one per queue),
+                                             result = success|failure
   sbstore_build_info{version,python}         1
 Plus prometheus_client's process_* and python_* series (``standard_collectors=True``).
 """
@@ -142,6 +144,8 @@ class TargetSample:
     subsystems: int = 0
     namespaces: int = 0
     listeners: int = 0
+    dhchap_successes: int = 0
+    dhchap_failures: int = 0
 
     @classmethod
     def of(cls, target: Target, server: TargetServer | None = None) -> TargetSample:
@@ -154,6 +158,8 @@ class TargetSample:
             subsystems=len(subsystems),
             namespaces=sum(len(s.namespaces) for s in subsystems),
             listeners=len(target.listeners),
+            dhchap_successes=target.dhchap_successes,
+            dhchap_failures=target.dhchap_failures,
         )
 
 
@@ -537,6 +543,12 @@ class Exposition:
                 _gauge_family("sbstore_namespaces", "Namespaces over all subsystems.",
                               [("", t.namespaces)]),
                 _gauge_family("sbstore_listeners", "NVMe/TCP listeners.", [("", t.listeners)]),
+                _header("sbstore_dhchap_authentications_total", "counter",
+                        "DH-HMAC-CHAP transactions, one per queue, by result.")
+                + f'sbstore_dhchap_authentications_total{{result="success"}} '
+                  f"{t.dhchap_successes}\n"
+                + f'sbstore_dhchap_authentications_total{{result="failure"}} '
+                  f"{t.dhchap_failures}\n",
             ]
         parts.append(_gauge_family("sbstore_build_info", "sbstore version.", [(
             _labels(version=sbstore.__version__, python=platform.python_version()), 1)]))

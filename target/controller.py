@@ -585,6 +585,7 @@ class QueueSession:
         self.auth = Responder(qid=self.qid, subnqn=subsystem.nqn, hostnqn=hostnqn,
                               credentials=lambda: target.credentials_for(subsystem, hostnqn),
                               key_pairs=ctrl.key_pairs, offload=target.offload)
+        self.auth.on_outcome = target.count_authentication
         return CONNECT_AUTHREQ_ATR
 
     def _connect_io(self, cmd: ConnectCommand, cid: int, now: float) -> Response:

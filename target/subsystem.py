@@ -389,6 +389,8 @@ class Target:
         # server points ``offload`` at a worker thread so that the event loop keeps serving.
         self.discovery_auth = False
         self.offload: Offload = run_inline
+        self.dhchap_successes = 0  # DH-HMAC-CHAP transactions, per queue (metrics)
+        self.dhchap_failures = 0
         self.discovery = Subsystem(DISCOVERY_NQN, discovery_serial, model, firmware=firmware,
                                    _discovery=True)
         self.discovery._target = self
@@ -428,6 +430,12 @@ class Target:
         if nqn == DISCOVERY_NQN:
             return self.discovery
         return self._subsystems.get(nqn)
+
+    def count_authentication(self, ok: bool) -> None:
+        if ok:
+            self.dhchap_successes += 1
+        else:
+            self.dhchap_failures += 1
 
     def credentials_for(self, subsystem: Subsystem, hostnqn: str) -> list[HostCredentials]:
         """The credentials a host connecting to ``subsystem`` may authenticate with (empty:

@@ -190,6 +190,8 @@ class Responder:
         self.dhgroup_id = 0
         self._t: _Transaction | None = None
         self._t_id = 0
+        # Told True/False at the end of every transaction (the target's counters).
+        self.on_outcome: Callable[[bool], None] | None = None
 
     def __repr__(self) -> str:
         return (f"Responder(qid={self.qid}, step={self.step.value}, "
@@ -352,6 +354,10 @@ class Responder:
         self.failed = True
         self.step = Step.DONE
         self._t = None
+        if self.on_outcome is not None:
+            self.on_outcome(True)
+        if self.on_outcome is not None:
+            self.on_outcome(False)
 
     def _finish(self) -> None:
         t = self._t
@@ -362,3 +368,5 @@ class Responder:
                      ", controller authenticated too" if t.c2 is not None else "")
         self.step = Step.DONE
         self._t = None
+        if self.on_outcome is not None:
+            self.on_outcome(True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import stat
 import urllib.request
 from pathlib import Path
@@ -74,6 +75,9 @@ async def test_generate_connect_rotate_restart(daemon: DaemonThread, tmp_path: P
     assert "dhchap: set" in listing
     with urllib.request.urlopen(daemon.metrics_url, timeout=10) as resp:
         metrics = resp.read().decode()
+    counts = dict(re.findall(r'^sbstore_dhchap_authentications_total\{result="(\w+)"\} (\d+)$',
+                             metrics, re.MULTILINE))
+    assert int(counts["success"]) >= 6 and int(counts["failure"]) >= 1, counts
     logged = "\n".join(daemon.lines) + "\n".join(r.getMessage() for r in caplog.records)
     for secret in secrets:
         blob = secret.split(":")[2]

@@ -329,6 +329,12 @@ def reference_text(source: MetricsSource) -> str:
                         ("sbstore_namespaces", "Namespaces over all subsystems.", t.namespaces),
                         ("sbstore_listeners", "NVMe/TCP listeners.", t.listeners)):
                     out.append(GaugeMetricFamily(name, doc, value=value))
+                a = CounterMetricFamily("sbstore_dhchap_authentications",
+                                        "DH-HMAC-CHAP transactions, one per queue, by result.",
+                                        labels=["result"])
+                a.add_metric(["success"], t.dhchap_successes)
+                a.add_metric(["failure"], t.dhchap_failures)
+                out.append(a)
             b = GaugeMetricFamily("sbstore_build_info", "sbstore version.",
                                   labels=["version", "python"])
             b.add_metric([sbstore.__version__, platform.python_version()], 1)
