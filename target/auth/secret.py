@@ -23,6 +23,10 @@ import zlib
 
 KEY_LENGTHS = (32, 48, 64)
 TRANSFORM_HASHES = {0: None, 1: "sha256", 2: "sha384", 3: "sha512"}
+# With a transform hash the key is as long as the hash (nvme gen-dhchap-key insists too): Linux
+# keys the HMAC with the transformed key but the raw key's length, so any other length would
+# make it compute with bytes beyond the transformed key.
+TRANSFORM_KEY_LENGTH = {1: 32, 2: 48, 3: 64}
 _PREFIX = "DHHC-1:"
 _CRC = struct.Struct("<I")
 
@@ -41,6 +45,9 @@ class DhchapSecret:
             raise SecretError(f"a DH-HMAC-CHAP key is 32, 48 or 64 bytes, not {len(key)}")
         if transform not in TRANSFORM_HASHES:
             raise SecretError(f"transform hash id {transform} is not 0..3")
+        if transform and len(key) != TRANSFORM_KEY_LENGTH[transform]:
+            raise SecretError(f"a key transformed with hash {transform} is "
+                              f"{TRANSFORM_KEY_LENGTH[transform]} bytes, not {len(key)}")
         self._key = bytes(key)
         self.transform = transform
 
@@ -71,7 +78,7 @@ class DhchapSecret:
         """A fresh random secret; the length defaults to the transform hash's size (as
         nvme gen-dhchap-key does)."""
         if length is None:
-            length = {0: 32, 1: 32, 2: 48, 3: 64}.get(transform, 32)
+            length = TRANSFORM_KEY_LENGTH.get(transform, 32)
         return cls(secrets.token_bytes(length), transform)
 
     def format(self) -> str:

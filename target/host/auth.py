@@ -123,6 +123,8 @@ async def authenticate(q: QueueClient, auth: HostAuth, *, subnqn: str,
                 return ffdhe.shared_secret(pair, peer), pair.public
 
             try:
+                # A thread keeps the call shape simple; pow() holds the GIL, so the loop still
+                # waits for it (the target runs its side in a worker process instead).
                 session_key, our_public = await asyncio.to_thread(exchange)
             except ffdhe.DhError as e:
                 raise MessageError(str(e), FailureReason.DHGROUP_UNUSABLE) from None

@@ -62,6 +62,16 @@ def test_rejects_malformed_without_quoting_it(text: str) -> None:
         assert text[10:] not in str(info.value)
 
 
+@pytest.mark.parametrize("transform,length", [(1, 48), (1, 64), (2, 32), (3, 48)])
+def test_key_length_must_match_its_transform_hash(transform: int, length: int) -> None:
+    with pytest.raises(SecretError):
+        DhchapSecret(bytes(length), transform)
+    blob = bytes(length) + zlib.crc32(bytes(length)).to_bytes(4, "little")
+    with pytest.raises(SecretError):
+        DhchapSecret.parse(f"DHHC-1:{transform:02x}:{base64.b64encode(blob).decode()}:")
+    assert DhchapSecret(bytes(length), 0).transform == 0  # untransformed: any of the three
+
+
 def test_repr_and_fingerprint_show_no_key() -> None:
     secret = DhchapSecret.parse(NVME_CLI_KEY)
     blob = NVME_CLI_KEY.split(":")[2]
@@ -78,5 +88,6 @@ def test_parse_never_crashes_on_junk(blob: bytes, hid: int) -> None:
     except SecretError:
         return
     assert len(blob) in (36, 52, 68) and hid <= 3
+    assert hid == 0 or len(blob) - 4 == {1: 32, 2: 48, 3: 64}[hid]
     assert zlib.crc32(blob[:-4]) == int.from_bytes(blob[-4:], "little")
     assert secret.format() == text
