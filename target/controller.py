@@ -411,6 +411,7 @@ class QueueSession:
         self._close_at: float | None = None
         self._delete_ctrl_at_close = False  # a failed authentication drops the controller
         self.auth: Responder | None = None
+        self._auth_gate = False  # the Connect asked for authentication: refuse until then
         self._io: IoQueue | None = None
         self.handle_command: CommandHandler = self._handle_unconnected
         # The admission flow of a command (target.admission); admin queues have none.
@@ -576,12 +577,14 @@ class QueueSession:
                  ", DH-HMAC-CHAP" if atr else "")
         return Response(completion(cid, 0, sqhd, 0, cntlid | atr), None)
 
-    def _require_auth(self, ctrl: Controller) -> int:
+    def _require_auth(self, ctrl: Controller, *, gate: bool = True) -> int:
         """Give this queue a Responder if the host must authenticate; the Connect
-        response's AUTHREQ bits."""
+        response's AUTHREQ bits. ``gate``: refuse other commands until it has (False for a
+        queue admitted without authentication that the host authenticates later)."""
         target, subsystem, hostnqn = self.target, ctrl.subsystem, ctrl.hostnqn
         if not target.credentials_for(subsystem, hostnqn):
             return 0
+        self._auth_gate = gate
         self.auth = Responder(qid=self.qid, subnqn=subsystem.nqn, hostnqn=hostnqn,
                               credentials=lambda: target.credentials_for(subsystem, hostnqn),
                               key_pairs=ctrl.key_pairs, offload=target.offload)
@@ -629,8 +632,9 @@ class QueueSession:
         ctrl = self.controller
         assert ctrl is not None
         if self.auth is None:
-            # The host may (re-)authenticate where it need not, once it holds credentials.
-            if not self._require_auth(ctrl):
+            # The host may authenticate where it was not asked to (credentials set after its
+            # Connect): its queue keeps working meanwhile, and a failure still drops it.
+            if not self._require_auth(ctrl, gate=False):
                 raise st.InvalidField("no DH-HMAC-CHAP credentials for this host", error_loc=4)
         auth = self.auth
         assert auth is not None
@@ -676,7 +680,7 @@ class QueueSession:
                     done: Done | None = await self.auth_command(sqe, data, now)
                 else:
                     done = self._admin_fabrics(ctrl, sqe, now)
-            elif self.auth is not None and not self.auth.authenticated:
+            elif self._auth_gate and self.auth is not None and not self.auth.authenticated:
                 raise st.AuthRequired(f"admin command {sqe[0]:#x} before authentication")
             elif not ctrl.ready:
                 raise st.CommandSequenceError(f"admin command {sqe[0]:#x} while the controller"

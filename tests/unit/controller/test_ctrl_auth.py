@@ -154,3 +154,16 @@ def test_fuzzed_auth_send(payloads: list[bytes]) -> None:
         if not conn.closed:
             assert (await conn.cmd(identify(IdentifyCns.CONTROLLER))).status == AUTH_REQUIRED
     asyncio.run(run())
+
+
+async def test_credentials_set_after_connect() -> None:
+    env = make_env()
+    conn, _ = await bring_up_admin(env)  # admitted without authentication
+    env.subsystem.set_host_credentials(HOSTNQN, HostCredentials(SECRET,
+                                                                dhgroups=(m.DhGroupId.NULL,)))
+    assert (await conn.cmd(sqe(AdminOpcode.KEEP_ALIVE))).ok  # not asked at its Connect
+    neg = m.push_negotiate(m.Negotiate(4, (m.HashId.SHA256,), (m.DhGroupId.NULL,)))
+    assert (await conn.cmd(auth_send(neg), neg)).ok
+    assert (await conn.cmd(sqe(AdminOpcode.KEEP_ALIVE))).ok  # mid-transaction: still served
+    assert (await conn.cmd(auth_receive())).ok
+    assert env.target.dhchap_successes == 0 and env.target.dhchap_failures == 0
