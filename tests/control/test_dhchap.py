@@ -132,3 +132,15 @@ def test_api_never_echoes_a_secret(daemon: DaemonThread) -> None:
         given = c.post(f"/v1/subsystems/{NQN_1}/hosts", {"host_nqn": HOST_B,
                                                           "dhchap_key": secret})
         assert "generated" not in given and secret.split(":")[2] not in str(given)
+
+
+def test_cli_text_shows_a_generated_secret_once(daemon: DaemonThread) -> None:
+    daemon.ok("export", "create", NQN_1)
+    out = daemon.ok("host", "add", NQN_1, HOST_B, "--generate").out
+    line = next(x for x in out.splitlines() if x.startswith("host secret (generated"))
+    secret = line.rsplit(" ", 1)[1]
+    assert DhchapSecret.parse(secret).transform == 1
+    assert "DH-HMAC-CHAP: host; hashes sha256,sha384,sha512" in out
+    assert secret not in daemon.ok("host", "list", NQN_1).out
+    assert secret not in daemon.ok("export", "show", NQN_1).out
+    assert secret not in daemon.ok("host", "set", NQN_1, HOST_B, "--dhchap-key", secret).out
