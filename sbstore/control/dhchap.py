@@ -32,13 +32,17 @@ class DhchapSettingsError(ValueError):
     """A request's DH-HMAC-CHAP fields are wrong (the message names the field only)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class SecretRequest:
     """One secret as asked for: given (``text``), or to be generated with ``transform``."""
 
     text: str | None = None
     generate: bool = False
     transform: str = "sha256"
+
+    def __repr__(self) -> str:
+        return (f"SecretRequest({'given' if self.text is not None else 'none'}, "
+                f"generate={self.generate}, transform={self.transform!r})")
 
     def resolve(self, field: str) -> tuple[DhchapSecret, bool]:
         """(the secret, whether it was generated here)."""
