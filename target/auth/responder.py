@@ -162,7 +162,7 @@ class _Transaction:
     dhgroup_id: int
     s1: int = 0
     c1: bytes = b""
-    session_key: bytes | None = None
+    session_key: bytes | None = field(default=None, repr=False)
     matched: HostCredentials | None = None
     s2: int = 0
     c2: bytes | None = None
