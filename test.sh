@@ -18,5 +18,14 @@ if ((${#missing[@]})); then
   apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
+# The 6.12 guest kernel (tests/linux_host, DH-HMAC-CHAP) comes from Debian 13 (trixie) through a
+# private apt configuration; its Release file is checked with the archive keyring, whose trixie
+# keys arrived in a Debian 12 point release: make sure they are there.
+if [ ! -e /usr/share/keyrings/debian-archive-trixie-stable.gpg ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends debian-archive-keyring
+fi
+
 python3 -m pip install -q -e '.[test]'
 exec python3 -m pytest "$@"

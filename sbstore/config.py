@@ -21,6 +21,8 @@ The keys (see systemd/sbstore.toml for a commented example)::
     [metrics]  listen = "127.0.0.1:9420"  allow_remote = false  enabled = true
                per_volume = "counters"              # full | counters | none
     [target]   busy_poll_us = 0                     # > 0: poll, not sleep, this long after I/O
+               discovery_auth = false   # true: hosts holding a DH-HMAC-CHAP secret must use it
+                                        # on the discovery controller too
     [limits]   icreq_timeout_s = 10  connect_timeout_s = 20     # close silent connections
                max_connections_per_listener = 4096  max_connections_per_source = 1024
     [[pools]]  name = "local"  path = "local.pool"  create_size = "100G"  cluster_size = "256K"
@@ -176,6 +178,10 @@ class TargetConfig:
     queue depth, for a core spent spinning; see target.busypoll). 0 (the default): off."""
 
     busy_poll_us: int = 0
+    # DH-HMAC-CHAP on the discovery controller: a host that holds a secret on some export must
+    # authenticate (with any of its secrets) before it reads the discovery log. Off by
+    # default, as Linux nvmet: `nvme discover` without a secret keeps working.
+    discovery_auth: bool = False
 
     MAX_BUSY_POLL_US = 1_000_000
 
@@ -454,8 +460,9 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>",
     if not 0 <= busy_poll_us <= TargetConfig.MAX_BUSY_POLL_US:
         raise t_s.error(f"{busy_poll_us} is out of range 0..{TargetConfig.MAX_BUSY_POLL_US} "
                         f"(microseconds; 0 turns busy-polling off)", "busy_poll_us")
+    discovery_auth = t_s.get("discovery_auth", bool, False)
     t_s.done()
-    target = TargetConfig(busy_poll_us=busy_poll_us)
+    target = TargetConfig(busy_poll_us=busy_poll_us, discovery_auth=discovery_auth)
 
     l_s = _Section(top.get("limits", dict, {}), "limits", source)
     timeouts: list[float] = []

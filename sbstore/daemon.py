@@ -285,6 +285,7 @@ async def run_daemon(config: Config, *, demo: DemoConfig | None = None,
             # weights act; the slots still order I/Os held by limits.
             qos.backend(name, inline=True)
         target = Target()
+        target.discovery_auth = config.target.discovery_auth
         # Writes' data is gathered in page-aligned buffers: an O_DIRECT engine writes it as it
         # came off the socket, with no copy to align it.
         transfer_buffers = BufferPool()

@@ -81,6 +81,8 @@ The target:
                                              handshake_timeout|connect_refused
   sbstore_ana_groups{portid,state}           (subsystem, ANA group) pairs each port shows in
                                              each ANA state (states with none: no series)
+  sbstore_dhchap_authentications_total{result}  DH-HMAC-CHAP transactions (one per queue),
+                                             result = success|failure
   sbstore_build_info{version,python}         1
 Plus prometheus_client's process_* and python_* series (``standard_collectors=True``).
 """
@@ -167,6 +169,8 @@ class TargetSample:
     log_suppressed: tuple[tuple[str, int], ...] = ()  # kind
     # (portid, ANA state name, how many (subsystem, group) pairs that port shows in it)
     ana_groups: tuple[tuple[int, str, int], ...] = ()
+    dhchap_successes: int = 0
+    dhchap_failures: int = 0
 
     @classmethod
     def of(cls, target: Target, server: TargetServer | None = None) -> TargetSample:
@@ -180,6 +184,8 @@ class TargetSample:
             namespaces=sum(len(s.namespaces) for s in subsystems),
             listeners=len(target.listeners),
             ana_groups=_ana_groups(target, subsystems),
+            dhchap_successes=target.dhchap_successes,
+            dhchap_failures=target.dhchap_failures,
         )
         if server is None:
             return sample
@@ -630,6 +636,12 @@ class Exposition:
                 _gauge_family("sbstore_ana_groups", "(Subsystem, ANA group) pairs a port shows "
                               "in an ANA state.", ((_labels(portid=str(portid), state=state), n)
                                                    for portid, state, n in t.ana_groups)),
+                _header("sbstore_dhchap_authentications_total", "counter",
+                        "DH-HMAC-CHAP transactions, one per queue, by result.")
+                + f'sbstore_dhchap_authentications_total{{result="success"}} '
+                  f"{t.dhchap_successes}\n"
+                + f'sbstore_dhchap_authentications_total{{result="failure"}} '
+                  f"{t.dhchap_failures}\n",
             ]
         parts.append(_gauge_family("sbstore_build_info", "sbstore version.", [(
             _labels(version=sbstore.__version__, python=platform.python_version()), 1)]))

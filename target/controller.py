@@ -34,6 +34,14 @@ Theory of operation (after Linux drivers/nvme/target/core.c).
 - Disconnect of an I/O queue completes, detaches the queue from its controller, and then asks to
   close through the timer: ``next_deadline()`` returns the time of the Disconnect and
   ``handle_timer`` calls ``on_close``, so the server sends the completion first.
+- In-band authentication (DH-HMAC-CHAP, target/auth/responder.py), as nvmet: when the
+  subsystem holds credentials for the host, the Connect response sets AUTHREQ.ATR and the
+  queue gets a :class:`Responder`. Until it has authenticated, the queue takes only fabrics
+  commands (Property Get/Set, Authentication Send/Receive, Disconnect); anything else fails
+  with Authentication Required (SCT 1h, SC 91h, DNR). An I/O queue runs a gate handler until
+  then, and is bound to the I/O path only once authenticated, so the hot path pays nothing.
+  A failed authentication (Failure1 read by the host, or Failure2 sent by it) deletes the
+  controller once the completion is out, like nvmet's fatal error.
 """
 from __future__ import annotations
 
@@ -46,6 +54,7 @@ from typing import TYPE_CHECKING
 
 from target import admin, fabrics
 from target.admin import AERL, ERROR_LOG_ENTRIES
+from target.auth.responder import KeyPairs, Responder
 from target.io import IoQueue, data_status_error
 from target.nvme import status as st
 from target.nvme.logpages import CHANGED_NS_LIST_MAX, ErrorLogEntry
@@ -68,6 +77,7 @@ from target.nvme.spec import (
     CC_QES_MASK,
     CC_SHN_MASK,
     CC_SHN_SHIFT,
+    CONNECT_AUTHREQ_ATR,
     CONNECT_CATTR_DISABLE_SQFLOW,
     CSTS_CFS,
     CSTS_RDY,
@@ -174,6 +184,7 @@ class Controller:
         self.kato_ms = kato_ms
         self._ka_deadline: float | None = None
         self._traffic: tuple[int, ...] = ()
+        self.key_pairs = KeyPairs()  # DH-HMAC-CHAP exponentials shared by the queues
         self._init_features()
         self._restart_keep_alive(now)
 
@@ -412,6 +423,10 @@ class QueueSession:
         self.closed = False
         self._detached = False
         self._close_at: float | None = None
+        self._delete_ctrl_at_close = False  # a failed authentication drops the controller
+        self.auth: Responder | None = None
+        self._auth_gate = False  # the Connect asked for authentication: refuse until then
+        self._io: IoQueue | None = None
         self.handle_command: CommandHandler = self._handle_unconnected
         # The admission flow of a command (target.admission); admin queues have none.
         self.flow_of: Callable[[bytes], tuple[object, int] | None] = _no_flow
@@ -435,7 +450,12 @@ class QueueSession:
         if self.closed:
             return
         if self._close_at is not None and now >= self._close_at:
-            self.close("Disconnect")
+            ctrl = self.controller
+            if self._delete_ctrl_at_close and ctrl is not None:
+                ctrl.delete("authentication failed")
+                self.close("authentication failed")
+            else:
+                self.close("Disconnect")
             return
         ctrl = self.controller
         if ctrl is not None and self.qid == 0 and not self._detached \
@@ -569,18 +589,96 @@ class QueueSession:
         subsystem.register_controller(ctrl)
         sqhd = self._bind(ctrl, cmd)
         self.handle_command = self._handle_admin
-        log.info("%r created for %s (KATO %d ms)", ctrl, self.listener.traddr, ctrl.kato_ms)
-        return Response(completion(cid, 0, sqhd, 0, cntlid), None)
+        atr = self._require_auth(ctrl)
+        log.info("%r created for %s (KATO %d ms%s)", ctrl, self.listener.traddr, ctrl.kato_ms,
+                 ", DH-HMAC-CHAP" if atr else "")
+        return Response(completion(cid, 0, sqhd, 0, cntlid | atr), None)
+
+    def _require_auth(self, ctrl: Controller, *, gate: bool = True) -> int:
+        """Give this queue a Responder if the host must authenticate; the Connect
+        response's AUTHREQ bits. ``gate``: refuse other commands until it has (False for a
+        queue admitted without authentication that the host authenticates later)."""
+        target, subsystem, hostnqn = self.target, ctrl.subsystem, ctrl.hostnqn
+        if not target.credentials_for(subsystem, hostnqn):
+            return 0
+        self._auth_gate = gate
+        self.auth = Responder(qid=self.qid, subnqn=subsystem.nqn, hostnqn=hostnqn,
+                              credentials=lambda: target.credentials_for(subsystem, hostnqn),
+                              key_pairs=ctrl.key_pairs, offload=target.offload)
+        self.auth.on_outcome = target.count_authentication
+        return CONNECT_AUTHREQ_ATR
 
     def _connect_io(self, cmd: ConnectCommand, cid: int, now: float) -> Response:
         ctrl = fabrics.find_io_controller(self.target, self.listener, cmd)
         sqhd = self._bind(ctrl, cmd)
         self.allow_success_flag = bool(cmd.cattr & CONNECT_CATTR_DISABLE_SQFLOW)
-        io = IoQueue(self, ctrl)
-        self.handle_command = io.handle
+        io = self._io = IoQueue(self, ctrl)
+        atr = self._require_auth(ctrl)
+        self.handle_command = self._handle_io_unauthenticated if atr else io.handle
         self.flow_of = io.flow_of
         log.debug("%r: I/O queue %d connected (%d entries)", ctrl, cmd.qid, cmd.sqsize + 1)
-        return Response(completion(cid, cmd.qid, sqhd, 0, ctrl.cntlid), None)
+        return Response(completion(cid, cmd.qid, sqhd, 0, ctrl.cntlid | atr), None)
+
+    async def _handle_io_unauthenticated(self, sqe: bytes, data: memoryview | None,
+                                         data_status: int, now: float) -> Response | None:
+        """An I/O queue's commands until it has authenticated: Authentication Send/Receive
+        and Disconnect go through; anything else is refused (Authentication Required)."""
+        io = self._io
+        assert io is not None
+        if (len(sqe) >= 64 and sqe[0] == 0x7F and sqe[4] == FabricsType.DISCONNECT) \
+                or self.auth is None or self.auth.authenticated:
+            return await io.handle(sqe, data, data_status, now)
+        sqhd = io.sqhd = (io.sqhd + 1) % io.entries
+        cid = _cid_of(sqe)
+        try:
+            if data_status:
+                raise data_status_error(data_status)
+            if len(sqe) >= 64 and sqe[0] == 0x7F and sqe[4] in (FabricsType.AUTH_SEND,
+                                                                FabricsType.AUTH_RECEIVE):
+                done = await self.auth_command(sqe, data, now)
+                return Response(completion(cid, self.qid, sqhd, 0, done.dw0), done.data)
+            raise st.AuthRequired(f"qid {self.qid}: authentication required")
+        except st.NvmeError as e:
+            return self.fail(cid, sqhd, e)
+        except Exception:
+            log.exception("%r: authentication command failed", self)
+            return self.fail(cid, sqhd, st.InternalError())
+
+    async def auth_command(self, sqe: bytes, data: memoryview | None, now: float) -> Done:
+        """Authentication Send or Receive on this queue (admin or I/O)."""
+        ctrl = self.controller
+        assert ctrl is not None
+        if self.auth is None:
+            # The host may authenticate where it was not asked to (credentials set after its
+            # Connect): its queue keeps working meanwhile, and a failure still drops it.
+            if not self._require_auth(ctrl, gate=False):
+                raise st.InvalidField("no DH-HMAC-CHAP credentials for this host", error_loc=4)
+        auth = self.auth
+        assert auth is not None
+        if sqe[4] == FabricsType.AUTH_SEND:
+            payload = fabrics.auth_send_payload(sqe, data)
+            await auth.send(payload)
+            result = Done()
+        else:
+            al = fabrics.auth_receive_length(sqe, ctrl.mdts_bytes)
+            message = await auth.receive()
+            if len(message) > al:
+                raise st.InvalidField(f"AL {al} is shorter than the {len(message)}-byte "
+                                      "message", error_loc=44)
+            result = Done(data=message + bytes(al - len(message)))
+        if auth.failed:
+            # Answer this command, then drop the controller (nvmet: fatal error).
+            self._delete_ctrl_at_close = True
+            self._close_at = now
+            self.handle_command = self._handle_closed_after_failure
+        elif auth.authenticated and self._io is not None \
+                and self.handle_command == self._handle_io_unauthenticated:
+            self.handle_command = self._io.handle
+        return result
+
+    async def _handle_closed_after_failure(self, sqe: bytes, data: memoryview | None,
+                                           data_status: int, now: float) -> Response | None:
+        return self.fail(_cid_of(sqe), self.sqhd, st.AuthRequired("authentication failed"))
 
     async def _handle_admin(self, sqe: bytes, data: memoryview | None, data_status: int,
                             now: float) -> Response | None:
@@ -595,7 +693,12 @@ class QueueSession:
             if len(sqe) < 64:
                 raise st.InvalidField("short SQE")
             if sqe[0] == 0x7F:
-                done: Done | None = self._admin_fabrics(ctrl, sqe, now)
+                if sqe[4] in (FabricsType.AUTH_SEND, FabricsType.AUTH_RECEIVE):
+                    done: Done | None = await self.auth_command(sqe, data, now)
+                else:
+                    done = self._admin_fabrics(ctrl, sqe, now)
+            elif self._auth_gate and self.auth is not None and not self.auth.authenticated:
+                raise st.AuthRequired(f"admin command {sqe[0]:#x} before authentication")
             elif not ctrl.ready:
                 raise st.CommandSequenceError(f"admin command {sqe[0]:#x} while the controller"
                                               f" is {ctrl.state.value}")

@@ -14,6 +14,10 @@ Rules, as Linux nvmet answers and the Linux host decodes (drivers/nvme/host/fabr
   subsystem NQN and host NQN match, and a qid within the granted number of I/O queues.
 - Property Get/Set reach the controller registers (CAP 8 bytes, VS/CC/CSTS 4 bytes); only CC is
   writable. Anything else: Invalid Field.
+- Authentication Send/Receive (DH-HMAC-CHAP): SECP must be E9h and SPSP0/SPSP1 01h, TL/AL
+  non-zero (Invalid Field naming the byte otherwise, as nvmet); the SGL must move exactly TL
+  (Send) or AL (Receive) bytes (Data SGL Length Invalid). The messages themselves are the
+  session's Responder's (target/auth).
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from target.nvme import dhchap
 from target.nvme import status as st
 from target.nvme.spec import (
     CNTLID_ANY_STATIC,
@@ -182,10 +187,46 @@ def check_disconnect(sqe: bytes) -> None:
                                            error_loc=CONNECT_SQE_OFFSET_RECFMT)
 
 
+_SGL_LENGTH = struct.Struct("<I")  # DPTR's length field @32
+
+
+def _check_auth_fields(sqe: bytes) -> int:
+    spsp0, spsp1, secp, length = dhchap.auth_sqe_fields(sqe)
+    if secp != dhchap.SECP_DHCHAP:
+        raise st.InvalidField(f"security protocol {secp:#x}", error_loc=43)
+    if spsp0 != dhchap.SPSP_DHCHAP:
+        raise st.InvalidField(f"SPSP0 {spsp0:#x}", error_loc=41)
+    if spsp1 != dhchap.SPSP_DHCHAP:
+        raise st.InvalidField(f"SPSP1 {spsp1:#x}", error_loc=42)
+    if not length:
+        raise st.InvalidField("zero transfer length", error_loc=44)
+    sgl_len = _SGL_LENGTH.unpack_from(sqe, 32)[0]
+    if sgl_len != length:
+        raise st.SglDataLengthInvalid(f"SGL of {sgl_len} bytes for a {length}-byte transfer")
+    return length
+
+
+def auth_send_payload(sqe: bytes, data: bytes | bytearray | memoryview | None) -> bytes:
+    """The message an Authentication Send carries (TL bytes)."""
+    tl = _check_auth_fields(sqe)
+    if data is None or len(data) < tl:
+        raise st.SglDataLengthInvalid(f"TL {tl}, {0 if data is None else len(data)} bytes sent")
+    return bytes(data[:tl])
+
+
+def auth_receive_length(sqe: bytes, max_bytes: int) -> int:
+    """AL of an Authentication Receive: how many bytes the host reads."""
+    al = _check_auth_fields(sqe)
+    if al > max_bytes:
+        raise st.InvalidField(f"AL {al} beyond MDTS", error_loc=44)
+    return al
+
+
 def fctype_of(sqe: bytes) -> int:
     return sqe[4]
 
 
-__all__ = ["ConnectCommand", "FabricsType", "admit_admin", "check_disconnect", "fctype_of",
+__all__ = ["ConnectCommand", "FabricsType", "admit_admin", "auth_receive_length",
+           "auth_send_payload", "check_disconnect", "fctype_of",
            "find_io_controller", "invalid_parameter", "property_get", "property_set",
            "pull_connect"]

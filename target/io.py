@@ -247,14 +247,18 @@ class IoQueue:
                 if ranges:
                     await ns.device.deallocate(ranges)
         elif opcode == IoOpcode.FABRICS:
-            return self._fabrics(cid, sqe, now, sqhd)
+            return await self._fabrics(cid, sqe, data, now, sqhd)
         else:
             raise st.InvalidOpcode(f"I/O opcode {opcode:#x}", error_loc=0)
         self.counters.other_cmds += 1
         return _new(Response, (pack_cqe(0, 0, sqhd, self.qid, cid, 0), None))
 
-    def _fabrics(self, cid: int, sqe: bytes, now: float, sqhd: int) -> Response:
+    async def _fabrics(self, cid: int, sqe: bytes, data: memoryview | None, now: float,
+                       sqhd: int) -> Response:
         fctype = fabrics.fctype_of(sqe)
+        if fctype in (FabricsType.AUTH_SEND, FabricsType.AUTH_RECEIVE):  # re-authentication
+            done = await self.session.auth_command(sqe, data, now)
+            return _new(Response, (pack_cqe(0, 0, sqhd, self.qid, cid, 0), done.data))
         if fctype == FabricsType.DISCONNECT:
             fabrics.check_disconnect(sqe)
             self.counters.other_cmds += 1

@@ -42,6 +42,7 @@ from target.connlimits import (REFUSED_LISTENER, WAITING_CONNECT, WAITING_ICREQ,
                                ConnectionLimits)
 from target.controller import QueueSession, Response
 from target.loglimit import DEFAULT_BURST, DEFAULT_INTERVAL_S, LogLimiter
+from target.offload import ProcessOffload
 from target.subsystem import Listener, Target
 from target.tcp.queue import (CommandReceived, PeerTerminated, ProtocolFailed, QueueEstablished,
                               TargetQueue)
@@ -526,7 +527,12 @@ class TargetServer:
     _log_timer: asyncio.TimerHandle | None = field(default=None, init=False)
     _log_timer_at: float = field(default=0.0, init=False)  # time.monotonic() it is armed for
 
+    # DH-HMAC-CHAP's modular exponentiations take 7-70 ms in Python and pow() holds the GIL:
+    # a worker process (started on first use) runs them, so other connections are served.
+    _offload: ProcessOffload = field(default_factory=ProcessOffload)
+
     def __post_init__(self) -> None:
+        self.target.offload = self._offload
         self.gate = ConnectionGate(self.connection_limits)
         self._logs = {kind: LogLimiter(log, level, kind, burst=self.log_burst,
                                        interval_s=self.log_interval_s)
@@ -624,6 +630,7 @@ class TargetServer:
             self._log_timer.cancel()
             self._log_timer = None
             self._flush_logs_now()
+        await self._offload.close()
         if self._poller is not None:
             self._poller.close()
             self._poller = None

@@ -25,6 +25,12 @@ Rules:
   place, bumps the ANA log's change count and queues an ANA change notice on the controllers of
   the ports whose states changed.
 - Nothing here does I/O or awaits; a namespace wraps a :class:`target.blockdev.BlockDevice`.
+- Authentication: a host for which the subsystem holds :class:`HostCredentials` must pass
+  DH-HMAC-CHAP on every queue (target/auth). Changing or removing a host's credentials does
+  not touch its live controllers (key rotation without dropping hosts): the new secret is
+  asked for at the next authentication (a new queue, or the host re-authenticating). The
+  discovery controller asks for it only when ``Target.discovery_auth`` is on, and then from
+  hosts that hold a secret on some subsystem, accepting any of them.
 """
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from target.ana import DEFAULT_ANAGRPID, SERVING_STATES, AnaTable, check_grpid, path_error
+from target.auth.responder import HostCredentials, Offload, run_inline
 from target.blockdev import BlockDevice
 from target.nvme import status as st
 from target.nvme.logpages import AnaGroupDescriptor
@@ -201,6 +208,7 @@ class Subsystem:
         self.is_discovery = _discovery
         self._allow_any_host = allow_any_host
         self._allowed_hosts: set[str] = set(allowed_hosts)
+        self._credentials: dict[str, HostCredentials] = {}
         self._listener_ids: frozenset[int] | None = (
             None if listeners is None else frozenset(listeners))
         # The I/O path reads this dict on every command: keep it the same object for life.
@@ -376,6 +384,22 @@ class Subsystem:
         self._allowed_hosts.discard(hostnqn)
         self._access_changed()
 
+    def set_host_credentials(self, hostnqn: str, credentials: HostCredentials | None) -> None:
+        """Require DH-HMAC-CHAP from ``hostnqn`` with these credentials (None: no longer).
+        Live controllers stay: the next authentication uses what is set now."""
+        _check_nqn(hostnqn)
+        if credentials is None:
+            self._credentials.pop(hostnqn, None)
+        else:
+            self._credentials[hostnqn] = credentials
+
+    def host_credentials(self, hostnqn: str) -> HostCredentials | None:
+        return self._credentials.get(hostnqn)
+
+    @property
+    def hosts_with_credentials(self) -> frozenset[str]:
+        return frozenset(self._credentials)
+
     def host_allowed(self, hostnqn: str) -> bool:
         return self.is_discovery or self._allow_any_host or hostnqn in self._allowed_hosts
 
@@ -466,6 +490,13 @@ class Target:
         # KATO 5 s with no grace of its own and sends Keep Alive every KATO/2; a loaded host (or
         # a TCG guest, where keep-alive round trips of 3 s were seen) can be seconds late.
         self.keep_alive_slack = keep_alive_slack
+        # DH-HMAC-CHAP: whether the discovery controller asks hosts that hold a secret to
+        # authenticate, and how slow computations (modular exponentiations) are run: the
+        # server points ``offload`` at a worker thread so that the event loop keeps serving.
+        self.discovery_auth = False
+        self.offload: Offload = run_inline
+        self.dhchap_successes = 0  # DH-HMAC-CHAP transactions, per queue (metrics)
+        self.dhchap_failures = 0
         self.discovery = Subsystem(DISCOVERY_NQN, discovery_serial, model, firmware=firmware,
                                    _discovery=True)
         self.discovery._target = self
@@ -507,6 +538,27 @@ class Target:
         if nqn == DISCOVERY_NQN:
             return self.discovery
         return self._subsystems.get(nqn)
+
+    def count_authentication(self, ok: bool) -> None:
+        if ok:
+            self.dhchap_successes += 1
+        else:
+            self.dhchap_failures += 1
+
+    def credentials_for(self, subsystem: Subsystem, hostnqn: str) -> list[HostCredentials]:
+        """The credentials a host connecting to ``subsystem`` may authenticate with (empty:
+        it need not authenticate)."""
+        if not subsystem.is_discovery:
+            creds = subsystem.host_credentials(hostnqn)
+            return [] if creds is None else [creds]
+        if not self.discovery_auth:
+            return []
+        found: list[HostCredentials] = []
+        for sub in self._subsystems.values():
+            creds = sub.host_credentials(hostnqn)
+            if creds is not None and creds not in found:
+                found.append(creds)
+        return found
 
     # --- listeners --------------------------------------------------------------------------
     @property

@@ -29,6 +29,7 @@ from urllib.parse import unquote
 
 import sbstore
 from sbstore.config import QosPolicy
+from sbstore.control import dhchap
 from sbstore.control.http import (
     HttpServer,
     Request,
@@ -64,6 +65,7 @@ class Field:
     minimum: int | None = None
     maximum: int | None = None
     enum: tuple[str, ...] | None = None
+    secret: bool = False  # never quoted back in an error message
 
     def schema(self) -> dict[str, Any]:
         s: dict[str, Any] = {"type": self.type}
@@ -90,8 +92,8 @@ class Field:
             kind = {"array": "an array of strings", "integer": "an integer",
                     "boolean": "true or false", "number": "a number",
                     "string": "a string"}[self.type]
-            raise BadRequest(f"{where} {self.name!r} must be {kind}, not "
-                             f"{json.dumps(value)[:40]}")
+            shown = "something else" if self.secret else json.dumps(value)[:40]
+            raise BadRequest(f"{where} {self.name!r} must be {kind}, not {shown}")
         if self.type in ("integer", "number"):
             if self.minimum is not None and value < self.minimum:
                 raise BadRequest(f"{where} {self.name!r} must be at least {self.minimum}")
@@ -327,8 +329,22 @@ async def _hosts(c: Call) -> Any:
     return c.service.show_export(c.params["nqn"])["hosts"]
 
 
+def _auth_request(body: dict[str, Any]) -> dhchap.AuthRequest | None:
+    try:
+        return dhchap.parse_request(body)
+    except dhchap.DhchapSettingsError as e:
+        raise BadRequest(str(e)) from None
+
+
 async def _host_add(c: Call) -> Any:
-    return await c.service.add_host(c.params["nqn"], c.body["host_nqn"])
+    return await c.service.add_host(c.params["nqn"], c.body["host_nqn"],
+                                    _auth_request(c.body))
+
+
+async def _host_set(c: Call) -> Any:
+    return await c.service.set_host(c.params["nqn"], c.params["host_nqn"],
+                                    _auth_request(c.body),
+                                    remove_auth=c.body.get("remove_dhchap", False))
 
 
 async def _host_remove(c: Call) -> Any:
@@ -374,6 +390,24 @@ async def _tenant_delete(c: Call) -> Any:
 
 
 NQN_DESC = "an NVMe Qualified Name, e.g. nqn.2026-11.io.example:vol1"
+_KEY_HASHES = tuple(dhchap.TRANSFORM_NAMES)
+_DHCHAP_FIELDS = (
+    Field("dhchap_key", "string", description="the host's secret, DHHC-1:hh:base64: (as "
+          "nvme gen-dhchap-key writes)", secret=True),
+    Field("generate_key", "boolean", description="sbstore generates the host's secret"),
+    Field("key_hash", "string", description="transform hash of a generated secret",
+          enum=_KEY_HASHES),
+    Field("ctrl_key", "string", description="the controller's secret, for bidirectional "
+          "authentication", secret=True),
+    Field("generate_ctrl_key", "boolean", description="sbstore generates the controller's "
+          "secret"),
+    Field("ctrl_key_hash", "string", description="transform hash of a generated controller "
+          "secret", enum=_KEY_HASHES),
+    Field("dhchap_hashes", "array", description="hash functions allowed, in order of "
+          "preference (sha256, sha384, sha512)"),
+    Field("dhchap_dhgroups", "array", description="DH groups allowed, in order of preference "
+          "(null, ffdhe2048 ... ffdhe8192)"),
+)
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/openapi.json", _openapi, "This document", "meta", "OpenAPI"),
     Route("GET", "/v1/status", _status, "The daemon's version, uptime and counts", "meta",
@@ -464,8 +498,15 @@ ROUTES: tuple[Route, ...] = (
           "Subsystem", path_types=(("nsid", "integer"),)),
     Route("GET", "/v1/subsystems/{nqn}/hosts", _hosts, "Host NQNs allowed on an export",
           "exports", "HostList"),
-    Route("POST", "/v1/subsystems/{nqn}/hosts", _host_add, "Allow a host", "exports",
-          "Subsystem", 201, body=(Field("host_nqn", "string", True, NQN_DESC),)),
+    Route("POST", "/v1/subsystems/{nqn}/hosts", _host_add,
+          "Allow a host, optionally with DH-HMAC-CHAP (a generated secret is returned once, "
+          "under 'generated')", "exports", "Subsystem", 201,
+          body=(Field("host_nqn", "string", True, NQN_DESC), *_DHCHAP_FIELDS)),
+    Route("PATCH", "/v1/subsystems/{nqn}/hosts/{host_nqn}", _host_set,
+          "Set (rotate) or remove a host's DH-HMAC-CHAP secrets; connected hosts stay "
+          "connected", "exports", "Subsystem",
+          body=(*_DHCHAP_FIELDS, Field("remove_dhchap", "boolean",
+                                       description="the host no longer authenticates"))),
     Route("DELETE", "/v1/subsystems/{nqn}/hosts/{host_nqn}", _host_remove,
           "Disallow a host (its connections to the export are closed)", "exports",
           "Subsystem"),
@@ -696,6 +737,12 @@ SCHEMAS: dict[str, Any] = {
                        "state": {"type": "string", "enum": ["serving", "missing"]}}),
     "Subsystem": _obj({"nqn": _S, "serial": _S, "model": _S, "allow_any_host": _B,
                        "hosts": {"type": "array", "items": _S},
+                       "host_auth": {"type": "object", "description": (
+                           "per host NQN: DH-HMAC-CHAP settings (never the secrets)"),
+                           "additionalProperties": {"type": "object"}},
+                       "generated": {"type": "object", "description": (
+                           "secrets generated by this request, shown this once"),
+                           "additionalProperties": _S},
                        "namespaces": {"type": "array",
                                       "items": {"$ref": "#/components/schemas/Namespace"}},
                        "controllers": _I}),

@@ -48,9 +48,11 @@ from typing import Any
 
 import sbstore
 from sbstore.config import QosPolicy, check_name
+from sbstore.control import dhchap
 from sbstore.control.listeners import MAX_LISTENER_ID, ListenerSet, LiveListener
 from sbstore.control.state import (
     DEFAULT_TENANT,
+    HostAuthRecord,
     ListenerRecord,
     NamespaceRecord,
     StateStore,
@@ -281,6 +283,11 @@ class ControlService:
         self._volumes = rows
         for rec in self.state.subsystems():
             self._restore_export(rec)
+        for auth in self.state.host_auth():
+            export = self._exports.get(auth.subsystem)
+            if export is not None:
+                export.subsystem.set_host_credentials(auth.host_nqn,
+                                                      dhchap.credentials(auth))
         await self._sync_state()
 
     def _restore_export(self, rec: SubsystemRecord) -> None:
@@ -496,8 +503,11 @@ class ControlService:
                 "read_only": vol.read_only if vol else None,
                 "state": "serving" if ns.device is not None else "missing",
             })
+        host_auth = {rec.host_nqn: dhchap.public_view(rec)
+                     for rec in self.state.host_auth() if rec.subsystem == nqn}
         return {"nqn": nqn, "serial": sub.serial, "model": sub.model,
                 "allow_any_host": sub.allow_any_host, "hosts": sorted(sub.allowed_hosts),
+                "host_auth": host_auth,
                 "namespaces": namespaces, "controllers": len(sub.controllers)}
 
     def tenant_info(self, name: str) -> dict[str, Any]:
@@ -935,7 +945,10 @@ class ControlService:
             log.info("export %s: namespace %d removed", nqn, nsid)
             return self.export_info(nqn)
 
-    async def add_host(self, nqn: str, host: str) -> dict[str, Any]:
+    async def add_host(self, nqn: str, host: str,
+                       auth: dhchap.AuthRequest | None = None) -> dict[str, Any]:
+        """Allow ``host`` on export ``nqn``, with DH-HMAC-CHAP when ``auth`` is given. The
+        answer carries a generated secret once (``generated``); never a given one."""
         check_nqn(host, "host NQN")
         async with self._mutation():
             export = self._export(nqn)
@@ -946,9 +959,54 @@ class ControlService:
                 raise ControlError(ErrorCode.FAILED_PRECONDITION,
                                    f"{nqn} allows any host; to restrict it, turn that off "
                                    f"first (sbstore export set {nqn} --no-allow-any-host)")
-            self.state.add_host(nqn, host)
+            rec, generated = self._auth_record(nqn, host, auth)
+            with self.state.transaction():
+                self.state.add_host(nqn, host)
+                if rec is not None:
+                    self.state.put_host_auth(rec)
+            if rec is not None:
+                export.subsystem.set_host_credentials(host, dhchap.credentials(rec))
             export.subsystem.add_host(host)
-            return self.export_info(nqn)
+            return self._with_generated(self.export_info(nqn), generated)
+
+    async def set_host(self, nqn: str, host: str, auth: dhchap.AuthRequest | None,
+                       *, remove_auth: bool = False) -> dict[str, Any]:
+        """Set (rotate) or remove a host's DH-HMAC-CHAP secrets. Connected hosts stay
+        connected: the new secret is needed at their next authentication."""
+        if (auth is None) == (not remove_auth):
+            raise invalid("give new DH-HMAC-CHAP settings or remove them (one of the two)")
+        async with self._mutation():
+            export = self._export(nqn)
+            if host not in export.subsystem.allowed_hosts:
+                raise ControlError(ErrorCode.NOT_FOUND, f"{host} is not among {nqn}'s hosts")
+            rec, generated = self._auth_record(nqn, host, auth)
+            if rec is None:
+                self.state.remove_host_auth(nqn, host)
+                export.subsystem.set_host_credentials(host, None)
+                log.info("export %s: host %s no longer authenticates", nqn, host)
+            else:
+                self.state.put_host_auth(rec)
+                export.subsystem.set_host_credentials(host, dhchap.credentials(rec))
+                log.info("export %s: DH-HMAC-CHAP settings of %s set (%s)", nqn, host,
+                         "bidirectional" if rec.ctrl_key else "host only")
+            return self._with_generated(self.export_info(nqn), generated)
+
+    @staticmethod
+    def _auth_record(nqn: str, host: str, auth: dhchap.AuthRequest | None,
+                     ) -> tuple[HostAuthRecord | None, dict[str, str]]:
+        if auth is None:
+            return None, {}
+        try:
+            return dhchap.build_record(nqn, host, auth.host, auth.ctrl, auth.hashes,
+                                       auth.dhgroups)
+        except dhchap.DhchapSettingsError as e:
+            raise invalid(str(e)) from None
+
+    @staticmethod
+    def _with_generated(info: dict[str, Any], generated: dict[str, str]) -> dict[str, Any]:
+        if generated:
+            info = {**info, "generated": generated}
+        return info
 
     async def remove_host(self, nqn: str, host: str) -> dict[str, Any]:
         if not isinstance(host, str) or not host:
@@ -957,7 +1015,8 @@ class ControlService:
             export = self._export(nqn)
             if host not in export.subsystem.allowed_hosts:
                 raise ControlError(ErrorCode.NOT_FOUND, f"{host} is not among {nqn}'s hosts")
-            self.state.remove_host(nqn, host)
+            self.state.remove_host(nqn, host)  # and its DH-HMAC-CHAP settings (cascade)
+            export.subsystem.set_host_credentials(host, None)
             export.subsystem.remove_host(host)  # its controllers are deleted at once
             return self.export_info(nqn)
 

@@ -21,6 +21,11 @@ Rules of this module:
   namespaces, a tenant that still has volumes cannot go, one NSID per volume per subsystem,
   a listener has an address or an interface); the service checks first so the user gets a
   sentence, not a constraint name.
+- Secrets: a host's DH-HMAC-CHAP secrets (table ``host_auth``, the DHHC-1 text) live here, so
+  the database and its WAL/shared-memory files are made readable by the daemon's user only
+  (0600) at every open; SQLite gives the -wal and -shm files the database file's mode. The
+  table is created when missing, so a database made before it opens unchanged (no schema
+  version change: older code ignores the extra table).
 - Used from the event loop's thread only (except :meth:`StateStore.sync`, which touches files,
   not the connection); each write is a few rows, fast enough to run inline.
 """
@@ -88,6 +93,23 @@ class SubsystemRecord:
     namespaces: tuple[NamespaceRecord, ...] = ()
 
 
+@dataclass(frozen=True, repr=False)
+class HostAuthRecord:
+    """A host's DH-HMAC-CHAP settings on one export. ``dhchap_key``/``ctrl_key`` are the
+    secrets themselves (DHHC-1 text): never log or return them."""
+
+    subsystem: str
+    host_nqn: str
+    dhchap_key: str
+    ctrl_key: str | None
+    hashes: tuple[str, ...]
+    dhgroups: tuple[str, ...]
+
+    def __repr__(self) -> str:
+        return (f"HostAuthRecord({self.subsystem!r}, {self.host_nqn!r}, "
+                f"bidirectional={self.ctrl_key is not None})")
+
+
 @dataclass(frozen=True)
 class TenantRecord:
     name: str
@@ -144,6 +166,17 @@ CREATE TABLE volumes (
     PRIMARY KEY (pool, uuid));
 """
 
+# Added after schema version 1; created at open when missing.
+_HOST_AUTH_TABLE = """
+CREATE TABLE IF NOT EXISTS host_auth (
+    subsystem TEXT NOT NULL, host_nqn TEXT NOT NULL,
+    dhchap_key TEXT NOT NULL, ctrl_key TEXT,
+    hashes TEXT NOT NULL, dhgroups TEXT NOT NULL,
+    PRIMARY KEY (subsystem, host_nqn),
+    FOREIGN KEY (subsystem, host_nqn) REFERENCES hosts (subsystem, host_nqn)
+        ON DELETE CASCADE)"""
+SECRET_FILE_MODE = 0o600
+
 DEFAULT_TENANT = "default"
 _ANA_TABLE = next(x for x in _SCHEMA.split(";") if "ana_states" in x)
 
@@ -164,6 +197,7 @@ class StateStore:
         self._deferred = False
         self._unsynced = False
         self._wal_inode: int | None = None  # the WAL whose directory entry is synced
+        self._restrict_mode()
         try:
             self._db.execute("PRAGMA foreign_keys = ON")
             mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -172,6 +206,8 @@ class StateStore:
                 self._db.execute("PRAGMA journal_mode = DELETE")
             self._db.execute("PRAGMA synchronous = FULL")
             self._init_schema()
+            self._db.execute(_HOST_AUTH_TABLE)
+            self._restrict_mode()  # the -wal and -shm files WAL mode just made
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise StateError(f"{self.path}: not a usable sbstore state database: {exc}") from None
@@ -203,6 +239,17 @@ class StateStore:
             # then show every path optimized), so the version stays.
             with self.transaction():
                 self._db.execute(_ANA_TABLE)
+
+    def _restrict_mode(self) -> None:
+        """The database holds secrets: owner read/write only, for it and its companions."""
+        for path in (self.path, self.wal_path, self.path.with_name(self.path.name + "-shm")):
+            try:
+                if os.stat(path).st_mode & 0o777 != SECRET_FILE_MODE:
+                    os.chmod(path, SECRET_FILE_MODE)
+            except FileNotFoundError:
+                pass
+            except PermissionError:  # not ours: opening will tell if it matters
+                pass
 
     def close(self) -> None:
         self._db.close()  # the last connection checkpoints the WAL, with its fsyncs
@@ -384,6 +431,22 @@ class StateStore:
 
     def remove_host(self, nqn: str, host_nqn: str) -> None:
         self._write("DELETE FROM hosts WHERE subsystem = ? AND host_nqn = ?", (nqn, host_nqn))
+
+    def host_auth(self) -> list[HostAuthRecord]:
+        return [HostAuthRecord(sub, host, key, ctrl, tuple(json.loads(hashes)),
+                               tuple(json.loads(groups)))
+                for sub, host, key, ctrl, hashes, groups in self._db.execute(
+                    "SELECT subsystem, host_nqn, dhchap_key, ctrl_key, hashes, dhgroups "
+                    "FROM host_auth ORDER BY subsystem, host_nqn")]
+
+    def put_host_auth(self, rec: HostAuthRecord) -> None:
+        self._write("INSERT OR REPLACE INTO host_auth VALUES (?, ?, ?, ?, ?, ?)",
+                    (rec.subsystem, rec.host_nqn, rec.dhchap_key, rec.ctrl_key,
+                     json.dumps(list(rec.hashes)), json.dumps(list(rec.dhgroups))))
+
+    def remove_host_auth(self, nqn: str, host_nqn: str) -> None:
+        self._write("DELETE FROM host_auth WHERE subsystem = ? AND host_nqn = ?",
+                    (nqn, host_nqn))
 
     def add_namespace(self, nqn: str, ns: NamespaceRecord) -> None:
         self._write("INSERT INTO namespaces VALUES (?, ?, ?, ?)",

@@ -2,8 +2,10 @@
 
     from target.host import Controller, discover
 """
+from target.host.auth import AuthenticationFailed, HostAuth
 from target.host.controller import Controller
 from target.host.discovery import discover
 from target.host.queue_client import CommandFailed, Completion, QueueClient
 
-__all__ = ["Controller", "discover", "CommandFailed", "Completion", "QueueClient"]
+__all__ = ["AuthenticationFailed", "Controller", "discover", "CommandFailed", "Completion",
+           "HostAuth", "QueueClient"]

@@ -16,8 +16,9 @@ import struct
 import uuid as uuid_mod
 from typing import Iterable
 
-from target.nvme.spec import (NQN_FIELD_LEN, AdminOpcode, FabricsType, IoOpcode,
-                              SGL_DATA_BLOCK_OFFSET)
+from target.nvme.dhchap import SECP_DHCHAP, SPSP_DHCHAP
+from target.nvme.spec import (NQN_FIELD_LEN, SGL_DATA_BLOCK_OFFSET, SGL_TRANSPORT_DATA_BLOCK,
+                              AdminOpcode, FabricsType, IoOpcode)
 from target.nvme.structs import Sqe
 
 CONNECT_DATA_LEN = 1024
@@ -129,3 +130,21 @@ def dataset_management(cid: int, nsid: int, nranges: int) -> Sqe:
 
 def dsm_ranges(ranges: Iterable[tuple[int, int]]) -> bytes:
     return b"".join(DSM_RANGE.pack(0, nblocks, lba) for lba, nblocks in ranges)
+
+
+def _auth(cid: int, fctype: int, length: int, *, incapsule: bool) -> Sqe:
+    # SPSP0 @41, SPSP1 @42, SECP @43 (cdw10 bytes 1..3), TL/AL @44 (cdw11).
+    return Sqe(AdminOpcode.FABRICS, cid, nsid=fctype, sgl_length=length,
+               sgl_id=SGL_DATA_BLOCK_OFFSET if incapsule else SGL_TRANSPORT_DATA_BLOCK,
+               cdw10=(SPSP_DHCHAP << 8) | (SPSP_DHCHAP << 16) | (SECP_DHCHAP << 24),
+               cdw11=length)
+
+
+def auth_send(cid: int, tl: int) -> Sqe:
+    """Authentication Send of a ``tl``-byte DH-HMAC-CHAP message (sent in-capsule)."""
+    return _auth(cid, FabricsType.AUTH_SEND, tl, incapsule=True)
+
+
+def auth_receive(cid: int, al: int) -> Sqe:
+    """Authentication Receive of up to ``al`` bytes."""
+    return _auth(cid, FabricsType.AUTH_RECEIVE, al, incapsule=False)

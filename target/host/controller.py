@@ -20,9 +20,10 @@ import uuid as uuid_mod
 from typing import Sequence
 
 from target.host import commands as cmd
+from target.host.auth import HostAuth, Outcome, authenticate
 from target.host.queue_client import Completion, QueueClient
-from target.nvme.spec import (CC_EN, CC_SHN_SHIFT, CNTLID_DYNAMIC, CSTS_RDY, CSTS_SHST_SHIFT,
-                              DISCOVERY_NQN, SHST_COMPLETE, FeatureId, IdentifyCns, Property)
+from target.nvme.spec import (CC_EN, CC_SHN_SHIFT, CNTLID_DYNAMIC, CONNECT_AUTHREQ_ATR,
+                              CSTS_RDY, CSTS_SHST_SHIFT, DISCOVERY_NQN, SHST_COMPLETE, FeatureId, IdentifyCns, Property)
 from target.nvme.identify import (IdentifyController, IdentifyNamespace,
                                   pull_identify_controller, pull_identify_namespace,
                                   pull_namespace_list, pull_ns_id_descriptors)
@@ -36,8 +37,13 @@ class Controller:
     """A connected controller. Make one with :meth:`connect`."""
 
     def __init__(self, admin: QueueClient, *, host: str, port: int, subnqn: str, hostnqn: str,
-                 hostid: uuid_mod.UUID, hdgst: bool, ddgst: bool, kato_ms: int) -> None:
+                 hostid: uuid_mod.UUID, hdgst: bool, ddgst: bool, kato_ms: int,
+                 auth: HostAuth | None = None, authenticate: bool = True) -> None:
         self.admin = admin
+        self.auth = auth
+        self._authenticate = authenticate  # False: skip it even if asked (negative tests)
+        self.auth_required = False  # the admin Connect's response set AUTHREQ.ATR
+        self.auth_outcome: Outcome | None = None
         self.io_queues: list[QueueClient] = []
         self.host, self.port, self.subnqn = host, port, subnqn
         self.hostnqn, self.hostid = hostnqn, hostid
@@ -56,13 +62,18 @@ class Controller:
                       queue_size: int = 128, hdgst: bool = False, ddgst: bool = False,
                       kato_ms: int = 30_000, keep_alive: bool = True,
                       disable_sq_flow_control: bool = True,
-                      timeout_s: float = 10.0) -> Controller:
+                      timeout_s: float = 10.0, auth: HostAuth | None = None,
+                      authenticate: bool = True) -> Controller:
+        """Connect and bring up a controller. ``auth``: the host's DH-HMAC-CHAP credentials,
+        used on every queue whose Connect response asks for authentication;
+        ``authenticate=False`` skips it even then (to see the target refuse)."""
         hostid = hostid or uuid_mod.uuid4()
         hostnqn = hostnqn or cmd.default_hostnqn(hostid)
         admin = await QueueClient.open(host, port, hdgst=hdgst, ddgst=ddgst, depth=ADMIN_DEPTH,
                                        timeout_s=timeout_s)
         ctrl = cls(admin, host=host, port=port, subnqn=subnqn, hostnqn=hostnqn, hostid=hostid,
-                   hdgst=hdgst, ddgst=ddgst, kato_ms=kato_ms)
+                   hdgst=hdgst, ddgst=ddgst, kato_ms=kato_ms, auth=auth,
+                   authenticate=authenticate)
         try:
             await ctrl._bring_up(nr_io_queues, queue_size, disable_sq_flow_control, timeout_s)
         except BaseException:
@@ -105,7 +116,27 @@ class Controller:
                           disable_sq_flow_control=no_sq_fc)
         done = (await q.submit(sqe, data=data)).check(f"Connect (qid {qid})")
         q.qid = qid
+        if done.cqe.dw0 & CONNECT_AUTHREQ_ATR:
+            if qid == 0:
+                self.auth_required = True
+            if self.auth is not None and self._authenticate:
+                outcome = await authenticate(q, self.auth, subnqn=self.subnqn,
+                                             hostnqn=self.hostnqn)
+                if qid == 0:
+                    self.auth_outcome = outcome
         return done.cqe.dw0 & 0xFFFF
+
+    async def reauthenticate(self, auth: HostAuth | None = None) -> None:
+        """Authenticate every queue again (with new credentials if given), as the Linux
+        host does when its secret changes."""
+        if auth is not None:
+            self.auth = auth
+        if self.auth is None:
+            raise ValueError("no DH-HMAC-CHAP credentials")
+        for q in [self.admin, *self.io_queues]:
+            outcome = await authenticate(q, self.auth, subnqn=self.subnqn, hostnqn=self.hostnqn)
+            if q is self.admin:
+                self.auth_outcome = outcome
 
     async def enable(self, timeout_s: float = 10.0) -> None:
         await self.property_get(Property.CAP, 8)

@@ -96,6 +96,7 @@ class CommandSpecificStatus(IntEnum):  # Base 2.0 Figure 103; Fabrics 1.1 Figure
     CONNECT_INVALID_PARAMETERS = 0x82
     CONNECT_RESTART_DISCOVERY = 0x83
     CONNECT_INVALID_HOST = 0x84
+    AUTH_REQUIRED = 0x91  # Base 2.0 Figure 103: the queue must authenticate first
     # Base 2.0: attribute-type errors for Dataset Management reuse 0x80.. in the NVM set.
 
 
@@ -214,6 +215,10 @@ CNTLID_ANY_STATIC = 0xFFFE  # Connect data cntlid: "any static controller" (Fabr
 # Connect Invalid Parameters: dword 0 of the completion names the bad field (Fabrics 1.1
 # Figure 22): IPO (byte offset) in bits 15:0, IATTR bit 16 = 1 when the offset is in the data.
 CONNECT_IATTR_DATA = 1 << 16
+# Connect response dword 0 (Base 2.0 Figure 547): AUTHREQ bits 18:17. ATR: authentication
+# transaction required (DH-HMAC-CHAP before any other command); ASCR: with secure channel.
+CONNECT_AUTHREQ_ATR = 1 << 17
+CONNECT_AUTHREQ_ASCR = 1 << 18
 CONNECT_SQE_OFFSET_RECFMT, CONNECT_SQE_OFFSET_QID = 40, 42
 CONNECT_SQE_OFFSET_SQSIZE, CONNECT_SQE_OFFSET_CATTR, CONNECT_SQE_OFFSET_KATO = 44, 46, 48
 CONNECT_DATA_OFFSET_CNTLID, CONNECT_DATA_OFFSET_SUBNQN, CONNECT_DATA_OFFSET_HOSTNQN = 16, 256, 512

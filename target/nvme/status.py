@@ -84,6 +84,7 @@ AbortSqDeleted = _generic("AbortSqDeleted", GS.ABORT_SQ_DELETED, dnr=False)
 KeepAliveExpired = _generic("KeepAliveExpired", GS.KEEP_ALIVE_EXPIRED)
 FeatureNotChangeable = _specific("FeatureNotChangeable", CS.FEATURE_NOT_CHANGEABLE)
 ConnectIncompatibleFormat = _specific("ConnectIncompatibleFormat", CS.CONNECT_INCOMPATIBLE_FORMAT)
+AuthRequired = _specific("AuthRequired", CS.AUTH_REQUIRED)
 
 
 def with_result(error: NvmeError, dw0: int) -> NvmeError:

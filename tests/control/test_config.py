@@ -85,6 +85,14 @@ def test_busy_poll_key() -> None:
     assert c.target.busy_poll_us == 250
 
 
+def test_discovery_auth_key() -> None:
+    assert parse_config(BASE).target.discovery_auth is False
+    c = parse_config({**BASE, "target": {"discovery_auth": True}}, source="t.toml")
+    assert c.target.discovery_auth is True
+    with pytest.raises(ConfigError, match="discovery_auth"):
+        parse_config({**BASE, "target": {"discovery_auth": "yes"}}, source="t.toml")
+
+
 BASE: dict[str, Any] = {"state_dir": "/s"}
 
 

@@ -367,6 +367,12 @@ def reference_text(source: MetricsSource) -> str:
                 for portid, state, n in t.ana_groups:
                     a.add_metric([str(portid), state], n)
                 out.append(a)
+                a = CounterMetricFamily("sbstore_dhchap_authentications",
+                                        "DH-HMAC-CHAP transactions, one per queue, by result.",
+                                        labels=["result"])
+                a.add_metric(["success"], t.dhchap_successes)
+                a.add_metric(["failure"], t.dhchap_failures)
+                out.append(a)
             b = GaugeMetricFamily("sbstore_build_info", "sbstore version.",
                                   labels=["version", "python"])
             b.add_metric([sbstore.__version__, platform.python_version()], 1)

@@ -5,6 +5,9 @@
   fails with the list of packages. These tests are never skipped.
 - ``linux_host`` (module): one booted :class:`LinuxHostVM`, powered off (killed if need be)
   after the module's last test.
+- ``linux_host_612_image`` (session) / ``linux_host_612`` (module): the same with Debian 13's
+  6.12 cloud kernel (NVMe in-band authentication, TLS, multipath), for the tests that need
+  them; everything else keeps running on 6.1.
 - ``sbstore_demo`` (module, once per data I/O engine: io_uring, threads, buffered):
   ``python3 -m sbstore serve --demo --io ENGINE`` on a free 127.0.0.1 port, reachable from the
   guest at 10.0.2.2:PORT; SIGTERM then SIGKILL after the module.
@@ -20,7 +23,7 @@ from typing import Any
 import pytest
 
 from .sbstore_process import SbstoreServer
-from .vm import GuestImage, LinuxHostVM, VMError, build_image
+from .vm import KERNEL_6_12, GuestImage, LinuxHostVM, VMError, build_image
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +41,27 @@ def linux_host(linux_host_image: GuestImage) -> Iterator[LinuxHostVM]:
         vm.start()
     except VMError as exc:
         pytest.fail(f"cannot boot the linux-host guest: {exc}", pytrace=False)
+    try:
+        yield vm
+    finally:
+        vm.stop()
+
+
+@pytest.fixture(scope="session")
+def linux_host_612_image() -> GuestImage:
+    try:
+        return build_image(log=sys.stderr, kernel=KERNEL_6_12)
+    except VMError as exc:
+        pytest.fail(f"cannot build the 6.12 linux-host guest image: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def linux_host_612(linux_host_612_image: GuestImage) -> Iterator[LinuxHostVM]:
+    vm = LinuxHostVM(linux_host_612_image)
+    try:
+        vm.start()
+    except VMError as exc:
+        pytest.fail(f"cannot boot the 6.12 linux-host guest: {exc}", pytrace=False)
     try:
         yield vm
     finally:

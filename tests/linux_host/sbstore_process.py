@@ -120,9 +120,11 @@ class SbstoreServer(_ManagedProcess):
 
 def write_config(path: Path, *, state_dir: Path, pool_path: Path, pool_size: str,
                  api_socket: Path, nvme_port: int, pool_name: str = "e2e",
-                 metrics_listen: str = "127.0.0.1:0", log_level: str = "info") -> Path:
+                 metrics_listen: str = "127.0.0.1:0", log_level: str = "info",
+                 extra: str = "") -> Path:
     """A config for one pool file (created at first start), one 127.0.0.1 listener, the API
-    on a unix socket and the metrics on loopback (port 0: any free one)."""
+    on a unix socket and the metrics on loopback (port 0: any free one); ``extra``: more
+    TOML tables, appended."""
     text = f"""# written by tests/linux_host/sbstore_process.py
 state_dir = "{state_dir}"
 [log]
@@ -139,7 +141,7 @@ create_size = "{pool_size}"
 address = "127.0.0.1"
 port = {nvme_port}
 """
-    path.write_text(text)
+    path.write_text(text + extra)
     return path
 
 

@@ -7,6 +7,12 @@ The machines that run the suite cannot load nvme-tcp themselves, so the stock Li
 Image (:func:`build_image`): a kernel and an initramfs, built only from Debian packages.
   - The kernel is the package ``linux-image-cloud-amd64`` depends on, fetched with
     ``apt-get download`` and unpacked with ``dpkg -x``; ``depmod -b`` makes ``modules.dep``.
+  - Two kernels (:class:`HostKernel`): Debian 12's 6.1 (:data:`KERNEL_6_1`, the default, from
+    the machine's own apt sources) and Debian 13's 6.12 (:data:`KERNEL_6_12`: NVMe in-band
+    authentication, TLS, multipath), fetched from the trixie suite through a private apt
+    configuration under the cache directory, so the machine's own sources stay as they are.
+    6.12 ships its modules as ``.ko.xz`` under ``usr/lib/modules``: they are decompressed into
+    the image (busybox ``insmod`` takes plain ``.ko``), and virtio_pci is built in.
   - The initramfs (newc cpio written here, uncompressed: decompressing 40 MB of gzip costs the
     TCG guest over a second of every boot) holds busybox as ``/init``'s shell, the
     kernel modules in :data:`GUEST_MODULES` with their dependencies, and the host's own binaries
@@ -42,6 +48,7 @@ import fcntl
 import hashlib
 import itertools
 import json
+import lzma
 import math
 import os
 import re
@@ -76,6 +83,35 @@ GUEST_MODULES = (
     "nvmet",
     "nvmet-tcp",
 )
+
+# Debian 13's 6.12 cloud kernel: virtio and virtio_pci are built in; tls.ko for NVMe/TCP TLS.
+GUEST_MODULES_6_12 = (
+    "configfs",
+    "virtio_net",
+    "virtio-rng",
+    "tls",
+    "nvme-fabrics",
+    "nvme-tcp",
+    "nvmet",
+    "nvmet-tcp",
+)
+
+
+@dataclass(frozen=True)
+class HostKernel:
+    """Which Debian cloud kernel the guest boots. ``suite`` None: the package the machine's
+    own apt sources offer; else the cloud kernel of that Debian suite, through a private apt
+    configuration (its package lists live in the cache directory)."""
+
+    name: str  # "6.1" / "6.12": how tests and the cache name it
+    suite: str | None
+    modules: tuple[str, ...]
+
+
+KERNEL_6_1 = HostKernel("6.1", None, GUEST_MODULES)
+KERNEL_6_12 = HostKernel("6.12", "trixie", GUEST_MODULES_6_12)
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+APT_LISTS_MAX_AGE_S = 24 * 3600  # a private suite's package lists are refreshed daily
 
 # Host binaries copied into the guest (with their ldd closure), and the Debian package of each.
 HOST_BINARIES: dict[str, str] = {
@@ -209,17 +245,59 @@ class KernelPackage:
     version: str  # Debian version, e.g. 6.1.176-1
 
 
-def resolve_kernel_package() -> KernelPackage:
+class PrivateApt:
+    """apt-get/apt-cache over one Debian suite only, with lists and caches under ``root``
+    (the machine's sources, lists and configuration are left alone)."""
+
+    def __init__(self, root: Path, suite: str) -> None:
+        self.root = root
+        self.suite = suite
+        self.lists = root / "lists"
+        self.sources = root / "sources.list"
+
+    def options(self) -> list[str]:
+        return ["-o", f"Dir::Etc::sourcelist={self.sources}",
+                "-o", "Dir::Etc::sourceparts=/dev/null",
+                "-o", f"Dir::State::Lists={self.lists}",
+                "-o", f"Dir::Cache={self.root / 'cache'}",
+                "-o", "APT::Architectures=amd64", "-o", "Acquire::Languages=none"]
+
+    def update(self, *, force: bool = False) -> None:
+        stamp = self.root / ".updated"
+        if not force and stamp.exists() and \
+                time.time() - stamp.stat().st_mtime < APT_LISTS_MAX_AGE_S:
+            return
+        for d in (self.lists / "partial", self.root / "cache" / "archives" / "partial"):
+            d.mkdir(parents=True, exist_ok=True)
+        keyring = "/usr/share/keyrings/debian-archive-keyring.gpg"
+        self.sources.write_text(f"deb [signed-by={keyring}] {DEBIAN_MIRROR} {self.suite} main\n")
+        _run(["apt-get", "-q", *self.options(), "update"],
+             env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"), timeout=600)
+        stamp.touch()
+
+
+def _apt_options(kernel: HostKernel, cache: Path | None) -> list[str]:
+    if kernel.suite is None:
+        return []
+    root = (cache or default_cache_dir()) / f"apt-{kernel.suite}"
+    apt = PrivateApt(root, kernel.suite)
+    apt.update()
+    return apt.options()
+
+
+def resolve_kernel_package(kernel: HostKernel = KERNEL_6_1,
+                           cache: Path | None = None) -> KernelPackage:
     """The kernel package the cloud meta-package depends on, at its candidate version."""
     def query() -> KernelPackage:
-        meta = _run(["apt-cache", "show", "--no-all-versions", KERNEL_META_PACKAGE])
+        opts = _apt_options(kernel, cache)
+        meta = _run(["apt-cache", *opts, "show", "--no-all-versions", KERNEL_META_PACKAGE])
         m = re.search(r"^Depends:.*?\b(linux-image-\S+-cloud-amd64)(?:\s*\(=\s*([^)\s]+)\))?",
                       meta, re.MULTILINE)
         if not m:
             raise VMError(f"no kernel dependency in apt-cache show {KERNEL_META_PACKAGE}:\n{meta}")
         name, version = m.group(1), m.group(2)
         if version is None:  # not pinned by the meta package: take the candidate
-            show = _run(["apt-cache", "show", "--no-all-versions", name])
+            show = _run(["apt-cache", *opts, "show", "--no-all-versions", name])
             v = re.search(r"^Version:\s*(\S+)", show, re.MULTILINE)
             if not v:
                 raise VMError(f"no Version in apt-cache show {name}")
@@ -229,6 +307,10 @@ def resolve_kernel_package() -> KernelPackage:
     try:
         return query()
     except VMError:
+        if kernel.suite is not None:
+            PrivateApt((cache or default_cache_dir()) / f"apt-{kernel.suite}",
+                       kernel.suite).update(force=True)
+            return query()
         if os.geteuid() != 0:
             raise
         _run(["apt-get", "update", "-q"], env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"),
@@ -236,7 +318,7 @@ def resolve_kernel_package() -> KernelPackage:
         return query()
 
 
-def fetch_kernel_deb(pkg: KernelPackage, debs: Path) -> Path:
+def fetch_kernel_deb(pkg: KernelPackage, debs: Path, apt_options: Sequence[str] = ()) -> Path:
     """The package's .deb in ``debs``, downloaded with apt-get if not there yet."""
     debs.mkdir(parents=True, exist_ok=True)
     arch_free = pkg.version.split(":")[-1]
@@ -246,7 +328,8 @@ def fetch_kernel_deb(pkg: KernelPackage, debs: Path) -> Path:
     with tempfile.TemporaryDirectory(dir=debs, prefix=".dl-") as tmp:
         # Readable by the _apt sandbox user, so apt does not complain when we are root.
         os.chmod(tmp, 0o777)
-        _run(["apt-get", "download", "-q", f"{pkg.name}={pkg.version}"], cwd=tmp, timeout=600)
+        _run(["apt-get", "download", "-q", *apt_options, f"{pkg.name}={pkg.version}"], cwd=tmp,
+             timeout=600)
         got = list(Path(tmp).glob("*.deb"))
         if len(got) != 1:
             raise VMError(f"apt-get download {pkg.name} produced {got}")
@@ -448,7 +531,8 @@ def _guest_path(host_path: str) -> tuple[str, str]:
     return ref.lstrip("/"), real.lstrip("/")
 
 
-def _image_key(pkg: KernelPackage, host_files: list[str]) -> str:
+def _image_key(pkg: KernelPackage, host_files: list[str],
+               kernel: HostKernel = KERNEL_6_1) -> str:
     ident = []
     for f in host_files:
         st = os.stat(f)
@@ -456,7 +540,7 @@ def _image_key(pkg: KernelPackage, host_files: list[str]) -> str:
     blob = json.dumps({
         "recipe": RECIPE_VERSION,
         "kernel": [pkg.name, pkg.version],
-        "modules": GUEST_MODULES,
+        "modules": kernel.modules,
         "files": ident,
         "aliases": HOST_ALIASES,
         "init": INIT_SCRIPT,
@@ -475,6 +559,7 @@ class GuestImage:
     kernel_package: str  # name=version
     key: str
     build_seconds: float = 0.0  # 0 when it came from the cache
+    host_kernel: str = KERNEL_6_1.name  # HostKernel.name
 
 
 def default_cache_dir() -> Path:
@@ -506,23 +591,38 @@ def _module_closure(moddir: Path, wanted: Sequence[str]) -> list[str]:
             visit(d, depth + 1)
         order.append(mod)
 
+    builtin: set[str] = set()
+    if (moddir / "modules.builtin").exists():
+        builtin = {os.path.basename(line).split(".ko")[0].replace("-", "_")
+                   for line in (moddir / "modules.builtin").read_text().split()}
     for name in wanted:
         path = by_name.get(name.replace("-", "_"))
         if path is None:
+            if name.replace("-", "_") in builtin:
+                continue  # part of the kernel image: nothing to load
             raise VMError(f"kernel module {name} not in {moddir}/modules.dep")
         visit(path, 0)
     return order
 
 
 def _write_initramfs(out_path: Path, kroot: Path, kernel_release: str,
-                     host_files: list[str], stage: Path) -> None:
+                     host_files: list[str], stage: Path,
+                     wanted: Sequence[str] = GUEST_MODULES) -> None:
     moddir = kroot / "lib" / "modules" / kernel_release
-    modules = _module_closure(moddir, GUEST_MODULES)
-    # A module tree with only what we ship, so the guest's modules.dep matches its files.
+    compressed = _module_closure(moddir, wanted)
+    # A module tree with only what we ship, so the guest's modules.dep matches its files;
+    # xz-compressed modules (6.12) are stored plain, for busybox insmod.
     sdir = stage / "lib" / "modules" / kernel_release
-    for m in modules:
-        (sdir / m).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(moddir / m, sdir / m)
+    modules = []
+    for m in compressed:
+        plain = m[:-3] if m.endswith(".xz") else m
+        (sdir / plain).parent.mkdir(parents=True, exist_ok=True)
+        if m.endswith(".xz"):
+            with lzma.open(moddir / m) as src, open(sdir / plain, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        else:
+            shutil.copy2(moddir / m, sdir / m)
+        modules.append(plain)
     for meta in ("modules.builtin", "modules.builtin.modinfo", "modules.order"):
         if (moddir / meta).exists():
             shutil.copy2(moddir / meta, sdir / meta)
@@ -583,20 +683,27 @@ def _load_image(dest: Path, build_seconds: float = 0.0) -> GuestImage | None:
         return None
     info = json.loads(manifest.read_text())
     return GuestImage(dest / "vmlinuz", dest / "initrd.cpio", info["kernel_release"],
-                      info["kernel_package"], dest.name, build_seconds)
+                      info["kernel_package"], dest.name, build_seconds,
+                      info.get("kernel", KERNEL_6_1.name))
 
 
-def _newest_image(cache: Path) -> GuestImage | None:
+def _newest_image(cache: Path, kernel: HostKernel = KERNEL_6_1) -> GuestImage | None:
     images = cache / "images"
     if not images.is_dir():
         return None
     built = sorted((p for p in images.iterdir() if (p / "manifest.json").exists()),
                    key=lambda p: p.stat().st_mtime, reverse=True)
-    return _load_image(built[0]) if built else None
+    for p in built:
+        image = _load_image(p)
+        if image is not None and image.host_kernel == kernel.name:
+            return image
+    return None
 
 
-def build_image(cache_dir: Path | None = None, *, log: IO[str] | None = None) -> GuestImage:
+def build_image(cache_dir: Path | None = None, *, log: IO[str] | None = None,
+                kernel: HostKernel = KERNEL_6_1) -> GuestImage:
     """The guest image for the current kernel package and host binaries, built if not cached.
+    ``kernel``: which Debian cloud kernel (:data:`KERNEL_6_1` or :data:`KERNEL_6_12`).
 
     When apt cannot say which kernel is current (no package lists, no network) the newest
     cached image is used. When the kernel download fails (lists older than the mirror), the
@@ -607,36 +714,40 @@ def build_image(cache_dir: Path | None = None, *, log: IO[str] | None = None) ->
     (cache / "images").mkdir(parents=True, exist_ok=True)
     host_files = _host_files()
     try:
-        pkg = resolve_kernel_package()
+        pkg = resolve_kernel_package(kernel, cache)
     except VMError as exc:
-        fallback = _newest_image(cache)
+        fallback = _newest_image(cache, kernel)
         if fallback is None:
             raise
         if log:
             print(f"linux-host: using cached {fallback.kernel_package}: {exc}", file=log)
         return fallback
-    cached = _load_image(cache / "images" / _image_key(pkg, host_files))
+    cached = _load_image(cache / "images" / _image_key(pkg, host_files, kernel))
     if cached is not None:
         return cached
     with open(cache / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another test run may be building the same image
-        cached = _load_image(cache / "images" / _image_key(pkg, host_files))
+        cached = _load_image(cache / "images" / _image_key(pkg, host_files, kernel))
         if cached is not None:
             return cached
         t0 = time.monotonic()
+        apt_options = _apt_options(kernel, cache)
         try:
-            deb = fetch_kernel_deb(pkg, cache / "debs")
+            deb = fetch_kernel_deb(pkg, cache / "debs", apt_options)
         except VMError:
-            if os.geteuid() != 0:
+            if kernel.suite is not None:
+                PrivateApt(cache / f"apt-{kernel.suite}", kernel.suite).update(force=True)
+            elif os.geteuid() != 0:
                 raise
-            _run(["apt-get", "update", "-q"],
-                 env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"), timeout=600)
-            pkg = resolve_kernel_package()
-            cached = _load_image(cache / "images" / _image_key(pkg, host_files))
+            else:
+                _run(["apt-get", "update", "-q"],
+                     env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"), timeout=600)
+            pkg = resolve_kernel_package(kernel, cache)
+            cached = _load_image(cache / "images" / _image_key(pkg, host_files, kernel))
             if cached is not None:
                 return cached
-            deb = fetch_kernel_deb(pkg, cache / "debs")
-        key = _image_key(pkg, host_files)
+            deb = fetch_kernel_deb(pkg, cache / "debs", apt_options)
+        key = _image_key(pkg, host_files, kernel)
         if log:
             print(f"linux-host: building guest image {key} ({pkg.name}={pkg.version})", file=log)
         dest = cache / "images" / key
@@ -644,6 +755,8 @@ def build_image(cache_dir: Path | None = None, *, log: IO[str] | None = None) ->
         try:
             kroot = work / "kernel"
             _run(["dpkg-deb", "-x", str(deb), str(kroot)])
+            if not (kroot / "lib").exists() and (kroot / "usr" / "lib" / "modules").is_dir():
+                (kroot / "lib").symlink_to("usr/lib")  # merged-/usr package (Debian 13)
             releases = [p.name for p in (kroot / "lib" / "modules").iterdir()]
             if len(releases) != 1:
                 raise VMError(f"{deb.name}: expected one module tree, found {releases}")
@@ -652,19 +765,21 @@ def build_image(cache_dir: Path | None = None, *, log: IO[str] | None = None) ->
             out = work / "out"
             out.mkdir()
             shutil.copy2(kroot / "boot" / f"vmlinuz-{release}", out / "vmlinuz")
-            _write_initramfs(out / "initrd.cpio", kroot, release, host_files, work / "modstage")
+            _write_initramfs(out / "initrd.cpio", kroot, release, host_files, work / "modstage",
+                             kernel.modules)
             (out / "manifest.json").write_text(json.dumps({
+                "kernel": kernel.name,
                 "kernel_release": release,
                 "kernel_package": f"{pkg.name}={pkg.version}",
                 "deb": deb.name,
                 "files": host_files,
-                "modules": list(GUEST_MODULES),
+                "modules": list(kernel.modules),
             }, indent=1))
             os.replace(out, dest)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        _prune(cache / "images", keep=3)
-        _prune(cache / "debs", keep=2)
+        _prune(cache / "images", keep=4)  # two kernels, and the previous build of each
+        _prune(cache / "debs", keep=3)
         image = _load_image(dest, time.monotonic() - t0)
         assert image is not None
         return image
@@ -965,24 +1080,30 @@ class LinuxHostVM:
             raise VMError(f"guest condition not met within {timeout}s: {condition}\n{r.output}")
 
 
-def boot(cache_dir: Path | None = None, **kwargs: object) -> LinuxHostVM:
+def boot(cache_dir: Path | None = None, kernel: HostKernel = KERNEL_6_1,
+         **kwargs: object) -> LinuxHostVM:
     """Build (or reuse) the image and start a guest; the caller stops it."""
     t0 = time.monotonic()
-    image = build_image(cache_dir, log=sys.stderr)
+    image = build_image(cache_dir, log=sys.stderr, kernel=kernel)
     vm = LinuxHostVM(image, **kwargs)  # type: ignore[arg-type]
     vm.timings["image"] = time.monotonic() - t0
     return vm.start()
 
 
 def _main(argv: list[str]) -> int:
+    kernel = KERNEL_6_1
+    if "--kernel" in argv:  # vm.py build|shell --kernel 6.12
+        i = argv.index("--kernel")
+        kernel = {k.name: k for k in (KERNEL_6_1, KERNEL_6_12)}[argv[i + 1]]
+        del argv[i:i + 2]
     cmd = argv[0] if argv else "build"
     if cmd == "build":
-        image = build_image(log=sys.stderr)
+        image = build_image(log=sys.stderr, kernel=kernel)
         print(f"kernel  {image.kernel}\ninitrd  {image.initrd}\nrelease {image.kernel_release}\n"
               f"package {image.kernel_package}\nbuilt in {image.build_seconds:.1f}s")
         return 0
     if cmd == "shell":
-        with boot() as vm:
+        with boot(kernel=kernel) as vm:
             print(f"booted in {vm.timings['boot']:.1f}s; one command per line, EOF to quit",
                   file=sys.stderr)
             for line in sys.stdin:
@@ -995,7 +1116,7 @@ def _main(argv: list[str]) -> int:
                 except GuestTimeout as exc:
                     print(exc, file=sys.stderr)
         return 0
-    print("usage: vm.py build|shell", file=sys.stderr)
+    print("usage: vm.py build|shell [--kernel 6.1|6.12]", file=sys.stderr)
     return 2
 
 

@@ -286,7 +286,9 @@ async def test_property_errors() -> None:
     high = await conn.cmd(prop_get(Property.CAP + 4))
     whole = await conn.cmd(prop_get(Property.CAP, size8=True))
     assert (low.cqe.dw0, high.cqe.dw0) == (whole.cqe.dw0, whole.cqe.dw1)
-    r = await conn.cmd(bytes(fabrics(0x05)))  # Authentication Send: not supported
+    r = await conn.cmd(bytes(fabrics(0x05)))  # Authentication Send with SECP 0: not ours
+    assert r.status == (StatusType.GENERIC, GS.INVALID_FIELD)
+    r = await conn.cmd(bytes(fabrics(0x03)))  # no such fabrics command type
     assert r.status == (StatusType.GENERIC, GS.INVALID_OPCODE)
 
 
