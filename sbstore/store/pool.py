@@ -313,6 +313,8 @@ class Pool:
                     pool.commit_sync()
                 if pool._fill_families() and not readonly:
                     pool.commit_sync()  # recorded before any lineage can lose its root
+                if not readonly and not backing.is_block_device:
+                    pool._punch_free_space()
                 if not readonly and finish_deletions and pool._dying:
                     pool._finish_dying_sync()
                 return pool
@@ -1297,6 +1299,28 @@ class Pool:
         task = asyncio.get_running_loop().create_task(self._punch_then_release(clusters))
         self._punches.add(task)
         task.add_done_callback(self._punches.discard)
+
+    def _punch_free_space(self) -> None:
+        """At open: punch every free run of a pool file. Space freed just before a crash (or by
+        a version that did not punch) is free in the pool but still allocated in the file;
+        nothing is in flight yet, so this is safe. Block devices are left alone: a discard of
+        all their free space at every open could take long."""
+        free, shift = self._space.free, self.cluster_size.bit_length() - 1
+        pos, n, t0 = 0, len(free), time.monotonic()
+        for _ in range(n):  # bounded: each pass moves past one run
+            start = free.find(1, pos)
+            if start < 0:
+                break
+            end = free.find(0, start)
+            end = n if end < 0 else end
+            try:
+                fallocate(self._backing.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                          start << shift, (end - start) << shift)
+            except OSError:
+                return  # the file system cannot punch: nothing to give back
+            pos = end
+        log.debug("pool %s: free space punched at open in %.3f s", self.path,
+                  time.monotonic() - t0)
 
     async def _punch_then_release(self, clusters: list[int]) -> None:
         try:
