@@ -18,8 +18,10 @@ that one did not pass, rather than failing obscurely.
 8. SIGTERM, start again: the CLI shows the same volumes, snapshot, clone and export;
 9. the host's controller reconnects by itself and both namespaces read back the same bytes;
    writing to the clone then leaves the volume alone (copy on write through the host); a file
-   written, deleted and fstrim'd gives its space back (du of the pool file, NUSE);
-10. CLI: everything removed again, nothing left allocated in the pool, nor on its file.
+   written, deleted and fstrim'd gives its space back (du of the pool file, NUSE); the snapshot
+   both came from is deleted and neither changes;
+10. CLI: everything removed again, nothing left allocated in the pool, nor on its file;
+    `sbstore check` of the pool file is clean.
 
 The test must be able to fail: every comparison is against hashes taken in the guest of data
 it wrote itself (8 MiB from /dev/urandom), raw reads use O_DIRECT (not the page cache), and the
@@ -27,7 +29,10 @@ restart is a real stop of the process (exit status checked) and a start from the
 """
 from __future__ import annotations
 
+import os
 import shlex
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -432,8 +437,6 @@ rm -f /tmp/patch.bin""", timeout=120)
 
 def _pool_medium_bytes(flow: Flow) -> int:
     """What the pool file occupies on the host's file system (``du``)."""
-    import os
-
     return os.stat(flow.cli("status")["pools"][0]["path"]).st_blocks * 512
 
 
@@ -476,6 +479,21 @@ sync""", timeout=180)
     flow.passed.add("fstrim")
 
 
+def test_snapshot_with_two_children_is_deleted(flow: Flow) -> None:
+    """The snapshot both the volume and the clone came from is deleted while the host has
+    both attached: each reads the same bytes as before (hashes in the guest, O_DIRECT), and
+    both now stand without a parent."""
+    flow.need("clone-cow")
+    vm = flow.vm
+    before = {nsid: nh.sha256_device(vm, flow.devices[nsid], VOLUME_MIB) for nsid in (1, 2)}
+    flow.cli("snapshot", "delete", SNAPSHOT)
+    after = {nsid: nh.sha256_device(vm, flow.devices[nsid], VOLUME_MIB) for nsid in (1, 2)}
+    assert after == before, "deleting the snapshot changed what its children read"
+    parents = {v["name"]: v["parent"] for v in flow.cli("volume", "list", "--all")}
+    assert parents == {VOLUME: None, CLONE: None}, parents
+    flow.passed.add("snapshot-delete")
+
+
 # --- 10. clean up ---------------------------------------------------------------------------
 
 
@@ -510,6 +528,10 @@ def test_cleanup_through_the_cli(flow: Flow) -> None:
         time.sleep(0.5)
     assert _pool_medium_bytes(flow) <= pool["metadata_bytes"] + 4 * MiB, (
         f"the pool file still holds {_pool_medium_bytes(flow) >> 20} MiB with nothing in it")
+    pool_path = status["pools"][0]["path"]
     rc = flow.daemon.stop()
     assert rc == 0, f"the daemon exited with {rc} on SIGTERM"
     _no_errors_logged(flow.daemon)
+    checked = subprocess.run([sys.executable, "-m", "sbstore", "check", pool_path],
+                             capture_output=True, text=True, timeout=120)
+    assert checked.returncode == 0 and "clean" in checked.stdout, checked.stdout + checked.stderr
