@@ -33,8 +33,8 @@ def test_job_files_run_and_their_reports_parse(tmp_path: Path) -> None:
     env = dict(os.environ, RUNTIME="1", SIZE="8M")
     jobs = ["4k-randrw70-qd32", "latency-percentiles", "verify"]
     proc = subprocess.run(["sh", str(ROOT / "perf" / "fio" / "run.sh"), str(dev), str(out),
-                           *jobs], env=env, capture_output=True, text=True, timeout=120,
-                          check=False)
+                           *jobs], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     mixed = fio_json.parse((out / "4k-randrw70-qd32.json").read_text())[0]
     assert set(mixed["sides"]) == {"mixed"} and mixed["iops"] > 0 and mixed["error"] == 0
