@@ -45,6 +45,7 @@ if ROOT not in sys.path:
 
 from perf import harness  # noqa: E402
 from sbstore.config import parse_size  # noqa: E402
+from sbstore.daemon import DEMO_SIZE  # noqa: E402
 
 FORMAT = "sbstore-bench-matrix/1"
 DEMO_NQN = "nqn.2026-11.io.sbstore:demo"
@@ -112,6 +113,10 @@ class LoadgenTarget(Target):
 
 class RamTarget(LoadgenTarget):
     name = "ram"
+
+    def __init__(self, size: int, engine: str, load_cpu: str | None) -> None:
+        # The demo's RAM device has DEMO_SIZE bytes: a larger span would address past its end.
+        super().__init__(min(size, DEMO_SIZE), engine, load_cpu)
 
     def start(self) -> dict[str, Any]:
         daemon_cpu = harness.cpus()[0]

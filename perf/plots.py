@@ -40,10 +40,8 @@ def _ordered_targets(report: dict[str, Any]) -> list[str]:
 
 
 def _cell(report: dict[str, Any], target: str, job: str) -> dict[str, Any] | None:
-    for r in report["results"]:
-        if r["target"] == target and r["job"] == job:
-            return r
-    return None
+    cells: list[dict[str, Any]] = report["results"]
+    return next((r for r in cells if r["target"] == target and r["job"] == job), None)
 
 
 def _save(fig: Figure, path: str) -> str:

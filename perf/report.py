@@ -29,7 +29,8 @@ def _ratio(value: float, base: float) -> str:
 def results_table(report: dict[str, Any]) -> list[str]:
     cells = _cells(report)
     has_raw = "raw" in report["targets"]
-    head = "| job | target | IOPS | MB/s | p50 us | p99 us | p99.9 us | target CPU us/IO |"
+    head = ("| job | target | IOPS [range] | MB/s | p50 us | p99 us | p99.9 us | "
+            "target CPU us/IO |")
     sep = "|---|---|---:|---:|---:|---:|---:|---:|"
     if has_raw:
         head += " IOPS vs raw |"
@@ -43,11 +44,13 @@ def results_table(report: dict[str, Any]) -> list[str]:
                 continue
             lat = r["lat_us"]
             cpu = r.get("target_cpu_us_per_io")
-            row = (f"| {job['name']} | {t} | {r['iops']:.0f} | {r['mb_per_s']:.1f} | "
+            iops = f"{r['iops']:.0f}"
+            if r.get("repeat", 1) > 1:  # the spread of the runs: how far to trust the median
+                lo, hi = r["iops_range"]
+                iops += f" [{lo:.0f}-{hi:.0f}]"
+            row = (f"| {job['name']} | {t} | {iops} | {r['mb_per_s']:.1f} | "
                    f"{lat['p50']:.0f} | {lat['p99']:.0f} | {lat.get('p999', 0):.0f} | "
-                   f"{cpu:.1f} |" if cpu is not None else
-                   f"| {job['name']} | {t} | {r['iops']:.0f} | {r['mb_per_s']:.1f} | "
-                   f"{lat['p50']:.0f} | {lat['p99']:.0f} | {lat.get('p999', 0):.0f} | - |")
+                   f"{'-' if cpu is None else f'{cpu:.1f}'} |")
             if has_raw:
                 row += f" {_ratio(r['iops'], raw['iops']) if raw and t != 'raw' else '-'} |"
             lines.append(row)
@@ -128,8 +131,11 @@ def markdown(report: dict[str, Any], pngs: list[str], old: dict[str, Any] | None
               "loopback), fio's completion latency for `raw`. Target CPU: the daemon's CPU time "
               "per I/O (fio's own CPU is not counted for `raw`).", ""]
     busy = bool(loadavg) and max(loadavg) > (report.get("cpus") or 2)
-    lines += [f"**Noise.** One short run per cell on a small shared VM: differences under "
-              f"about {NOISE:.0%} are not findings. 1-minute load average before and after: "
+    runs = "one short run" if report["repeat"] == 1 else \
+        f"the median of {report['repeat']} short runs (their IOPS range in brackets)"
+    lines += [f"**Noise.** Each cell is {runs} on a small VM that others may share: "
+              f"differences under about {NOISE:.0%} are not findings. 1-minute load average "
+              f"before and after: "
               f"{', '.join(f'{v:.1f}' for v in loadavg) or '?'}"
               + (" (others were using the CPUs: treat these figures as rough)." if busy
                  else "."), ""]
