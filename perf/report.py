@@ -129,7 +129,9 @@ def markdown(report: dict[str, Any], pngs: list[str], old: dict[str, Any] | None
         lines.append(f"- `{t}`: {s.get('what', '')}{extra}")
     lines += ["", "Latency: the load generator's round trip for the sbstore targets (over "
               "loopback), fio's completion latency for `raw`. Target CPU: the daemon's CPU time "
-              "per I/O (fio's own CPU is not counted for `raw`).", ""]
+              "per I/O (fio's own CPU is not counted for `raw`). `raw` is what O_DIRECT I/O on the file "
+              "system under the pool gets: on a VM, the virtual disk, hypervisor caching "
+              "included.", ""]
     busy = bool(loadavg) and max(loadavg) > (report.get("cpus") or 2)
     runs = "one short run" if report["repeat"] == 1 else \
         f"the median of {report['repeat']} short runs (their IOPS range in brackets)"
