@@ -168,9 +168,8 @@ class RawTarget(Target):
                 "fill_seconds": round(time.monotonic() - t0, 1)}
 
     def run(self, job: Job, seconds: float) -> dict[str, Any]:
-        r = harness.fio(self.path, self.cpu, rw=job.rw, bs=job.bs, qd=job.qd, seconds=seconds,
-                        size=self.size, rwmixread=job.rwmixread)
-        return r
+        return harness.fio(self.path, self.cpu, rw=job.rw, bs=job.bs, qd=job.qd,
+                           seconds=seconds, size=self.size, rwmixread=job.rwmixread)
 
 
 def make_targets(names: list[str], size: int, engine: str, io: str,
