@@ -48,10 +48,17 @@ class FastQueue(asyncio.BufferedProtocol):
                  span_blocks: int, stop_at: float, max_ios: int, seed: int,
                  done: asyncio.Future[None], sequential: bool = False,
                  incapsule: bool = True, maxh2cdata: int = 1 << 20,
-                 flush_every: int = 0) -> None:
+                 flush_every: int = 0, read_pct: int | None = None) -> None:
+        """``read_pct`` (0-100) mixes reads and writes at random in that proportion (fio's
+        rwmixread) and overrides ``write``; None: all writes or all reads, as ``write`` says."""
         self.nblocks = bs // block_size
         self.span = max(1, span_blocks // self.nblocks)
+        self.mixed = read_pct is not None and 0 < read_pct < 100
+        if read_pct is not None and not self.mixed:
+            write = read_pct == 0
+        self.read_share = (read_pct or 0) / 100.0
         self.qd, self.write, self.stop_at, self.max_ios = qd, write, stop_at, max_ios
+        writes = write or self.mixed
         self.rng = random.Random(seed)
         self.sequential = sequential
         self.next_slot = (seed * 7919) % self.span  # queues start apart in the span
@@ -67,8 +74,28 @@ class FastQueue(asyncio.BufferedProtocol):
         self.end = 0  # end of received bytes
         self.transport: Any = None
         self.stopping = False
-        # The capsule: common header + SQE (+ in-capsule data for writes).
-        in_capsule = write and incapsule
+        # Capsules (common header + SQE (+ in-capsule data for writes)), one per cid and kind.
+        self.read_template = self._templates(nsid, bs, write=False, in_capsule=False)
+        self.write_template = self._templates(nsid, bs, write=True, in_capsule=incapsule)
+        self.template = self.write_template if write else self.read_template
+        self.payload = bytes(random.Random(seed).randbytes(bs)) if writes else b""
+        self.payload_view = memoryview(self.payload)
+        self.maxh2cdata = maxh2cdata
+        self.r2t_writes = writes and not incapsule  # data goes after R2T, not in the capsule
+        # A Flush after every ``flush_every`` writes (it takes a queue slot like an I/O).
+        self.flush_every = flush_every if write and not self.mixed else 0
+        self.flushes = 0
+        flush_sqe = bytearray(64)
+        struct.pack_into("<BBHI", flush_sqe, 0, 0x00, 0x40, 0, nsid)
+        self.flush_template = [bytearray(CH.pack(T_CAPSULE_CMD, 0, CAPSULE_HLEN, 0, CAPSULE_HLEN)
+                                         + flush_sqe) for _ in range(qd)]
+        for cid, t in enumerate(self.flush_template):
+            struct.pack_into("<H", t, 8 + 2, cid)
+
+    def _templates(self, nsid: int, bs: int, *, write: bool,
+                   in_capsule: bool) -> list[bytearray]:
+        """One Read or Write capsule per cid, ready but for its SLBA."""
+        in_capsule = write and in_capsule
         data_len = bs if in_capsule else 0
         sqe = bytearray(64)
         struct.pack_into("<BBHI", sqe, 0, 0x01 if write else 0x02, 0x40, 0, nsid)
@@ -78,22 +105,10 @@ class FastQueue(asyncio.BufferedProtocol):
         struct.pack_into("<I", sqe, 48, self.nblocks - 1)
         header = CH.pack(T_CAPSULE_CMD, 0, CAPSULE_HLEN, CAPSULE_HLEN if in_capsule else 0,
                          CAPSULE_HLEN + data_len)
-        self.template = [bytearray(header + sqe) for _ in range(qd)]
-        for cid, t in enumerate(self.template):
+        templates = [bytearray(header + sqe) for _ in range(self.qd)]
+        for cid, t in enumerate(templates):
             struct.pack_into("<H", t, 8 + 2, cid)
-        self.payload = bytes(random.Random(seed).randbytes(bs)) if write else b""
-        self.payload_view = memoryview(self.payload)
-        self.maxh2cdata = maxh2cdata
-        self.r2t_writes = write and not incapsule  # data goes after R2T, not in the capsule
-        # A Flush after every ``flush_every`` writes (it takes a queue slot like an I/O).
-        self.flush_every = flush_every if write else 0
-        self.flushes = 0
-        flush_sqe = bytearray(64)
-        struct.pack_into("<BBHI", flush_sqe, 0, 0x00, 0x40, 0, nsid)
-        self.flush_template = [bytearray(CH.pack(T_CAPSULE_CMD, 0, CAPSULE_HLEN, 0, CAPSULE_HLEN)
-                                         + flush_sqe) for _ in range(qd)]
-        for cid, t in enumerate(self.flush_template):
-            struct.pack_into("<H", t, 8 + 2, cid)
+        return templates
 
     def _capsule(self, cid: int, out: list[Any]) -> None:
         if self.flush_every and self.issued % (self.flush_every + 1) == self.flush_every:
@@ -102,7 +117,12 @@ class FastQueue(asyncio.BufferedProtocol):
             self.flushes += 1
             out.append(bytes(self.flush_template[cid]))
             return
-        t = self.template[cid]
+        write = self.write
+        if self.mixed:
+            write = self.rng.random() >= self.read_share
+            t = self.write_template[cid] if write else self.read_template[cid]
+        else:
+            t = self.template[cid]
         if self.sequential:
             slot = self.next_slot
             self.next_slot = (slot + 1) % self.span
@@ -112,7 +132,7 @@ class FastQueue(asyncio.BufferedProtocol):
         self.sent_at[cid] = time.perf_counter_ns()
         self.issued += 1
         out.append(bytes(t))
-        if self.write and not self.r2t_writes:
+        if write and not self.r2t_writes:
             out.append(self.payload)
 
     def _send_data(self, buf: bytearray, pos: int, out: list[Any]) -> None:
@@ -196,13 +216,14 @@ class FastQueue(asyncio.BufferedProtocol):
 
 async def run_fast(ctrl: Controller, *, nsid: int, rw: str, bs: int, qd: int, seconds: float,
                    max_ios: int, span_bytes: int, seed: int, flush_every: int = 0,
-                   poll: bool = False) -> tuple[int, int, array, float]:
+                   poll: bool = False, rwmixread: int = 70) -> tuple[int, int, array, float]:
     """Drive every I/O queue of ``ctrl`` at ``qd`` each; returns (ios, errors, latencies, s).
-    ``poll``: busy-poll the sockets instead of waiting in the event loop (module docstring)."""
+    ``poll``: busy-poll the sockets instead of waiting in the event loop (module docstring).
+    ``rw`` "randrw" mixes random reads and writes, ``rwmixread`` percent of them reads."""
     ns = ctrl.namespaces[nsid]
     write = rw.endswith("write")
-    if rw not in ("randread", "randwrite", "read", "write"):
-        raise ValueError("the fast engine does reads and writes")
+    if rw not in ("randread", "randwrite", "read", "write", "randrw"):
+        raise ValueError("the fast engine does reads, writes and a random mix of them")
     incapsule = bs <= ctrl.admin.incapsule_limit or bs <= (ctrl.info.ioccsz * 16 - 64)
     span = (span_bytes // ns.block_size) if span_bytes else ns.nsze
     loop = asyncio.get_running_loop()
@@ -218,7 +239,8 @@ async def run_fast(ctrl: Controller, *, nsid: int, rw: str, bs: int, qd: int, se
                        max_ios=max_ios // len(ctrl.io_queues), seed=seed + i, done=fut,
                        sequential=not rw.startswith("rand"), incapsule=incapsule,
                        maxh2cdata=params.maxh2cdata if params is not None else 1 << 20,
-                       flush_every=flush_every)
+                       flush_every=flush_every,
+                       read_pct=rwmixread if rw == "randrw" else None)
         transport = qc._transport
         transport.set_protocol(fq)
         queues.append((fq, transport, fut))

@@ -24,6 +24,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from perf import fio_json  # noqa: E402
+from perf.percentiles import FIO_PERCENTILE_LIST  # noqa: E402
+
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 
@@ -205,6 +208,31 @@ def start_daemon(cfg: str, cpu: str | None, wrap: list[str] | None = None) -> Da
     return daemon
 
 
+def start_pool_daemon(workdir: str, size: int, io: str, cpu: str | None) -> Daemon:
+    """The daemon with one pool file in ``workdir`` (a disk file system: O_DIRECT) with room
+    for a volume of ``size`` bytes and its snapshots' worth again, data through engine ``io``."""
+    return start_daemon(write_config(workdir, pool_size=str(2 * size + (256 << 20)), io=io), cpu)
+
+
+def pool_engine_line(daemon: Daemon) -> str:
+    """The daemon's log line naming its pool's data I/O engine and why."""
+    return next((ln for ln in daemon.lines if "data I/O through" in ln), "")
+
+
+def export_filled_volume(daemon: Daemon, nqn: str, size: int, load_cpu: str | None,
+                         name: str = "bench") -> dict[str, Any]:
+    """Create volume ``name`` of ``size`` bytes in the daemon's pool, export it as ``nqn`` to
+    any host, and write all of it once (128 KiB sequential writes, QD16) so every cluster is
+    allocated and later jobs measure the data path, not allocation; the fill's MB/s and time."""
+    client = daemon.client()
+    client.post("/v1/volumes", {"name": name, "size_bytes": size, "block_size": 4096})
+    client.post("/v1/subsystems", {"nqn": nqn, "volumes": [name], "allow_any_host": True})
+    t0 = time.monotonic()
+    fill = run_load(daemon.nvme_port, nqn, load_cpu, rw="write", bs=128 << 10, qd=16,
+                    seconds=3600, span_bytes=size, max_ios=size // (128 << 10))
+    return {"mb_per_s": fill["mb_per_s"], "seconds": round(time.monotonic() - t0, 1)}
+
+
 def _serving_pid(root: int) -> int:
     """The ``sbstore serve`` process among ``root``'s descendants (under a wrapper)."""
     todo = [root]
@@ -224,6 +252,41 @@ def _serving_pid(root: int) -> int:
         except FileNotFoundError:
             continue
     raise RuntimeError(f"no sbstore serve process under pid {root}")
+
+
+def start_ram_demo(extra: list[str],
+                   cpus: set[int] | None = None) -> tuple[subprocess.Popen[str], int]:
+    """``sbstore serve --demo --ram`` on a free loopback port, pinned to ``cpus``, logging
+    warnings only (nothing drains its stdout after start-up); (process, NVMe/TCP port)."""
+    def pin() -> None:
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+    proc = subprocess.Popen([sys.executable, "-m", "sbstore", "serve", "--demo", "--ram",
+                             "--listen", "127.0.0.1:0", "--log-level", "warning", *extra],
+                            cwd=ROOT, env=child_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=pin if cpus else None)
+    deadline = time.monotonic() + 30
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        m = re.search(r" on [^ ]+:(\d+)$", line.strip())
+        if m:
+            return proc, int(m.group(1))
+    proc.kill()
+    proc.wait()
+    raise RuntimeError("the target did not start")
+
+
+def stop_process(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM, then SIGKILL after 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 # --- load -------------------------------------------------------------------------------------
@@ -268,24 +331,25 @@ def run_load(port: int, nqn: str, cpu: str | None, **job: Any) -> dict[str, Any]
 # --- fio, the yardstick -----------------------------------------------------------------------
 
 def fio(path: str, cpu: str | None, *, rw: str, bs: int, qd: int, seconds: float,
-        size: int, offset: int = 0) -> dict[str, Any]:
-    """fio with io_uring and O_DIRECT on ``path`` (the yardstick): IOPS, MB/s, latencies."""
+        size: int, offset: int = 0, rwmixread: int = 70) -> dict[str, Any]:
+    """fio with io_uring and O_DIRECT on ``path`` (the yardstick): IOPS, MB/s, latencies (mean,
+    p50, p99, p99.9 and perf/percentiles.py's points, us). ``rw`` "randrw" mixes reads and
+    writes (``rwmixread`` percent reads), reported as one figure as the load generator does."""
     cmd = [*pinned(cpu), "fio", "--name=yardstick", f"--filename={path}", "--ioengine=io_uring",
            "--direct=1", f"--rw={rw}", f"--bs={bs}", f"--iodepth={qd}", f"--size={size}",
            f"--offset={offset}", f"--runtime={seconds}", "--time_based", "--norandommap",
-           "--randrepeat=0", "--output-format=json"]
+           "--randrepeat=0", f"--percentile_list={FIO_PERCENTILE_LIST}",
+           "--output-format=json"]
+    if rw == "randrw":
+        cmd += [f"--rwmixread={rwmixread}", "--unified_rw_reporting=mixed"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"fio failed: {out.stderr[-2000:]}")
-    job = json.loads(out.stdout)["jobs"][0]
-    side = job["read"] if job["read"]["io_bytes"] else job["write"]
-    clat = side.get("clat_ns", {})
-    pct = clat.get("percentile", {})
-    return {"rw": rw, "bs": bs, "qd": qd, "iops": round(side["iops"], 1),
-            "mb_per_s": round(side["bw_bytes"] / 1e6, 2),
-            "lat_us": {"mean": round(clat.get("mean", 0) / 1000, 1),
-                       "p99": round(pct.get("99.000000", 0) / 1000, 1)},
-            "sys_cpu_pct": job.get("sys_cpu"), "usr_cpu_pct": job.get("usr_cpu")}
+    job = fio_json.parse(out.stdout)[0]
+    return {"rw": rw, "bs": bs, "qd": qd, "ios": job["ios"], "iops": job["iops"],
+            "mb_per_s": job["mb_per_s"], "lat_us": job["lat_us"],
+            "lat_pct_us": job["lat_pct_us"], "sys_cpu_pct": job["sys_cpu_pct"],
+            "usr_cpu_pct": job["usr_cpu_pct"]}
 
 
 def fill_file(path: str, size: int, cpu: str | None) -> None:

@@ -19,9 +19,10 @@ from array import array
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from perf.percentiles import percentiles_us  # noqa: E402
 from target.host import Controller  # noqa: E402
 
-PATTERNS = ("randread", "randwrite", "read", "write")
+PATTERNS = ("randread", "randwrite", "read", "write", "randrw")  # randrw: fast/poll engines
 
 
 def percentile(sorted_ns: list[int], pct: float) -> float:
@@ -35,10 +36,12 @@ async def run_load(host: str, port: int, nqn: str, *, rw: str, bs: int, qd: int,
                    seconds: float, max_ios: int = 10**9, nsid: int = 1, span_bytes: int = 0,
                    hdgst: bool = False, ddgst: bool = False, seed: int = 1,
                    engine: str = "general", flush_every: int = 0,
-                   start_at: float = 0.0) -> dict:
+                   start_at: float = 0.0, rwmixread: int = 70) -> dict:
     """``qd`` is the total depth, spread over ``queues``."""
     if rw not in PATTERNS:
         raise ValueError(f"--rw must be one of {PATTERNS}")
+    if rw == "randrw" and engine not in ("fast", "poll"):
+        raise ValueError("--rw randrw needs --engine fast or poll")
     ctrl = await Controller.connect(host, port, nqn, nr_io_queues=queues,
                                     queue_size=max(qd // queues + 1, 2), hdgst=hdgst, ddgst=ddgst)
     if start_at:
@@ -50,7 +53,7 @@ async def run_load(host: str, port: int, nqn: str, *, rw: str, bs: int, qd: int,
             ios, errors, latencies, elapsed = await run_fast(
                 ctrl, nsid=nsid, rw=rw, bs=bs, qd=max(1, qd // queues), seconds=seconds,
                 max_ios=max_ios, span_bytes=span_bytes, seed=seed, flush_every=flush_every,
-                poll=engine == "poll")
+                poll=engine == "poll", rwmixread=rwmixread)
         finally:
             await ctrl.close(shutdown=False)
         if errors:
@@ -110,7 +113,10 @@ def _summary(rw: str, bs: int, qd: int, queues: int, engine: str, ios: int, elap
             "lat_us": {"p50": percentile(ordered, 50), "p99": percentile(ordered, 99),
                        "p999": percentile(ordered, 99.9),
                        "max": ordered[-1] / 1000.0 if ordered else 0.0,
-                       "mean": (sum(ordered) / len(ordered) / 1000.0) if ordered else 0.0}}
+                       "mean": (sum(ordered) / len(ordered) / 1000.0) if ordered else 0.0},
+            # The distribution at perf/percentiles.py's points (fio's, for a CDF beside fio's)
+            # rather than every sample: 18 numbers whatever the run's length.
+            "lat_pct_us": percentiles_us(ordered)}
 
 
 def main() -> int:
@@ -129,6 +135,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=1, help="random offsets' seed")
     p.add_argument("--start-at", type=float, default=0.0,
                    help="connect, then start the I/O at this time (seconds since the epoch)")
+    p.add_argument("--rwmixread", type=int, default=70,
+                   help="--rw randrw: percent of reads (fio's rwmixread)")
     p.add_argument("--flush-every", type=int, default=0,
                    help="fast engine, writes: a Flush after every N writes (0: none)")
     p.add_argument("--engine", choices=["general", "fast", "poll"], default="general",
@@ -142,6 +150,7 @@ def main() -> int:
                                  max_ios=args.max_ios, span_bytes=args.span_bytes,
                                  hdgst=args.digests, ddgst=args.digests, engine=args.engine,
                                  flush_every=args.flush_every, seed=args.seed,
+                                 rwmixread=args.rwmixread,
                                  start_at=args.start_at))
     print(json.dumps(result))
     return 0

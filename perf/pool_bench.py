@@ -46,10 +46,11 @@ from perf.harness import (  # noqa: E402
     fio,
     median,
     page_cache_bytes,
+    export_filled_volume,
+    pool_engine_line,
     rss_bytes,
     run_load,
-    start_daemon,
-    write_config,
+    start_pool_daemon,
 )
 from sbstore.config import parse_size  # noqa: E402
 
@@ -108,22 +109,12 @@ def main(argv: list[str] | None = None) -> int:
         fill_file(yard, size, daemon_cpu)
         print(f"yardstick file: {size >> 20} MiB filled in {time.monotonic() - t0:.1f} s",
               flush=True)
-        cfg = write_config(work, pool_size=str(2 * size + (256 << 20)), io=args.io)
-        daemon = start_daemon(cfg, daemon_cpu)
-        engine_line = next((ln for ln in daemon.lines if "data I/O through" in ln), "")
-        report["engine"] = engine_line
-        print(engine_line, flush=True)
-        client = daemon.client()
-        client.post("/v1/volumes", {"name": "bench", "size_bytes": size, "block_size": 4096})
-        client.post("/v1/subsystems", {"nqn": NQN, "volumes": ["bench"],
-                                       "allow_any_host": True})
-        t0 = time.monotonic()
-        fill = run_load(daemon.nvme_port, NQN, load_cpu, rw="write", bs=128 << 10, qd=16,
-                        seconds=3600, span_bytes=size, max_ios=size // (128 << 10))
-        took = time.monotonic() - t0
-        report["first_write"] = {"mb_per_s": fill["mb_per_s"], "seconds": round(took, 1)}
-        print(f"volume filled (first writes, allocating): {fill['mb_per_s']:.0f} MB/s",
-              flush=True)
+        daemon = start_pool_daemon(work, size, args.io, daemon_cpu)
+        report["engine"] = pool_engine_line(daemon)
+        print(report["engine"], flush=True)
+        report["first_write"] = export_filled_volume(daemon, NQN, size, load_cpu)
+        print(f"volume filled (first writes, allocating): "
+              f"{report['first_write']['mb_per_s']:.0f} MB/s", flush=True)
 
         rounds: list[dict[str, Any]] = []
         for rnd in range(args.rounds):

@@ -2,6 +2,7 @@
 and report IOPS, latency and the target process's CPU time per I/O (user and system apart).
 
     python3 perf/run.py [--seconds 5] [--repeat 3] [--busy-poll 500] [--json perf/results/target.json]
+    python3 perf/run.py matrix ...     # the job matrix on RAM, pool and raw disk: perf/matrix.py
 
 The default load engine is perf/fastload.py: the general Python initiator costs 25-40 us per
 I/O and, on a 2-vCPU machine, would starve the target and slow it by sharing the core.
@@ -31,7 +32,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import resource
 import statistics
 import subprocess
@@ -40,6 +40,12 @@ import time
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from perf.harness import start_ram_demo as start_target  # noqa: E402
+from perf.harness import stop_process as stop_target  # noqa: E402
+
 NQN = "nqn.2026-11.io.sbstore:demo"
 JOBS = [
     {"name": "4k-randread-qd1", "rw": "randread", "bs": 4096, "qd": 1, "queues": 1},
@@ -88,37 +94,6 @@ def affinity(placement: str) -> tuple[set[int] | None, set[int] | None]:
     if placement == "shared":
         return {cpus[0]}, {cpus[0]}
     return {cpus[0]}, set(cpus[1:])
-
-
-def start_target(extra: list[str], cpus: set[int] | None = None) -> tuple[subprocess.Popen[str], int]:
-    def pin() -> None:
-        if cpus:
-            os.sched_setaffinity(0, cpus)
-    proc = subprocess.Popen([sys.executable, "-m", "sbstore", "serve", "--demo", "--ram",
-                             "--listen", "127.0.0.1:0", "--log-level", "warning", *extra],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=pin if cpus else None)
-    deadline = time.monotonic() + 30
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        m = re.search(r" on [^ ]+:(\d+)$", line.strip())
-        if m:
-            return proc, int(m.group(1))
-    proc.kill()
-    proc.wait()
-    raise RuntimeError("the target did not start")
-
-
-def stop_target(proc: subprocess.Popen[str]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def run_job(job: dict[str, Any], port: int, target_pid: int, seconds: float, digests: bool,
@@ -209,7 +184,13 @@ def line(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="sbstore target benchmark (RAM device)")
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["matrix"]:
+        # The job matrix against the RAM device, a pool volume and the raw disk, with plots.
+        from perf.matrix import main as matrix_main
+        return matrix_main(args_in[1:])
+    p = argparse.ArgumentParser(description="sbstore target benchmark (RAM device); "
+                                "`perf/run.py matrix --help`: the job matrix with plots")
     p.add_argument("--seconds", type=float, default=5.0, help="per run")
     p.add_argument("--repeat", type=int, default=3,
                    help="runs per job; the median run is reported, with the range")
@@ -225,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                    "poll also busy-polls its socket as spdk_nvme_perf does, so the target never "
                    "pays for waking it")
     p.add_argument("--json", default=os.path.join(ROOT, "perf", "results", "target.json"))
-    args = p.parse_args(argv)
+    args = p.parse_args(args_in)
     if args.repeat < 1:
         p.error("--repeat must be at least 1")
     target_cpus, load_cpus = affinity(args.placement)

@@ -39,3 +39,45 @@ async def test_large_writes_follow_r2t(maxh2cdata):
     slots = [bytes(ram._buf[i:i + len(payload)]) for i in range(0, 4 << 20, len(payload))]
     written = [s for s in slots if any(s)]
     assert written and all(s == payload for s in written)
+
+
+class CountingRam(RamDevice):
+    """A RAM device that counts the reads and writes it served."""
+
+    def __init__(self, size_bytes: int, block_size: int) -> None:
+        super().__init__(size_bytes, block_size)
+        self.reads = self.writes = 0
+
+    async def read(self, lba: int, nblocks: int) -> memoryview:
+        self.reads += 1
+        return await super().read(lba, nblocks)
+
+    async def write(self, lba: int, data, fua: bool = False) -> None:
+        self.writes += 1
+        await super().write(lba, data, fua)
+
+
+@pytest.mark.parametrize("bs", [4096, 128 << 10])
+async def test_random_mix_reads_and_writes_in_proportion(bs):
+    """rw="randrw" (the matrix's 70/30 job): about rwmixread percent of the commands the
+    target serves are reads, the rest writes, in-capsule (4k) or after R2T (128k)."""
+    target = Target()
+    sub = Subsystem(NQN, allow_any_host=True)
+    ram = CountingRam(8 << 20, 512)
+    sub.add_namespace(ram)
+    target.add_subsystem(sub)
+    server = TargetServer(target, TransportLimits())
+    listener = await server.listen("127.0.0.1", 0)
+    try:
+        ctrl = await Controller.connect("127.0.0.1", int(listener.trsvcid), NQN, queue_size=16)
+        try:
+            ios, errors, lat, _ = await run_fast(ctrl, nsid=1, rw="randrw", bs=bs, qd=8,
+                                                 seconds=10.0, max_ios=1000,
+                                                 span_bytes=8 << 20, seed=5, rwmixread=70)
+        finally:
+            await ctrl.close(shutdown=False)
+    finally:
+        await server.close()
+    assert ios == 1000 and errors == 0 and len(lat) == 1000
+    assert ram.reads + ram.writes == 1000
+    assert 0.62 < ram.reads / 1000 < 0.78, (ram.reads, ram.writes)  # binomial, sd 1.4%
