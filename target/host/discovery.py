@@ -8,21 +8,26 @@ from __future__ import annotations
 
 import struct
 import uuid as uuid_mod
+from typing import TYPE_CHECKING
 
 from target.host.controller import Controller
 from target.nvme.logpages import DiscoveryLogEntry, pull_discovery_log
 from target.nvme.spec import (DISCOVERY_LOG_ENTRY_SIZE, DISCOVERY_LOG_HEADER_SIZE, DISCOVERY_NQN,
                               LogPageId)
 
+if TYPE_CHECKING:
+    from target.host.tls import HostTls
+
 MAX_ATTEMPTS = 5
 
 
 async def discover(host: str, port: int, *, hostnqn: str | None = None,
                    hostid: uuid_mod.UUID | None = None, hdgst: bool = False,
-                   ddgst: bool = False, timeout_s: float = 10.0) -> list[DiscoveryLogEntry]:
+                   ddgst: bool = False, timeout_s: float = 10.0,
+                   tls: HostTls | None = None) -> list[DiscoveryLogEntry]:
     ctrl = await Controller.connect(host, port, DISCOVERY_NQN, hostnqn=hostnqn, hostid=hostid,
                                     nr_io_queues=0, hdgst=hdgst, ddgst=ddgst, kato_ms=0,
-                                    keep_alive=False, timeout_s=timeout_s)
+                                    keep_alive=False, timeout_s=timeout_s, tls=tls)
     try:
         for _ in range(MAX_ATTEMPTS):
             header = await ctrl.get_log_page(LogPageId.DISCOVERY, DISCOVERY_LOG_HEADER_SIZE,
