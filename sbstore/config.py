@@ -21,9 +21,11 @@ The keys (see systemd/sbstore.toml for a commented example)::
     [metrics]  listen = "127.0.0.1:9420"  allow_remote = false  enabled = true
                per_volume = "counters"              # full | counters | none
     [target]   busy_poll_us = 0                     # > 0: poll, not sleep, this long after I/O
+               tls_keyring = "/etc/sbstore/tls-psk"  # PSKs per host NQN, mode 0600 (NVMe/TCP TLS)
     [[pools]]  name = "local"  path = "local.pool"  create_size = "100G"  cluster_size = "256K"
                io = "auto"   # auto | io_uring | threads | buffered (the data I/O engine)
     [[listeners]] address = "192.0.2.10" | interface = "eth1";  port = 4420
+               tls = "off"                          # off | allowed | required (needs tls_keyring)
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ DEFAULT_METRICS_PORT = 9420
 DEFAULT_NVME_PORT = 4420
 LOG_LEVELS = ("debug", "info", "warning", "error")
 IO_MODES = ("auto", "io_uring", "threads", "buffered")  # sbstore.store.engines' modes
+TLS_MODES = ("off", "allowed", "required")  # target.subsystem.TLS_MODES
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
 
@@ -173,6 +176,8 @@ class TargetConfig:
     queue depth, for a core spent spinning; see target.busypoll). 0 (the default): off."""
 
     busy_poll_us: int = 0
+    # The PSKs of NVMe/TCP TLS listeners (target.tls.keyring's file format); None: no TLS.
+    tls_keyring: Path | None = None
 
     MAX_BUSY_POLL_US = 1_000_000
 
@@ -197,6 +202,7 @@ class ListenerConfig:
     port: int
     address: str | None = None
     interface: str | None = None
+    tls: str = "off"  # NVMe/TCP TLS 1.3 with a PSK: off | allowed | required
 
     def __post_init__(self) -> None:
         if (self.address is None) == (self.interface is None):
@@ -431,8 +437,10 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>",
     if not 0 <= busy_poll_us <= TargetConfig.MAX_BUSY_POLL_US:
         raise t_s.error(f"{busy_poll_us} is out of range 0..{TargetConfig.MAX_BUSY_POLL_US} "
                         f"(microseconds; 0 turns busy-polling off)", "busy_poll_us")
+    keyring_text = t_s.get("tls_keyring", str)
     t_s.done()
-    target = TargetConfig(busy_poll_us=busy_poll_us)
+    target = TargetConfig(busy_poll_us=busy_poll_us,
+                          tls_keyring=_path(keyring_text, base) if keyring_text else None)
 
     pools: list[PoolConfig] = []
     raw_pools = top.get("pools", list, [])
@@ -484,6 +492,12 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>",
         address = s.get("address", str)
         interface = s.get("interface", str)
         port = s.get("port", int, DEFAULT_NVME_PORT)
+        tls = s.get("tls", str, "off")
+        if tls not in TLS_MODES:
+            raise s.error(f"{tls!r} is not one of {', '.join(TLS_MODES)}", "tls")
+        if tls != "off" and target.tls_keyring is None:
+            raise s.error("a TLS listener needs the hosts' PSKs: set [target] tls_keyring",
+                          "tls")
         if (address is None) == (interface is None):
             raise s.error("give either address or interface (not both)")
         if address is not None:
@@ -496,8 +510,9 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>",
         if not 0 <= port <= 65535:
             raise s.error(f"{port} is out of range 0..65535", "port")
         s.done()
-        lc = ListenerConfig(port=port, address=address, interface=interface)
-        if lc in listeners:
+        lc = ListenerConfig(port=port, address=address, interface=interface, tls=tls)
+        if any((x.port, x.address, x.interface) == (port, address, interface)
+               for x in listeners):
             raise s.error(f"{lc.where} is listed twice")
         listeners.append(lc)
     top.done()

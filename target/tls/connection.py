@@ -179,9 +179,12 @@ class TlsQueueConnection(QueueConnection):
 
 def connection_factory(server: TargetServer, mode: str,
                        keyring: PskKeyring | None) -> Callable[[Listener], QueueConnection]:
-    """Connections for a listener in TLS ``mode`` ("allowed" or "required"). Raises TlsError
-    (OpenSSL missing) or ValueError (no keyring) now, not at the first connection."""
-    require_openssl()
+    """Connections for a listener in TLS ``mode`` ("allowed" or "required"). Raises
+    ValueError now, not at the first connection, when OpenSSL 3 or the keyring is missing."""
+    try:
+        require_openssl()
+    except TlsError as exc:  # the listener fails like any listener that cannot open
+        raise ValueError(str(exc)) from None
     if keyring is None:
         raise ValueError("a TLS listener needs PSKs: configure a TLS keyring")
     context = TlsContext(server=True)
