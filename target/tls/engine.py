@@ -102,6 +102,31 @@ def _use_session(ssl: int, md: int | None, id_out: object, idlen_out: object,
     return 1
 
 
+def _client_hello(ssl: int, _alert: object, _arg: object) -> int:
+    """Before OpenSSL picks a cipher suite: allow only the one whose hash the host's NVMe PSK
+    identity names ("NVMe0R02 ..." -> TLS_AES_256_GCM_SHA384). Otherwise a host that prefers
+    TLS_AES_128_GCM_SHA256 while offering a SHA-384 PSK would get that suite, and the PSK
+    would be ignored for its hash (RFC 8446 §4.2.11)."""
+    data, size = c_void_p(), c_size_t()
+    if lib.SSL_client_hello_get0_ext(ssl, O.TLSEXT_TYPE_PSK, byref(data), byref(size)) != 1:
+        return O.SSL_CLIENT_HELLO_SUCCESS  # no PSK offered: the handshake fails later anyway
+    suite = _suite_of_first_identity(ctypes.string_at(data.value, size.value))
+    if suite is not None:
+        lib.SSL_set_ciphersuites(ssl, suite.encode())
+    return O.SSL_CLIENT_HELLO_SUCCESS
+
+
+def _suite_of_first_identity(ext: bytes) -> str | None:
+    # OfferedPsks: identities<7..2^16-1> of {identity<1..2^16-1>, uint32 age}, then binders.
+    if len(ext) < 4:
+        return None
+    id_len = int.from_bytes(ext[2:4], "big")
+    identity = ext[4:4 + id_len]
+    if len(identity) < 8 or not identity.startswith(b"NVMe"):
+        return None
+    return {b"01": "TLS_AES_128_GCM_SHA256", b"02": "TLS_AES_256_GCM_SHA384"}.get(identity[6:8])
+
+
 def _make_session(ssl: int, key: bytes, suite: str) -> int | None:
     cipher = lib.SSL_CIPHER_find(ssl, O.CIPHER_ID[suite])
     sess = lib.SSL_SESSION_new()
@@ -119,6 +144,7 @@ def _make_session(ssl: int, key: bytes, suite: str) -> int | None:
 
 _FIND_CB = O.PSK_FIND_SESSION_CB(_find_session) if O.AVAILABLE else None
 _USE_CB = O.PSK_USE_SESSION_CB(_use_session) if O.AVAILABLE else None
+_HELLO_CB = O.CLIENT_HELLO_CB(_client_hello) if O.AVAILABLE else None
 
 
 class TlsContext:
@@ -136,6 +162,8 @@ class TlsContext:
               and lib.SSL_CTX_set_ciphersuites(ctx, cipher_suites.encode())
               and lib.SSL_CTX_set_num_tickets(ctx, 0))
         lib.SSL_CTX_set_options(ctx, O.SSL_OP_NO_TICKET)
+        if server:
+            lib.SSL_CTX_set_client_hello_cb(ctx, _HELLO_CB, None)
         if not ok:
             self.close()
             raise TlsError(f"configuring TLS 1.3 PSK: {O.last_error()}")
@@ -146,22 +174,28 @@ class TlsContext:
             self._ctx = None
 
     def __del__(self) -> None:
-        self.close()
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - at interpreter exit the module may be gone
+            pass
 
     def session(self, *, psk_for: PskLookup | None = None, identity: bytes | None = None,
-                key: bytes | None = None, cipher_suite: str | None = None) -> TlsSession:
+                key: bytes | None = None, cipher_suite: str | None = None,
+                offer_all_suites: bool = False) -> TlsSession:
         """A server session (``psk_for``) or a client session (``identity``, ``key``,
-        ``cipher_suite``)."""
+        ``cipher_suite``; ``offer_all_suites``: offer both suites, not only the PSK's, as some
+        TLS stacks do)."""
         assert self._ctx is not None, "context closed"
         return TlsSession(self, psk_for=psk_for, identity=identity, key=key,
-                          cipher_suite=cipher_suite)
+                          cipher_suite=cipher_suite, offer_all_suites=offer_all_suites)
 
 
 class TlsSession:
     """One TLS connection's state. Not thread-safe; one per TCP connection."""
 
     def __init__(self, ctx: TlsContext, *, psk_for: PskLookup | None, identity: bytes | None,
-                 key: bytes | None, cipher_suite: str | None) -> None:
+                 key: bytes | None, cipher_suite: str | None,
+                 offer_all_suites: bool = False) -> None:
         self._ctx = ctx  # keeps the SSL_CTX alive as long as its sessions
         self.psk_for = psk_for
         self.refusal = ""  # why the server refused the host's PSK, for the log
@@ -196,7 +230,7 @@ class TlsSession:
                                 cipher_suite)
             # Offer only the PSK's suite: a server picks a suite before it looks at PSKs, and
             # one whose hash differs from the PSK's makes it ignore the PSK (RFC 8446 §4.2.11).
-            if not lib.SSL_set_ciphersuites(ssl, cipher_suite.encode()):
+            if not offer_all_suites and not lib.SSL_set_ciphersuites(ssl, cipher_suite.encode()):
                 self.close()
                 raise TlsError(f"SSL_set_ciphersuites: {O.last_error()}")
             lib.SSL_set_psk_use_session_callback(ssl, _USE_CB)
@@ -307,4 +341,7 @@ class TlsSession:
             lib.SSL_free(ssl)
 
     def __del__(self) -> None:
-        self.close()
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - at interpreter exit the module may be gone
+            pass

@@ -40,6 +40,12 @@ PSK_FIND_SESSION_CB = CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t, POINTER(c_v
 PSK_USE_SESSION_CB = CFUNCTYPE(c_int, c_void_p, c_void_p, POINTER(c_void_p), POINTER(c_size_t),
                                POINTER(c_void_p))
 
+# int (*)(SSL *s, int *al, void *arg)
+CLIENT_HELLO_CB = CFUNCTYPE(c_int, c_void_p, POINTER(c_int), c_void_p)
+SSL_CLIENT_HELLO_SUCCESS = 1
+SSL_CLIENT_HELLO_ERROR = 0
+TLSEXT_TYPE_PSK = 41  # pre_shared_key (RFC 8446 §4.2)
+
 # (library, name, restype, argtypes)
 _SIGNATURES: list[tuple[str, str, Any, list[Any]]] = [
     ("ssl", "TLS_method", c_void_p, []),
@@ -49,6 +55,9 @@ _SIGNATURES: list[tuple[str, str, Any, list[Any]]] = [
     ("ssl", "SSL_CTX_set_options", c_uint64, [c_void_p, c_uint64]),
     ("ssl", "SSL_CTX_set_num_tickets", c_int, [c_void_p, c_size_t]),
     ("ssl", "SSL_CTX_set_ciphersuites", c_int, [c_void_p, c_char_p]),
+    ("ssl", "SSL_CTX_set_client_hello_cb", None, [c_void_p, CLIENT_HELLO_CB, c_void_p]),
+    ("ssl", "SSL_client_hello_get0_ext", c_int,
+     [c_void_p, ctypes.c_uint, POINTER(c_void_p), POINTER(c_size_t)]),
     ("ssl", "SSL_new", c_void_p, [c_void_p]),
     ("ssl", "SSL_set_ciphersuites", c_int, [c_void_p, c_char_p]),
     ("ssl", "SSL_free", None, [c_void_p]),
