@@ -186,3 +186,28 @@ def test_tls_psk_refuses_identities_that_do_not_fit_the_key():
         P.tls_psk(psk, P.PskIdentity(0, False, P.PskHash.SHA384, HOSTNQN, SUBNQN))
     with pytest.raises(P.PskError, match="generated"):
         P.tls_psk(psk, P.PskIdentity(0, True, P.PskHash.SHA256, HOSTNQN, SUBNQN))
+
+
+# -- Debian 13's nvme-cli 2.13 / libnvme 1.13 ------------------------------------------------------
+# Printed by `nvme check-tls-key -d KEY -n HOSTNQN -c SUBNQN -I 1` (trixie's nvme-cli, run through
+# trixie's loader on this machine): the version 1 identity, whose digest is an HMAC keyed with
+# the retained PSK, so it checks libnvme's retained-PSK derivation (the "compat" encoding).
+LIBNVME_1_13_V1 = [
+    ("NVMeTLSkey-1:01:VRLbtnN9AQb2WXW3c9+wEf/DRLz0QuLdbYvEhwtdWwNf9LrZ:",
+     "NVMe1R01", "L/l5PLC16X8fMQe4TK+WkfvuWIqYaKx+Eete8zAwFTI="),
+    ("NVMeTLSkey-1:02:VRLbtnN9AQb2WXW3c9+wEf/DRLz0QuLdbYvEhwtdWwP/w0S89ELi3W2LxIcLXVsDn8kXZQ==:",
+     "NVMe1R02", "oRYm7Ut15vlsYRQdJzX+8soDaULM/qOftbbpVwcd+oW/flzmVgJChPdFu1F2M0Rv"),
+    ("NVMeTLSkey-1:00:VRLbtnN9AQb2WXW3c9+wEf/DRLz0QuLdbYvEhwtdWwNf9LrZ:",
+     "NVMe1R01", "eRYTs/IXawrm1godh4AJl4EZOsKzf21wzaHehj9QcpY="),
+]
+
+
+@pytest.mark.parametrize("text,head,digest", LIBNVME_1_13_V1)
+def test_identity_matches_libnvme_1_13(text, head, digest):
+    key = P.parse_interchange(text)
+    ident = P.make_identity(key, HOSTNQN, SUBNQN, version=1)
+    assert str(ident) == f"{head} {HOSTNQN} {SUBNQN} {digest}"
+    assert str(P.make_identity(key, HOSTNQN, SUBNQN)) == f"NVMe0{head[5:]} {HOSTNQN} {SUBNQN}"
+    # The RFC 8446 encoding gives another retained PSK, so another digest (hash 00 aside).
+    rfc = P.make_identity(key, HOSTNQN, SUBNQN, version=1, encoding=P.LabelEncoding.RFC8446)
+    assert (rfc.digest == digest) == (key.hash is P.PskHash.NONE)
