@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import ctypes
 from ctypes import byref, c_size_t, c_void_p
-from typing import Callable
+from typing import Any, Callable
 
 from target.tls import openssl as O
 from target.tls.openssl import lib
@@ -54,9 +54,9 @@ def require_openssl() -> None:
 _sessions: dict[int, TlsSession] = {}
 
 
-def _find_session(ssl: int, identity: int, identity_len: int, sess_out: object) -> int:
+def _find_session(ssl: int, identity: int, identity_len: int, sess_out: Any) -> int:
     session = _sessions.get(ssl)
-    out = ctypes.cast(sess_out, ctypes.POINTER(c_void_p))
+    out = sess_out  # SSL_SESSION **, as a ctypes pointer
     out[0] = None
     if session is None or session.psk_for is None:
         return 0
@@ -79,12 +79,9 @@ def _find_session(ssl: int, identity: int, identity_len: int, sess_out: object) 
     return 1
 
 
-def _use_session(ssl: int, md: int | None, id_out: object, idlen_out: object,
-                 sess_out: object) -> int:
+def _use_session(ssl: int, md: int | None, id_out: Any, idlen_out: Any, sess_out: Any) -> int:
     session = _sessions.get(ssl)
-    ids = ctypes.cast(id_out, ctypes.POINTER(c_void_p))
-    idlen = ctypes.cast(idlen_out, ctypes.POINTER(c_size_t))
-    out = ctypes.cast(sess_out, ctypes.POINTER(c_void_p))
+    ids, idlen, out = id_out, idlen_out, sess_out  # ctypes pointers to OpenSSL's out-params
     out[0] = None
     if session is None or session._client_psk is None:
         return 0
@@ -110,6 +107,8 @@ def _client_hello(ssl: int, _alert: object, _arg: object) -> int:
     data, size = c_void_p(), c_size_t()
     if lib.SSL_client_hello_get0_ext(ssl, O.TLSEXT_TYPE_PSK, byref(data), byref(size)) != 1:
         return O.SSL_CLIENT_HELLO_SUCCESS  # no PSK offered: the handshake fails later anyway
+    if not data.value:
+        return O.SSL_CLIENT_HELLO_SUCCESS
     suite = _suite_of_first_identity(ctypes.string_at(data.value, size.value))
     if suite is not None:
         lib.SSL_set_ciphersuites(ssl, suite.encode())

@@ -96,6 +96,9 @@ _SIGNATURES: list[tuple[str, str, Any, list[Any]]] = [
 class _Lib:
     """The resolved functions, as attributes named like OpenSSL's."""
 
+    def __getattr__(self, name: str) -> Any:  # only for names the probe did not set
+        raise AttributeError(f"OpenSSL function {name} is not loaded ({UNAVAILABLE_REASON})")
+
 
 lib = _Lib()
 AVAILABLE = False
