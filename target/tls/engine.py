@@ -255,16 +255,19 @@ class TlsSession:
         if written != n:
             self._fail(f"BIO_write took {written} of {n} bytes")
 
-    def ciphertext_to_send(self) -> bytes:
-        """Bytes for the peer (handshake, alerts, records), or b""."""
+    def ciphertext_to_send(self) -> bytes | bytearray:
+        """Bytes for the peer (handshake, alerts, records), or b"". One copy: out of the BIO
+        straight into the buffer returned (a 128 KiB read's records are copied once)."""
         if self._ssl is None:
             return b""
         pending = lib.BIO_ctrl_pending(self._wbio)
         if not pending:
             return b""
-        buf = ctypes.create_string_buffer(pending)
-        got = lib.BIO_read(self._wbio, buf, pending)
-        return buf.raw[:max(0, got)]
+        out = bytearray(pending)
+        got = lib.BIO_read(self._wbio, (ctypes.c_char * pending).from_buffer(out), pending)
+        if got < pending:
+            del out[max(0, got):]
+        return out
 
     def handshake(self) -> bool:
         """Advance the handshake with the bytes received so far; True once it is complete."""
