@@ -20,6 +20,7 @@ A handshake failure (unknown identity, wrong key, garbage) sends OpenSSL's alert
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Callable
 
@@ -36,6 +37,9 @@ log = logging.getLogger("sbstore.target.tls")
 
 TLS_HANDSHAKE_RECORD = 22  # RFC 8446 §5.1 ContentType.handshake
 RECEIVE_BUFFER = 256 << 10
+# A connection that has not finished its handshake by then is closed: a peer that opens
+# sockets and stalls must not hold them (and their OpenSSL state) forever.
+HANDSHAKE_TIMEOUT_S = 10.0
 _DETECT, _TLS, _PLAIN = range(3)
 
 
@@ -51,6 +55,25 @@ class TlsQueueConnection(QueueConnection):
         self._rx = bytearray(RECEIVE_BUFFER)
         self._rxv = memoryview(self._rx)
         self.tls_peer: tuple[str, str] | None = None  # (hostnqn, subnqn) from the identity
+        self._handshake_timer: asyncio.TimerHandle | None = None
+        self.handshake_timeout_s = HANDSHAKE_TIMEOUT_S
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._handshake_timer = self._loop.call_later(self.handshake_timeout_s,
+                                                      self._handshake_expired)
+
+    def _handshake_expired(self) -> None:
+        self._handshake_timer = None
+        if self._tls_state != _PLAIN and not (self._tls and self._tls.established):
+            log.warning("connection %s: no TLS handshake within %.0f s: closed", self.peer,
+                        self.handshake_timeout_s)
+            self.close()
+
+    def _stop_handshake_timer(self) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
 
     # -- receiving ----------------------------------------------------------------------------
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -80,6 +103,7 @@ class TlsQueueConnection(QueueConnection):
 
     def _become_plain(self, nbytes: int) -> None:
         self._tls_state = _PLAIN
+        self._stop_handshake_timer()
         self._drop_tls()
         pos = 0
         while pos < nbytes:  # bounded: every pass moves at least one byte
@@ -131,6 +155,7 @@ class TlsQueueConnection(QueueConnection):
             self.close()
             return
         self.tls_peer = (identity.hostnqn, identity.subnqn)
+        self._stop_handshake_timer()
         log.info("connection %s: TLS 1.3 (%s) with %s for %s", self.peer, tls.cipher_suite,
                  identity.hostnqn, identity.subnqn)
 
@@ -169,6 +194,7 @@ class TlsQueueConnection(QueueConnection):
     # -- teardown -----------------------------------------------------------------------------
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        self._stop_handshake_timer()
         self._drop_tls()
 
     def _drop_tls(self) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import uuid
 
 import pytest
@@ -212,4 +211,21 @@ async def test_after_fuzzing_the_target_still_serves(tls_target):
         await _raw_exchange(tls_target.required, payload)
     async with await Controller.connect("127.0.0.1", tls_target.required, NQN,
                                         hostnqn=HOST_A, tls=TLS_A) as ctrl:
+        await _io(ctrl)
+
+
+async def test_a_stalled_handshake_is_closed(tls_target, monkeypatch):
+    from target.tls import connection
+    monkeypatch.setattr(connection, "HANDSHAKE_TIMEOUT_S", 0.3)
+    for port in (tls_target.required, tls_target.allowed):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"\x16\x03\x01\x02\x00\x01")  # the start of a ClientHello, then silence
+            await writer.drain()
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the target
+        finally:
+            writer.close()
+    async with await Controller.connect("127.0.0.1", tls_target.required, NQN,
+                                        hostnqn=HOST_A, tls=TLS_A) as ctrl:
+        await asyncio.sleep(0.5)  # past the timeout: an established session is not touched
         await _io(ctrl)
