@@ -10,7 +10,9 @@ order, and a step whose precondition did not pass fails at once saying so.
 4. a wrong PSK in the host's keyring fails the handshake (the daemon logs it, keeps serving);
 5. the right PSK (inserted with ``nvme check-tls-key --insert``, the identity and TLS PSK
    libnvme derives) connects every queue over TLS, and data written reads back the same;
-6. the daemon's log never shows the key.
+6. discovery over TLS: with a PSK for the discovery NQN in its keyring, ``nvme discover --tls``
+   on the TLS port reads the log (the identity names the discovery subsystem);
+7. the daemon's log never shows the key.
 
 Needs the 6.12 guest image support (``vm.KERNEL_6_12``, the ``linux_host_612_image`` fixture,
 ``write_config(extra=...)``) from branch issue8-auth; skipped until that is merged.
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from target.nvme.spec import DISCOVERY_NQN
 from target.tls.psk import ConfiguredPsk, PskHash, format_interchange
 
 from . import nvme_host as nh
@@ -173,7 +176,21 @@ def test_5_the_right_psk_connects_and_does_io(flow: Flow) -> None:
     flow.passed.add("io")
 
 
-def test_6_the_key_never_reaches_the_log(flow: Flow) -> None:
+def test_6_discovery_over_tls(flow: Flow) -> None:
+    from .tls_host import nvme
+    flow.need("tlshd", "io")
+    flow.vm.exec(nvme(f"check-tls-key -d {shlex.quote(KEY)} -n {HOSTNQN} -c {DISCOVERY_NQN} "
+                      f"--insert"), timeout=30).check("inserting the discovery key")
+    r = nh.run_json(flow.vm, nvme(f"discover -t tcp -a {vm_mod.HOST_FROM_GUEST} "
+                                  f"-s {flow.tls_port} -q {HOSTNQN} -I {HOST_ID} --tls -o json"),
+                    timeout=90)
+    assert r.data is not None, r.describe()
+    assert any(x.get("subnqn") == SUBNQN for x in r.data.get("records", [])), r.describe()
+    assert f"with {HOSTNQN} for {DISCOVERY_NQN}" in flow.daemon.output()
+    flow.passed.add("discovery-tls")
+
+
+def test_7_the_key_never_reaches_the_log(flow: Flow) -> None:
     log = flow.daemon.output()
     for key in (KEY, WRONG_KEY):
         assert key.split(":")[2] not in log

@@ -176,6 +176,17 @@ def test_identity_parse_round_trip_and_rejections():
             P.parse_identity(bad)
 
 
+@given(st.one_of(st.binary(max_size=300), st.text(max_size=300),
+                 st.text(max_size=200).map(lambda t: "NVMe0R01 " + t),
+                 st.text(max_size=200).map(lambda t: "NVMe1R02 a b " + t)))
+def test_parse_identity_raises_only_pskerror(raw):
+    try:
+        ident = P.parse_identity(raw)
+    except P.PskError:
+        return
+    assert P.parse_identity(str(ident)) == ident  # what parses, prints back the same
+
+
 def test_tls_psk_refuses_identities_that_do_not_fit_the_key():
     psk = P.ConfiguredPsk(P.PskHash.SHA256, LIBNVME_KEY)
     ident = P.make_identity(psk, HOSTNQN, SUBNQN, version=1)
