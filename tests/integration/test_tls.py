@@ -229,3 +229,36 @@ async def test_a_stalled_handshake_is_closed(tls_target, monkeypatch):
                                         hostnqn=HOST_A, tls=TLS_A) as ctrl:
         await asyncio.sleep(0.5)  # past the timeout: an established session is not touched
         await _io(ctrl)
+
+
+async def test_without_openssl_a_tls_listener_fails_with_the_reason(monkeypatch):
+    monkeypatch.setattr(openssl, "AVAILABLE", False)
+    monkeypatch.setattr(openssl, "UNAVAILABLE_REASON", "libssl.so.3 (OpenSSL 3) not found")
+    keyring = PskKeyring()
+    server = TargetServer(Target(), tls_keyring=keyring)
+    with pytest.raises(ValueError, match="needs OpenSSL 3: libssl.so.3"):
+        await server.listen("127.0.0.1", 0, tls="allowed")
+    plain = await server.listen("127.0.0.1", 0)  # everything else works
+    assert server.listeners == [plain]
+    await server.close()
+
+
+def test_a_plain_target_loads_no_tls_code():
+    import subprocess
+    import sys
+    code = ("import asyncio, sys, uvloop\n"
+            "from target.server import TargetServer\n"
+            "from target.subsystem import Target\n"
+            "from target.host import Controller\n"
+            "async def main():\n"
+            "    s = TargetServer(Target())\n"
+            "    await s.listen('127.0.0.1', 0)\n"
+            "    await s.close()\n"
+            "uvloop.run(main())\n"
+            "print(sorted(m for m in sys.modules if m.startswith('target.tls')"
+            " or m == 'target.host.tls'))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, cwd=os.path.dirname(os.path.dirname(os.path.dirname(
+                             os.path.abspath(__file__)))))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
