@@ -6,8 +6,10 @@ cd "$(dirname "$0")"
 
 # Debian packages: QEMU and the guest's tools for the Linux-host tests (the guest image is built
 # from these and the Debian cloud kernel), iproute2 for network-namespace tests, systemd for
-# `systemd-analyze verify` of the units.
-packages=(qemu-system-x86 busybox-static nvme-cli fio kmod e2fsprogs util-linux iproute2 systemd)
+# `systemd-analyze verify` of the units; openssl (its `kdf` command) and libssl3 for NVMe/TCP TLS
+# (the target drives libssl through ctypes; tests check PSK derivations against `openssl kdf`).
+packages=(qemu-system-x86 busybox-static nvme-cli fio kmod e2fsprogs util-linux iproute2 systemd
+          openssl libssl3)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -23,11 +23,13 @@ The keys (see systemd/sbstore.toml for a commented example)::
     [target]   busy_poll_us = 0                     # > 0: poll, not sleep, this long after I/O
                discovery_auth = false   # true: hosts holding a DH-HMAC-CHAP secret must use it
                                         # on the discovery controller too
+               tls_keyring = "/etc/sbstore/tls-psk"  # PSKs per host NQN, mode 0600 (NVMe/TCP TLS)
     [limits]   icreq_timeout_s = 10  connect_timeout_s = 20     # close silent connections
                max_connections_per_listener = 4096  max_connections_per_source = 1024
     [[pools]]  name = "local"  path = "local.pool"  create_size = "100G"  cluster_size = "256K"
                io = "auto"   # auto | io_uring | threads | buffered (the data I/O engine)
     [[listeners]] address = "192.0.2.10" | interface = "eth1";  port = 4420
+               tls = "off"                          # off | allowed | required (needs tls_keyring)
 """
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ DEFAULT_METRICS_PORT = 9420
 DEFAULT_NVME_PORT = 4420
 LOG_LEVELS = ("debug", "info", "warning", "error")
 IO_MODES = ("auto", "io_uring", "threads", "buffered")  # sbstore.store.engines' modes
+TLS_MODES = ("off", "allowed", "required")  # target.subsystem.TLS_MODES
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
 
@@ -182,6 +185,8 @@ class TargetConfig:
     # authenticate (with any of its secrets) before it reads the discovery log. Off by
     # default, as Linux nvmet: `nvme discover` without a secret keeps working.
     discovery_auth: bool = False
+    # The PSKs of NVMe/TCP TLS listeners (target.tls.keyring's file format); None: no TLS.
+    tls_keyring: Path | None = None
 
     MAX_BUSY_POLL_US = 1_000_000
 
@@ -225,6 +230,7 @@ class ListenerConfig:
     port: int
     address: str | None = None
     interface: str | None = None
+    tls: str = "off"  # NVMe/TCP TLS 1.3 with a PSK: off | allowed | required
 
     def __post_init__(self) -> None:
         if (self.address is None) == (self.interface is None):
@@ -461,8 +467,10 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>",
         raise t_s.error(f"{busy_poll_us} is out of range 0..{TargetConfig.MAX_BUSY_POLL_US} "
                         f"(microseconds; 0 turns busy-polling off)", "busy_poll_us")
     discovery_auth = t_s.get("discovery_auth", bool, False)
+    keyring_text = t_s.get("tls_keyring", str)
     t_s.done()
-    target = TargetConfig(busy_poll_us=busy_poll_us, discovery_auth=discovery_auth)
+    target = TargetConfig(busy_poll_us=busy_poll_us, discovery_auth=discovery_auth,
+                          tls_keyring=_path(keyring_text, base) if keyring_text else None)
 
     l_s = _Section(top.get("limits", dict, {}), "limits", source)
     timeouts: list[float] = []
@@ -533,6 +541,12 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>",
         address = s.get("address", str)
         interface = s.get("interface", str)
         port = s.get("port", int, DEFAULT_NVME_PORT)
+        tls = s.get("tls", str, "off")
+        if tls not in TLS_MODES:
+            raise s.error(f"{tls!r} is not one of {', '.join(TLS_MODES)}", "tls")
+        if tls != "off" and target.tls_keyring is None:
+            raise s.error("a TLS listener needs the hosts' PSKs: set [target] tls_keyring",
+                          "tls")
         if (address is None) == (interface is None):
             raise s.error("give either address or interface (not both)")
         if address is not None:
@@ -545,8 +559,9 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>",
         if not 0 <= port <= 65535:
             raise s.error(f"{port} is out of range 0..65535", "port")
         s.done()
-        lc = ListenerConfig(port=port, address=address, interface=interface)
-        if lc in listeners:
+        lc = ListenerConfig(port=port, address=address, interface=interface, tls=tls)
+        if any((x.port, x.address, x.interface) == (port, address, interface)
+               for x in listeners):
             raise s.error(f"{lc.where} is listed twice")
         listeners.append(lc)
     top.done()

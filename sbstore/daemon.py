@@ -193,6 +193,19 @@ def _read_token(path: Path) -> str:
                           ) from None
 
 
+def _tls_keyring(config: Config) -> Any:
+    """The PSKs of TLS listeners (``[target] tls_keyring``), or None. Read now, so a missing or
+    world-readable file stops the start with its reason."""
+    path = config.target.tls_keyring
+    if path is None:
+        return None
+    from target.tls.keyring import KeyringError, PskKeyring
+    try:
+        return PskKeyring(path)
+    except KeyringError as exc:
+        raise DaemonError(f"[target] tls_keyring: {exc}") from None
+
+
 async def _start_metrics(config: MetricsConfig, service: Any, pools: dict[str, Any],
                          target: Target, server: TargetServer, qos: QosManager) -> Any:
     from sbstore.metrics import (
@@ -297,7 +310,8 @@ async def run_daemon(config: Config, *, demo: DemoConfig | None = None,
                 icreq_timeout_s=limits.icreq_timeout_s,
                 connect_timeout_s=limits.connect_timeout_s,
                 max_per_listener=limits.max_connections_per_listener,
-                max_per_source=limits.max_connections_per_source))
+                max_per_source=limits.max_connections_per_source),
+            tls_keyring=_tls_keyring(config))
         stack.push_async_callback(server.close)
         service = ControlService(state, pools, target, server, device_wrapper=qos.device_hook)
         stack.push_async_callback(service.close)
@@ -324,7 +338,7 @@ async def run_daemon(config: Config, *, demo: DemoConfig | None = None,
         if config.api.listen is not None:
             assert config.api.token_file is not None  # the config's loader insists
             token = _read_token(config.api.token_file)
-        configured = [ListenerRecord(0, "config", lc.port, lc.address, lc.interface)
+        configured = [ListenerRecord(0, "config", lc.port, lc.address, lc.interface, lc.tls)
                       for lc in config.listeners]
         try:
             problems = await service.open_listeners(configured)

@@ -428,6 +428,9 @@ class QueueSession:
         self._auth_gate = False  # the Connect asked for authentication: refuse until then
         self._io: IoQueue | None = None
         self.handle_command: CommandHandler = self._handle_unconnected
+        # (hostnqn, subnqn) of the PSK identity this connection's TLS session was opened
+        # with, or None for plain TCP (target.tls.connection sets it).
+        self.tls_peer: tuple[str, str] | None = None
         # The admission flow of a command (target.admission); admin queues have none.
         self.flow_of: Callable[[bytes], tuple[object, int] | None] = _no_flow
 
@@ -551,6 +554,7 @@ class QueueSession:
             if len(sqe) < 64 or sqe[0] != 0x7F or sqe[4] != FabricsType.CONNECT:
                 raise st.CommandSequenceError("the first command on a queue must be Connect")
             cmd = fabrics.pull_connect(sqe, data)
+            fabrics.check_secure_channel(self.listener, self.tls_peer, cmd)
             if cmd.qid == 0:
                 return self._connect_admin(cmd, cid, now)
             return self._connect_io(cmd, cid, now)

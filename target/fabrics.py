@@ -109,6 +109,26 @@ def _find_subsystem(target: Target, listener: Listener, cmd: ConnectCommand) -> 
     return subsystem
 
 
+def check_secure_channel(listener: Listener, tls_peer: tuple[str, str] | None,
+                         cmd: ConnectCommand) -> None:
+    """A queue opened with a TLS PSK serves only the host and subsystem its PSK identity
+    names (NVMe/TCP TLS: the identity carries both NQNs); a listener that requires TLS takes
+    no Connect over plain TCP (the connection layer refuses those first)."""
+    if tls_peer is None:
+        if listener.tls == "required":
+            raise st.with_result(st.ConnectInvalidHost("TLS is required on this port"),
+                                 CONNECT_IATTR_DATA | CONNECT_DATA_OFFSET_HOSTNQN)
+        return
+    hostnqn, subnqn = tls_peer
+    if cmd.hostnqn != hostnqn:
+        raise st.with_result(st.ConnectInvalidHost(f"host {cmd.hostnqn!r} connected with the PSK "
+                                                   f"of {hostnqn!r}"),
+                             CONNECT_IATTR_DATA | CONNECT_DATA_OFFSET_HOSTNQN)
+    if cmd.subnqn != subnqn:
+        raise invalid_parameter(f"subsystem {cmd.subnqn!r} is not the one the PSK identity names",
+                                CONNECT_DATA_OFFSET_SUBNQN, in_data=True)
+
+
 def _check_sqsize(sqsize: int, limit: int) -> None:
     if not 1 <= sqsize <= limit:
         raise invalid_parameter(f"sqsize {sqsize} outside 1..{limit}", CONNECT_SQE_OFFSET_SQSIZE,

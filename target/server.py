@@ -519,6 +519,9 @@ class TargetServer:
     # Per-connection log lines of one kind written per interval (target.loglimit).
     log_burst: int = DEFAULT_BURST
     log_interval_s: float = DEFAULT_INTERVAL_S
+    # PSKs for listeners with TLS (a target.tls.keyring.PskKeyring; typed loosely so that a
+    # plain target never imports the TLS code).
+    tls_keyring: Any = None
     _bound: list[_Bound] = field(default_factory=list)
     _connections: set[QueueConnection] = field(default_factory=set)
     _poller: BusyPoller | None = None
@@ -587,17 +590,24 @@ class TargetServer:
             self._poller = BusyPoller(asyncio.get_running_loop(), self.limits.busy_poll_s)
         return self._poller
 
-    async def listen(self, host: str, port: int, *, portid: int | None = None) -> Listener:
-        """Start accepting NVMe/TCP connections on ``host:port`` (port 0: any free port)."""
+    async def listen(self, host: str, port: int, *, portid: int | None = None,
+                     tls: str = "off") -> Listener:
+        """Start accepting NVMe/TCP connections on ``host:port`` (port 0: any free port).
+        ``tls``: "off", "allowed" or "required" (PSKs from ``tls_keyring``); a TLS listener
+        fails here, with the reason, when OpenSSL 3 or the keyring is missing."""
         loop = asyncio.get_running_loop()
         holder: list[Listener] = []
-        server = await loop.create_server(lambda: QueueConnection(self, holder[0]), host, port,
+        make: Callable[[Listener], QueueConnection] = functools.partial(QueueConnection, self)
+        if tls != "off":
+            from target.tls.connection import connection_factory  # only TLS targets load it
+            make = connection_factory(self, tls, self.tls_keyring)
+        server = await loop.create_server(lambda: make(holder[0]), host, port,
                                           reuse_address=True, backlog=256)
         sockname = server.sockets[0].getsockname()
         try:
             listener = self.target.add_listener(
                 traddr=sockname[0], trsvcid=str(sockname[1]),
-                adrfam="ipv6" if ":" in sockname[0] else "ipv4", portid=portid)
+                adrfam="ipv6" if ":" in sockname[0] else "ipv4", portid=portid, tls=tls)
         except BaseException:
             server.close()  # e.g. the port id is taken: do not leave the socket bound
             await server.wait_closed()

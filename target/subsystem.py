@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 
 MAX_NAMESPACES = 1024  # Identify NN: the largest NSID a subsystem hands out
 MAX_IO_QUEUES = 128
+TLS_MODES = ("off", "allowed", "required")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +77,14 @@ class Listener:
     trsvcid: str
     adrfam: int = 0
     portid: int = 0
+    # NVMe/TCP TLS (TP 8011): "off", "allowed" (TLS or plain, the host's choice) or
+    # "required"; the discovery log tells hosts (TREQ, TSAS sectype).
+    tls: str = "off"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "trsvcid", str(self.trsvcid))
+        if self.tls not in TLS_MODES:
+            raise ValueError(f"tls {self.tls!r}: one of {', '.join(TLS_MODES)}")
         if self.adrfam == 0:
             object.__setattr__(self, "adrfam", _adrfam_of(self.traddr))
 
@@ -566,12 +572,12 @@ class Target:
         return self._listeners
 
     def add_listener(self, traddr: str, trsvcid: str | int, adrfam: int | str | None = None,
-                     portid: int | None = None) -> Listener:
+                     portid: int | None = None, tls: str = "off") -> Listener:
         """Register a listener; returns it (port id assigned when None). ``adrfam``: 1/"ipv4",
-        2/"ipv6", or None to infer it from ``traddr``."""
+        2/"ipv6", or None to infer it from ``traddr``; ``tls``: one of TLS_MODES."""
         if portid is None or portid == 0:
             portid = max(self._listeners, default=0) + 1
-        listener = Listener(traddr, str(trsvcid), _adrfam_value(adrfam), portid)
+        listener = Listener(traddr, str(trsvcid), _adrfam_value(adrfam), portid, tls)
         if not 1 <= portid <= 0xFFFF:
             raise ValueError("portid must be 1..65535")
         if portid in self._listeners:

@@ -55,7 +55,7 @@ class LiveListener:
         else:
             state = "waiting for an address" if rec.interface else "not listening"
         return {"id": rec.id, "source": rec.source, "address": rec.address,
-                "interface": rec.interface, "port": rec.port, "state": state,
+                "interface": rec.interface, "port": rec.port, "tls": rec.tls, "state": state,
                 "bound": bound,
                 "errors": [{"address": a, "error": e} for a, e in sorted(self.errors.items())],
                 "ana_state": state_name(self.ana.get(None, AnaState.OPTIMIZED)),
@@ -85,7 +85,8 @@ class ListenerSet:
             # TargetServer.listen would bind first and then fail to register: refuse before.
             raise ValueError(f"NVMe port id {portid} is in use")
         try:
-            listener = await self.server.listen(address, port, portid=portid)
+            listener = await self.server.listen(address, port, portid=portid,
+                                                tls=live.record.tls)
         except (OSError, ValueError) as exc:
             why = getattr(exc, "strerror", None) or str(exc)
             live.errors[address] = why

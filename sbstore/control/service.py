@@ -328,7 +328,7 @@ class ControlService:
                 if match is None:
                     self.state.remove_listener(rec.id)
                 else:
-                    keep[rec.id] = rec
+                    keep[rec.id] = dataclasses.replace(rec, tls=match.tls)
                     wanted.remove(match)
             for w in wanted:
                 rec = dataclasses.replace(w, id=self._next_listener_id(keep), source="config")

@@ -64,6 +64,8 @@ class ListenerRecord:
     port: int
     address: str | None = None
     interface: str | None = None
+    # NVMe/TCP TLS mode. Not stored: only config listeners have one, reasserted at each start.
+    tls: str = "off"
 
 
 @dataclass(frozen=True)

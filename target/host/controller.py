@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid as uuid_mod
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from target.host import commands as cmd
 from target.host.auth import HostAuth, Outcome, authenticate
@@ -28,6 +28,9 @@ from target.nvme.identify import (IdentifyController, IdentifyNamespace,
                                   pull_identify_controller, pull_identify_namespace,
                                   pull_namespace_list, pull_ns_id_descriptors)
 from target.nvme.structs import Sqe
+
+if TYPE_CHECKING:
+    from target.host.tls import ClientPsk, HostTls
 
 CC_IOSQES_IOCQES = (6 << 16) | (4 << 20)  # 64-byte SQEs, 16-byte CQEs
 ADMIN_DEPTH = 32
@@ -54,6 +57,7 @@ class Controller:
         self.namespaces: dict[int, IdentifyNamespace] = {}
         self._next_queue = itertools.cycle([0])
         self._keep_alive_task: asyncio.Task[None] | None = None
+        self._tls: ClientPsk | None = None
 
     # -- bring-up -----------------------------------------------------------------------------
     @classmethod
@@ -63,17 +67,20 @@ class Controller:
                       kato_ms: int = 30_000, keep_alive: bool = True,
                       disable_sq_flow_control: bool = True,
                       timeout_s: float = 10.0, auth: HostAuth | None = None,
-                      authenticate: bool = True) -> Controller:
+                      authenticate: bool = True, tls: HostTls | None = None) -> Controller:
         """Connect and bring up a controller. ``auth``: the host's DH-HMAC-CHAP credentials,
         used on every queue whose Connect response asks for authentication;
-        ``authenticate=False`` skips it even then (to see the target refuse)."""
+        ``authenticate=False`` skips it even then (to see the target refuse). ``tls``: open
+        every queue inside TLS 1.3 with this host's PSK."""
         hostid = hostid or uuid_mod.uuid4()
         hostnqn = hostnqn or cmd.default_hostnqn(hostid)
+        client_psk = tls.for_subsystem(hostnqn, subnqn) if tls is not None else None
         admin = await QueueClient.open(host, port, hdgst=hdgst, ddgst=ddgst, depth=ADMIN_DEPTH,
-                                       timeout_s=timeout_s)
+                                       timeout_s=timeout_s, tls=client_psk)
         ctrl = cls(admin, host=host, port=port, subnqn=subnqn, hostnqn=hostnqn, hostid=hostid,
                    hdgst=hdgst, ddgst=ddgst, kato_ms=kato_ms, auth=auth,
                    authenticate=authenticate)
+        ctrl._tls = client_psk
         try:
             await ctrl._bring_up(nr_io_queues, queue_size, disable_sq_flow_control, timeout_s)
         except BaseException:
@@ -99,7 +106,7 @@ class Controller:
             for qid in range(1, min(nr_io_queues, granted) + 1):
                 q = await QueueClient.open(self.host, self.port, hdgst=self.hdgst,
                                            ddgst=self.ddgst, depth=queue_size,
-                                           timeout_s=timeout_s)
+                                           timeout_s=timeout_s, tls=self._tls)
                 self.io_queues.append(q)
                 await self._connect_queue(q, qid, queue_size, self.cntlid, no_sq_fc=no_sq_fc)
                 q.incapsule_limit = in_capsule

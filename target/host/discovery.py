@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 import uuid as uuid_mod
+from typing import TYPE_CHECKING
 
 from target.host.auth import HostAuth
 from target.host.controller import Controller
@@ -15,18 +16,23 @@ from target.nvme.logpages import DiscoveryLogEntry, pull_discovery_log
 from target.nvme.spec import (DISCOVERY_LOG_ENTRY_SIZE, DISCOVERY_LOG_HEADER_SIZE, DISCOVERY_NQN,
                               LogPageId)
 
+if TYPE_CHECKING:
+    from target.host.tls import HostTls
+
 MAX_ATTEMPTS = 5
 
 
 async def discover(host: str, port: int, *, hostnqn: str | None = None,
                    hostid: uuid_mod.UUID | None = None, hdgst: bool = False,
                    ddgst: bool = False, timeout_s: float = 10.0,
-                   auth: HostAuth | None = None) -> list[DiscoveryLogEntry]:
+                   auth: HostAuth | None = None,
+                   tls: HostTls | None = None) -> list[DiscoveryLogEntry]:
     """The discovery log; ``auth``: DH-HMAC-CHAP credentials, for a discovery controller
-    that asks for them."""
+    that asks for them; ``tls``: TLS 1.3 with this host's PSK."""
     ctrl = await Controller.connect(host, port, DISCOVERY_NQN, hostnqn=hostnqn, hostid=hostid,
                                     nr_io_queues=0, hdgst=hdgst, ddgst=ddgst, kato_ms=0,
-                                    keep_alive=False, timeout_s=timeout_s, auth=auth)
+                                    keep_alive=False, timeout_s=timeout_s, auth=auth,
+                                    tls=tls)
     try:
         for _ in range(MAX_ATTEMPTS):
             header = await ctrl.get_log_page(LogPageId.DISCOVERY, DISCOVERY_LOG_HEADER_SIZE,

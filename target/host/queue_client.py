@@ -8,14 +8,18 @@ every waiting command fails with ``ConnectionError``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from target.nvme.status import NvmeError, split_status
 from target.nvme.structs import Cqe, Sqe, pull_cqe, push_sqe
 from target.tcp.queue import (Established, HostQueue, PeerTerminated, ProtocolFailed,
                               ResponseReceived)
+
+if TYPE_CHECKING:
+    from target.host.tls import ClientPsk
 
 DEFAULT_TIMEOUT_S = 30.0
 
@@ -79,12 +83,18 @@ class QueueClient(asyncio.BufferedProtocol):
 
     @classmethod
     async def open(cls, host: str, port: int, *, hdgst: bool = False, ddgst: bool = False,
-                   depth: int = 128, timeout_s: float = 10.0) -> QueueClient:
-        """Connect over TCP and complete the ICReq/ICResp exchange."""
+                   depth: int = 128, timeout_s: float = 10.0,
+                   tls: ClientPsk | None = None) -> QueueClient:
+        """Connect over TCP (inside TLS 1.3 with ``tls``'s PSK) and complete the
+        ICReq/ICResp exchange."""
         loop = asyncio.get_running_loop()
-        _, proto = await asyncio.wait_for(
-            loop.create_connection(lambda: cls(hdgst=hdgst, ddgst=ddgst, depth=depth), host,
-                                   port), timeout_s)
+        factory: Callable[[], QueueClient] = functools.partial(cls, hdgst=hdgst, ddgst=ddgst,
+                                                               depth=depth)
+        if tls is not None:
+            from target.host.tls import TlsQueueClient  # plain clients never load OpenSSL
+            factory = functools.partial(TlsQueueClient, hdgst=hdgst, ddgst=ddgst, depth=depth,
+                                        psk=tls)
+        _, proto = await asyncio.wait_for(loop.create_connection(factory, host, port), timeout_s)
         try:
             proto.params = await asyncio.wait_for(asyncio.shield(proto._established), timeout_s)
         except BaseException:
@@ -106,6 +116,9 @@ class QueueClient(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self._hq.buffer_updated(nbytes)
+        self._process_events()
+
+    def _process_events(self) -> None:
         hq = self._hq
         while True:
             event = hq.next_event()
