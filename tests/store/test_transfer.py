@@ -166,3 +166,33 @@ async def test_a_half_import_is_gone_after_reopening(pool_dir: Path) -> None:
         assert [v.name for v in b.volumes] == ["replica", "s1"]
     finally:
         await b.aclose()
+
+
+async def test_a_cancelled_inflate_leaves_the_clone_valid_and_partly_inflated(
+        pool_dir: Path) -> None:
+    import asyncio
+    p = Pool.create(pool_dir / "i.img", 32 * MiB, cluster_size=16384, metadata_bytes=4 * MiB)
+    vol = await p.create_volume("v", 4 * MiB)
+    data = os.urandom(4 * MiB)
+    for i in range(0, 4 * MiB, MiB):
+        await vol.write(i // 512, data[i:i + MiB])
+    snap = await vol.snapshot("s")
+    clone = await p.clone(snap, "c")
+    seen: list[tuple[int, int]] = []
+    task = asyncio.get_running_loop().create_task(
+        p.inflate(clone, progress=lambda d, t: seen.append((d, t))))
+    for _ in range(10_000):
+        if len(seen) >= 3:
+            break
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert seen and seen[-1][1] == clone.n_clusters and 0 < seen[-1][0] < clone.n_clusters
+    assert clone.parent is snap  # still depends on it
+    assert bytes(await clone.read(0, clone.num_blocks)) == data
+    assert 4 * MiB < p.stats().allocated_bytes < 8 * MiB  # partly copied
+    await p.inflate(clone)  # and can finish later
+    assert clone.parent is None and p.stats().allocated_bytes == 8 * MiB
+    await p.aclose()
+    assert check_pool(p.path).clean
