@@ -11,7 +11,7 @@ order or out of range, anything after the trailer). ``close()`` at the end of th
 Rules of this module:
 - Bounded: the parser holds at most one extent (:data:`MAX_EXTENT_BYTES`) plus one record
   header; a larger length in a record is refused before anything is buffered.
-- Every record carries a crc32c of itself (and of its data); the trailer carries the crc32c of
+- Every record carries a CRC-32 of itself (and of its data); the trailer carries the CRC-32 of
   every byte before it and the number of extents and data bytes, so a lost, duplicated or
   flipped byte anywhere is caught at the latest by the trailer.
 - Extents come in increasing, non-overlapping order, on block boundaries, inside the volume:
@@ -24,7 +24,7 @@ import uuid as uuid_mod
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from crc32c import crc32c
+from zlib import crc32
 
 from .errors import InvalidArgument
 
@@ -106,12 +106,12 @@ def encode_header(h: StreamHeader) -> bytes:
                       h.block_size, length, h.uuid.bytes,
                       h.base_uuid.bytes if h.base_uuid else bytes(16), h.created_ns,
                       h.data_bytes, h.extents, len(name_b), len(base_b)) + name_b + base_b
-    return body + _CRC.pack(crc32c(body))
+    return body + _CRC.pack(crc32(body))
 
 
 def _record(kind: int, a: int, b: int, c: int) -> bytes:
     body = _REC.pack(kind, 0, a, b, c)
-    return body + _CRC.pack(crc32c(body))
+    return body + _CRC.pack(crc32(body))
 
 
 def encode_extent_head(offset: int, length: int, data_crc: int | None) -> bytes:
@@ -122,7 +122,7 @@ def encode_extent_head(offset: int, length: int, data_crc: int | None) -> bytes:
 
 
 def encode_end(extents: int, data_bytes: int, stream_crc: int) -> bytes:
-    """The trailer; ``stream_crc`` is the crc32c of every byte written before it."""
+    """The trailer; ``stream_crc`` is the CRC-32 of every byte written before it."""
     return _record(KIND_END, extents, data_bytes, stream_crc)
 
 
@@ -134,7 +134,7 @@ class StreamParser:
     def __init__(self, max_extent_bytes: int = MAX_EXTENT_BYTES) -> None:
         self.max_extent_bytes = max_extent_bytes
         self._buf = bytearray()
-        self._crc = 0  # crc32c of every byte consumed so far (the trailer's check)
+        self._crc = 0  # CRC-32 of every byte consumed so far (the trailer's check)
         self.header: StreamHeader | None = None
         self._pending: tuple[int, int, int] | None = None  # a data record waiting for its data
         self._next_offset = 0
@@ -164,7 +164,7 @@ class StreamParser:
     def _take(self, n: int) -> bytes:
         piece = bytes(self._buf[:n])
         del self._buf[:n]
-        self._crc = crc32c(piece, self._crc)
+        self._crc = crc32(piece, self._crc)
         self.consumed += n
         return piece
 
@@ -180,7 +180,7 @@ class StreamParser:
             if len(self._buf) < length:
                 return None
             data = self._take(length)
-            if crc32c(data) != data_crc:
+            if crc32(data) != data_crc:
                 raise BadStream(f"the data of the extent at byte {offset} fails its checksum")
             self._pending = None
             return Extent(offset, length, data)
@@ -188,7 +188,7 @@ class StreamParser:
             return None
         raw = bytes(self._buf[:RECORD_BYTES])
         (crc,) = _CRC.unpack_from(raw, _REC.size)
-        if crc32c(raw[:_REC.size]) != crc:
+        if crc32(raw[:_REC.size]) != crc:
             raise BadStream(f"the record at stream byte {self.consumed} fails its checksum")
         kind, flags, a, b, c = _REC.unpack_from(raw)
         if flags:
@@ -241,7 +241,7 @@ class StreamParser:
         if len(self._buf) < length:
             return None
         (crc,) = _CRC.unpack_from(self._buf, length - 4)
-        if crc32c(bytes(self._buf[:length - 4])) != crc:
+        if crc32(bytes(self._buf[:length - 4])) != crc:
             raise BadStream("the stream's header fails its checksum")
         if flags & ~FLAGS_KNOWN:
             raise BadStream(f"the stream's header has unknown flags {flags:#x}")

@@ -25,7 +25,7 @@ from array import array
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 
-from crc32c import crc32c
+from zlib import crc32
 
 from .errors import InvalidArgument, NotFound
 from .pool import Pool
@@ -127,19 +127,19 @@ class Export:
         snap, bs = self.snapshot, self.header.block_size
         crc = 0
         head = encode_header(self.header)
-        crc = crc32c(head, crc)
+        crc = crc32(head, crc)
         yield head
         count = done = 0
         for ext in _pieces(self.extents):
             if ext.zero:
                 rec = encode_extent_head(ext.offset, ext.length, None)
-                crc = crc32c(rec, crc)
+                crc = crc32(rec, crc)
                 count += 1
                 yield rec
                 continue
             data = bytes(await snap.read(ext.offset // bs, ext.length // bs))
-            rec = encode_extent_head(ext.offset, ext.length, crc32c(data))
-            crc = crc32c(data, crc32c(rec, crc))
+            rec = encode_extent_head(ext.offset, ext.length, crc32(data))
+            crc = crc32(data, crc32(rec, crc))
             count += 1
             done += ext.length
             yield rec
