@@ -42,7 +42,10 @@ not block the event loop; create/open/close are plain calls for startup, shutdow
     snap = await vol.snapshot(name)            # or await pool.snapshot(vol, name)
     clone = await pool.clone(snap, name)
     await pool.delete(name_or_volume)          # a snapshot's dependents keep their data
-    await pool.inflate(name_or_volume)         # independent of its snapshots
+    await pool.inflate(name_or_volume, progress=None)  # independent of its snapshots
+    hidden = await pool.begin_import(name, size, bs, snapshot_name=, snapshot_uuid=, base=)
+    vol, snap = await pool.finish_import(hidden, name, snapshot_name=, snapshot_uuid=, base=)
+    await pool.abandon_import(hidden)          # (sbstore.store.transfer drives these three)
     await pool.revert(volume, snapshot)        # snapshot must be in the volume's history
     await vol.resize(new_size_bytes); await vol.rename(new_name)
     await pool.flush()                         # commit now
