@@ -195,3 +195,59 @@ def test_a_cancelled_import_leaves_no_volume(two: tuple[DaemonThread, DaemonThre
     err = outcome.get("error")
     assert isinstance(err, ApiError) and err.code == "CANCELLED", err
     assert b.ok("volume", "list", "--all", "--json").json == []
+
+
+def test_an_upload_cut_off_midway_leaves_no_volume(
+        two: tuple[DaemonThread, DaemonThread]) -> None:
+    import socket
+    a, b = two
+    a.ok("volume", "create", "vm", "--size", "4M")
+    a.ok("snapshot", "create", "vm", "s1")
+    stream: list[bytes] = []
+    with a.client as c:
+        c.download("/v1/snapshots/s1/export", stream.append)
+    data = b"".join(stream)
+    with socket.socket(socket.AF_UNIX) as s:  # a client that dies halfway through its body
+        s.connect(b.socket)
+        s.sendall(b"POST /v1/volumes/import?name=copy HTTP/1.1\r\nHost: x\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(data) + data[:len(data) // 2])
+    with b.client as c:
+        for _ in range(200):
+            ops = c.get("/v1/operations")
+            if ops and ops[0]["state"] != "running":
+                break
+            threading.Event().wait(0.05)
+        assert ops[0]["kind"] == "import" and ops[0]["state"] == "failed", ops
+    assert b.ok("volume", "list", "--all", "--json").json == []
+
+
+def test_a_cancelled_export_ends_without_its_trailer(
+        two: tuple[DaemonThread, DaemonThread], tmp_path: Path) -> None:
+    from sbstore.control.client import Unreachable
+    a, _ = two
+    a.ok("volume", "create", "vm", "--size", "8M")
+    a.ok("export", "create", NQN_1, "--volume", "vm", "--allow-any-host")
+
+    async def fill() -> None:
+        async with await Controller.connect("127.0.0.1", a.port, NQN_1) as ctrl:
+            bs = ctrl.block_size(1)
+            for lba in range(0, SIZE // bs, 32):
+                await ctrl.write(1, lba, os.urandom(32 * bs))
+            await ctrl.flush(1)
+    import asyncio
+    asyncio.run(fill())
+    a.ok("snapshot", "create", "vm", "s1")
+    got: list[bytes] = []
+
+    def sink(piece: bytes) -> None:
+        if not got:  # the first piece: cancel, then go on reading
+            with a.client as c:
+                (op,) = [o for o in c.get("/v1/operations") if o["state"] == "running"]
+                c.delete(f"/v1/operations/{op['id']}")
+        got.append(piece)
+    with a.client as c, pytest.raises(Unreachable, match="ended before its end"):
+        c.download("/v1/snapshots/s1/export", sink, piece=64 << 10)
+    assert 0 < sum(map(len, got)) < SIZE
+    with a.client as c:
+        (op,) = c.get("/v1/operations")
+        assert op["kind"] == "export" and op["state"] == "cancelled"
