@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -157,6 +157,39 @@ class OperationRegistry:
         if op.task is not None and not op.task.done():
             op.task.cancel()
         return op
+
+
+class TrackedStream:
+    """A stream of bytes whose operation ends with it: done at its end, failed or cancelled
+    if it raises, failed if it is closed before its end (the receiver went away), even when
+    it was never started. ``check_cancel`` runs before each piece."""
+
+    def __init__(self, registry: OperationRegistry, op: Operation,
+                 chunks: AsyncIterator[bytes]) -> None:
+        self._registry = registry
+        self.op = op
+        self._chunks = chunks
+
+    def __aiter__(self) -> TrackedStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            self.op.check_cancel()
+            return await self._chunks.__anext__()
+        except StopAsyncIteration:
+            self._registry.finish(self.op)
+            raise
+        except BaseException as exc:
+            self._registry.finish(self.op, exc)
+            raise
+
+    async def aclose(self) -> None:
+        self._registry.finish(self.op, ConnectionError("the receiver went away before the "
+                                                       "end of the stream"))
+        aclose = getattr(self._chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 async def _call(work: Callable[[Operation], Awaitable[T]], op: Operation) -> T:

@@ -58,7 +58,12 @@ import sbstore
 from sbstore.config import QosPolicy, check_name
 from sbstore.control import dhchap
 from sbstore.control.listeners import MAX_LISTENER_ID, ListenerSet, LiveListener
-from sbstore.control.operations import Operation, OperationCancelled, OperationRegistry
+from sbstore.control.operations import (
+    Operation,
+    OperationCancelled,
+    OperationRegistry,
+    TrackedStream,
+)
 from sbstore.control.state import (
     DEFAULT_TENANT,
     HostAuthRecord,
@@ -875,21 +880,7 @@ class ControlService:
             raise from_store_error(exc) from None
         op = self.operations.start("export", pool_name, snap.name, total=exp.total_bytes)
         op.detail["since"] = base.name if base else None
-        return op, self._export_chunks(op, exp)
-
-    async def _export_chunks(self, op: Operation, exp: transfer.Export
-                             ) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in exp.chunks(op.progress):
-                op.check_cancel()
-                yield chunk
-        except GeneratorExit:  # the receiver went away (or stopped reading)
-            self.operations.finish(op, ConnectionError("the receiver went away"))
-            raise
-        except BaseException as exc:
-            self.operations.finish(op, exc)
-            raise
-        self.operations.finish(op)
+        return op, TrackedStream(self.operations, op, exp.chunks(op.progress))
 
     async def import_volume(self, name: str, source: AsyncIterable[bytes], *,
                             pool: str | None = None, tenant: str | None = None,
