@@ -930,8 +930,9 @@ class Pool:
         async with self._mgmt_lock:
             await hidden.quiesce()
             hidden.reopen()
-            if self._slots[hidden.slot] is not hidden or hidden in self._dying:
-                return
+            if (self._slots[hidden.slot] is not hidden or hidden in self._dying
+                    or not hidden.flags & VOL_DYING or self._by_id.get(hidden.id) is hidden):
+                return  # finished (visible) or already dropped
             self._make_dying(hidden)
             await self.flush()
         await self._drain(hidden)

@@ -222,8 +222,15 @@ async def import_stream(pool: Pool, name: str, source: AsyncIterable[bytes], *,
                     assert isinstance(event, StreamEnd)
         parser.close()
         assert hidden is not None and header is not None
-        vol, snap = await pool.finish_import(hidden, name, snapshot_name=header.name,
-                                             snapshot_uuid=header.uuid, base=base)
+        finishing = asyncio.ensure_future(pool.finish_import(
+            hidden, name, snapshot_name=header.name, snapshot_uuid=header.uuid, base=base))
+        try:
+            vol, snap = await asyncio.shield(finishing)
+        except asyncio.CancelledError:
+            # Too late to cancel: the stream is whole and its commit under way. Wait for it;
+            # if it fails, the import is abandoned below as any failed one is.
+            vol, snap = await finishing
+        hidden = None  # visible now: nothing to abandon
         return Imported(vol, snap, header)
     except BaseException:
         if hidden is not None:

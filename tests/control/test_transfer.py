@@ -251,3 +251,28 @@ def test_a_cancelled_export_ends_without_its_trailer(
     with a.client as c:
         (op,) = c.get("/v1/operations")
         assert op["kind"] == "export" and op["state"] == "cancelled"
+
+
+def test_export_piped_into_import(two: tuple[DaemonThread, DaemonThread]) -> None:
+    """``sbstore volume export S --to - | sbstore volume import - NAME``, two real processes."""
+    import subprocess
+    import sys
+    a, b = two
+    a.ok("volume", "create", "vm", "--size", "4M")
+    a.ok("snapshot", "create", "vm", "s1")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    exporter = subprocess.Popen([sys.executable, "-m", "sbstore", "--socket", a.socket,
+                                 "volume", "export", "s1", "--to", "-"],
+                                stdout=subprocess.PIPE, env=env)
+    try:
+        importer = subprocess.run([sys.executable, "-m", "sbstore", "--socket", b.socket,
+                                   "volume", "import", "-", "copy", "--json"],
+                                  stdin=exporter.stdout, capture_output=True, env=env,
+                                  timeout=60)
+    finally:
+        assert exporter.stdout is not None
+        exporter.stdout.close()
+        assert exporter.wait(60) == 0
+    assert importer.returncode == 0, importer.stderr
+    assert b"copy" in importer.stdout
+    assert b.ok("volume", "show", "copy", "--json").json["parent"] == "s1"
