@@ -46,9 +46,10 @@ async def main(pool_path: str, stream_dir: str, seed: int) -> None:
         r = rng.random() if head is not None else 1.0  # a deletion killed midway: finish it
         if k < n and r < 0.6:
             say(f"OK {await import_file(pool, streams / f'inc{k + 1}.sbs', 'replica')}")
-        elif r < 0.8 and head is not None and "clone" not in names:
-            # A clone of the replica's snapshot, inflated, cancelled at a random point.
-            clone = await pool.clone(head, "clone")
+        elif r < 0.8 and head is not None and not any(x.startswith("clone-") for x in names):
+            # A clone of the replica's snapshot (named after it), inflated, cancelled at a
+            # random point (or not in time: then it is whole and independent).
+            clone = await pool.clone(head, f"clone-{head.name}")
             task = asyncio.get_running_loop().create_task(pool.inflate(clone))
             await asyncio.sleep(rng.uniform(0, 0.01))
             task.cancel()
@@ -59,7 +60,8 @@ async def main(pool_path: str, stream_dir: str, seed: int) -> None:
             say("INFLATE")
         else:
             say("DEL")
-            for name in ("clone", "replica", *[f"s{i}" for i in range(n, 0, -1)]):
+            clones = sorted(x for x in names if x.startswith("clone-"))
+            for name in (*clones, "replica", *[f"s{i}" for i in range(n, 0, -1)]):
                 if name in {v.name for v in pool.volumes}:
                     await pool.delete(name)
             say("GONE")
