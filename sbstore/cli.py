@@ -39,6 +39,7 @@ COMMAND_MODULES = (
     "sbstore.commands.listener",
     "sbstore.commands.tenant",
     "sbstore.commands.pool",
+    "sbstore.commands.operation",
 )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from sbstore.commands._common import Subparsers, add_json, add_pool, call, emit
+from sbstore.commands.operation import add_progress, with_progress
 from sbstore.control.client import path
 
 
@@ -23,6 +24,7 @@ def register(subparsers: Subparsers) -> None:
 
     p = sub.add_parser("inflate", help="copy shared data so NAME no longer needs its snapshot")
     p.add_argument("name")
+    add_progress(p)
     add_pool(p)
     add_json(p)
     p.set_defaults(func=run_inflate)
@@ -37,6 +39,6 @@ def run_create(args: argparse.Namespace) -> int:
 
 
 def run_inflate(args: argparse.Namespace) -> int:
-    v = call(args, lambda c: c.post(path("v1", "volumes", args.name, "inflate"),
-                                    pool=args.pool))
+    v = with_progress(args, "inflate", args.name, lambda c: c.post(
+        path("v1", "volumes", args.name, "inflate"), pool=args.pool))
     return emit(args, v, lambda v: f"inflated {v['name']}: it no longer depends on a snapshot")

@@ -14,6 +14,8 @@ import argparse
 import asyncio
 import json
 import re
+import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -62,6 +64,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--repair", action="store_true",
                    help="fix reference counts (frees leaked clusters)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--progress", action="store_true", default=None,
+                   help="print a progress line on stderr (default: when it is a terminal)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=run_check)
 
     vol = pool_sub.add_parser("volume", help="offline volume operations (no daemon running)",
@@ -169,7 +174,21 @@ def _human(n: int) -> str:
 
 def run_check(args: argparse.Namespace) -> int:
     from sbstore.store.check import check_pool, format_report
-    report = check_pool(args.path, repair=args.repair)
+    show = sys.stderr.isatty() if args.progress is None else args.progress
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if show and (now - last[0] >= 0.2 or done == 0):
+            last[0] = now
+            sys.stderr.write(f"\rcheck {args.path}: volume maps {done}/{total} "
+                             f"({100 * done // max(total, 1)}%)".ljust(70))
+            sys.stderr.flush()
+    try:
+        report = check_pool(args.path, repair=args.repair, progress=progress)
+    finally:
+        if show and last[0]:
+            sys.stderr.write("\n")
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:

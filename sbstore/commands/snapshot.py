@@ -12,6 +12,7 @@ from sbstore.commands._common import (
     human,
     table,
 )
+from sbstore.commands.transfer import run_diff
 from sbstore.commands.volume import volume_text
 from sbstore.control.client import path
 
@@ -47,6 +48,14 @@ def register(subparsers: Subparsers) -> None:
     add_pool(p)
     add_json(p)
     p.set_defaults(func=run_delete)
+
+    p = sub.add_parser("diff", help="extents where SNAPSHOT differs from BASE (from the maps, "
+                                    "no data read)")
+    p.add_argument("base", metavar="BASE", help="the older snapshot")
+    p.add_argument("snapshot", metavar="SNAPSHOT")
+    add_pool(p)
+    add_json(p)
+    p.set_defaults(func=run_diff)
 
     p = sub.add_parser("revert", help="make VOLUME read what SNAPSHOT reads")
     p.add_argument("volume")

@@ -18,6 +18,8 @@ from sbstore.commands._common import (
     positive_size,
     table,
 )
+from sbstore.commands.operation import add_progress
+from sbstore.commands.transfer import run_export, run_import
 from sbstore.control.client import path
 
 
@@ -71,6 +73,28 @@ def register(subparsers: Subparsers) -> None:
     add_pool(p)
     add_json(p)
     p.set_defaults(func=run_set)
+
+    p = sub.add_parser("export", help="write a snapshot as a stream (a full copy, or with "
+                                      "--since an increment)")
+    p.add_argument("snapshot")
+    p.add_argument("--since", metavar="BASE", help="only what changed since snapshot BASE")
+    p.add_argument("--to", required=True, metavar="FILE", help="a file, or - for stdout")
+    add_progress(p)
+    add_pool(p)
+    add_json(p)
+    p.set_defaults(func=run_export)
+
+    p = sub.add_parser("import", help="read a stream into volume NAME (a full copy creates "
+                                      "it; an increment updates it)")
+    p.add_argument("file", metavar="FILE", help="a file, or - for stdin")
+    p.add_argument("name")
+    p.add_argument("--tenant", help="a new volume's tenant (default: default)")
+    p.add_argument("--force", action="store_true",
+                   help="apply an increment even though the volume is exported")
+    add_progress(p)
+    add_pool(p)
+    add_json(p)
+    p.set_defaults(func=run_import)
 
     p = sub.add_parser("delete", help="delete a volume")
     p.add_argument("name")

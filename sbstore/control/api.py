@@ -22,7 +22,7 @@ import hmac
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -48,6 +48,7 @@ STATUS_OF = {
     ErrorCode.ALREADY_EXISTS: 409,
     ErrorCode.FAILED_PRECONDITION: 409,
     ErrorCode.BUSY: 409,
+    ErrorCode.CANCELLED: 409,
     ErrorCode.INTERNAL: 500,
 }
 
@@ -122,6 +123,15 @@ class Call:
     params: dict[str, Any]
     query: dict[str, Any]
     body: dict[str, Any]
+    stream: AsyncIterator[bytes] | None = None  # a streamed request body (Route.stream)
+
+
+@dataclass
+class Streamed:
+    """A handler's answer sent as a stream of bytes (an export), with its operation's id."""
+
+    chunks: AsyncIterator[bytes]
+    operation: int
 
 
 HandlerFn = Callable[[Call], Awaitable[Any]]
@@ -139,6 +149,7 @@ class Route:
     query: tuple[Field, ...] = ()
     body: tuple[Field, ...] | None = None  # None: the route takes no body
     path_types: tuple[tuple[str, str], ...] = ()  # path parameters that are not strings
+    stream: str | None = None  # "request": the body is a stream; "response": the answer is
 
     @property
     def segments(self) -> list[str]:
@@ -277,6 +288,36 @@ async def _snapshot_delete(c: Call) -> Any:
 async def _clone_create(c: Call) -> Any:
     return await c.service.create_clone(c.body["snapshot"], c.body["name"], c.body.get("pool"),
                                         tenant=c.body.get("tenant"))
+
+
+async def _snapshot_diff(c: Call) -> Any:
+    return await c.service.diff_snapshots(c.params["name"], c.query.get("base"),
+                                          c.query.get("pool"))
+
+
+async def _snapshot_export(c: Call) -> Any:
+    op, chunks = await c.service.export_snapshot(c.params["name"], c.query.get("since"),
+                                                 c.query.get("pool"))
+    return Streamed(chunks, op.id)
+
+
+async def _volume_import(c: Call) -> Any:
+    assert c.stream is not None
+    return await c.service.import_volume(c.query["name"], c.stream, pool=c.query.get("pool"),
+                                         tenant=c.query.get("tenant"),
+                                         force=c.query.get("force", False))
+
+
+async def _operations(c: Call) -> Any:
+    return c.service.list_operations()
+
+
+async def _operation(c: Call) -> Any:
+    return c.service.show_operation(c.params["id"])
+
+
+async def _operation_cancel(c: Call) -> Any:
+    return c.service.cancel_operation(c.params["id"])
 
 
 async def _subsystems(c: Call) -> Any:
@@ -466,6 +507,33 @@ ROUTES: tuple[Route, ...] = (
           body=(Field("snapshot", "string", True), Field("name", "string", True),
                 Field("pool", "string"),
                 Field("tenant", "string", description="default: the snapshot's tenant"))),
+    Route("GET", "/v1/snapshots/{name}/diff", _snapshot_diff,
+          "Extents where the snapshot differs from base (from the maps, no data read)",
+          "snapshots", "Diff", query=(POOL_Q, Field("base", "string", description=(
+              "the older snapshot (default: none, every mapped extent)")))),
+    Route("GET", "/v1/snapshots/{name}/export", _snapshot_export,
+          "The snapshot as an export stream (docs/stream-format.md), sent chunked; "
+          "since=BASE: only what changed from snapshot BASE", "snapshots", "Stream",
+          query=(POOL_Q, Field("since", "string", description="the base of an increment")),
+          stream="response"),
+    Route("POST", "/v1/volumes/import", _volume_import,
+          "Import an export stream (the body, chunked or with a length) as volume name (an "
+          "increment: into it); a truncated or corrupted stream leaves nothing behind",
+          "volumes", "Volume", 201,
+          query=(Field("name", "string", True), POOL_Q,
+                 Field("tenant", "string", description="a new volume's tenant"),
+                 Field("force", "boolean", description="an increment into an exported "
+                       "volume")),
+          stream="request"),
+    Route("GET", "/v1/operations", _operations,
+          "Long operations (inflate, export, import), running and recently finished",
+          "operations", "OperationList"),
+    Route("GET", "/v1/operations/{id}", _operation, "One operation's progress", "operations",
+          "Operation", path_types=(("id", "integer"),)),
+    Route("DELETE", "/v1/operations/{id}", _operation_cancel,
+          "Cancel a running operation (an import leaves no volume; an inflate leaves the clone "
+          "valid, partly inflated)", "operations", "Operation",
+          path_types=(("id", "integer"),)),
     Route("GET", "/v1/subsystems", _subsystems, "List exports (NVMe subsystems)", "exports",
           "SubsystemList"),
     Route("POST", "/v1/subsystems", _subsystem_create,
@@ -646,8 +714,12 @@ class Api:
                     if not params[name].isdigit() or len(params[name]) > 10:
                         raise BadRequest(f"{name} in the path must be a number")
                     params[name] = int(params[name])  # type: ignore[assignment]
-            call = Call(self.service, dict(params), _check_query(route, request.query),
-                        _check_body(route, request))
+            for field_ in route.query:
+                if field_.required and field_.name not in request.query:
+                    raise BadRequest(f"query parameter {field_.name!r} is required")
+            body = {} if route.stream == "request" else _check_body(route, request)
+            call = Call(self.service, dict(params), _check_query(route, request.query), body,
+                        request.stream if route.stream == "request" else None)
             result = await route.handler(call)
         except BadRequest as exc:
             return error_response(400, str(exc), "INVALID_ARGUMENT")
@@ -657,7 +729,20 @@ class Api:
             return error_response(STATUS_OF[exc.code], exc.message, exc.code.value)
         if route.response is None:
             return Response(204)
+        if isinstance(result, Streamed):
+            return Response(route.status, content_type="application/octet-stream",
+                            headers=[("X-Sbstore-Operation", str(result.operation))],
+                            stream=result.chunks)
         return await json_response_sliced(route.status, result)
+
+    def streams_body(self, request: Request) -> bool:
+        """Is ``request`` one whose body its route reads as a stream (an import)?"""
+        try:
+            segments = _decode_segments(request.path)
+        except BadRequest:
+            return False
+        return any(r.stream == "request" and r.method == request.method
+                   and _match(r, segments) is not None for r in ROUTES)
 
     def _authorized(self, request: Request) -> bool:
         if not self.token:
@@ -673,8 +758,9 @@ class ApiServer:
 
     def __init__(self, service: ControlService, *, token: str | None = None) -> None:
         self.api = Api(service, token=token)
-        self._unix = HttpServer(self.api.handle)
-        self._tcp = HttpServer(lambda r: self.api.handle(r, need_token=True))
+        self._unix = HttpServer(self.api.handle, stream_body=self.api.streams_body)
+        self._tcp = HttpServer(lambda r: self.api.handle(r, need_token=True),
+                               stream_body=self.api.streams_body)
         self.socket_path: str | None = None
         self.tcp_address: tuple[str, int] | None = None
 
@@ -762,8 +848,25 @@ SCHEMAS: dict[str, Any] = {
                     "volumes": {"type": "array", "items": _S,
                                 "description": "pool/name of each volume"}}),
     "HostList": {"type": "array", "items": _S},
+    "Diff": _obj({"pool": _S, "snapshot": _S, "base": _NULLABLE_S, "size_bytes": _I,
+                  "data_bytes": _I, "zero_bytes": _I,
+                  "extents": {"type": "array", "items": _obj(
+                      {"offset": _I, "length": _I,
+                       "kind": {"type": "string", "enum": ["data", "zero"]}})}}),
+    "Stream": {"type": "string", "format": "binary",
+               "description": "an export stream (docs/stream-format.md)"},
+    "Operation": _obj({"id": _I, "kind": {"type": "string",
+                                          "enum": ["inflate", "export", "import"]},
+                       "pool": _S, "target": _S,
+                       "state": {"type": "string",
+                                 "enum": ["running", "done", "failed", "cancelled"]},
+                       "unit": {"type": "string", "enum": ["bytes", "clusters"]},
+                       "done": _I, "total": _NULLABLE_I,
+                       "percent": {"type": "number", "nullable": True},
+                       "started": _S, "finished": _NULLABLE_S, "elapsed_s": _N,
+                       "error": _NULLABLE_S, "cancel_requested": _B}),
 }
-for _name in ("Pool", "Volume", "Subsystem", "Namespace", "Listener", "Tenant"):
+for _name in ("Pool", "Volume", "Subsystem", "Namespace", "Listener", "Tenant", "Operation"):
     SCHEMAS[f"{_name}List"] = {"type": "array", "items": {"$ref": f"#/components/schemas/{_name}"}}
 _ERROR_STATUSES = {"400": "malformed request", "404": "not found", "409": "conflicts with the "
                    "state", "422": "refused value", "500": "internal error"}
@@ -792,8 +895,15 @@ def openapi_document() -> dict[str, Any]:
                     "type": "object", "additionalProperties": False,
                     "properties": {f.name: f.schema() for f in route.body},
                     "required": [f.name for f in route.body if f.required]}}}}
+        if route.stream == "request":
+            op["requestBody"] = {"required": True, "content": {"application/octet-stream": {
+                "schema": {"$ref": "#/components/schemas/Stream"}}}}
         responses: dict[str, Any] = {}
-        if route.response is None:
+        if route.stream == "response":
+            responses[str(route.status)] = {"description": "the stream, chunked", "content": {
+                "application/octet-stream": {"schema": {
+                    "$ref": f"#/components/schemas/{route.response}"}}}}
+        elif route.response is None:
             responses[str(route.status)] = {"description": "done"}
         else:
             responses[str(route.status)] = {"description": "OK", "content": {

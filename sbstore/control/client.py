@@ -18,6 +18,7 @@ import json
 import os
 import socket
 from pathlib import Path
+from collections.abc import Callable, Iterable
 from typing import Any, Self
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -192,6 +193,79 @@ class Client:
     def get(self, target: str, **query: Any) -> Any:
         return self.request("GET", target, query=query)
 
+    # --- streams (export, import): never the whole body in memory ----------------------------
+
+    def download(self, target: str, sink: Callable[[bytes], object], *,
+                 piece: int = 1 << 20, **query: Any) -> dict[str, str]:
+        """GET a streamed answer, handing each piece to ``sink``; returns the answer's
+        headers. ApiError if refused; Unreachable if the body ends before its end (the
+        daemon failed or stopped midway: what ``sink`` got is incomplete)."""
+        conn = self._stream_connection()
+        try:
+            try:
+                conn.request("GET", _with_query(target, query), headers=self._headers())
+                response = conn.getresponse()
+                if response.status >= 400:
+                    _raise_for(response.status, response.read())
+                while True:
+                    data = response.read(piece)
+                    if not data:
+                        break
+                    sink(data)
+            except http.client.IncompleteRead:
+                raise Unreachable(f"the stream from {self.where} ended before its end (the "
+                                  f"daemon failed or stopped midway)") from None
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                raise Unreachable(f"cannot reach the sbstore daemon at {self.where} "
+                                  f"({exc.strerror or exc})") from None
+            except (TimeoutError, ConnectionError) as exc:
+                raise Unreachable(f"the stream from {self.where} broke: {exc}") from None
+            return {k.lower(): v for k, v in response.getheaders()}
+        finally:
+            conn.close()
+
+    def upload(self, target: str, chunks: Iterable[bytes], *, length: int | None = None,
+               **query: Any) -> Any:
+        """POST a streamed body (chunked, or with ``length``); the decoded JSON answer. A
+        daemon that refuses early (and stops reading) still gets its answer heard."""
+        conn = self._stream_connection()
+        headers = self._headers()
+        headers["Content-Type"] = "application/octet-stream"
+        if length is not None:
+            headers["Content-Length"] = str(length)
+        try:
+            try:
+                conn.request("POST", _with_query(target, query), body=iter(chunks),
+                             headers=headers, encode_chunked=length is None)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the daemon answered before reading it all: read why
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                raise Unreachable(f"cannot reach the sbstore daemon at {self.where} "
+                                  f"({exc.strerror or exc})") from None
+            try:
+                response = conn.getresponse()
+                data = response.read()
+            except (ConnectionError, http.client.HTTPException, TimeoutError) as exc:
+                raise Unreachable(f"the sbstore daemon at {self.where} gave no answer to the "
+                                  f"upload ({exc})") from None
+            if response.status >= 400:
+                _raise_for(response.status, data)
+            return json.loads(data) if data else None
+        finally:
+            conn.close()
+
+    def _stream_connection(self) -> http.client.HTTPConnection:
+        """A connection of its own (a stream closes it), not the kept-alive one."""
+        if self.socket_path is not None:
+            return _UnixConnection(str(self.socket_path), self.timeout_s)
+        return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout_s)
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
+
     def post(self, target: str, body: Any = None, **query: Any) -> Any:
         return self.request("POST", target, body if body is not None else {}, query)
 
@@ -200,6 +274,22 @@ class Client:
 
     def delete(self, target: str, **query: Any) -> Any:
         return self.request("DELETE", target, query=query)
+
+
+def _with_query(target: str, query: dict[str, Any]) -> str:
+    items = {k: ("true" if v is True else "false" if v is False else v)
+             for k, v in query.items() if v is not None}
+    return target + ("?" + urlencode(items) if items else "")
+
+
+def _raise_for(status: int, data: bytes) -> None:
+    try:
+        decoded = json.loads(data)
+    except ValueError:
+        raise ApiError(status, "ERROR", f"HTTP {status}") from None
+    err = decoded.get("error", {}) if isinstance(decoded, dict) else {}
+    raise ApiError(status, str(err.get("code", "ERROR")),
+                   str(err.get("message", f"HTTP {status}")))
 
 
 def read_token(token_file: str | os.PathLike[str]) -> str:

@@ -14,6 +14,13 @@ What is accepted (RFC 9112, narrowed to what the API needs):
 - Bodies by ``Content-Length`` only, at most ``max_body_bytes`` (413 beyond). A request with
   ``Transfer-Encoding`` or a POST/PUT/PATCH without ``Content-Length`` answers 411. Two
   different ``Content-Length`` values answer 400.
+- Except streamed bodies: a request the ``stream_body`` predicate picks (an import) may send
+  any length, by ``Content-Length`` or ``Transfer-Encoding: chunked``; the handler reads it
+  piece by piece from ``Request.stream`` (:class:`BodyStream`, never more than one read in
+  memory) and the connection closes after the answer. A response may be streamed too
+  (``Response.stream``, an export): sent chunked, each piece written and drained before the
+  next is asked for; a failure midway closes the connection without the last chunk, which
+  the client sees as a body cut short.
 - Keep-alive: HTTP/1.1 keeps the connection unless ``Connection: close``; HTTP/1.0 closes it
   unless ``Connection: keep-alive``. Pipelined requests are answered in order.
 - After any :class:`HttpError` the connection is answered and closed: the parser cannot know
@@ -30,7 +37,7 @@ import os
 import re
 import socket
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
@@ -74,6 +81,8 @@ class Request:
     headers: dict[str, str]  # names lower-cased
     body: bytes = b""
     keep_alive: bool = True
+    stream: AsyncIterator[bytes] | None = None  # a streamed body (see the module's rules)
+    body_length: int | None = None  # a streamed body's Content-Length (None: chunked)
 
     def header(self, name: str, default: str | None = None) -> str | None:
         return self.headers.get(name.lower(), default)
@@ -86,6 +95,7 @@ class Response:
     content_type: str = "application/json"
     headers: list[tuple[str, str]] = field(default_factory=list)
     close: bool = False
+    stream: AsyncIterator[bytes] | None = None  # sent chunked instead of ``body``
 
 
 def json_response(status: int, value: object, headers: list[tuple[str, str]] | None = None
@@ -120,9 +130,11 @@ class RequestParser:
     """Bytes in, :class:`Request` out. ``feed(data)``; then ``next_request()`` until None."""
 
     def __init__(self, max_header_bytes: int = MAX_HEADER_BYTES,
-                 max_body_bytes: int = MAX_BODY_BYTES) -> None:
+                 max_body_bytes: int = MAX_BODY_BYTES,
+                 stream_body: Callable[[Request], bool] | None = None) -> None:
         self.max_header_bytes = max_header_bytes
         self.max_body_bytes = max_body_bytes
+        self.stream_body = stream_body
         self._buf = bytearray()
         self._head: Request | None = None  # parsed head waiting for its body
         self._body_len = 0
@@ -159,6 +171,9 @@ class RequestParser:
             head = bytes(self._buf[:end])
             del self._buf[:end + 4]
             self._head, self._body_len = self._parse_head(head)
+            if self._body_len < 0:  # a streamed body: the caller reads it (take_buffered)
+                request, self._head, self._body_len = self._head, None, 0
+                return request
         if len(self._buf) < self._body_len:
             return None
         request = self._head
@@ -215,6 +230,8 @@ class RequestParser:
             raise HttpError(400, "an HTTP/1.1 request needs a Host header")
         method = method_b.decode("ascii")
         request = Request(method, target, path, query, version, headers, keep_alive=keep_alive)
+        if self.stream_body is not None and self.stream_body(request):
+            return self._streamed(request, lengths)
         if "transfer-encoding" in headers:
             raise HttpError(411, "send the body with a Content-Length (Transfer-Encoding is "
                                  "not accepted)")
@@ -234,14 +251,152 @@ class RequestParser:
         return request, length
 
 
+    def _streamed(self, request: Request, lengths: set[bytes]) -> tuple[Request, int]:
+        """A request whose body its handler reads as a stream: chunked, or any length."""
+        request.keep_alive = False
+        te = request.headers.get("transfer-encoding")
+        if te is not None:
+            if te.strip().lower() != "chunked" or lengths:
+                raise HttpError(400, "a streamed body is sent with Content-Length or with "
+                                     "Transfer-Encoding: chunked (alone)")
+            return request, -1
+        values = {v.strip() for raw in lengths for v in raw.split(b",")}
+        if len(values) != 1:
+            raise HttpError(411 if not values else 400, "send the body with a Content-Length "
+                            "or Transfer-Encoding: chunked")
+        (length_b,) = values
+        if not length_b.isdigit() or len(length_b) > 18:
+            raise HttpError(400, "Content-Length is not a number of bytes")
+        request.body_length = int(length_b)
+        return request, -1
+
+    def take_buffered(self) -> bytes:
+        """Bytes received past the last request's head (a streamed body's start)."""
+        data = bytes(self._buf)
+        self._buf.clear()
+        return data
+
+
+class ChunkedDecoder:
+    """Sans-I/O ``Transfer-Encoding: chunked`` (RFC 9112 §7.1): ``feed(data)`` returns the
+    payload bytes it completes; ``done`` once the last chunk and trailer section arrived.
+    Chunk extensions and trailer fields are skipped; a size line is at most 1 KiB."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._left = -1  # payload bytes left in the current chunk (-1: a size line is next)
+        self._crlf = False  # the CRLF after a chunk's data is next
+        self._trailer = False
+        self.done = False
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buf += data
+        out: list[bytes] = []
+        while not self.done:
+            if self._left > 0:
+                if not self._buf:
+                    break
+                piece = bytes(self._buf[:self._left])
+                del self._buf[:len(piece)]
+                self._left -= len(piece)
+                out.append(piece)
+                if self._left == 0:
+                    self._crlf = True
+                continue
+            if self._crlf:
+                if len(self._buf) < 2:
+                    break
+                if self._buf[:2] != b"\r\n":
+                    raise HttpError(400, "a chunk's data is not followed by CRLF")
+                del self._buf[:2]
+                self._crlf = False
+                self._left = -1
+                continue
+            end = self._buf.find(b"\r\n", 0, 1026)
+            if end < 0:
+                if len(self._buf) > 1024:
+                    raise HttpError(400, "a chunk size line is too long")
+                break
+            line = bytes(self._buf[:end])
+            del self._buf[:end + 2]
+            if self._trailer:
+                if not line:
+                    self.done = True
+                continue
+            size_b = line.split(b";", 1)[0].strip()
+            if not size_b or len(size_b) > 15 or not all(c in b"0123456789abcdefABCDEF"
+                                                         for c in size_b):
+                raise HttpError(400, "malformed chunk size")
+            size = int(size_b, 16)
+            if size == 0:
+                self._trailer = True
+            else:
+                self._left = size
+        return out
+
+    def leftover(self) -> bytes:
+        return bytes(self._buf)
+
+
+class BodyStream:
+    """A request body read as it arrives: ``async for piece in stream``. Raises
+    ConnectionError if the client stops sending before the body's end."""
+
+    def __init__(self, first: bytes, reader: asyncio.StreamReader, length: int | None,
+                 timeout_s: float, read_size: int = 1 << 20) -> None:
+        self._first = first
+        self._reader = reader
+        self._left = length
+        self._chunked = ChunkedDecoder() if length is None else None
+        self._timeout_s = timeout_s
+        self._read_size = read_size
+        self.received = 0
+        self.complete = False
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._pieces()
+
+    async def _pieces(self) -> AsyncIterator[bytes]:
+        data = self._first
+        self._first = b""
+        while True:
+            if data:
+                for piece in self._decode(data):
+                    self.received += len(piece)
+                    yield piece
+            if self.complete:
+                return
+            want = self._read_size if self._left is None else min(self._read_size, self._left)
+            try:
+                data = await asyncio.wait_for(self._reader.read(want), self._timeout_s)
+            except TimeoutError:
+                raise ConnectionError("the request body stopped arriving") from None
+            if not data:
+                raise ConnectionError("the client closed the connection before the end of "
+                                      "the body")
+
+    def _decode(self, data: bytes) -> list[bytes]:
+        if self._chunked is not None:
+            pieces = self._chunked.feed(data)
+            self.complete = self._chunked.done
+            return pieces
+        assert self._left is not None
+        piece = data[:self._left]
+        self._left -= len(piece)
+        self.complete = self._left == 0
+        return [piece] if piece else []
+
+
 def render_response(response: Response, keep_alive: bool) -> bytes:
     try:
         reason = HTTPStatus(response.status).phrase
     except ValueError:
         reason = "Unknown"
+    length = (("Transfer-Encoding", "chunked") if response.stream is not None
+              else ("Content-Length", str(len(response.body))))
     lines = [f"HTTP/1.1 {response.status} {reason}",
              f"Content-Type: {response.content_type}",
-             f"Content-Length: {len(response.body)}",
+             f"{length[0]}: {length[1]}",
              f"Connection: {'keep-alive' if keep_alive else 'close'}"]
     lines += [f"{k}: {v}" for k, v in response.headers]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + response.body
@@ -256,8 +411,10 @@ class HttpServer:
 
     def __init__(self, handler: Handler, *, max_header_bytes: int = MAX_HEADER_BYTES,
                  max_body_bytes: int = MAX_BODY_BYTES, idle_timeout_s: float = 60.0,
-                 request_timeout_s: float = 30.0, max_connections: int = 64) -> None:
+                 request_timeout_s: float = 30.0, max_connections: int = 64,
+                 stream_body: Callable[[Request], bool] | None = None) -> None:
         self.handler = handler
+        self.stream_body = stream_body
         self.max_header_bytes = max_header_bytes
         self.max_body_bytes = max_body_bytes
         self.idle_timeout_s = idle_timeout_s
@@ -341,7 +498,7 @@ class HttpServer:
             writer.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        parser = RequestParser(self.max_header_bytes, self.max_body_bytes)
+        parser = RequestParser(self.max_header_bytes, self.max_body_bytes, self.stream_body)
         while True:
             try:
                 request = parser.next_request()
@@ -363,17 +520,51 @@ class HttpServer:
                     return
                 parser.feed(data)
                 continue
+            body: BodyStream | None = None
+            if request.keep_alive is False and self.stream_body is not None and \
+                    self.stream_body(request):
+                body = BodyStream(parser.take_buffered(), reader, request.body_length,
+                                  self.request_timeout_s)
+                request.stream = aiter(body)
             try:
                 response = await self.handler(request)
+            except ConnectionError:
+                raise  # the client went away (a streamed body cut off): nobody to answer
             except Exception:  # answered as 500
                 log.exception("API handler failed on %s %s", request.method, request.target)
                 response = error_response(500, "internal error; the daemon's log has the "
                                                "details")
-            keep = request.keep_alive and not response.close
+            keep = request.keep_alive and not response.close and response.stream is None
             writer.write(render_response(response, keep))
+            if response.stream is not None:
+                await self._send_stream(response.stream, writer)
             await writer.drain()
             if not keep:
                 return
+
+    async def _send_stream(self, stream: AsyncIterator[bytes],
+                           writer: asyncio.StreamWriter) -> None:
+        """Send a streamed body chunked, piece by piece (drained before the next is made). A
+        failure midway closes the connection without the last chunk: the client sees the
+        body cut short, never a short body that looks whole."""
+        try:
+            async for piece in stream:
+                if piece:
+                    writer.write(b"%x\r\n" % len(piece))
+                    writer.write(piece)
+                    writer.write(b"\r\n")
+                    await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the status line is gone; log and cut
+            log.warning("streamed answer stopped: %s", exc)
+            raise ConnectionAbortedError(str(exc)) from exc
+        finally:
+            # Its cleanup runs now, not whenever the garbage collector gets to it.
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        writer.write(b"0\r\n\r\n")
 
 
 def _socket_answers(path: Path) -> bool:

@@ -42,14 +42,28 @@ import ipaddress
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+)
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import sbstore
 from sbstore.config import QosPolicy, check_name
 from sbstore.control import dhchap
 from sbstore.control.listeners import MAX_LISTENER_ID, ListenerSet, LiveListener
+from sbstore.control.operations import (
+    Operation,
+    OperationCancelled,
+    OperationRegistry,
+    TrackedStream,
+)
 from sbstore.control.state import (
     DEFAULT_TENANT,
     HostAuthRecord,
@@ -72,6 +86,8 @@ from sbstore.store import (
     StoreError,
     Volume,
 )
+from sbstore.store import transfer
+from sbstore.store.stream import StreamHeader
 from sbstore.volume_device import VolumeDevice
 from target.ana import STATE_NAMES, parse_state, state_name
 from target.blockdev import BlockDevice
@@ -85,6 +101,7 @@ NQN_RE = re.compile(r"nqn\.\d{4}-\d{2}\.[A-Za-z0-9][\x21-\x7e]*")
 DEFAULT_BLOCK_SIZE = 4096
 LIST_SLICE_S = 0.001  # longest run of a listing between two yields to the loop
 DEFAULT_MODEL = "sbstore"
+T = TypeVar("T")
 
 
 class ErrorCode(enum.StrEnum):
@@ -93,6 +110,7 @@ class ErrorCode(enum.StrEnum):
     ALREADY_EXISTS = "ALREADY_EXISTS"  # it would create something that exists
     FAILED_PRECONDITION = "FAILED_PRECONDITION"  # the state forbids it (exported, read-only)
     BUSY = "BUSY"  # try again later (an inflate in progress)
+    CANCELLED = "CANCELLED"  # a long operation was cancelled (DELETE /v1/operations/{id})
     INTERNAL = "INTERNAL"  # a bug or an I/O failure; the log says more
 
 
@@ -209,6 +227,7 @@ class ControlService:
         self.device_wrapper = device_wrapper
         self.started = time.time()
         self._lock = asyncio.Lock()
+        self.operations = OperationRegistry()  # inflate, export, import: progress, cancel
         # Commits write the WAL only; _mutation() makes them durable off the loop before an
         # operation returns (a commit's fsync on the loop stalled every I/O of the daemon).
         state.defer_sync()
@@ -797,12 +816,116 @@ class ControlService:
             return self.volume_info(pool_name, vol)
 
     async def inflate_volume(self, name: str, pool: str | None = None) -> dict[str, Any]:
+        """Inflate as an operation (progress in clusters; a cancel leaves the clone valid,
+        partly inflated, still depending on its snapshot)."""
         pool_name, vol = self._find(name, pool)
+        op = self.operations.start("inflate", pool_name, vol.name, unit="clusters",
+                                   total=vol.n_clusters)
+
+        async def work(op: Operation) -> None:
+            await self.pools[pool_name].inflate(vol, progress=op.progress)
+            op.progress(vol.n_clusters, vol.n_clusters)
+        await self._run(op, work)
+        return self.volume_info(pool_name, vol)
+
+    # === operations, diff, export and import =====================================================
+
+    async def _run(self, op: Operation, work: Callable[[Operation], Awaitable[T]]) -> T:
         try:
-            await self.pools[pool_name].inflate(vol)
+            return await self.operations.run(op, work)
         except StoreError as exc:
             raise from_store_error(exc) from None
-        return self.volume_info(pool_name, vol)
+        except OperationCancelled as exc:
+            raise ControlError(ErrorCode.CANCELLED, str(exc)) from None
+
+    def list_operations(self) -> list[dict[str, Any]]:
+        return [op.info() for op in self.operations.list()]
+
+    def show_operation(self, op_id: int) -> dict[str, Any]:
+        op = self.operations.get(op_id)
+        if op is None:
+            raise ControlError(ErrorCode.NOT_FOUND, f"no operation {op_id} (finished ones are "
+                               f"kept for a while only)")
+        return op.info()
+
+    def cancel_operation(self, op_id: int) -> dict[str, Any]:
+        op = self.operations.cancel(op_id)
+        if op is None:
+            raise ControlError(ErrorCode.NOT_FOUND, f"no operation {op_id}")
+        return op.info()
+
+    async def diff_snapshots(self, snapshot: str, base: str | None = None,
+                             pool: str | None = None) -> dict[str, Any]:
+        pool_name, snap = self._find(snapshot, pool, what="snapshot")
+        old = None if base is None else self._find(base, pool_name, what="snapshot")[1]
+        try:
+            extents = await transfer.diff(self.pools[pool_name], snap, old)
+        except StoreError as exc:
+            raise from_store_error(exc) from None
+        data = sum(e.length for e in extents if not e.zero)
+        return {"pool": pool_name, "snapshot": snap.name, "base": old.name if old else None,
+                "size_bytes": snap.size_bytes, "data_bytes": data,
+                "zero_bytes": sum(e.length for e in extents) - data,
+                "extents": [e.as_dict() for e in extents]}
+
+    async def export_snapshot(self, snapshot: str, since: str | None = None,
+                              pool: str | None = None) -> tuple[Operation, AsyncIterator[bytes]]:
+        """Plan the export and return its operation and the stream (an async iterator the
+        caller sends piece by piece: nothing holds more than one piece)."""
+        pool_name, snap = self._find(snapshot, pool, what="snapshot")
+        base = None if since is None else self._find(since, pool_name, what="snapshot")[1]
+        try:
+            exp = await transfer.prepare_export(self.pools[pool_name], snap, base)
+        except StoreError as exc:
+            raise from_store_error(exc) from None
+        op = self.operations.start("export", pool_name, snap.name, total=exp.total_bytes)
+        op.detail["since"] = base.name if base else None
+        return op, TrackedStream(self.operations, op, exp.chunks(op.progress))
+
+    async def import_volume(self, name: str, source: AsyncIterable[bytes], *,
+                            pool: str | None = None, tenant: str | None = None,
+                            force: bool = False) -> dict[str, Any]:
+        """Read an export stream into volume ``name`` (new for a full stream; for an
+        increment, an existing volume with the base in its history, refused if exported
+        unless ``force``). Nothing is left behind unless the whole stream verifies."""
+        if not isinstance(name, str) or not name:
+            raise invalid("a volume name must be a non-empty string")
+        if tenant is not None:
+            tenant = self._tenant_name(tenant)
+            if tenant not in self._tenants:
+                raise ControlError(ErrorCode.NOT_FOUND, f"no tenant named {tenant!r}")
+        pool_name, pl = self._pool(pool)
+        op = self.operations.start("import", pool_name, name)
+
+        def check_target(header: StreamHeader) -> None:
+            op.total = header.data_bytes
+            op.detail["snapshot"] = header.name
+            op.detail["increment"] = header.increment
+            if not header.increment:
+                return
+            target = _named(pl, name)
+            exports = self._exports_of(pool_name, str(target.uuid)) if target else []
+            if exports and not force:
+                raise ControlError(ErrorCode.FAILED_PRECONDITION,
+                                   f"volume {name!r} is exported by {exports[0][0]}: an "
+                                   f"increment changes its data under its hosts; disconnect "
+                                   f"them and import with --force")
+
+        async def work(op: Operation) -> transfer.Imported:
+            return await transfer.import_stream(pl, name, source, progress=op.progress,
+                                                on_header=check_target)
+        got = await self._run(op, work)
+        async with self._mutation():
+            if got.header.increment:
+                self._namespaces_changed(pool_name, str(got.volume.uuid))
+            else:
+                await self._adopt(pool_name, got.volume, tenant or DEFAULT_TENANT)
+            await self._adopt(pool_name, got.snapshot,
+                              tenant or self._tenant_of(pool_name, str(got.volume.uuid)))
+            log.info("imported %s %s/%s (snapshot %s, %d bytes of data)",
+                     "an increment into" if got.header.increment else "volume", pool_name,
+                     name, got.snapshot.name, got.header.data_bytes)
+            return self.volume_info(pool_name, got.volume)
 
     # === exports (subsystems), namespaces, hosts =================================================
 

@@ -19,6 +19,7 @@ totals of the volume records, in one commit. Damaged pages are reported, never "
 from __future__ import annotations
 
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,15 +84,18 @@ class _Limited:
             self.report.problems.append(f"... and {self.count - _MAX_LISTED} more {self.kind}")
 
 
-def check_pool(path: str, *, repair: bool = False, lock: bool = True) -> CheckReport:
+def check_pool(path: str, *, repair: bool = False, lock: bool = True,
+               progress: Callable[[int, int], None] | None = None) -> CheckReport:
     """Check the pool at ``path`` (not open elsewhere); with ``repair``, fix counts.
+    ``progress(done, total)`` hears how many volume maps have been walked (the long part of
+    checking a large pool); interrupting a check changes nothing.
 
     ``lock=False`` checks a pool this process has open (what its last commit wrote): the caller
     makes sure no commit runs meanwhile. It cannot be combined with ``repair``.
     """
     if repair and not lock:
         raise ValueError("repair needs the pool to itself")
-    report = _check(path, lock)
+    report = _check(path, lock, progress)
     if not repair or report.clean:
         return report
     if report.unrepairable:
@@ -127,7 +131,8 @@ def _describe_repairs(report: CheckReport) -> list[str]:
     return out
 
 
-def _check(path: str, lock: bool) -> CheckReport:
+def _check(path: str, lock: bool,
+           progress: Callable[[int, int], None] | None = None) -> CheckReport:
     report = CheckReport(path=path)
     try:
         backing = Backing(path, readonly=True, lock=lock)
@@ -136,13 +141,14 @@ def _check(path: str, lock: bool) -> CheckReport:
         report.unrepairable += 1
         return report
     try:
-        _check_backing(backing, report)
+        _check_backing(backing, report, progress)
     finally:
         backing.close()
     return report
 
 
-def _check_backing(backing: Backing, report: CheckReport) -> None:
+def _check_backing(backing: Backing, report: CheckReport,
+                   progress: Callable[[int, int], None] | None = None) -> None:
     candidates, reasons = read_superblocks(backing)
     if not candidates:
         report.problems.append("no valid superblock: " + "; ".join(reasons))
@@ -158,7 +164,7 @@ def _check_backing(backing: Backing, report: CheckReport) -> None:
             errors.append(f"generation {sb.generation} needs {sb.total_bytes} bytes, the device "
                           f"has {backing.size}")
             continue
-        if not _check_generation(backing, sb, sub):
+        if not _check_generation(backing, sb, sub, progress):
             errors.append(f"generation {sb.generation}: {sub.problems[0]}")
             continue
         if i > 0:
@@ -172,7 +178,8 @@ def _check_backing(backing: Backing, report: CheckReport) -> None:
     report.unrepairable += 1
 
 
-def _check_generation(backing: Backing, sb: Superblock, report: CheckReport) -> bool:
+def _check_generation(backing: Backing, sb: Superblock, report: CheckReport,
+                      progress: Callable[[int, int], None] | None = None) -> bool:
     """Fill ``report``; False if the structures cannot even be walked (damaged page)."""
     read_page = backing.read_page
     first, end = sb.meta_first_page, sb.meta_end_page
@@ -308,7 +315,9 @@ def _check_generation(backing: Backing, sb: Superblock, report: CheckReport) -> 
     map_problems = _Limited(report, "map problems")
     share_problems = _Limited(report, "sharing problems")
     total_mapped = 0
-    for rec in sorted(by_id.values(), key=lambda r: r.id):
+    for walked, rec in enumerate(sorted(by_id.values(), key=lambda r: r.id)):
+        if progress is not None:
+            progress(walked, len(by_id))
         nclusters = ceil_div(rec.size_bytes, sb.cluster_size)
         tree = PageTree(nclusters, meta)
         try:

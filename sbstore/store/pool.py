@@ -42,7 +42,10 @@ not block the event loop; create/open/close are plain calls for startup, shutdow
     snap = await vol.snapshot(name)            # or await pool.snapshot(vol, name)
     clone = await pool.clone(snap, name)
     await pool.delete(name_or_volume)          # a snapshot's dependents keep their data
-    await pool.inflate(name_or_volume)         # independent of its snapshots
+    await pool.inflate(name_or_volume, progress=None)  # independent of its snapshots
+    hidden = await pool.begin_import(name, size, bs, snapshot_name=, snapshot_uuid=, base=)
+    vol, snap = await pool.finish_import(hidden, name, snapshot_name=, snapshot_uuid=, base=)
+    await pool.abandon_import(hidden)          # (sbstore.store.transfer drives these three)
     await pool.revert(volume, snapshot)        # snapshot must be in the volume's history
     await vol.resize(new_size_bytes); await vol.rename(new_name)
     await pool.flush()                         # commit now
@@ -576,15 +579,23 @@ class Pool:
         return len(self._slots) - 1
 
     def _add_volume(self, name: str, flags: int, size: int, block_size: int,
-                    parent_id: int, family: int = 0) -> Volume:
-        """A new record; ``family`` 0 starts a lineage of its own."""
+                    parent_id: int, family: int = 0, uuid: uuid_mod.UUID | None = None,
+                    hidden: bool = False) -> Volume:
+        """A new record; ``family`` 0 starts a lineage of its own. ``hidden``: known to no
+        lookup (an import in progress: see :meth:`begin_import`)."""
         rec = VolumeRecord(id=self._next_id, flags=flags, size_bytes=size, block_size=block_size,
-                           parent_id=parent_id, created_ns=time.time_ns(), uuid=uuid_mod.uuid4(),
-                           name=name, family=family or self._next_id)
+                           parent_id=parent_id, created_ns=time.time_ns(),
+                           uuid=uuid or uuid_mod.uuid4(), name=name,
+                           family=family or self._next_id)
         slot = self._new_slot()
         self._next_id += 1
         vol = Volume(self, rec, PageTree(ceil_div(size, self.cluster_size), self._meta), slot)
-        self._place(vol)
+        if hidden:
+            while len(self._slots) <= slot:
+                self._slots.append(None)
+            self._slots[slot] = vol
+        else:
+            self._place(vol)
         self._record_changed(vol)
         return vol
 
@@ -726,9 +737,12 @@ class Pool:
             await self.flush()
         await self._drain(old)
 
-    async def inflate(self, volume: Volume | str) -> None:
+    async def inflate(self, volume: Volume | str,
+                      progress: Callable[[int, int], None] | None = None) -> None:
         """Give the volume its own copy of every cluster it shares: it no longer depends on
-        any snapshot (its parent becomes None). I/O to it goes on meanwhile."""
+        any snapshot (its parent becomes None). I/O to it goes on meanwhile. ``progress(done,
+        total)`` hears of it in clusters looked at. Cancelled, it stops between two clusters:
+        the clone stays valid, partly inflated (still depending on its snapshot)."""
         self._writable()
         vol = self._resolve(volume)
         if vol.is_snapshot:
@@ -750,6 +764,8 @@ class Pool:
                         copied += 1
                         m = vol._after_wait(0)
                     ci += 1
+                if progress is not None:
+                    progress(ci, len(m))
                 await asyncio.sleep(0)
                 if vol._dead:
                     raise NotFound(f"volume {vol.name!r} was deleted")
@@ -796,6 +812,132 @@ class Pool:
             self._by_name[new_name] = vol
             self._record_changed(vol)
             await self.flush()
+
+    # --- imports (sbstore.store.transfer drives them) -------------------------------------------
+
+    async def begin_import(self, name: str, size_bytes: int, block_size: int, *,
+                           snapshot_name: str, snapshot_uuid: uuid_mod.UUID,
+                           base: Volume | str | None = None) -> Volume:
+        """A hidden, writable volume for an import to fill: empty, or (``base``) sharing the
+        base snapshot's data. Its record is committed flagged DYING, so whatever happens
+        before :meth:`finish_import` (a crash, a close, :meth:`abandon_import`) removes it:
+        an import is either whole and visible, or gone."""
+        self._writable()
+        if block_size not in (512, 4096) or block_size > self.cluster_size:
+            raise InvalidArgument(f"block size must be 512 or 4096 (and at most the cluster "
+                                  f"size), not {block_size}")
+        self._check_size(size_bytes, block_size)
+        async with self._mgmt_lock:
+            src = self._check_import(name, snapshot_name, snapshot_uuid, base)
+            if src is not None and size_bytes < src.size_bytes:
+                raise InvalidArgument(f"the stream's volume ({size_bytes} bytes) is smaller "
+                                      f"than its base {src.name!r} ({src.size_bytes} bytes): "
+                                      f"shrinking is not supported")
+            await self._make_room(lambda: (0, 4 + (self._share_cost(src) if src else 0)))
+            if src is None:
+                hidden = self._add_volume(name, VOL_DYING, size_bytes, block_size, 0,
+                                          hidden=True)
+            else:
+                src = self._resolve(src)
+                hidden = self._add_volume(name, VOL_DYING, size_bytes, block_size, src.id,
+                                          src.family, hidden=True)
+                self._share_tree(src, hidden)
+                m = hidden._map
+                if m is not None and len(m) < hidden.n_clusters:
+                    m.frombytes(bytes(4 * (hidden.n_clusters - len(m))))
+            await self.flush()  # the intent is durable before any data goes in
+            return hidden
+
+    def _check_import(self, name: str, snapshot_name: str, snapshot_uuid: uuid_mod.UUID,
+                      base: Volume | str | None) -> Volume | None:
+        """Refuse an import that cannot finish; the base snapshot, if any."""
+        self._check_new_name(snapshot_name)
+        if any(v.uuid == snapshot_uuid for v in self._by_id.values()):
+            held = self.volume_by_uuid(snapshot_uuid)
+            raise AlreadyExists(f"the pool already holds snapshot {snapshot_uuid} (as "
+                                f"{held.name!r}): it was imported before")
+        if base is None:
+            self._check_new_name(name)
+            return None
+        src = self._resolve(base)
+        if not src.is_snapshot:
+            raise InvalidArgument(f"{src.name!r} is not a snapshot")
+        target = self.volume(name)
+        if target.is_snapshot:
+            raise InvalidArgument(f"{name!r} is a snapshot; an increment applies to a volume")
+        p = target.parent
+        while p is not None and p is not src:
+            p = p.parent
+        if p is None:
+            raise InvalidArgument(f"the increment's base {src.name!r} is not in the history "
+                                  f"of {name!r}")
+        self._check_not_busy(target)
+        return src
+
+    async def finish_import(self, hidden: Volume, name: str, *, snapshot_name: str,
+                            snapshot_uuid: uuid_mod.UUID, base: Volume | str | None = None
+                            ) -> tuple[Volume, Volume]:
+        """Make a filled import visible, in one commit: a full import becomes volume ``name``
+        with snapshot ``snapshot_name`` (uuid ``snapshot_uuid``) as its parent; an increment
+        (``base``) becomes that snapshot, child of ``base``, and volume ``name`` is made to
+        read it (its own data since the base is dropped, as a revert would). Returns
+        (volume, snapshot)."""
+        self._writable()
+        async with self._mgmt_lock:
+            src = self._check_import(name, snapshot_name, snapshot_uuid, base)
+            target = None if src is None else self.volume(name)
+            await hidden.quiesce()  # (the importer awaited its writes: this only makes sure)
+            if target is not None:
+                await target.quiesce()  # no write in flight may land in the map replaced
+            try:
+                await self._make_room(lambda: (0, 6 + self._share_cost(hidden)))
+                src = self._check_import(name, snapshot_name, snapshot_uuid, base)
+                snap = self._add_volume(snapshot_name, VOL_SNAPSHOT, hidden.size_bytes,
+                                        hidden.block_size, hidden.parent_id, hidden.family,
+                                        uuid=snapshot_uuid)
+                self._share_tree(hidden, snap)
+                if target is None:
+                    hidden.flags &= ~VOL_DYING
+                    hidden.parent_id = snap.id
+                    self._place(hidden)
+                    self._record_changed(hidden)
+                    vol = hidden
+                else:
+                    # The target takes the imported data; its old data leaves with the
+                    # hidden record, which now dies (as a revert's old data does).
+                    target = self._resolve(target)
+                    hidden.tree, target.tree = target.tree, hidden.tree
+                    hidden._map, target._map = target._map, hidden._map
+                    hidden.mapped, target.mapped = target.mapped, hidden.mapped
+                    old_size = target.size_bytes
+                    target._set_size(hidden.size_bytes)
+                    hidden._set_size(old_size)
+                    target.parent_id = snap.id
+                    self._record_changed(target)
+                    self._make_dying(hidden)
+                    vol = target
+            finally:
+                hidden.reopen()
+                if target is not None:
+                    target.reopen()
+            await self.flush()
+        if target is not None:
+            await self._drain(hidden)
+        return vol, snap
+
+    async def abandon_import(self, hidden: Volume) -> None:
+        """Drop an import that did not finish (a bad stream, a cancel): its space goes back."""
+        if hidden in self._dying or self._closed:
+            return
+        async with self._mgmt_lock:
+            await hidden.quiesce()
+            hidden.reopen()
+            if (self._slots[hidden.slot] is not hidden or hidden in self._dying
+                    or not hidden.flags & VOL_DYING or self._by_id.get(hidden.id) is hidden):
+                return  # finished (visible) or already dropped
+            self._make_dying(hidden)
+            await self.flush()
+        await self._drain(hidden)
 
     # --- sharing, copying, dropping -----------------------------------------------------------
 

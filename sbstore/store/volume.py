@@ -223,6 +223,11 @@ class Volume:
             self._map = self._owner.load_map(self)
         return self._map
 
+    def cluster_map(self) -> array[int]:
+        """The map itself (cluster index -> physical cluster, 0: reads as zeroes), loaded if
+        need be. Read it, never change it; a snapshot's never changes."""
+        return self._load_map()
+
     def leaf_bytes(self, j: int) -> bytes:
         m = self._map
         assert m is not None, "a dirty leaf implies a loaded map"

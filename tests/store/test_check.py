@@ -222,3 +222,20 @@ def test_cli_usage_errors(pool_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert rc == 1 and "power of two" in err
     rc, _, err = run(capsys, "pool", "status", str(pool_path) + ".missing")
     assert rc == 1 and "no such file" in err
+
+
+def test_check_reports_progress_over_the_volume_maps(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    from sbstore.store import Pool
+    from sbstore.store.check import check_pool
+
+    async def make() -> None:
+        p = Pool.create(tmp_path / "p.img", 16 << 20, cluster_size=64 << 10)
+        for i in range(3):
+            await p.create_volume(f"v{i}", 1 << 20)
+        await p.aclose()
+    asyncio.run(make())
+    seen: list[tuple[int, int]] = []
+    assert check_pool(str(tmp_path / "p.img"), progress=lambda d, t: seen.append((d, t))).clean
+    assert seen == [(0, 3), (1, 3), (2, 3)]
