@@ -224,7 +224,7 @@ async def _volume_delete(c: Call) -> Any:
 
 async def _volume_resize(c: Call) -> Any:
     return await c.service.resize_volume(c.params["name"], c.body["size_bytes"],
-                                         c.query.get("pool"))
+                                         c.query.get("pool"), force=c.body.get("force", False))
 
 
 async def _volume_rename(c: Call) -> Any:
@@ -272,6 +272,24 @@ async def _snapshot(c: Call) -> Any:
 async def _snapshot_delete(c: Call) -> Any:
     await c.service.delete_volume(c.params["name"], c.query.get("pool"),
                                   force=c.query.get("force", False), kind="snapshot")
+
+
+async def _snapshot_groups(c: Call) -> Any:
+    return c.service.list_snapshot_groups(c.query.get("pool"))
+
+
+async def _snapshot_group_create(c: Call) -> Any:
+    return await c.service.create_snapshot_group(c.body["name"], c.body["volumes"],
+                                                 c.body.get("pool"))
+
+
+async def _snapshot_group(c: Call) -> Any:
+    return c.service.show_snapshot_group(c.params["name"], c.query.get("pool"))
+
+
+async def _snapshot_group_delete(c: Call) -> Any:
+    await c.service.delete_snapshot_group(c.params["name"], c.query.get("pool"),
+                                          force=c.query.get("force", False))
 
 
 async def _clone_create(c: Call) -> Any:
@@ -438,8 +456,11 @@ ROUTES: tuple[Route, ...] = (
           "Delete a volume (exported: only with force=true, which removes it from its "
           "exports first)", "volumes", None, 204, query=(POOL_Q, FORCE_Q)),
     Route("POST", "/v1/volumes/{name}/resize", _volume_resize,
-          "Grow a volume (connected hosts are told)", "volumes", "Volume", query=(POOL_Q,),
-          body=(Field("size_bytes", "integer", True, minimum=1),)),
+          "Grow a volume, or shrink it with force (connected hosts are told)", "volumes",
+          "Volume", query=(POOL_Q,),
+          body=(Field("size_bytes", "integer", True, minimum=1),
+                Field("force", "boolean", description="allow shrinking: the data past the "
+                      "new end is discarded"))),
     Route("POST", "/v1/volumes/{name}/rename", _volume_rename, "Rename a volume or snapshot",
           "volumes", "Volume", query=(POOL_Q,), body=(Field("new_name", "string", True),)),
     Route("POST", "/v1/volumes/{name}/revert", _volume_revert,
@@ -461,6 +482,20 @@ ROUTES: tuple[Route, ...] = (
     Route("DELETE", "/v1/snapshots/{name}", _snapshot_delete,
           "Delete a snapshot (one child: folded into it; several: refused)", "snapshots", None,
           204, query=(POOL_Q, FORCE_Q)),
+    Route("GET", "/v1/snapshot-groups", _snapshot_groups,
+          "List snapshot groups (volumes snapshotted at one instant)", "snapshots",
+          "SnapshotGroupList", query=(POOL_Q,)),
+    Route("POST", "/v1/snapshot-groups", _snapshot_group_create,
+          "Snapshot several volumes of one pool at one instant (one commit): volume V gets "
+          "the snapshot V@NAME", "snapshots", "SnapshotGroup", 201,
+          body=(Field("name", "string", True, "the group's name, unique within its pool"),
+                Field("volumes", "array", True, "the volumes, all in one pool"),
+                Field("pool", "string"))),
+    Route("GET", "/v1/snapshot-groups/{name}", _snapshot_group, "One snapshot group",
+          "snapshots", "SnapshotGroup", query=(POOL_Q,)),
+    Route("DELETE", "/v1/snapshot-groups/{name}", _snapshot_group_delete,
+          "Delete every snapshot of a group (exported ones: only with force=true)",
+          "snapshots", None, 204, query=(POOL_Q, FORCE_Q)),
     Route("POST", "/v1/clones", _clone_create, "Clone a snapshot into a writable volume",
           "clones", "Volume", 201,
           body=(Field("snapshot", "string", True), Field("name", "string", True),
@@ -730,7 +765,12 @@ SCHEMAS: dict[str, Any] = {
                     "limits": {"allOf": [{"$ref": "#/components/schemas/Policy"}],
                                "nullable": True},
                     "exports": {"type": "array",
-                                "items": _obj({"nqn": _S, "nsid": _I})}}),
+                                "items": _obj({"nqn": _S, "nsid": _I})},
+                    "group": {"type": "string", "nullable": True,
+                              "description": "the snapshot group it was taken in"}}),
+    "SnapshotGroup": _obj({"name": _S, "pool": _S, "created": _S,
+                           "snapshots": {"type": "array",
+                                         "items": {"$ref": "#/components/schemas/Volume"}}}),
     "Namespace": _obj({"nsid": _I, "pool": _S, "uuid": _S, "volume": _NULLABLE_S,
                        "size_bytes": _NULLABLE_I, "block_size": _NULLABLE_I,
                        "read_only": {"type": "boolean", "nullable": True},
@@ -763,7 +803,8 @@ SCHEMAS: dict[str, Any] = {
                                 "description": "pool/name of each volume"}}),
     "HostList": {"type": "array", "items": _S},
 }
-for _name in ("Pool", "Volume", "Subsystem", "Namespace", "Listener", "Tenant"):
+for _name in ("Pool", "Volume", "Subsystem", "Namespace", "Listener", "Tenant",
+              "SnapshotGroup"):
     SCHEMAS[f"{_name}List"] = {"type": "array", "items": {"$ref": f"#/components/schemas/{_name}"}}
 _ERROR_STATUSES = {"400": "malformed request", "404": "not found", "409": "conflicts with the "
                    "state", "422": "refused value", "500": "internal error"}

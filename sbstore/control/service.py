@@ -486,6 +486,7 @@ class ControlService:
             "tenant": row.tenant if row else DEFAULT_TENANT,
             "limits": row.limits.as_dict() if row and row.limits else None,
             "exports": [{"nqn": nqn, "nsid": nsid} for nqn, nsid in exports],
+            "group": vol.group or None,
         }
 
     def export_info(self, nqn: str) -> dict[str, Any]:
@@ -632,13 +633,15 @@ class ControlService:
         self._volumes[(pool_name, row.uuid)] = row
         self._notify(PolicyChange("volume", tenant, None, pool_name, row.uuid))
 
-    async def resize_volume(self, name: str, size_bytes: int, pool: str | None = None
-                            ) -> dict[str, Any]:
+    async def resize_volume(self, name: str, size_bytes: int, pool: str | None = None, *,
+                            force: bool = False) -> dict[str, Any]:
+        """Grow a volume, or shrink it with ``force`` (the data past the new end goes);
+        connected hosts are told either way (Namespace Attribute Changed)."""
         self._size(size_bytes)
         async with self._mutation():
             pool_name, vol = self._find(name, pool)
             try:
-                await self.pools[pool_name].resize(vol, size_bytes)
+                await self.pools[pool_name].resize(vol, size_bytes, shrink=force)
             except StoreError as exc:
                 raise from_store_error(exc) from None
             self._namespaces_changed(pool_name, str(vol.uuid))
@@ -803,6 +806,115 @@ class ControlService:
         except StoreError as exc:
             raise from_store_error(exc) from None
         return self.volume_info(pool_name, vol)
+
+    # === snapshot groups =========================================================================
+
+    def _group_members(self, group: object, pool: str | None) -> tuple[str, list[Volume]]:
+        """The pool holding snapshot group ``group`` (as :meth:`_find` picks) and its members."""
+        if not isinstance(group, str) or not group:
+            raise invalid("a snapshot group name must be a non-empty string")
+        if pool is None and len(self.pools) > 1:
+            found = [(p, pl.groups()[group]) for p, pl in sorted(self.pools.items())
+                     if group in pl.groups()]
+            if len(found) == 1:
+                return found[0]
+            if not found:
+                raise ControlError(ErrorCode.NOT_FOUND,
+                                   f"no snapshot group named {group!r} in any pool")
+            raise invalid(f"pools {', '.join(p for p, _ in found)} each have a snapshot group "
+                          f"named {group!r}: say which with --pool")
+        pool_name, pl = self._pool(pool)
+        members = pl.groups().get(group)
+        if not members:
+            raise ControlError(ErrorCode.NOT_FOUND,
+                               f"no snapshot group named {group!r} in pool {pool_name!r}")
+        return pool_name, members
+
+    def _group_info(self, pool_name: str, group: str, members: list[Volume]) -> dict[str, Any]:
+        return {"name": group, "pool": pool_name,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                         time.gmtime(min(m.created for m in members))),
+                "snapshots": [self.volume_info(pool_name, m) for m in members]}
+
+    def list_snapshot_groups(self, pool: str | None = None) -> list[dict[str, Any]]:
+        pools = [self._pool(pool)] if pool is not None else sorted(self.pools.items())
+        return [self._group_info(pool_name, group, members)
+                for pool_name, pl in pools for group, members in sorted(pl.groups().items())]
+
+    def show_snapshot_group(self, group: str, pool: str | None = None) -> dict[str, Any]:
+        pool_name, members = self._group_members(group, pool)
+        return self._group_info(pool_name, group, members)
+
+    async def create_snapshot_group(self, group: str, volumes: Iterable[str],
+                                    pool: str | None = None) -> dict[str, Any]:
+        """Snapshot ``volumes`` (all in one pool) at one instant as group ``group``: volume V
+        gets the snapshot ``V@group``, in the tenant of V."""
+        if not isinstance(group, str) or not group:
+            raise invalid("a snapshot group name must be a non-empty string")
+        names = list(volumes)
+        if not names:
+            raise invalid("a snapshot group needs at least one volume")
+        async with self._mutation():
+            found = [self._find(name, pool) for name in names]
+            pools = sorted({p for p, _ in found})
+            if len(pools) > 1:
+                raise invalid(f"a snapshot group's volumes must be in one pool, not "
+                              f"{', '.join(pools)}")
+            pool_name = pools[0]
+            vols = [v for _, v in found]
+            try:
+                snaps = await self.pools[pool_name].snapshot_group(group, vols)
+            except StoreError as exc:
+                raise from_store_error(exc) from None
+            rows = [VolumeRecord(pool_name, str(s.uuid),
+                                 self._tenant_of(pool_name, str(v.uuid)))
+                    for v, s in zip(vols, snaps)]
+            try:
+                with self.state.transaction():
+                    for row in rows:
+                        self.state.put_volume(row)
+            except Exception:
+                await self.pools[pool_name].delete_group(group)  # compensate: all or nothing
+                raise
+            for row in rows:
+                self._volumes[(pool_name, row.uuid)] = row
+                self._notify(PolicyChange("volume", row.tenant, None, pool_name, row.uuid))
+            log.info("created snapshot group %s/%s of %s", pool_name, group, ", ".join(names))
+            return self._group_info(pool_name, group, snaps)
+
+    async def delete_snapshot_group(self, group: str, pool: str | None = None, *,
+                                    force: bool = False) -> None:
+        """Delete every snapshot of the group. Exported members: refused unless ``force``,
+        which removes them from their exports first."""
+        async with self._mutation():
+            pool_name, members = self._group_members(group, pool)
+            exports = [(m, nqn, nsid) for m in members
+                       for nqn, nsid in self._exports_of(pool_name, str(m.uuid))]
+            if exports and not force:
+                where = ", ".join(f"{m.name} by {nqn} (nsid {nsid})" for m, nqn, nsid in exports)
+                raise ControlError(ErrorCode.FAILED_PRECONDITION,
+                                   f"snapshot group {group!r} is exported ({where}): remove "
+                                   f"them from their exports first or delete with --force")
+            removed = [self._unexport(nqn, nsid) for _, nqn, nsid in exports]
+            try:
+                await self.pools[pool_name].delete_group(group)
+            except BaseException as exc:
+                for nqn, ns in removed:
+                    self._reexport(nqn, ns)
+                if isinstance(exc, StoreError):
+                    raise from_store_error(exc) from None
+                raise
+            with self.state.transaction():
+                for m in members:
+                    self.state.remove_volume(pool_name, str(m.uuid))
+            for m in members:
+                uuid = str(m.uuid)
+                row = self._volumes.pop((pool_name, uuid), None)
+                self._stats.pop(uuid, None)
+                self._notify(PolicyChange("volume", row.tenant if row else DEFAULT_TENANT, None,
+                                          pool_name, uuid, deleted=True))
+            log.info("deleted snapshot group %s/%s (%d snapshots)", pool_name, group,
+                     len(members))
 
     # === exports (subsystems), namespaces, hosts =================================================
 
