@@ -292,6 +292,20 @@ async def _snapshot_group_delete(c: Call) -> Any:
                                           force=c.query.get("force", False))
 
 
+async def _schedules(c: Call) -> Any:
+    return c.service.list_schedules()
+
+
+async def _schedule_add(c: Call) -> Any:
+    b = c.body
+    return await c.service.add_schedule(b["every"], b["keep"], volume=b.get("volume"),
+                                        tenant=b.get("tenant"), pool=b.get("pool"))
+
+
+async def _schedule_remove(c: Call) -> Any:
+    await c.service.remove_schedule(c.params["id"])
+
+
 async def _clone_create(c: Call) -> Any:
     return await c.service.create_clone(c.body["snapshot"], c.body["name"], c.body.get("pool"),
                                         tenant=c.body.get("tenant"))
@@ -496,6 +510,23 @@ ROUTES: tuple[Route, ...] = (
     Route("DELETE", "/v1/snapshot-groups/{name}", _snapshot_group_delete,
           "Delete every snapshot of a group (exported ones: only with force=true)",
           "snapshots", None, 204, query=(POOL_Q, FORCE_Q)),
+    Route("GET", "/v1/schedules", _schedules,
+          "List snapshot schedules (what they snapshot, how often, how many they keep)",
+          "snapshots", "ScheduleList"),
+    Route("POST", "/v1/schedules", _schedule_add,
+          "Snapshot a volume, or every volume of a tenant, every interval, keeping the newest "
+          "ones (per volume); snapshots are named VOLUME@auto-<UTC time>", "snapshots",
+          "Schedule", 201,
+          body=(Field("every", "string", True, "the interval: 30m, 1h, 1d, 1w (at least 1m); "
+                      "runs on its UTC boundaries"),
+                Field("keep", "integer", True, "how many of its snapshots to keep per volume",
+                      minimum=1),
+                Field("volume", "string", description="the volume (or give tenant)"),
+                Field("tenant", "string", description="every volume of this tenant"),
+                Field("pool", "string"))),
+    Route("DELETE", "/v1/schedules/{id}", _schedule_remove,
+          "Remove a snapshot schedule (the snapshots it took stay)", "snapshots", None, 204,
+          path_types=(("id", "integer"),)),
     Route("POST", "/v1/clones", _clone_create, "Clone a snapshot into a writable volume",
           "clones", "Volume", 201,
           body=(Field("snapshot", "string", True), Field("name", "string", True),
@@ -768,6 +799,10 @@ SCHEMAS: dict[str, Any] = {
                                 "items": _obj({"nqn": _S, "nsid": _I})},
                     "group": {"type": "string", "nullable": True,
                               "description": "the snapshot group it was taken in"}}),
+    "Schedule": _obj({"id": _I, "every": _S, "every_s": _I, "keep": _I, "pool": _NULLABLE_S,
+                      "volume": _NULLABLE_S, "tenant": _NULLABLE_S, "last_run": _NULLABLE_S,
+                      "snapshots": {"type": "array", "items": _S,
+                                    "description": "the snapshots it took and keeps"}}),
     "SnapshotGroup": _obj({"name": _S, "pool": _S, "created": _S,
                            "snapshots": {"type": "array",
                                          "items": {"$ref": "#/components/schemas/Volume"}}}),
@@ -804,7 +839,7 @@ SCHEMAS: dict[str, Any] = {
     "HostList": {"type": "array", "items": _S},
 }
 for _name in ("Pool", "Volume", "Subsystem", "Namespace", "Listener", "Tenant",
-              "SnapshotGroup"):
+              "SnapshotGroup", "Schedule"):
     SCHEMAS[f"{_name}List"] = {"type": "array", "items": {"$ref": f"#/components/schemas/{_name}"}}
 _ERROR_STATUSES = {"400": "malformed request", "404": "not found", "409": "conflicts with the "
                    "state", "422": "refused value", "500": "internal error"}

@@ -50,11 +50,13 @@ import sbstore
 from sbstore.config import QosPolicy, check_name
 from sbstore.control import dhchap
 from sbstore.control.listeners import MAX_LISTENER_ID, ListenerSet, LiveListener
+from sbstore.control.schedules import format_every, parse_every
 from sbstore.control.state import (
     DEFAULT_TENANT,
     HostAuthRecord,
     ListenerRecord,
     NamespaceRecord,
+    ScheduleRecord,
     StateStore,
     SubsystemRecord,
     TenantRecord,
@@ -220,6 +222,8 @@ class ControlService:
         # pool -> uuid -> volume: the pool looks volumes up by uuid with a scan, which made
         # a scrape or a listing of n exported volumes cost n^2. Checked on every use.
         self._by_uuid: dict[str, dict[str, Volume]] = {}
+        # Told when a snapshot schedule is added or removed (the daemon's ScheduleRunner).
+        self.on_schedules_changed: Callable[[], None] | None = None
 
     # === one operation at a time, durable when it returns ======================================
 
@@ -915,6 +919,97 @@ class ControlService:
                                           pool_name, uuid, deleted=True))
             log.info("deleted snapshot group %s/%s (%d snapshots)", pool_name, group,
                      len(members))
+
+    # === snapshot schedules (control.schedules runs them) ==========================================
+
+    async def sync_state(self) -> None:
+        """Make the state's committed changes durable (off the loop), for writers that run
+        outside an operation (the schedule runner)."""
+        await self._sync_state()
+
+    def volume_uuid(self, pool_name: str, name: str) -> str | None:
+        """The uuid of volume or snapshot ``name`` of ``pool_name``, or None."""
+        pool = self.pools.get(pool_name)
+        vol = _named(pool, name) if pool is not None else None
+        return str(vol.uuid) if vol is not None else None
+
+    def volume_name(self, pool_name: str, uuid: str) -> str | None:
+        vol = self._volume_by_uuid(pool_name, uuid)
+        return vol.name if vol is not None else None
+
+    def schedule_targets(self, rec: ScheduleRecord) -> list[tuple[str, str]] | None:
+        """(pool, volume name) of every volume ``rec`` snapshots now; None when its volume
+        is gone."""
+        if rec.volume_uuid is not None:
+            assert rec.pool is not None
+            name = self.volume_name(rec.pool, rec.volume_uuid)
+            return None if name is None else [(rec.pool, name)]
+        out = []
+        for (pool_name, uuid), row in sorted(self._volumes.items()):
+            if row.tenant != rec.tenant:
+                continue
+            vol = self._volume_by_uuid(pool_name, uuid)
+            if vol is not None and not vol.is_snapshot:
+                out.append((pool_name, vol.name))
+        return out
+
+    def schedule_info(self, rec: ScheduleRecord) -> dict[str, Any]:
+        taken = [s for s in self.state.scheduled_snapshots(rec.id)
+                 if self.volume_name(s.pool, s.uuid) is not None]
+        return {
+            "id": rec.id, "every": format_every(rec.every_s), "every_s": rec.every_s,
+            "keep": rec.keep, "pool": rec.pool,
+            "volume": self.volume_name(rec.pool, rec.volume_uuid) if rec.volume_uuid and rec.pool
+            else None,
+            "tenant": rec.tenant,
+            "last_run": None if rec.last_run is None else time.strftime(
+                "%Y-%m-%dT%H:%M:%SZ", time.gmtime(rec.last_run)),
+            "snapshots": [self.volume_name(s.pool, s.uuid) for s in taken],
+        }
+
+    def list_schedules(self) -> list[dict[str, Any]]:
+        return [self.schedule_info(rec) for rec in self.state.schedules()]
+
+    async def add_schedule(self, every: object, keep: int, *, volume: str | None = None,
+                           tenant: str | None = None, pool: str | None = None
+                           ) -> dict[str, Any]:
+        """Snapshot ``volume`` (or every volume of ``tenant``) every ``every`` ("1h", "1d"),
+        keeping the newest ``keep`` the schedule took (per volume)."""
+        try:
+            every_s = parse_every(every)
+        except ValueError as exc:
+            raise invalid(str(exc)) from None
+        if type(keep) is not int or keep < 1:
+            raise invalid(f"keep must be a whole number of at least 1, not {keep!r}")
+        if (volume is None) == (tenant is None):
+            raise invalid("a schedule snapshots a volume or a tenant's volumes: give one")
+        async with self._mutation():
+            if volume is not None:
+                pool_name, vol = self._find(volume, pool)
+                if vol.is_snapshot:
+                    raise invalid(f"{volume!r} is a snapshot: schedule its volume instead")
+                rec = ScheduleRecord(0, every_s, keep, pool=pool_name,
+                                     volume_uuid=str(vol.uuid))
+            else:
+                tenant = self._tenant_name(tenant)
+                if tenant not in self._tenants:
+                    raise ControlError(ErrorCode.NOT_FOUND, f"no tenant named {tenant!r}")
+                rec = ScheduleRecord(0, every_s, keep, tenant=tenant)
+            rec = dataclasses.replace(rec, id=self.state.add_schedule(rec))
+            log.info("added snapshot schedule %d: %s every %s, keep %d", rec.id,
+                     volume or f"tenant {tenant}", format_every(every_s), keep)
+        if self.on_schedules_changed is not None:
+            self.on_schedules_changed()
+        return self.schedule_info(rec)
+
+    async def remove_schedule(self, schedule_id: int) -> None:
+        """Stop a schedule; the snapshots it took stay (as ordinary snapshots)."""
+        async with self._mutation():
+            if not any(r.id == schedule_id for r in self.state.schedules()):
+                raise ControlError(ErrorCode.NOT_FOUND, f"no snapshot schedule {schedule_id}")
+            self.state.remove_schedule(schedule_id)
+        if self.on_schedules_changed is not None:
+            self.on_schedules_changed()
 
     # === exports (subsystems), namespaces, hosts =================================================
 
