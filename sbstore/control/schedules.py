@@ -10,9 +10,11 @@ task, only calls it with its clock and sleeps until the next schedule is due. Te
   of each hour): it is due when it has not run since the latest boundary at or before ``now``.
   A daemon that was down over several boundaries takes one snapshot when it comes back, not
   one per missed boundary. ``last_run`` is persisted after each run.
-- Each run snapshots every target volume as ``<volume>@auto-<UTC timestamp>`` through the
-  control service (so the snapshot gets its volume's tenant), records what it took, then
-  prunes: per origin volume, the snapshots this schedule took beyond the newest ``keep`` are
+- Each run first records, with its time, the snapshots it is about to take (an intent, one
+  state transaction), then snapshots every target volume as ``<volume>@auto-<UTC timestamp>``
+  through the control service (so the snapshot gets its volume's tenant) and records each
+  snapshot's uuid; after a crash, the next tick adopts an intended snapshot that exists and
+  forgets one that does not, so no snapshot is left that no schedule keeps. Then it prunes: per origin volume, the snapshots this schedule took beyond the newest ``keep`` are
   forgotten by it, and deleted unless another schedule still keeps them (two schedules due at
   the same instant share the snapshot they both took).
 - A snapshot deleted by hand is simply forgotten. A schedule whose volume is gone is removed.
@@ -125,58 +127,84 @@ class ScheduleRunner:
 
     async def tick(self, now: float) -> int:
         """Run every schedule due at ``now``; returns how many snapshots were taken."""
+        service, state = self.service, self.service.state
+        self._settle_intents()
         taken = 0
-        for rec in self.service.state.schedules():
+        for rec in state.schedules():
             if not is_due(rec, now):
                 continue
-            targets = self.service.schedule_targets(rec)
+            targets = service.schedule_targets(rec)
             if targets is None:
                 log.warning("snapshot schedule %d: its volume is gone; removing it", rec.id)
-                await self.service.remove_schedule(rec.id)
+                await service.remove_schedule(rec.id)
                 continue
-            for pool_name, volume in targets:
-                taken += await self._take(rec, pool_name, volume, now)
-            self.service.state.set_schedule_run(rec.id, now)
+            # The intent first, with the run's time, in one transaction: a crash from here on
+            # leaves no snapshot that no schedule keeps, and no second run for this period.
+            plan = []
+            with state.transaction():
+                state.set_schedule_run(rec.id, now)
+                for pool_name, volume in targets:
+                    origin = service.volume_uuid(pool_name, volume)
+                    if origin is None:
+                        continue
+                    name = snapshot_name(volume, now)
+                    state.add_scheduled_snapshot(
+                        ScheduledSnapshot(rec.id, pool_name, name, None, origin, now))
+                    plan.append((pool_name, volume, name))
+            await service.sync_state()
+            for pool_name, volume, name in plan:
+                taken += await self._take(rec, pool_name, volume, name)
             await self._prune(rec)
-            await self.service.sync_state()
+            await service.sync_state()
         return taken
 
-    async def _take(self, rec: ScheduleRecord, pool_name: str, volume: str, now: float) -> int:
+    def _settle_intents(self) -> None:
+        """Snapshots intended by a run a crash interrupted: taken (the name exists as a
+        snapshot: adopted) or not (forgotten)."""
+        service, state = self.service, self.service.state
+        for snap in state.scheduled_snapshots():
+            if snap.uuid is not None:
+                continue
+            uuid = service.volume_uuid(snap.pool, snap.name)
+            if uuid is not None and service.is_snapshot(snap.pool, uuid):
+                state.set_scheduled_snapshot_uuid(snap.pool, snap.name, uuid)
+            else:
+                state.forget_scheduled_snapshot(snap.schedule, snap.pool, snap.name, None)
+
+    async def _take(self, rec: ScheduleRecord, pool_name: str, volume: str, name: str) -> int:
         from sbstore.control.service import ControlError
 
-        service = self.service
-        name = snapshot_name(volume, now)
-        origin = service.volume_uuid(pool_name, volume)
+        service, state = self.service, self.service.state
         existing = service.volume_uuid(pool_name, name)
         if existing is not None:
             # Another schedule due at the same instant took it already: share it.
-            if not any(s.uuid == existing for s in service.state.scheduled_snapshots()):
+            if any(s.uuid == existing for s in state.scheduled_snapshots()):
+                state.set_scheduled_snapshot_uuid(pool_name, name, existing)
+            else:
                 log.warning("snapshot schedule %d: %s/%s exists and is not a scheduled "
                             "snapshot; skipped", rec.id, pool_name, name)
-                return 0
-            uuid, took = existing, 0
-        else:
-            try:
-                info = await service.create_snapshot(volume, name, pool_name)
-            except ControlError as exc:
-                log.error("snapshot schedule %d: cannot snapshot %s/%s: %s", rec.id, pool_name,
-                          volume, exc.message)
-                return 0
-            uuid, took = info["uuid"], 1
-        if origin is not None:
-            service.state.add_scheduled_snapshot(
-                ScheduledSnapshot(rec.id, pool_name, uuid, origin, now))
-        return took
+                state.forget_scheduled_snapshot(rec.id, pool_name, name, None)
+            return 0
+        try:
+            info = await service.create_snapshot(volume, name, pool_name)
+        except ControlError as exc:
+            log.error("snapshot schedule %d: cannot snapshot %s/%s: %s", rec.id, pool_name,
+                      volume, exc.message)
+            state.forget_scheduled_snapshot(rec.id, pool_name, name, None)
+            return 0
+        state.set_scheduled_snapshot_uuid(pool_name, name, info["uuid"])
+        return 1
 
     async def _prune(self, rec: ScheduleRecord) -> None:
         from sbstore.control.service import ControlError
 
-        service = self.service
-        state = service.state
+        service, state = self.service, self.service.state
         by_origin: dict[tuple[str, str], list[ScheduledSnapshot]] = {}
         for snap in state.scheduled_snapshots(rec.id):
-            if service.volume_name(snap.pool, snap.uuid) is None:
-                state.forget_scheduled_snapshot(None, snap.pool, snap.uuid)  # deleted by hand
+            if snap.uuid is None:
+                continue  # being taken
+            if service.volume_name(snap.pool, snap.uuid) is None:  # deleted by hand
+                state.forget_scheduled_snapshot(None, snap.pool, snap.name, snap.uuid)
                 continue
             by_origin.setdefault((snap.pool, snap.origin_uuid), []).append(snap)
         for snaps in by_origin.values():
@@ -184,6 +212,7 @@ class ScheduleRunner:
                 others = [s for s in state.scheduled_snapshots()
                           if (s.pool, s.uuid) == (old.pool, old.uuid) and s.schedule != rec.id]
                 if not others:
+                    assert old.uuid is not None
                     name = service.volume_name(old.pool, old.uuid)
                     try:
                         if name is not None:
@@ -192,4 +221,4 @@ class ScheduleRunner:
                         log.error("snapshot schedule %d: cannot delete %s/%s: %s", rec.id,
                                   old.pool, name, exc.message)
                         continue  # kept: retried at the next run
-                state.forget_scheduled_snapshot(rec.id, old.pool, old.uuid)
+                state.forget_scheduled_snapshot(rec.id, old.pool, old.name, old.uuid)

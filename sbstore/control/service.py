@@ -933,6 +933,10 @@ class ControlService:
         vol = _named(pool, name) if pool is not None else None
         return str(vol.uuid) if vol is not None else None
 
+    def is_snapshot(self, pool_name: str, uuid: str) -> bool:
+        vol = self._volume_by_uuid(pool_name, uuid)
+        return vol is not None and vol.is_snapshot
+
     def volume_name(self, pool_name: str, uuid: str) -> str | None:
         vol = self._volume_by_uuid(pool_name, uuid)
         return vol.name if vol is not None else None
@@ -955,7 +959,7 @@ class ControlService:
 
     def schedule_info(self, rec: ScheduleRecord) -> dict[str, Any]:
         taken = [s for s in self.state.scheduled_snapshots(rec.id)
-                 if self.volume_name(s.pool, s.uuid) is not None]
+                 if s.uuid is not None and self.volume_name(s.pool, s.uuid) is not None]
         return {
             "id": rec.id, "every": format_every(rec.every_s), "every_s": rec.every_s,
             "keep": rec.keep, "pool": rec.pool,
@@ -964,7 +968,7 @@ class ControlService:
             "tenant": rec.tenant,
             "last_run": None if rec.last_run is None else time.strftime(
                 "%Y-%m-%dT%H:%M:%SZ", time.gmtime(rec.last_run)),
-            "snapshots": [self.volume_name(s.pool, s.uuid) for s in taken],
+            "snapshots": [self.volume_name(s.pool, s.uuid) for s in taken if s.uuid],
         }
 
     def list_schedules(self) -> list[dict[str, Any]]:

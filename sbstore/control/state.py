@@ -135,11 +135,14 @@ class ScheduleRecord:
 
 @dataclass(frozen=True)
 class ScheduledSnapshot:
-    """A snapshot schedule ``schedule`` took of volume ``origin_uuid`` at ``taken``."""
+    """A snapshot schedule ``schedule`` took (or is taking) of volume ``origin_uuid`` at
+    ``taken``, named ``name`` when taken. ``uuid`` None: intended, not known to be taken yet
+    (written before the snapshot is, so a crash cannot leave a snapshot no schedule keeps)."""
 
     schedule: int
     pool: str
-    uuid: str
+    name: str
+    uuid: str | None
     origin_uuid: str
     taken: float
 
@@ -220,8 +223,9 @@ _SCHEDULE_TABLES = (
     CHECK ((volume_uuid IS NULL) = (pool IS NULL)))""",
     """CREATE TABLE IF NOT EXISTS schedule_snapshots (
     schedule INTEGER NOT NULL REFERENCES schedules (id) ON DELETE CASCADE,
-    pool TEXT NOT NULL, uuid TEXT NOT NULL, origin_uuid TEXT NOT NULL, taken REAL NOT NULL,
-    PRIMARY KEY (schedule, pool, uuid))""",
+    pool TEXT NOT NULL, name TEXT NOT NULL, uuid TEXT,
+    origin_uuid TEXT NOT NULL, taken REAL NOT NULL,
+    UNIQUE (schedule, pool, name))""",
 )
 
 DEFAULT_TENANT = "default"
@@ -582,21 +586,27 @@ class StateStore:
         where, params = ("WHERE schedule = ?", (schedule_id,)) if schedule_id is not None \
             else ("", ())
         return [ScheduledSnapshot(*r) for r in self._db.execute(
-            f"SELECT schedule, pool, uuid, origin_uuid, taken FROM schedule_snapshots {where} "
-            f"ORDER BY taken, uuid", params)]
+            f"SELECT schedule, pool, name, uuid, origin_uuid, taken FROM schedule_snapshots "
+            f"{where} ORDER BY taken, name", params)]
 
     def add_scheduled_snapshot(self, rec: ScheduledSnapshot) -> None:
-        self._write("INSERT OR IGNORE INTO schedule_snapshots VALUES (?, ?, ?, ?, ?)",
-                    (rec.schedule, rec.pool, rec.uuid, rec.origin_uuid, rec.taken))
+        self._write("INSERT OR IGNORE INTO schedule_snapshots VALUES (?, ?, ?, ?, ?, ?)",
+                    (rec.schedule, rec.pool, rec.name, rec.uuid, rec.origin_uuid, rec.taken))
 
-    def forget_scheduled_snapshot(self, schedule_id: int | None, pool: str, uuid: str) -> None:
+    def set_scheduled_snapshot_uuid(self, pool: str, name: str, uuid: str) -> None:
+        """The intended snapshot ``name`` of ``pool`` is taken: it is ``uuid``."""
+        self._write("UPDATE schedule_snapshots SET uuid = ? WHERE pool = ? AND name = ? AND "
+                    "uuid IS NULL", (uuid, pool, name))
+
+    def forget_scheduled_snapshot(self, schedule_id: int | None, pool: str, name: str,
+                                  uuid: str | None) -> None:
         """``schedule_id`` no longer keeps the snapshot (None: no schedule does)."""
-        if schedule_id is None:
-            self._write("DELETE FROM schedule_snapshots WHERE pool = ? AND uuid = ?",
-                        (pool, uuid))
-        else:
-            self._write("DELETE FROM schedule_snapshots WHERE schedule = ? AND pool = ? AND "
-                        "uuid = ?", (schedule_id, pool, uuid))
+        where = "pool = ? AND name = ? AND uuid IS ?"
+        params: tuple[Any, ...] = (pool, name, uuid)
+        if schedule_id is not None:
+            where += " AND schedule = ?"
+            params += (schedule_id,)
+        self._write(f"DELETE FROM schedule_snapshots WHERE {where}", params)
 
     # --- whole-state views (tests, diagnostics) -----------------------------------------------
 
