@@ -8,7 +8,12 @@ import struct
 
 from target.host import Controller
 from tests.control.conftest import HOST_A, NQN_1, DaemonThread, in_thread
-from tests.control.test_live_export import AEN_TIMEOUT_S, NS_NOTICE, _aen_ready, _changed
+from tests.control.test_live_export import (
+    AEN_TIMEOUT_S,
+    NS_NOTICE,
+    _aen_ready,
+    _changed,
+)
 
 SPAN = 256  # blocks each volume's writes cycle through
 

@@ -20,13 +20,14 @@ from sbstore.control.schedules import ScheduleRunner
 from sbstore.store.check import check_pool
 from tests.control.schedule_crash_child import TICK_S
 from tests.control.test_schedules import control
-from tests.store.conftest import pool_dir  # noqa: F401 (a fixture: files on tmpfs)
+from tests.store import conftest as store_fixtures
 
 REPO = Path(__file__).resolve().parents[2]
 KILLS = int(os.environ.get("SBSTORE_CRASH_KILLS", "15"))
 T0 = calendar.timegm((2026, 12, 1, 0, 0, 0))
 HOUR = 3600
 KEEP = {"1h": 3, "1d": 2, "6h": 2}
+pool_dir = store_fixtures.pool_dir  # the store tests' fixture: files on tmpfs
 
 
 def run_child(directory: Path, start: float, lifetime: float) -> list[str]:

@@ -116,11 +116,11 @@ async def test_removed_schedules_keep_their_snapshots_and_gone_volumes_end_their
         assert service.list_schedules() == []
         with pytest.raises(ControlError, match="no snapshot schedule"):
             await service.remove_schedule(sv["id"])
-        for bad in (dict(every="1x", keep=1, volume="v"), dict(every="1h", keep=0, volume="v"),
-                    dict(every="10s", keep=1, volume="v"), dict(every="1h", keep=1),
-                    dict(every="1h", keep=1, volume="v", tenant="default"),
-                    dict(every="1h", keep=1, volume=names("v", [0])[0]),
-                    dict(every="1h", keep=1, tenant="nobody")):
+        for bad in ({"every": "1x", "keep": 1, "volume": "v"}, {"every": "1h", "keep": 0, "volume": "v"},
+                    {"every": "10s", "keep": 1, "volume": "v"}, {"every": "1h", "keep": 1},
+                    {"every": "1h", "keep": 1, "volume": "v", "tenant": "default"},
+                    {"every": "1h", "keep": 1, "volume": names("v", [0])[0]},
+                    {"every": "1h", "keep": 1, "tenant": "nobody"}):
             with pytest.raises(ControlError):
                 await service.add_schedule(**bad)  # type: ignore[arg-type]
 
