@@ -109,15 +109,16 @@ class ScheduleRunner:
 
     async def run(self) -> None:
         while True:
+            self._wake.clear()  # (a change during the tick wakes the next wait at once)
             now = self.clock()
             try:
                 await self.tick(now)
-            except Exception:  # the runner must outlive one bad tick
+                now = self.clock()
+                wait = min([MAX_SLEEP_S] + [next_due(r, now) - now
+                                            for r in self.service.state.schedules()])
+            except Exception:  # the runner must outlive one bad tick; it tries again later
                 log.exception("snapshot schedules: a run failed")
-            now = self.clock()
-            wait = min([MAX_SLEEP_S] + [next_due(r, now) - now
-                                        for r in self.service.state.schedules()])
-            self._wake.clear()
+                wait = MAX_SLEEP_S
             try:
                 await asyncio.wait_for(self._wake.wait(), max(wait, 0.05))
             except TimeoutError:

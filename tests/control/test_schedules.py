@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import calendar
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -135,6 +136,14 @@ def test_schedule_cli(daemon: DaemonThread) -> None:
     s = daemon.ok("schedule", "add", "--volume", "vol", "--every", "1h", "--keep", "24",
                   "--json").json
     assert (s["volume"], s["every"], s["keep"]) == ("vol", "1h", 24)
+    # The daemon runs it on the wall clock: due now (never ran), it snapshots at once.
+    deadline = time.monotonic() + 10
+    autos: list[str] = []
+    while not autos and time.monotonic() < deadline:
+        autos = [x["name"] for x in daemon.ok("snapshot", "list", "--json").json
+                 if x["name"].startswith("vol@auto-")]
+        time.sleep(0.05)
+    assert len(autos) == 1, autos
     daemon.ok("schedule", "add", "--tenant", "default", "--every", "1d", "--keep", "7")
     out = daemon.ok("schedule", "list").out
     assert "vol" in out and "default" in out and "1d" in out
