@@ -4,8 +4,8 @@ Each module in :mod:`sbstore.commands` exposes ``register(subparsers)``, which a
 and sets ``func`` on them; ``func(args) -> int`` is the exit status. Modules import
 what is heavy (the daemon, the store) inside ``func``, so the CLI starts fast.
 
-The admin commands (``volume``, ``snapshot``, ``clone``, ``export``, ``host``, ``listener``,
-``tenant``, ``status``) are clients of the daemon's API: they find it with ``--socket PATH``
+The admin commands (``volume``, ``snapshot``, ``schedule``, ``clone``, ``export``, ``host``,
+``listener``, ``tenant``, ``status``) are clients of the daemon's API: they find it with ``--socket PATH``
 (or ``$SBSTORE_SOCKET``), or ``--url http://HOST:PORT --token-file FILE`` for the API on TCP;
 by default ``/run/sbstore/api.sock``, else the demo's ``~/.local/state/sbstore/api.sock``.
 Every one takes ``--json``: the API's answer on stdout, stable for scripts.
@@ -33,6 +33,7 @@ COMMAND_MODULES = (
     "sbstore.commands.status",
     "sbstore.commands.volume",
     "sbstore.commands.snapshot",
+    "sbstore.commands.schedule",
     "sbstore.commands.clone",
     "sbstore.commands.export",
     "sbstore.commands.host",

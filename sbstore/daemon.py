@@ -7,7 +7,8 @@ told on start.
 Start, in order (each step undone on the way out if a later one fails):
   1. the state directory and its lock (one daemon per state directory), the state database;
   2. the pools of the config (opened, or created when ``create_size`` says so);
-  3. the target and its server; the control service restores every export from the state;
+  3. the target and its server; the control service restores every export from the state,
+     and the snapshot schedules start running (``control.schedules``, on the wall clock);
   4. the demo's volume and export (``--demo`` only, created when missing);
   5. the listeners (the config's: a failure stops the start; the API-added ones: logged);
   6. the API (unix socket, and TCP with a bearer token when configured), the metrics endpoint;
@@ -318,6 +319,11 @@ async def run_daemon(config: Config, *, demo: DemoConfig | None = None,
         service.add_policy_observer(qos.on_policy_change)
         await service.restore()
         qos.sync(*service.policies())
+        from sbstore.control.schedules import ScheduleRunner
+        schedules = ScheduleRunner(service)  # snapshot schedules, on the wall clock
+        service.on_schedules_changed = schedules.changed
+        schedules.start()
+        stack.push_async_callback(schedules.stop)
 
         ram_device = None
         if demo is not None:

@@ -51,9 +51,12 @@ def register(subparsers: Subparsers) -> None:
     add_json(p)
     p.set_defaults(func=run_show)
 
-    p = sub.add_parser("resize", help="grow a volume (connected hosts are told)")
+    p = sub.add_parser("resize", help="grow (or, with --force, shrink) a volume; connected "
+                                      "hosts are told")
     p.add_argument("name")
     p.add_argument("--size", type=positive_size, required=True, help="the new size")
+    p.add_argument("--force", action="store_true",
+                   help="allow shrinking: the data past the new end is discarded")
     add_pool(p)
     add_json(p)
     p.set_defaults(func=run_resize)
@@ -148,7 +151,8 @@ def run_show(args: argparse.Namespace) -> int:
 
 def run_resize(args: argparse.Namespace) -> int:
     v = call(args, lambda c: c.post(path("v1", "volumes", args.name, "resize"),
-                                    {"size_bytes": args.size}, pool=args.pool))
+                                    {"size_bytes": args.size, "force": args.force},
+                                    pool=args.pool))
     return emit(args, v, lambda v: f"resized {v['name']} to {human(v['size_bytes'])}")
 
 

@@ -235,7 +235,7 @@ async def _volume_delete(c: Call) -> Any:
 
 async def _volume_resize(c: Call) -> Any:
     return await c.service.resize_volume(c.params["name"], c.body["size_bytes"],
-                                         c.query.get("pool"))
+                                         c.query.get("pool"), force=c.body.get("force", False))
 
 
 async def _volume_rename(c: Call) -> Any:
@@ -283,6 +283,38 @@ async def _snapshot(c: Call) -> Any:
 async def _snapshot_delete(c: Call) -> Any:
     await c.service.delete_volume(c.params["name"], c.query.get("pool"),
                                   force=c.query.get("force", False), kind="snapshot")
+
+
+async def _snapshot_groups(c: Call) -> Any:
+    return c.service.list_snapshot_groups(c.query.get("pool"))
+
+
+async def _snapshot_group_create(c: Call) -> Any:
+    return await c.service.create_snapshot_group(c.body["name"], c.body["volumes"],
+                                                 c.body.get("pool"))
+
+
+async def _snapshot_group(c: Call) -> Any:
+    return c.service.show_snapshot_group(c.params["name"], c.query.get("pool"))
+
+
+async def _snapshot_group_delete(c: Call) -> Any:
+    await c.service.delete_snapshot_group(c.params["name"], c.query.get("pool"),
+                                          force=c.query.get("force", False))
+
+
+async def _schedules(c: Call) -> Any:
+    return c.service.list_schedules()
+
+
+async def _schedule_add(c: Call) -> Any:
+    b = c.body
+    return await c.service.add_schedule(b["every"], b["keep"], volume=b.get("volume"),
+                                        tenant=b.get("tenant"), pool=b.get("pool"))
+
+
+async def _schedule_remove(c: Call) -> Any:
+    await c.service.remove_schedule(c.params["id"])
 
 
 async def _clone_create(c: Call) -> Any:
@@ -479,8 +511,11 @@ ROUTES: tuple[Route, ...] = (
           "Delete a volume (exported: only with force=true, which removes it from its "
           "exports first)", "volumes", None, 204, query=(POOL_Q, FORCE_Q)),
     Route("POST", "/v1/volumes/{name}/resize", _volume_resize,
-          "Grow a volume (connected hosts are told)", "volumes", "Volume", query=(POOL_Q,),
-          body=(Field("size_bytes", "integer", True, minimum=1),)),
+          "Grow a volume, or shrink it with force (connected hosts are told)", "volumes",
+          "Volume", query=(POOL_Q,),
+          body=(Field("size_bytes", "integer", True, minimum=1),
+                Field("force", "boolean", description="allow shrinking: the data past the "
+                      "new end is discarded"))),
     Route("POST", "/v1/volumes/{name}/rename", _volume_rename, "Rename a volume or snapshot",
           "volumes", "Volume", query=(POOL_Q,), body=(Field("new_name", "string", True),)),
     Route("POST", "/v1/volumes/{name}/revert", _volume_revert,
@@ -502,6 +537,37 @@ ROUTES: tuple[Route, ...] = (
     Route("DELETE", "/v1/snapshots/{name}", _snapshot_delete,
           "Delete a snapshot (one child: folded into it; several: refused)", "snapshots", None,
           204, query=(POOL_Q, FORCE_Q)),
+    Route("GET", "/v1/snapshot-groups", _snapshot_groups,
+          "List snapshot groups (volumes snapshotted at one instant)", "snapshots",
+          "SnapshotGroupList", query=(POOL_Q,)),
+    Route("POST", "/v1/snapshot-groups", _snapshot_group_create,
+          "Snapshot several volumes of one pool at one instant (one commit): volume V gets "
+          "the snapshot V@NAME", "snapshots", "SnapshotGroup", 201,
+          body=(Field("name", "string", True, "the group's name, unique within its pool"),
+                Field("volumes", "array", True, "the volumes, all in one pool"),
+                Field("pool", "string"))),
+    Route("GET", "/v1/snapshot-groups/{name}", _snapshot_group, "One snapshot group",
+          "snapshots", "SnapshotGroup", query=(POOL_Q,)),
+    Route("DELETE", "/v1/snapshot-groups/{name}", _snapshot_group_delete,
+          "Delete every snapshot of a group (exported ones: only with force=true)",
+          "snapshots", None, 204, query=(POOL_Q, FORCE_Q)),
+    Route("GET", "/v1/schedules", _schedules,
+          "List snapshot schedules (what they snapshot, how often, how many they keep)",
+          "snapshots", "ScheduleList"),
+    Route("POST", "/v1/schedules", _schedule_add,
+          "Snapshot a volume, or every volume of a tenant, every interval, keeping the newest "
+          "ones (per volume); snapshots are named VOLUME@auto-<UTC time>", "snapshots",
+          "Schedule", 201,
+          body=(Field("every", "string", True, "the interval: 30m, 1h, 1d, 1w (at least 1m); "
+                      "runs on its UTC boundaries"),
+                Field("keep", "integer", True, "how many of its snapshots to keep per volume",
+                      minimum=1),
+                Field("volume", "string", description="the volume (or give tenant)"),
+                Field("tenant", "string", description="every volume of this tenant"),
+                Field("pool", "string"))),
+    Route("DELETE", "/v1/schedules/{id}", _schedule_remove,
+          "Remove a snapshot schedule (the snapshots it took stay)", "snapshots", None, 204,
+          path_types=(("id", "integer"),)),
     Route("POST", "/v1/clones", _clone_create, "Clone a snapshot into a writable volume",
           "clones", "Volume", 201,
           body=(Field("snapshot", "string", True), Field("name", "string", True),
@@ -816,7 +882,16 @@ SCHEMAS: dict[str, Any] = {
                     "limits": {"allOf": [{"$ref": "#/components/schemas/Policy"}],
                                "nullable": True},
                     "exports": {"type": "array",
-                                "items": _obj({"nqn": _S, "nsid": _I})}}),
+                                "items": _obj({"nqn": _S, "nsid": _I})},
+                    "group": {"type": "string", "nullable": True,
+                              "description": "the snapshot group it was taken in"}}),
+    "Schedule": _obj({"id": _I, "every": _S, "every_s": _I, "keep": _I, "pool": _NULLABLE_S,
+                      "volume": _NULLABLE_S, "tenant": _NULLABLE_S, "last_run": _NULLABLE_S,
+                      "snapshots": {"type": "array", "items": _S,
+                                    "description": "the snapshots it took and keeps"}}),
+    "SnapshotGroup": _obj({"name": _S, "pool": _S, "created": _S,
+                           "snapshots": {"type": "array",
+                                         "items": {"$ref": "#/components/schemas/Volume"}}}),
     "Namespace": _obj({"nsid": _I, "pool": _S, "uuid": _S, "volume": _NULLABLE_S,
                        "size_bytes": _NULLABLE_I, "block_size": _NULLABLE_I,
                        "read_only": {"type": "boolean", "nullable": True},
@@ -866,7 +941,8 @@ SCHEMAS: dict[str, Any] = {
                        "started": _S, "finished": _NULLABLE_S, "elapsed_s": _N,
                        "error": _NULLABLE_S, "cancel_requested": _B}),
 }
-for _name in ("Pool", "Volume", "Subsystem", "Namespace", "Listener", "Tenant", "Operation"):
+for _name in ("Pool", "Volume", "Subsystem", "Namespace", "Listener", "Tenant", "Operation",
+              "SnapshotGroup", "Schedule"):
     SCHEMAS[f"{_name}List"] = {"type": "array", "items": {"$ref": f"#/components/schemas/{_name}"}}
 _ERROR_STATUSES = {"400": "malformed request", "404": "not found", "409": "conflicts with the "
                    "state", "422": "refused value", "500": "internal error"}

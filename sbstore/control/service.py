@@ -64,11 +64,13 @@ from sbstore.control.operations import (
     OperationRegistry,
     TrackedStream,
 )
+from sbstore.control.schedules import format_every, parse_every
 from sbstore.control.state import (
     DEFAULT_TENANT,
     HostAuthRecord,
     ListenerRecord,
     NamespaceRecord,
+    ScheduleRecord,
     StateStore,
     SubsystemRecord,
     TenantRecord,
@@ -239,6 +241,8 @@ class ControlService:
         # pool -> uuid -> volume: the pool looks volumes up by uuid with a scan, which made
         # a scrape or a listing of n exported volumes cost n^2. Checked on every use.
         self._by_uuid: dict[str, dict[str, Volume]] = {}
+        # Told when a snapshot schedule is added or removed (the daemon's ScheduleRunner).
+        self.on_schedules_changed: Callable[[], None] | None = None
 
     # === one operation at a time, durable when it returns ======================================
 
@@ -505,6 +509,7 @@ class ControlService:
             "tenant": row.tenant if row else DEFAULT_TENANT,
             "limits": row.limits.as_dict() if row and row.limits else None,
             "exports": [{"nqn": nqn, "nsid": nsid} for nqn, nsid in exports],
+            "group": vol.group or None,
         }
 
     def export_info(self, nqn: str) -> dict[str, Any]:
@@ -651,13 +656,15 @@ class ControlService:
         self._volumes[(pool_name, row.uuid)] = row
         self._notify(PolicyChange("volume", tenant, None, pool_name, row.uuid))
 
-    async def resize_volume(self, name: str, size_bytes: int, pool: str | None = None
-                            ) -> dict[str, Any]:
+    async def resize_volume(self, name: str, size_bytes: int, pool: str | None = None, *,
+                            force: bool = False) -> dict[str, Any]:
+        """Grow a volume, or shrink it with ``force`` (the data past the new end goes);
+        connected hosts are told either way (Namespace Attribute Changed)."""
         self._size(size_bytes)
         async with self._mutation():
             pool_name, vol = self._find(name, pool)
             try:
-                await self.pools[pool_name].resize(vol, size_bytes)
+                await self.pools[pool_name].resize(vol, size_bytes, shrink=force)
             except StoreError as exc:
                 raise from_store_error(exc) from None
             self._namespaces_changed(pool_name, str(vol.uuid))
@@ -926,6 +933,210 @@ class ControlService:
                      "an increment into" if got.header.increment else "volume", pool_name,
                      name, got.snapshot.name, got.header.data_bytes)
             return self.volume_info(pool_name, got.volume)
+
+    # === snapshot groups =========================================================================
+
+    def _group_members(self, group: object, pool: str | None) -> tuple[str, list[Volume]]:
+        """The pool holding snapshot group ``group`` (as :meth:`_find` picks) and its members."""
+        if not isinstance(group, str) or not group:
+            raise invalid("a snapshot group name must be a non-empty string")
+        if pool is None and len(self.pools) > 1:
+            found = [(p, pl.groups()[group]) for p, pl in sorted(self.pools.items())
+                     if group in pl.groups()]
+            if len(found) == 1:
+                return found[0]
+            if not found:
+                raise ControlError(ErrorCode.NOT_FOUND,
+                                   f"no snapshot group named {group!r} in any pool")
+            raise invalid(f"pools {', '.join(p for p, _ in found)} each have a snapshot group "
+                          f"named {group!r}: say which with --pool")
+        pool_name, pl = self._pool(pool)
+        members = pl.groups().get(group)
+        if not members:
+            raise ControlError(ErrorCode.NOT_FOUND,
+                               f"no snapshot group named {group!r} in pool {pool_name!r}")
+        return pool_name, members
+
+    def _group_info(self, pool_name: str, group: str, members: list[Volume]) -> dict[str, Any]:
+        return {"name": group, "pool": pool_name,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                         time.gmtime(min(m.created for m in members))),
+                "snapshots": [self.volume_info(pool_name, m) for m in members]}
+
+    def list_snapshot_groups(self, pool: str | None = None) -> list[dict[str, Any]]:
+        pools = [self._pool(pool)] if pool is not None else sorted(self.pools.items())
+        return [self._group_info(pool_name, group, members)
+                for pool_name, pl in pools for group, members in sorted(pl.groups().items())]
+
+    def show_snapshot_group(self, group: str, pool: str | None = None) -> dict[str, Any]:
+        pool_name, members = self._group_members(group, pool)
+        return self._group_info(pool_name, group, members)
+
+    async def create_snapshot_group(self, group: str, volumes: Iterable[str],
+                                    pool: str | None = None) -> dict[str, Any]:
+        """Snapshot ``volumes`` (all in one pool) at one instant as group ``group``: volume V
+        gets the snapshot ``V@group``, in the tenant of V."""
+        if not isinstance(group, str) or not group:
+            raise invalid("a snapshot group name must be a non-empty string")
+        names = list(volumes)
+        if not names:
+            raise invalid("a snapshot group needs at least one volume")
+        async with self._mutation():
+            found = [self._find(name, pool) for name in names]
+            pools = sorted({p for p, _ in found})
+            if len(pools) > 1:
+                raise invalid(f"a snapshot group's volumes must be in one pool, not "
+                              f"{', '.join(pools)}")
+            pool_name = pools[0]
+            vols = [v for _, v in found]
+            try:
+                snaps = await self.pools[pool_name].snapshot_group(group, vols)
+            except StoreError as exc:
+                raise from_store_error(exc) from None
+            rows = [VolumeRecord(pool_name, str(s.uuid),
+                                 self._tenant_of(pool_name, str(v.uuid)))
+                    for v, s in zip(vols, snaps)]
+            try:
+                with self.state.transaction():
+                    for row in rows:
+                        self.state.put_volume(row)
+            except Exception:
+                await self.pools[pool_name].delete_group(group)  # compensate: all or nothing
+                raise
+            for row in rows:
+                self._volumes[(pool_name, row.uuid)] = row
+                self._notify(PolicyChange("volume", row.tenant, None, pool_name, row.uuid))
+            log.info("created snapshot group %s/%s of %s", pool_name, group, ", ".join(names))
+            return self._group_info(pool_name, group, snaps)
+
+    async def delete_snapshot_group(self, group: str, pool: str | None = None, *,
+                                    force: bool = False) -> None:
+        """Delete every snapshot of the group. Exported members: refused unless ``force``,
+        which removes them from their exports first."""
+        async with self._mutation():
+            pool_name, members = self._group_members(group, pool)
+            exports = [(m, nqn, nsid) for m in members
+                       for nqn, nsid in self._exports_of(pool_name, str(m.uuid))]
+            if exports and not force:
+                where = ", ".join(f"{m.name} by {nqn} (nsid {nsid})" for m, nqn, nsid in exports)
+                raise ControlError(ErrorCode.FAILED_PRECONDITION,
+                                   f"snapshot group {group!r} is exported ({where}): remove "
+                                   f"them from their exports first or delete with --force")
+            removed = [self._unexport(nqn, nsid) for _, nqn, nsid in exports]
+            try:
+                await self.pools[pool_name].delete_group(group)
+            except BaseException as exc:
+                for nqn, ns in removed:
+                    self._reexport(nqn, ns)
+                if isinstance(exc, StoreError):
+                    raise from_store_error(exc) from None
+                raise
+            with self.state.transaction():
+                for m in members:
+                    self.state.remove_volume(pool_name, str(m.uuid))
+            for m in members:
+                uuid = str(m.uuid)
+                row = self._volumes.pop((pool_name, uuid), None)
+                self._stats.pop(uuid, None)
+                self._notify(PolicyChange("volume", row.tenant if row else DEFAULT_TENANT, None,
+                                          pool_name, uuid, deleted=True))
+            log.info("deleted snapshot group %s/%s (%d snapshots)", pool_name, group,
+                     len(members))
+
+    # === snapshot schedules (control.schedules runs them) ==========================================
+
+    async def sync_state(self) -> None:
+        """Make the state's committed changes durable (off the loop), for writers that run
+        outside an operation (the schedule runner)."""
+        await self._sync_state()
+
+    def volume_uuid(self, pool_name: str, name: str) -> str | None:
+        """The uuid of volume or snapshot ``name`` of ``pool_name``, or None."""
+        pool = self.pools.get(pool_name)
+        vol = _named(pool, name) if pool is not None else None
+        return str(vol.uuid) if vol is not None else None
+
+    def is_snapshot(self, pool_name: str, uuid: str) -> bool:
+        vol = self._volume_by_uuid(pool_name, uuid)
+        return vol is not None and vol.is_snapshot
+
+    def volume_name(self, pool_name: str, uuid: str) -> str | None:
+        vol = self._volume_by_uuid(pool_name, uuid)
+        return vol.name if vol is not None else None
+
+    def schedule_targets(self, rec: ScheduleRecord) -> list[tuple[str, str]] | None:
+        """(pool, volume name) of every volume ``rec`` snapshots now; None when its volume
+        is gone."""
+        if rec.volume_uuid is not None:
+            assert rec.pool is not None
+            name = self.volume_name(rec.pool, rec.volume_uuid)
+            return None if name is None else [(rec.pool, name)]
+        out = []
+        for (pool_name, uuid), row in sorted(self._volumes.items()):
+            if row.tenant != rec.tenant:
+                continue
+            vol = self._volume_by_uuid(pool_name, uuid)
+            if vol is not None and not vol.is_snapshot:
+                out.append((pool_name, vol.name))
+        return out
+
+    def schedule_info(self, rec: ScheduleRecord) -> dict[str, Any]:
+        taken = [s for s in self.state.scheduled_snapshots(rec.id)
+                 if s.uuid is not None and self.volume_name(s.pool, s.uuid) is not None]
+        return {
+            "id": rec.id, "every": format_every(rec.every_s), "every_s": rec.every_s,
+            "keep": rec.keep, "pool": rec.pool,
+            "volume": self.volume_name(rec.pool, rec.volume_uuid) if rec.volume_uuid and rec.pool
+            else None,
+            "tenant": rec.tenant,
+            "last_run": None if rec.last_run is None else time.strftime(
+                "%Y-%m-%dT%H:%M:%SZ", time.gmtime(rec.last_run)),
+            "snapshots": [self.volume_name(s.pool, s.uuid) for s in taken if s.uuid],
+        }
+
+    def list_schedules(self) -> list[dict[str, Any]]:
+        return [self.schedule_info(rec) for rec in self.state.schedules()]
+
+    async def add_schedule(self, every: object, keep: int, *, volume: str | None = None,
+                           tenant: str | None = None, pool: str | None = None
+                           ) -> dict[str, Any]:
+        """Snapshot ``volume`` (or every volume of ``tenant``) every ``every`` ("1h", "1d"),
+        keeping the newest ``keep`` the schedule took (per volume)."""
+        try:
+            every_s = parse_every(every)
+        except ValueError as exc:
+            raise invalid(str(exc)) from None
+        if type(keep) is not int or keep < 1:
+            raise invalid(f"keep must be a whole number of at least 1, not {keep!r}")
+        if (volume is None) == (tenant is None):
+            raise invalid("a schedule snapshots a volume or a tenant's volumes: give one")
+        async with self._mutation():
+            if volume is not None:
+                pool_name, vol = self._find(volume, pool)
+                if vol.is_snapshot:
+                    raise invalid(f"{volume!r} is a snapshot: schedule its volume instead")
+                rec = ScheduleRecord(0, every_s, keep, pool=pool_name,
+                                     volume_uuid=str(vol.uuid))
+            else:
+                tenant = self._tenant_name(tenant)
+                if tenant not in self._tenants:
+                    raise ControlError(ErrorCode.NOT_FOUND, f"no tenant named {tenant!r}")
+                rec = ScheduleRecord(0, every_s, keep, tenant=tenant)
+            rec = dataclasses.replace(rec, id=self.state.add_schedule(rec))
+            log.info("added snapshot schedule %d: %s every %s, keep %d", rec.id,
+                     volume or f"tenant {tenant}", format_every(every_s), keep)
+        if self.on_schedules_changed is not None:
+            self.on_schedules_changed()
+        return self.schedule_info(rec)
+
+    async def remove_schedule(self, schedule_id: int) -> None:
+        """Stop a schedule; the snapshots it took stay (as ordinary snapshots)."""
+        async with self._mutation():
+            if not any(r.id == schedule_id for r in self.state.schedules()):
+                raise ControlError(ErrorCode.NOT_FOUND, f"no snapshot schedule {schedule_id}")
+            self.state.remove_schedule(schedule_id)
+        if self.on_schedules_changed is not None:
+            self.on_schedules_changed()
 
     # === exports (subsystems), namespaces, hosts =================================================
 

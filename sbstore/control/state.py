@@ -26,6 +26,8 @@ Rules of this module:
   (0600) at every open; SQLite gives the -wal and -shm files the database file's mode. The
   table is created when missing, so a database made before it opens unchanged (no schema
   version change: older code ignores the extra table).
+- Snapshot schedules (tables ``schedules`` and ``schedule_snapshots``) are created at open when
+  missing, like ``host_auth``.
 - Used from the event loop's thread only (except :meth:`StateStore.sync`, which touches files,
   not the connection); each write is a few rows, fast enough to run inline.
 """
@@ -119,6 +121,35 @@ class TenantRecord:
 
 
 @dataclass(frozen=True)
+class ScheduleRecord:
+    """Snapshot ``(pool, volume_uuid)`` (or every volume of ``tenant``) every ``every_s``
+    seconds, keeping the newest ``keep`` it took per volume. ``last_run``: when it last ran
+    (seconds since the epoch; None: never)."""
+
+    id: int
+    every_s: int
+    keep: int
+    pool: str | None = None
+    volume_uuid: str | None = None
+    tenant: str | None = None
+    last_run: float | None = None
+
+
+@dataclass(frozen=True)
+class ScheduledSnapshot:
+    """A snapshot schedule ``schedule`` took (or is taking) of volume ``origin_uuid`` at
+    ``taken``, named ``name`` when taken. ``uuid`` None: intended, not known to be taken yet
+    (written before the snapshot is, so a crash cannot leave a snapshot no schedule keeps)."""
+
+    schedule: int
+    pool: str
+    name: str
+    uuid: str | None
+    origin_uuid: str
+    taken: float
+
+
+@dataclass(frozen=True)
 class VolumeRecord:
     """A volume's tenant and its own limits (None: only the tenant's apply)."""
 
@@ -179,6 +210,26 @@ CREATE TABLE IF NOT EXISTS host_auth (
         ON DELETE CASCADE)"""
 SECRET_FILE_MODE = 0o600
 
+# Snapshot schedules (added after schema version 1; created at open when missing, ignored by
+# older code): what to snapshot (a volume, or every volume of a tenant), how often, how many
+# to keep; and which snapshots each schedule took (retention counts those, per origin volume).
+_SCHEDULE_TABLES = (
+    """CREATE TABLE IF NOT EXISTS schedules (
+    id INTEGER PRIMARY KEY,
+    pool TEXT, volume_uuid TEXT,
+    tenant TEXT REFERENCES tenants (name) ON DELETE CASCADE,
+    every_s INTEGER NOT NULL CHECK (every_s > 0),
+    keep INTEGER NOT NULL CHECK (keep >= 1),
+    last_run REAL,
+    CHECK ((volume_uuid IS NULL) <> (tenant IS NULL)),
+    CHECK ((volume_uuid IS NULL) = (pool IS NULL)))""",
+    """CREATE TABLE IF NOT EXISTS schedule_snapshots (
+    schedule INTEGER NOT NULL REFERENCES schedules (id) ON DELETE CASCADE,
+    pool TEXT NOT NULL, name TEXT NOT NULL, uuid TEXT,
+    origin_uuid TEXT NOT NULL, taken REAL NOT NULL,
+    UNIQUE (schedule, pool, name))""",
+)
+
 DEFAULT_TENANT = "default"
 _ANA_TABLE = next(x for x in _SCHEMA.split(";") if "ana_states" in x)
 
@@ -209,6 +260,8 @@ class StateStore:
             self._db.execute("PRAGMA synchronous = FULL")
             self._init_schema()
             self._db.execute(_HOST_AUTH_TABLE)
+            for table in _SCHEDULE_TABLES:
+                self._db.execute(table)
             self._restrict_mode()  # the -wal and -shm files WAL mode just made
         except sqlite3.DatabaseError as exc:
             self._db.close()
@@ -506,6 +559,56 @@ class StateStore:
 
     def remove_volume(self, pool: str, uuid: str) -> None:
         self._write("DELETE FROM volumes WHERE pool = ? AND uuid = ?", (pool, uuid))
+
+    # --- snapshot schedules -------------------------------------------------------------------
+
+    def schedules(self) -> list[ScheduleRecord]:
+        return [ScheduleRecord(id=r[0], every_s=r[1], keep=r[2], pool=r[3], volume_uuid=r[4],
+                               tenant=r[5], last_run=r[6])
+                for r in self._db.execute(
+                    "SELECT id, every_s, keep, pool, volume_uuid, tenant, last_run "
+                    "FROM schedules ORDER BY id")]
+
+    def add_schedule(self, rec: ScheduleRecord) -> int:
+        """Store a new schedule (``rec.id`` is ignored); returns its id."""
+        cur = self._write("INSERT INTO schedules (every_s, keep, pool, volume_uuid, tenant, "
+                          "last_run) VALUES (?, ?, ?, ?, ?, ?)",
+                          (rec.every_s, rec.keep, rec.pool, rec.volume_uuid, rec.tenant,
+                           rec.last_run))
+        return int(cur.lastrowid or 0)
+
+    def remove_schedule(self, schedule_id: int) -> None:
+        self._write("DELETE FROM schedules WHERE id = ?", (schedule_id,))
+
+    def set_schedule_run(self, schedule_id: int, when: float) -> None:
+        self._write("UPDATE schedules SET last_run = ? WHERE id = ?", (when, schedule_id))
+
+    def scheduled_snapshots(self, schedule_id: int | None = None) -> list[ScheduledSnapshot]:
+        """What ``schedule_id`` (None: every schedule) took, oldest first."""
+        where, params = ("WHERE schedule = ?", (schedule_id,)) if schedule_id is not None \
+            else ("", ())
+        return [ScheduledSnapshot(*r) for r in self._db.execute(
+            f"SELECT schedule, pool, name, uuid, origin_uuid, taken FROM schedule_snapshots "
+            f"{where} ORDER BY taken, name", params)]
+
+    def add_scheduled_snapshot(self, rec: ScheduledSnapshot) -> None:
+        self._write("INSERT OR IGNORE INTO schedule_snapshots VALUES (?, ?, ?, ?, ?, ?)",
+                    (rec.schedule, rec.pool, rec.name, rec.uuid, rec.origin_uuid, rec.taken))
+
+    def set_scheduled_snapshot_uuid(self, pool: str, name: str, uuid: str) -> None:
+        """The intended snapshot ``name`` of ``pool`` is taken: it is ``uuid``."""
+        self._write("UPDATE schedule_snapshots SET uuid = ? WHERE pool = ? AND name = ? AND "
+                    "uuid IS NULL", (uuid, pool, name))
+
+    def forget_scheduled_snapshot(self, schedule_id: int | None, pool: str, name: str,
+                                  uuid: str | None) -> None:
+        """``schedule_id`` no longer keeps the snapshot (None: no schedule does)."""
+        where = "pool = ? AND name = ? AND uuid IS ?"
+        params: tuple[Any, ...] = (pool, name, uuid)
+        if schedule_id is not None:
+            where += " AND schedule = ?"
+            params += (schedule_id,)
+        self._write(f"DELETE FROM schedule_snapshots WHERE {where}", params)
 
     # --- whole-state views (tests, diagnostics) -----------------------------------------------
 

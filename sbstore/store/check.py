@@ -5,7 +5,8 @@ What is verified, from the newest usable superblock:
 - every metadata page reachable from it: inside the metadata area, its checksum as recorded
   by its parent, and used by one owner (only map leaves may be shared, by snapshots);
 - every volume record (flags, sizes, unique ids and names, parent exists and is a snapshot, no
-  cycle in the lineage);
+  cycle in the lineage; snapshot groups: only snapshots, one name per group and one group per
+  name);
 - every map entry: a data cluster of this pool, named at most once per volume, and shared only
   between volumes of one family (the lineage a volume was created in: snapshots and clones
   inherit it), so no volume can read an unrelated volume's data;
@@ -306,6 +307,22 @@ def _check_generation(backing: Backing, sb: Superblock, report: CheckReport,
             cur = parent
         component[rec.id] = rec.family or cur.id
 
+    # Snapshot groups: one name per group id and one group id per name (the members of one
+    # group snapshot were taken together; record_problem has checked each member alone).
+    group_names: dict[int, str] = {}
+    group_ids: dict[str, int] = {}
+    for rec in by_id.values():
+        if rec.flags & VOL_DYING or not rec.group_id:
+            continue
+        if group_names.setdefault(rec.group_id, rec.group) != rec.group:
+            report.problems.append(f"snapshot group {rec.group_id} is named both "
+                                   f"{group_names[rec.group_id]!r} and {rec.group!r}")
+            report.unrepairable += 1
+        if group_ids.setdefault(rec.group, rec.group_id) != rec.group_id:
+            report.problems.append(f"two snapshot groups are named {rec.group!r} (ids "
+                                   f"{group_ids[rec.group]} and {rec.group_id})")
+            report.unrepairable += 1
+
     # Maps: walk every volume, count each distinct leaf page once.
     n = sb.n_clusters
     computed = array("I", bytes(4 * n))
@@ -413,6 +430,7 @@ def _check_generation(backing: Backing, sb: Superblock, report: CheckReport,
         "volumes": sum(1 for r in by_id.values() if not r.flags & (VOL_SNAPSHOT | VOL_DYING)),
         "snapshots": sum(1 for r in by_id.values()
                          if r.flags & VOL_SNAPSHOT and not r.flags & VOL_DYING),
+        "snapshot_groups": len(group_names),
         "mapped_clusters": total_mapped, "leaked_clusters": leaked,
         "undercounted_clusters": low,
     }

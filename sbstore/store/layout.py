@@ -43,6 +43,7 @@ VOLREC_SIZE = 256
 VOLRECS_PER_PAGE = PAGE_SIZE // VOLREC_SIZE  # 16
 MAX_VOLUME_RECORDS = PTRS_PER_PAGE * VOLRECS_PER_PAGE  # 8192
 NAME_MAX_BYTES = 128
+GROUP_NAME_MAX_BYTES = 48  # a snapshot group's name, kept in each member's record
 
 # Volume record flags.
 VOL_SNAPSHOT = 0x1  # read-only; its data never changes
@@ -250,6 +251,9 @@ _VOLREC = struct.Struct(
     "H"     # name length
     f"{NAME_MAX_BYTES}s"
     "Q"     # family: id of the first volume of its lineage (0: not recorded, pre-family pools)
+    "I"     # snapshot group id: the id of the group's first member (0: in no group)
+    "B"     # snapshot group name length
+    f"{GROUP_NAME_MAX_BYTES}s"
 )
 assert _VOLREC.size <= VOLREC_SIZE
 
@@ -271,30 +275,42 @@ class VolumeRecord:
     # inherit it). Volumes of one family may share clusters; no others may. It outlives the
     # lineage's snapshots, so two clones stay related when the snapshot between them is gone.
     family: int = 0
+    # Snapshot groups (taken at one instant, in one commit): every member records the group's
+    # id (its first member's id, so never reused) and name. 0 / "": in no group.
+    group_id: int = 0
+    group: str = ""
 
 
 def push_volume_record(rec: VolumeRecord, buf: bytearray, offset: int) -> None:
     name_b = rec.name.encode()
     if len(name_b) > NAME_MAX_BYTES:
         raise ValueError("volume name too long")
+    group_b = rec.group.encode()
+    if len(group_b) > GROUP_NAME_MAX_BYTES:
+        raise ValueError("snapshot group name too long")
     buf[offset:offset + VOLREC_SIZE] = bytes(VOLREC_SIZE)
     _VOLREC.pack_into(buf, offset, rec.id, rec.flags, rec.size_bytes, rec.block_size,
                       rec.parent_id, rec.created_ns, rec.uuid.bytes, rec.root, rec.root_crc,
-                      rec.mapped, len(name_b), name_b, rec.family)
+                      rec.mapped, len(name_b), name_b, rec.family, rec.group_id, len(group_b),
+                      group_b)
 
 
 def pull_volume_record(data: bytes | bytearray | memoryview, offset: int) -> VolumeRecord | None:
     """The record at ``offset``, or None for an empty slot. Raises ValueError if malformed."""
     (vid, flags, size, bs, parent, created, uuid_b, root, root_crc, mapped, name_len,
-     name_b, family) = _VOLREC.unpack_from(data, offset)
+     name_b, family, group_id, group_len, group_b) = _VOLREC.unpack_from(data, offset)
     if vid == 0:
         return None
     if name_len > NAME_MAX_BYTES:
         raise ValueError(f"volume record {vid}: name length {name_len}")
+    if group_len > GROUP_NAME_MAX_BYTES:
+        raise ValueError(f"volume record {vid}: group name length {group_len}")
     return VolumeRecord(id=vid, flags=flags, size_bytes=size, block_size=bs, parent_id=parent,
                         created_ns=created, uuid=uuid_mod.UUID(bytes=uuid_b), root=root,
                         root_crc=root_crc, mapped=mapped,
-                        name=name_b[:name_len].decode("utf-8", "replace"), family=family)
+                        name=name_b[:name_len].decode("utf-8", "replace"), family=family,
+                        group_id=group_id,
+                        group=group_b[:group_len].decode("utf-8", "replace"))
 
 
 # --- geometry helpers -------------------------------------------------------------------------

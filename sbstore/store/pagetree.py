@@ -93,6 +93,25 @@ class PageTree:
         self.dir_crc.frombytes(bytes(4 * (dirs - len(self.dir_crc))))
         self.n_entries = n_entries
 
+    def shrink(self, n_entries: int) -> None:
+        """Keep only the first ``n_entries`` entries. The caller has already dropped every
+        leaf past them (:meth:`drop_leaf`, their page references dealt with); the directory
+        pages past them are released here, and the root is rewritten at the next commit."""
+        leaves, dirs = tree_shape(n_entries)
+        assert all(j < leaves for j in self.dirty), "dirty leaves past the new end"
+        del self.leaf_loc[leaves:]
+        del self.leaf_crc[leaves:]
+        for d in range(dirs, len(self.dir_loc)):
+            if self.dir_loc[d]:
+                self.meta.unref(self.dir_loc[d])
+        del self.dir_loc[dirs:]
+        del self.dir_crc[dirs:]
+        self.dirs_dirty = {d for d in self.dirs_dirty if d < dirs}
+        self.n_entries = n_entries
+        if not self.root_dirty:
+            self.root_dirty = True
+            self.meta.planned += 1
+
     def mark_dir(self, d: int) -> None:
         """Directory ``d`` (and so the root) must be rewritten at the next commit."""
         if d not in self.dirs_dirty:

@@ -40,6 +40,8 @@ not block the event loop; create/open/close are plain calls for startup, shutdow
     pool.volume_by_uuid(uuid); pool.stats() -> PoolStats
     vol = await pool.create_volume(name, size_bytes, block_size=512)
     snap = await vol.snapshot(name)            # or await pool.snapshot(vol, name)
+    snaps = await pool.snapshot_group(group, [vol, ...])  # one instant: "<vol>@<group>" each
+    pool.groups() -> {group: [snapshots]};  await pool.delete_group(group)
     clone = await pool.clone(snap, name)
     await pool.delete(name_or_volume)          # a snapshot's dependents keep their data
     await pool.inflate(name_or_volume, progress=None)  # independent of its snapshots
@@ -47,7 +49,7 @@ not block the event loop; create/open/close are plain calls for startup, shutdow
     vol, snap = await pool.finish_import(hidden, name, snapshot_name=, snapshot_uuid=, base=)
     await pool.abandon_import(hidden)          # (sbstore.store.transfer drives these three)
     await pool.revert(volume, snapshot)        # snapshot must be in the volume's history
-    await vol.resize(new_size_bytes); await vol.rename(new_name)
+    await vol.resize(new_size_bytes, shrink=False); await vol.rename(new_name)
     await pool.flush()                         # commit now
     vol.parent, vol.children, vol.allocated_bytes, vol.uuid, vol.info()
 
@@ -87,6 +89,8 @@ from .errors import (
 from .guard import ReuseGuard
 from .layout import (
     DEFAULT_CLUSTER_SIZE,
+    GROUP_NAME_MAX_BYTES,
+    LEAF_ENTRIES,
     LEAF_SHIFT,
     MANIFEST_ENTRIES_PER_PAGE,
     MAX_TREE_ENTRIES,
@@ -658,6 +662,99 @@ class Pool:
             await self.flush()
             return snap
 
+    async def snapshot_group(self, group: str, volumes: Sequence[Volume | str]) -> list[Volume]:
+        """Snapshot several volumes at one instant, as the group ``group``: volume V gets the
+        snapshot ``V@group`` (the snapshots in the order of ``volumes``).
+
+        Every member's gate closes and its writes in flight finish before any snapshot is
+        taken, and all of them are taken in one transaction and one commit. So a write issued
+        after another write completed is in the group only if that one is too, whichever
+        volumes they hit; and a crash leaves all of the snapshots or none. Each member's record
+        names the group (id and name), so the pool alone knows its groups (``check`` verifies
+        them; no other state is needed to list or delete a group)."""
+        self._writable()
+        check_group_name(group)
+        async with self._mgmt_lock:
+            vols = [self._resolve(v) for v in volumes]
+            if not vols:
+                raise InvalidArgument("a snapshot group needs at least one volume")
+            if len({v.id for v in vols}) != len(vols):
+                raise InvalidArgument("a volume is named twice in the snapshot group")
+            for v in vols:
+                if v.is_snapshot:
+                    raise InvalidArgument(f"{v.name!r} is a snapshot; clone it to get a volume "
+                                          f"you can snapshot")
+                self._check_not_busy(v)
+            if group in self.groups():
+                raise AlreadyExists(f"a snapshot group named {group!r} already exists")
+            names = [f"{v.name}@{group}" for v in vols]
+            for name in names:
+                self._check_new_name(name)
+            free_slots = self._slots.count(None) + MAX_VOLUME_RECORDS - len(self._slots)
+            if free_slots < len(vols):
+                raise NoSpace(f"the pool holds at most {MAX_VOLUME_RECORDS} volumes and "
+                              f"snapshots; {free_slots} more fit")
+            quiesced: list[Volume] = []
+            try:
+                # Close every gate first, then wait for each volume's writes in flight: once
+                # all are drained, nothing any member acknowledges can be missing.
+                for v in vols:
+                    await v.quiesce()
+                    quiesced.append(v)
+                await self._make_room(
+                    lambda: (0, sum(self._share_cost(v) + 2 for v in vols)))
+                vols = [self._resolve(v) for v in vols]
+                for name in names:
+                    self._check_new_name(name)
+                # From here to the commit, nothing awaits: one transaction.
+                group_id = self._next_id
+                snaps = []
+                for v, name in zip(vols, names):
+                    snap = self._add_volume(name, VOL_SNAPSHOT, v.size_bytes, v.block_size,
+                                            v.parent_id, v.family)
+                    snap.group_id, snap.group = group_id, group
+                    self._share_tree(v, snap)
+                    v.parent_id = snap.id
+                    self._record_changed(v)
+                    snaps.append(snap)
+            finally:
+                for v in quiesced:
+                    v.reopen()
+            await self.flush()
+            return snaps
+
+    def groups(self) -> dict[str, list[Volume]]:
+        """Snapshot groups by name, each with its snapshots (in id order). A member deleted
+        on its own leaves the others in the group."""
+        out: dict[str, list[Volume]] = {}
+        for v in self.volumes:
+            if v.group_id:
+                out.setdefault(v.group, []).append(v)
+        return out
+
+    async def delete_group(self, group: str) -> list[str]:
+        """Delete every snapshot of the group (each as :meth:`delete` would: whatever depends
+        on it keeps its data). All are flagged DYING in one commit, so a crash leaves the whole
+        group or none of it. Returns the names of the snapshots deleted."""
+        self._writable()
+        async with self._mgmt_lock:
+            members = self.groups().get(group)
+            if not members:
+                raise NotFound(f"no snapshot group named {group!r}")
+            for m in members:
+                self._check_not_busy(m)
+            await self._make_room(lambda: (0, 2), reserve=False)
+            members = [self._resolve(m) for m in members]
+            for m in members:
+                for child in self._children_of(m.id):
+                    child.parent_id = m.parent_id
+                    self._record_changed(child)
+                self._make_dying(m)
+            await self.flush()  # the intent is durable for all of them
+        for m in members:
+            await self._drain(m)
+        return [m.name for m in members]
+
     async def clone(self, snapshot: Volume | str, name: str) -> Volume:
         """A writable volume sharing ``snapshot``'s data."""
         self._writable()
@@ -776,8 +873,10 @@ class Pool:
         finally:
             self._busy.pop(vol.id, None)
 
-    async def resize(self, volume: Volume | str, new_size_bytes: int) -> None:
-        """Grow a volume; the new blocks read as zeroes. Shrinking is refused."""
+    async def resize(self, volume: Volume | str, new_size_bytes: int, *,
+                     shrink: bool = False) -> None:
+        """Grow a volume; the new blocks read as zeroes. Shrinking only with ``shrink``: the
+        clusters past the new end are released (snapshots keep theirs)."""
         self._writable()
         async with self._mgmt_lock:
             vol = self._resolve(volume)
@@ -786,8 +885,12 @@ class Pool:
             self._check_not_busy(vol)
             self._check_size(new_size_bytes, vol.block_size)
             if new_size_bytes < vol.size_bytes:
-                raise InvalidArgument(f"shrinking {vol.name!r} from {vol.size_bytes} to "
-                                      f"{new_size_bytes} bytes is not supported")
+                if not shrink:
+                    raise InvalidArgument(f"shrinking {vol.name!r} from {vol.size_bytes} to "
+                                          f"{new_size_bytes} bytes discards the data past the "
+                                          f"new end: ask for it explicitly (--force)")
+                await self._shrink(vol, new_size_bytes)
+                return
             if new_size_bytes == vol.size_bytes:
                 return
             await self._make_room(lambda: (0, 2))
@@ -798,6 +901,77 @@ class Pool:
             vol._set_size(new_size_bytes)
             self._record_changed(vol)
             await self.flush()
+
+    async def _shrink(self, vol: Volume, size: int) -> None:
+        """Cut ``vol`` to ``size`` bytes (the management lock is held). Its gate is closed and
+        its writes drained first; the rest of the last cluster past the new end is zeroed (a
+        later grow must read zeroes there); then, in one transaction, every map entry past
+        the end is dropped, and the size changes. A crash before the commit leaves the old
+        size (with that tail zeroed, like any write not yet flushed)."""
+        await vol.quiesce()
+        try:
+            vol._load_map()
+            csize = self.cluster_size
+            tail_end = min(vol.size_bytes, ceil_div(size, csize) * csize)
+            if tail_end > size:
+                await vol._write_span(size, None, tail_end - size, True)
+            await self._make_room(lambda: (0, self._shrink_cost(vol, size)))
+            vol = self._resolve(vol)
+            self._cut_map(vol, size)
+            self._record_changed(vol)
+        finally:
+            vol.reopen()
+        await self.flush()
+
+    def _shrink_cost(self, vol: Volume, size: int) -> int:
+        """Metadata pages cutting ``vol``'s map at ``size`` may take (pessimistic)."""
+        m = vol._map
+        assert m is not None
+        n_new = ceil_div(size, self.cluster_size)
+        touched = {e >> LEAF_SHIFT for e in m[n_new:] if e}
+        pages = 2 * len(touched - self._space.tree.dirty) + len(vol.tree.dir_loc) + 4
+        j = n_new >> LEAF_SHIFT
+        if n_new % LEAF_ENTRIES:
+            pages += 1 + self._unshare_cost(vol, j)
+        return pages
+
+    def _cut_map(self, vol: Volume, size: int) -> None:
+        """Drop every map entry of ``vol`` past ``size`` bytes and shrink its tree (no await).
+
+        A private leaf (dirty, or whose page only this map names) drops its clusters'
+        references; a leaf page other maps share keeps them (a reference is per leaf), but its
+        clusters become *unstable*: the durable state still gives this volume that leaf, so
+        until the commit no one may write them in place."""
+        m = vol._map
+        assert m is not None
+        t, meta = vol.tree, self._meta
+        n_new = ceil_div(size, self.cluster_size)
+        n_old = len(m)
+        first_gone = ceil_div(n_new, LEAF_ENTRIES)  # leaves from here on go whole
+        if n_new % LEAF_ENTRIES:
+            for ci in range(n_new, min(n_old, first_gone << LEAF_SHIFT)):
+                if m[ci]:
+                    self.set_mapping(vol, ci, 0)
+        for j in range(first_gone, t.n_leaves):
+            entries = [e for e in m[j << LEAF_SHIFT:(j + 1) << LEAF_SHIFT] if e]
+            loc = t.leaf_loc[j]
+            if j in t.dirty:
+                private = True
+            elif loc:
+                private = meta.unref(loc)
+            else:
+                continue  # never written
+            if private:
+                for e in entries:
+                    self._drop_ref(e)
+            else:
+                self._unstable.update(entries)
+            vol.mapped -= len(entries)
+            t.drop_leaf(j)
+        t.shrink(n_new)
+        del m[n_new:]
+        vol._set_size(size)
+        self._note_change()
 
     async def rename(self, volume: Volume | str, new_name: str) -> None:
         self._writable()
@@ -1622,6 +1796,17 @@ def check_name(name: str) -> None:
                               f"control characters")
 
 
+def check_group_name(name: str) -> None:
+    if not isinstance(name, str) or not name:
+        raise InvalidArgument("a snapshot group name must be a non-empty string")
+    if len(name.encode()) > GROUP_NAME_MAX_BYTES:
+        raise InvalidArgument(f"snapshot group name {name[:20]!r}... is longer than "
+                              f"{GROUP_NAME_MAX_BYTES} bytes")
+    if any(ch.isspace() or ch in "/\\@" or not ch.isprintable() for ch in name):
+        raise InvalidArgument(f"snapshot group name {name!r} may not contain spaces, slashes, "
+                              f"'@' or control characters")
+
+
 def record_problem(rec: VolumeRecord, cluster_size: int) -> str | None:
     """Why a volume record cannot be right, or None."""
     what = f"volume record {rec.id} ({rec.name!r})"
@@ -1633,4 +1818,8 @@ def record_problem(rec: VolumeRecord, cluster_size: int) -> str | None:
         return f"{what} has size {rec.size_bytes}"
     if ceil_div(rec.size_bytes, cluster_size) > MAX_TREE_ENTRIES:
         return f"{what} is larger than a map can be"
+    if bool(rec.group_id) != bool(rec.group):
+        return f"{what} has group id {rec.group_id} and group name {rec.group!r}"
+    if rec.group_id and not rec.flags & VOL_SNAPSHOT:
+        return f"{what} is in snapshot group {rec.group!r} but is not a snapshot"
     return None

@@ -102,6 +102,8 @@ class Volume:
         self._size = rec.size_bytes
         self.parent_id = rec.parent_id
         self.family = rec.family  # the lineage it belongs to (layout.VolumeRecord.family)
+        self.group_id = rec.group_id  # its snapshot group (0: none), and the group's name
+        self.group = rec.group
         self.created_ns = rec.created_ns
         self.mapped = rec.mapped
         self.tree = tree
@@ -199,9 +201,9 @@ class Volume:
         """A read-only, instant snapshot of this volume's current data."""
         return await self._owner.snapshot(self, name)
 
-    async def resize(self, new_size_bytes: int) -> None:
-        """Grow the volume (shrinking is refused)."""
-        await self._owner.resize(self, new_size_bytes)
+    async def resize(self, new_size_bytes: int, *, shrink: bool = False) -> None:
+        """Grow the volume; shrink it only with ``shrink`` (the data past the end goes)."""
+        await self._owner.resize(self, new_size_bytes, shrink=shrink)
 
     async def rename(self, new_name: str) -> None:
         await self._owner.rename(self, new_name)
@@ -211,7 +213,7 @@ class Volume:
                             block_size=self._bs, parent_id=self.parent_id,
                             created_ns=self.created_ns, uuid=self._uuid, root=self.tree.root,
                             root_crc=self.tree.root_crc, mapped=self.mapped, name=self._name,
-                            family=self.family)
+                            family=self.family, group_id=self.group_id, group=self.group)
 
     # --- map ----------------------------------------------------------------------------------
 
@@ -385,6 +387,8 @@ class Volume:
             await self._pass_gate()
             if self._dead:
                 raise NotFound(f"volume {self._name!r} was deleted")
+            if lba + n // bs > self._nblocks:  # shrunk (or reverted) while we waited
+                raise self._io_error(lba, n, True)
         off = lba * bs
         co = off & self._cmask
         self._writes += 1
@@ -636,6 +640,8 @@ class Volume:
             self._load_map()
         if self._gate is not None:
             await self._pass_gate()
+            if off + n > self._size:  # shrunk (or reverted) while we waited
+                raise self._io_error(off // self._bs, n, True)
         csize = self._csize
         end = off + n
         # Work one slice of leaves at a time so a huge range does not stall the event loop.

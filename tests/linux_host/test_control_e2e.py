@@ -19,7 +19,9 @@ that one did not pass, rather than failing obscurely.
 9. the host's controller reconnects by itself and both namespaces read back the same bytes;
    writing to the clone then leaves the volume alone (copy on write through the host); a file
    written, deleted and fstrim'd gives its space back (du of the pool file, NUSE); the snapshot
-   both came from is deleted and neither changes;
+   both came from is deleted and neither changes; a group snapshot of the volume and the clone
+   is taken and deleted as a group; the clone shrunk with --force: the host sees its new size
+   without reconnecting;
 10. CLI: everything removed again, nothing left allocated in the pool, nor on its file;
     `sbstore check` of the pool file is clean.
 
@@ -492,6 +494,40 @@ def test_snapshot_with_two_children_is_deleted(flow: Flow) -> None:
     parents = {v["name"]: v["parent"] for v in flow.cli("volume", "list", "--all")}
     assert parents == {VOLUME: None, CLONE: None}, parents
     flow.passed.add("snapshot-delete")
+
+
+def _sectors(vm: LinuxHostVM, dev: str) -> int:
+    name = dev.rsplit("/", 1)[1]
+    return int(vm.exec(f"cat /sys/block/{name}/size", timeout=30).output.strip())
+
+
+def test_group_snapshot_and_shrink_seen_by_the_host(flow: Flow) -> None:
+    """CLI: a group snapshot of the volume and the clone (one instant), deleted as a group;
+    then the clone shrunk with --force: the connected host sees the new size (the Namespace
+    Attribute Changed event makes it rescan) and the part that stays reads the same."""
+    flow.need("reconnect")
+    vm = flow.vm
+    group = flow.cli("snapshot", "create", "--group", "e2e", VOLUME, CLONE)
+    assert [s["name"] for s in group["snapshots"]] == [f"{VOLUME}@e2e", f"{CLONE}@e2e"]
+    assert [g["name"] for g in flow.cli("snapshot", "groups")] == ["e2e"]
+    flow.cli("snapshot", "delete", "--group", "e2e")
+    assert flow.cli("snapshot", "groups") == []
+    clone = flow.devices[2]
+    keep_mib = VOLUME_MIB // 2
+    head = f"dd if={shlex.quote(clone)} bs=1M count={keep_mib} iflag=direct 2>/dev/null"
+    before = vm.exec(f"set -o pipefail; {head} | sha256sum", timeout=120)
+    assert before.rc == 0, before.output
+    assert _sectors(vm, clone) == VOLUME_MIB * MiB // 512
+    refused = flow.daemon.cli("volume", "resize", CLONE, "--size", f"{keep_mib}M")
+    assert refused.rc == 1, "shrinking without --force was not refused"
+    flow.cli("volume", "resize", CLONE, "--size", f"{keep_mib}M", "--force")
+    deadline = time.monotonic() + 15
+    while _sectors(vm, clone) != keep_mib * MiB // 512 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _sectors(vm, clone) == keep_mib * MiB // 512, "the host did not see the shrink"
+    after = vm.exec(f"set -o pipefail; {head} | sha256sum", timeout=120)
+    assert after.rc == 0 and after.output == before.output, "the kept part changed"
+    flow.passed.add("shrink")
 
 
 # --- 10. clean up ---------------------------------------------------------------------------

@@ -13,6 +13,10 @@ management operation completed). Lines:
     S seq vol snap / SD seq      snapshot started / done
     C seq snap clone / CD seq    clone started / done
     D seq name / DD seq        delete started / done
+    G seq group vol... / GD seq  group snapshot (vol@group each) started / done
+    X seq group / XD seq       group deletion started / done
+    T seq vol lba n, then R seq+1 vol blocks / RD seq+1
+                               resize to blocks (a shrink zeroes what it drops first)
 """
 from __future__ import annotations
 
@@ -90,6 +94,32 @@ async def workload(pool: Pool, rng: random.Random, seq: int, say: Callable[[str]
                 say(f"F {seq}")
         elif r < 0.95:
             await pool.flush()
+            say(f"F {seq}")
+        elif r < 0.955 and len(snaps) < 5:
+            members = rng.sample(vols, min(len(vols), rng.choice([2, 2, 3])))
+            group = f"g{seq}"
+            say(f"G {seq} {group} " + " ".join(v.name for v in members))
+            await pool.snapshot_group(group, members)
+            seq += 1
+            say(f"GD {seq - 1}")
+            say(f"F {seq}")
+        elif r < 0.96 and pool.groups():
+            group = rng.choice(sorted(pool.groups()))
+            say(f"X {seq} {group}")
+            await pool.delete_group(group)
+            seq += 1
+            say(f"XD {seq - 1}")
+            say(f"F {seq}")
+        elif r < 0.965:
+            v = rng.choice(vols)
+            blocks = rng.randrange(1 << 20, 2 << 20, BS) // BS  # 1..2 MiB, not cluster-aligned
+            if blocks < v.num_blocks:
+                say(f"T {seq} {v.name} {blocks} {v.num_blocks - blocks}")
+                seq += 1
+            say(f"R {seq} {v.name} {blocks}")
+            await v.resize(blocks * BS, shrink=True)
+            seq += 1
+            say(f"RD {seq - 1}")
             say(f"F {seq}")
         elif r < 0.97 and len(snaps) < 6:
             v = rng.choice(vols)

@@ -1,6 +1,7 @@
 """Stateful property test: random sequences of every pool operation against an in-memory model.
 
-The model keeps each volume's bytes in a bytearray and its lineage by name. Every read is
+The model keeps each volume's bytes in a bytearray, its lineage by name, and the snapshot
+groups (group snapshots, group deletion, and shrinking are among the operations). Every read is
 compared; after every step the names, kinds, sizes and parents must match. "crash" closes the
 pool without committing and reopens it: blocks written since the last flush may then read as
 their durable value or as any value written since (a volatile write cache), every other block
@@ -59,6 +60,7 @@ class PoolMachine(RuleBasedStateMachine):
         self.counter = 0
         self.names = 0
         self.recent: list[tuple[str, int, int]] = []
+        self.groups: dict[str, list[str]] = {}  # snapshot group -> its members' names
 
     def run(self, coro):  # type: ignore[no-untyped-def]
         return self.loop.run_until_complete(coro)
@@ -203,7 +205,8 @@ class PoolMachine(RuleBasedStateMachine):
     def manage(self, data: st.DataObject) -> None:
         """One management operation (snapshots twice as often as the others)."""
         kind = data.draw(st.sampled_from(["snapshot", "snapshot", "clone", "delete", "inflate",
-                                          "revert", "grow", "rename"]), label="operation")
+                                          "revert", "grow", "rename", "group", "delete_group",
+                                          "shrink"]), label="operation")
         getattr(self, "op_" + kind)(data)
 
     def op_snapshot(self, data: st.DataObject) -> None:
@@ -216,6 +219,60 @@ class PoolMachine(RuleBasedStateMachine):
         self.model[snap] = MVol(snap=True, bs=mv.bs, data=bytearray(mv.data), parent=mv.parent)
         mv.parent = snap
         self.flushed()
+
+    def op_group(self, data: st.DataObject) -> None:
+        """Snapshot one to three volumes at one instant as a group."""
+        if not self.writable():
+            return
+        members = data.draw(st.lists(st.sampled_from(self.writable()), min_size=1, max_size=3,
+                                     unique=True), label="members")
+        self.names += 1
+        group = f"g{self.names}"
+        snaps = self.run(self.pool.snapshot_group(group, members))
+        assert [x.name for x in snaps] == [f"{m}@{group}" for m in members]
+        for m in members:
+            mv = self.model[m]
+            self.model[f"{m}@{group}"] = MVol(snap=True, bs=mv.bs, data=bytearray(mv.data),
+                                              parent=mv.parent)
+            mv.parent = f"{m}@{group}"
+        self.groups[group] = [f"{m}@{group}" for m in members]
+        self.flushed()
+
+    def op_delete_group(self, data: st.DataObject) -> None:
+        if not self.groups:
+            return
+        group = data.draw(st.sampled_from(sorted(self.groups)), label="group")
+        members = self.groups.pop(group)
+        assert sorted(self.run(self.pool.delete_group(group))) == sorted(members)
+        for name in members:
+            parent = self.model.pop(name).parent
+            for mv in self.model.values():
+                if mv.parent == name:
+                    mv.parent = parent
+        self.flushed()
+
+    def op_shrink(self, data: st.DataObject) -> None:
+        """Shrink to any whole number of blocks (the cut may fall inside a cluster)."""
+        candidates = [n for n in self.writable() if self.model[n].nblocks > 1]
+        if not candidates:
+            return
+        name = data.draw(st.sampled_from(candidates), label="volume")
+        mv = self.model[name]
+        blocks = data.draw(st.integers(1, mv.nblocks - 1), label="blocks")
+        self.run(self.pool.volume(name).resize(blocks * mv.bs, shrink=True))
+        del mv.data[blocks * mv.bs:]
+        for b in [b for b in mv.pending if b >= blocks]:
+            del mv.pending[b]
+        self.flushed()
+
+    def _forget_member(self, name: str, new: str | None = None) -> None:
+        """A group member deleted (``new`` None) or renamed alone."""
+        for group, members in list(self.groups.items()):
+            if name in members:
+                members[members.index(name)] = new  # type: ignore[call-overload]
+                self.groups[group] = [m for m in members if m is not None]
+                if not self.groups[group]:
+                    del self.groups[group]
 
     def op_clone(self, data: st.DataObject) -> None:
         if not self.snapshots():
@@ -231,6 +288,7 @@ class PoolMachine(RuleBasedStateMachine):
         name = data.draw(st.sampled_from(sorted(self.model)), label="victim")
         children = sorted(n for n, v in self.model.items() if v.parent == name)
         self.run(self.pool.delete(name))  # whatever depends on it keeps its data
+        self._forget_member(name)
         parent = self.model.pop(name).parent
         for c in children:
             self.model[c].parent = parent
@@ -275,6 +333,7 @@ class PoolMachine(RuleBasedStateMachine):
         name = data.draw(st.sampled_from(sorted(self.model)), label="volume")
         new = self.new_name()
         self.run(self.pool.rename(name, new))
+        self._forget_member(name, new)
         self.model[new] = self.model.pop(name)
         for mv in self.model.values():
             if mv.parent == name:
@@ -330,6 +389,8 @@ class PoolMachine(RuleBasedStateMachine):
             assert v.is_snapshot == mv.snap and v.block_size == mv.bs
             assert v.size_bytes == len(mv.data)
             assert (v.parent.name if v.parent else None) == mv.parent, name
+        groups = {g: sorted(x.name for x in members) for g, members in self.pool.groups().items()}
+        assert groups == {g: sorted(members) for g, members in self.groups.items()}
 
 
 TestPool = PoolMachine.TestCase
