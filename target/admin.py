@@ -79,7 +79,9 @@ from target.nvme.spec import (
     NSID_ALL,
     OFCS_DISCONNECT,
     ONCS_DSM,
+    ONCS_RESERVATIONS,
     ONCS_WRITE_ZEROES,
+    RESCAP_ALL,
     SGLS_OFFSET,
     SGLS_SUPPORTED,
     VWC_FLUSH_NSID_ALL,
@@ -105,7 +107,9 @@ SUPPORTED_ADMIN_OPCODES = (AdminOpcode.GET_LOG_PAGE, AdminOpcode.IDENTIFY, Admin
                            AdminOpcode.ASYNC_EVENT_REQUEST, AdminOpcode.KEEP_ALIVE,
                            AdminOpcode.FABRICS)
 SUPPORTED_IO_OPCODES = (IoOpcode.FLUSH, IoOpcode.WRITE, IoOpcode.READ, IoOpcode.WRITE_ZEROES,
-                        IoOpcode.DATASET_MANAGEMENT)
+                        IoOpcode.DATASET_MANAGEMENT, IoOpcode.RESERVATION_REGISTER,
+                        IoOpcode.RESERVATION_REPORT, IoOpcode.RESERVATION_ACQUIRE,
+                        IoOpcode.RESERVATION_RELEASE)
 WRITING_IO_OPCODES = (IoOpcode.WRITE, IoOpcode.WRITE_ZEROES, IoOpcode.DATASET_MANAGEMENT)
 AERL = 3  # Identify AERL, 0's based: four Asynchronous Event Requests may be outstanding
 ERROR_LOG_ENTRIES = 64  # Identify ELPE + 1: the Error Information log keeps the last 64
@@ -142,7 +146,7 @@ def identify_controller_data(ctrl: Controller) -> bytes:
         anagrpmax=MAX_ANA_GROUPS if io else 0, nanagrpid=MAX_ANA_GROUPS if io else 0,
         sqes=IOSQES << 4 | IOSQES, cqes=IOCQES << 4 | IOCQES, maxcmd=t.queue_entries,
         nn=sub.max_namespaces, mnan=sub.max_namespaces,
-        oncs=(ONCS_DSM | ONCS_WRITE_ZEROES) if io else 0,
+        oncs=(ONCS_DSM | ONCS_WRITE_ZEROES | ONCS_RESERVATIONS) if io else 0,
         vwc=(VWC_PRESENT | VWC_FLUSH_NSID_ALL) if io else 0,
         sgls=SGLS_SUPPORTED | SGLS_OFFSET,
         ioccsz=(64 + t.incapsule_data_size) // 16 if io else 0, iorcsz=1 if io else 0,
@@ -158,7 +162,7 @@ def identify_namespace_data(ns: Namespace) -> bytes:
     nuse = n if used is None else min(n, used)
     return push_identify_namespace(IdentifyNamespace(
         nsze=n, ncap=n, nuse=nuse, lbads=ns.lba_shift, nsfeat=NSFEAT_THIN_PROVISIONING,
-        nmic=NMIC_SHARED, dlfeat=DLFEAT_READ_ZEROES | DLFEAT_WRITE_ZEROES_DEAC,
+        nmic=NMIC_SHARED, rescap=RESCAP_ALL, dlfeat=DLFEAT_READ_ZEROES | DLFEAT_WRITE_ZEROES_DEAC,
         nvmcap=n * ns.block_size, anagrpid=ns.anagrpid, nguid=ns.nguid, eui64=ns.eui64))
 
 
