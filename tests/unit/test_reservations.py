@@ -20,7 +20,7 @@ from target.nvme.reservations import (
     report_size,
 )
 from target.nvme.spec import AcquireAction, IoOpcode, ReservationType
-from target.reservation import Reservations, ReservationRecord
+from target.reservation import ReservationRecord, Reservations
 
 RT = ReservationType
 A, B, C = (bytes([n]) * 16 for n in (0xA, 0xB, 0xC))
