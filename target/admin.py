@@ -47,6 +47,7 @@ from target.nvme.logpages import (
     push_smart_log,
     slice_log,
 )
+from target.nvme.reservations import push_notification_log
 from target.nvme.spec import (
     AEC_ANA_CHANGE,
     AEC_DISCOVERY_CHANGE,
@@ -245,6 +246,8 @@ def log_page(session: QueueSession, ctrl: Controller, lid: int, nsid: int, csi: 
             raise st.InvalidField(f"CSI {csi:#x}", error_loc=59)
         return push_effects_log(SUPPORTED_ADMIN_OPCODES, SUPPORTED_IO_OPCODES,
                                 WRITING_IO_OPCODES)
+    if lid == LogPageId.RESERVATION_NOTIFICATION:
+        return push_notification_log(ctrl.next_reservation_notification())
     if lid == LogPageId.ANA:
         sub = ctrl.subsystem
         return push_ana_log(sub.ana_chgcnt, sub.ana_descriptors(ctrl.listener.portid),

@@ -267,9 +267,14 @@ class IoQueue:
         elif opcode == IoOpcode.FABRICS:
             return await self._fabrics(cid, sqe, data, now, sqhd)
         elif opcode in reservation_commands.OPCODES:
+            subsystem = self.subsystem
+
+            def notify(hostid: bytes, kind: int) -> None:
+                subsystem.reservation_notice(nsid, hostid, kind)
+
             reply = await reservation_commands.execute(
                 self._namespace(nsid).reservations, opcode, self.hostid,
-                slba & 0xFFFFFFFF, slba >> 32, data, self.max_bytes)
+                slba & 0xFFFFFFFF, slba >> 32, data, self.max_bytes, notify)
             self.counters.other_cmds += 1
             return _new(Response, (pack_cqe(0, 0, sqhd, self.qid, cid, 0), reply))
         else:

@@ -20,6 +20,12 @@ Theory of operation.
   whatever PTPL is; at start the service restores it only when PTPL is set. PTPL starts set
   (the persistent state is this target's default, and RESCAP says PTPL is supported); a
   Register with CPTPL 10b clears it, 11b sets it.
+- Notices (Reservation Notification log, 80h): a command that takes something from other
+  hosts leaves (host id, ReservationNotice) pairs in ``notices`` for the caller to deliver to
+  those hosts' controllers, as nvmet sends them: Registration Preempted to a host a preempt
+  unregistered; Reservation Released to the other registrants when a registrants-only or
+  all-registrants reservation ends or a preempt changes its type; Reservation Preempted to the
+  other registrants when a Clear ends everything.
 - Preempt and Abort is Preempt: commands already running are not aborted, which the spec
   allows a controller to do only as best effort anyway.
 """
@@ -38,6 +44,7 @@ from target.nvme.spec import (
     AcquireAction,
     RegisterAction,
     ReleaseAction,
+    ReservationNotice,
     ReservationType,
 )
 
@@ -81,7 +88,15 @@ class Reservations:
     generation: int = 0
     ptpl: bool = True
     on_change: ChangeHook | None = None
+    notices: list[tuple[bytes, ReservationNotice]] = field(default_factory=list)
     _fenced: list[Fenced] = field(default_factory=list)
+
+    def take_notices(self) -> list[tuple[bytes, ReservationNotice]]:
+        notices, self.notices = self.notices, []
+        return notices
+
+    def _notify_others(self, hostid: bytes, kind: ReservationNotice) -> None:
+        self.notices.extend((other, kind) for other in self.registrants if other != hostid)
 
     @classmethod
     def from_record(cls, rec: ReservationRecord) -> Reservations:
@@ -163,8 +178,10 @@ class Reservations:
             return
         if self.rtype in ALL_REGISTRANTS_TYPES and self.registrants:
             self.holder = next(iter(self.registrants))  # the reservation stays with the rest
-        else:
-            self._drop_reservation()
+            return
+        if self.rtype in REGISTRANTS_TYPES:
+            self._notify_others(hostid, ReservationNotice.RESERVATION_RELEASED)
+        self._drop_reservation()
 
     def _drop_reservation(self) -> None:
         self.holder = None
@@ -202,31 +219,43 @@ class Reservations:
 
     def _preempt(self, hostid: bytes, rtype: int, prkey: int) -> None:
         if self.holder is None:
-            self._remove_by_key(prkey, keep=None, must_match=True)
+            self._remove_by_key(prkey, hostid, spare_preemptor=False, must_match=True)
         elif self.rtype in ALL_REGISTRANTS_TYPES:
             if prkey == 0:  # everyone else goes; the preempting host holds the new one
                 self._set_holder(hostid, rtype)
                 for other in [h for h in self.registrants if h != hostid]:
                     del self.registrants[other]
+                    self.notices.append((other, ReservationNotice.REGISTRATION_PREEMPTED))
             else:
-                self._remove_by_key(prkey, keep=None, must_match=True)
+                self._remove_by_key(prkey, hostid, spare_preemptor=False, must_match=True)
         elif self.holder == hostid:
+            if rtype != self.rtype:
+                self._notify_others(hostid, ReservationNotice.RESERVATION_RELEASED)
             self._set_holder(hostid, rtype)  # a holder changes the type in place
         elif prkey == self.registrants[self.holder]:
+            changed = rtype != self.rtype
             self._set_holder(hostid, rtype)
-            self._remove_by_key(prkey, keep=hostid, must_match=False)
+            self._remove_by_key(prkey, hostid, spare_preemptor=True, must_match=False)
+            if changed:
+                self._notify_others(hostid, ReservationNotice.RESERVATION_RELEASED)
         elif prkey:
-            self._remove_by_key(prkey, keep=None, must_match=True)
+            self._remove_by_key(prkey, hostid, spare_preemptor=False, must_match=True)
         else:
             raise st.InvalidField("PRKEY 0 preempts only an all-registrants reservation",
                                   error_loc=24)
 
-    def _remove_by_key(self, prkey: int, *, keep: bytes | None, must_match: bool) -> None:
-        victims = [h for h, k in self.registrants.items() if k == prkey and h != keep]
+    def _remove_by_key(self, prkey: int, preemptor: bytes, *, spare_preemptor: bool,
+                       must_match: bool) -> None:
+        """Unregister every host registered with ``prkey`` (the preemptor too, unless
+        spared); the others hear that their registration was preempted."""
+        victims = [h for h, k in self.registrants.items()
+                   if k == prkey and not (spare_preemptor and h == preemptor)]
         if must_match and not victims:
             raise st.ReservationConflict(f"no registrant holds key {prkey:#x}")
         for victim in victims:
             self._unregister(victim)
+            if victim != preemptor:
+                self.notices.append((victim, ReservationNotice.REGISTRATION_PREEMPTED))
 
     # --- Reservation Release --------------------------------------------------------------------
     def release(self, hostid: bytes, action: int, rtype: int, crkey: int, *,
@@ -237,6 +266,7 @@ class Reservations:
             raise st.InvalidField(f"release action {action}", error_loc=40)
         self._check_key(hostid, crkey)
         if action == ReleaseAction.CLEAR:
+            self._notify_others(hostid, ReservationNotice.RESERVATION_PREEMPTED)
             self.registrants.clear()
             self._drop_reservation()
             self.generation = (self.generation + 1) & 0xFFFFFFFF
@@ -246,6 +276,8 @@ class Reservations:
         if rtype != self.rtype:
             raise st.InvalidField(f"release of type {rtype}, the reservation is type "
                                   f"{self.rtype}", error_loc=41)
+        if self.rtype in REGISTRANTS_TYPES:
+            self._notify_others(hostid, ReservationNotice.RESERVATION_RELEASED)
         self._drop_reservation()
 
     # --- Reservation Report ---------------------------------------------------------------------

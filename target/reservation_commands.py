@@ -14,6 +14,8 @@ answer). With no registrant the regular structure is returned.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from target.nvme import status as st
 from target.nvme.reservations import pull_key, pull_key_pair, push_report
 from target.nvme.spec import (
@@ -21,9 +23,12 @@ from target.nvme.spec import (
     RESV_IEKEY,
     RESV_REPORT_EDS,
     IoOpcode,
+    ReservationNotice,
 )
 from target.reservation import Reservations
 
+# Deliver a notice to a host's controllers (see Subsystem.reservation_notice).
+Notify = Callable[[bytes, ReservationNotice], None]
 OPCODES = frozenset({IoOpcode.RESERVATION_REGISTER, IoOpcode.RESERVATION_REPORT,
                      IoOpcode.RESERVATION_ACQUIRE, IoOpcode.RESERVATION_RELEASE})
 
@@ -33,12 +38,15 @@ def _data_error(exc: ValueError) -> st.NvmeError:
 
 
 async def execute(resv: Reservations, opcode: int, hostid: bytes, cdw10: int, cdw11: int,
-                  data: memoryview | None, max_bytes: int) -> bytes | None:
-    """Run one reservation command; returns the data to send back (Report) or None."""
+                  data: memoryview | None, max_bytes: int, notify: Notify | None = None
+                  ) -> bytes | None:
+    """Run one reservation command; returns the data to send back (Report) or None. Once
+    the change is persisted, the hosts it took something from hear of it (``notify``)."""
     if opcode == IoOpcode.RESERVATION_REPORT:
         return report(resv, cdw10, cdw11, max_bytes)
     action, iekey = cdw10 & 0x7, bool(cdw10 & RESV_IEKEY)
     rtype = (cdw10 >> 8) & 0xFF
+    resv.notices.clear()  # a failed command's notices must not reach anyone
     try:
         if opcode == IoOpcode.RESERVATION_REGISTER:
             crkey, nrkey = pull_key_pair(data)
@@ -57,6 +65,10 @@ async def execute(resv: Reservations, opcode: int, hostid: bytes, cdw10: int, cd
     # (the generation at least); persisting an unchanged state is harmless.
     if resv.on_change is not None:
         await resv.on_change(resv.record())
+    notices = resv.take_notices()
+    if notify is not None:
+        for other, kind in notices:
+            notify(other, kind)
     return None
 
 

@@ -289,6 +289,12 @@ class Subsystem:
         ns.refresh()
         self._notify_namespace(nsid)
 
+    def reservation_notice(self, nsid: int, hostid: bytes, kind: int) -> None:
+        """Queue a Reservation Notification (log 80h) on every controller of host ``hostid``."""
+        for ctrl in list(self._controllers.values()):
+            if ctrl.hostid == hostid:
+                ctrl.reservation_notice(kind, nsid)
+
     def _notify_namespace(self, nsid: int) -> None:
         for ctrl in list(self._controllers.values()):
             ctrl.namespace_changed(nsid)

@@ -10,6 +10,11 @@ Layouts (little-endian):
   the reservation), HOSTID 8 bytes @8, RKEY u64 @16; extended (64 bytes): CNTLID u16 @0, RCSTS
   u8 @2, RKEY u64 @8, HOSTID 16 bytes @16.
 
+- Reservation Notification log page (80h), 64 bytes: Log Page Count u64 @0 (per controller,
+  counts every notice ever queued, so a host sees a gap when notices were lost), the type u8
+  @8 (target.nvme.spec.ReservationNotice), Number of Available Log Pages u8 @9 (still queued
+  after this one, at most 255), NSID u32 @12.
+
 The report is cut to the length the host asked for (NUMD), but REGCTL always counts every
 registrant, so a host that asked for too little learns how much to ask for.
 
@@ -124,3 +129,26 @@ def pull_report(data: bytes | bytearray | memoryview, *, extended: bool) -> Rese
             cntlid, rcsts, hostid, rkey = _REGULAR_ENTRY.unpack_from(data, offset)
         regs.append(RegisteredHost(bytes(hostid), rkey, bool(rcsts & RCSTS_HOLDS), cntlid))
     return ReservationStatus(gen, rtype, bool(ptpls & 1), tuple(regs), regctl)
+
+
+_NOTIFICATION = struct.Struct("<QBB2xI48x")
+NOTIFICATION_LOG_SIZE = _NOTIFICATION.size
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationNotification:
+    count: int  # 0: the log is empty
+    kind: int
+    nsid: int
+    available: int = 0
+
+
+def push_notification_log(entry: ReservationNotification) -> bytes:
+    return _NOTIFICATION.pack(entry.count, entry.kind, min(entry.available, 0xFF), entry.nsid)
+
+
+def pull_notification_log(data: bytes | bytearray | memoryview) -> ReservationNotification:
+    if len(data) < NOTIFICATION_LOG_SIZE:
+        raise ValueError(f"the reservation notification log is {NOTIFICATION_LOG_SIZE} bytes")
+    count, kind, available, nsid = _NOTIFICATION.unpack_from(data)
+    return ReservationNotification(count, kind, nsid, available)

@@ -147,6 +147,7 @@ class LogPageId(IntEnum):  # Base 2.0 Figure 202
     CHANGED_NAMESPACE_LIST = 0x04
     COMMANDS_SUPPORTED = 0x05
     ANA = 0x0C  # Asymmetric Namespace Access, Base 2.0 §5.16.1.12
+    RESERVATION_NOTIFICATION = 0x80  # Base 2.0 §5.16.1.24
     DISCOVERY = 0x70
 
 
@@ -187,6 +188,17 @@ class AsyncEventNotice(IntEnum):  # AEI for type NOTICE
     FIRMWARE_ACTIVATION_STARTING = 0x01
     ANA_CHANGE = 0x03
     DISCOVERY_LOG_CHANGED = 0xF0
+
+
+class AsyncEventIoCommandSet(IntEnum):  # AEI for type IO_COMMAND_SET (Base 2.0 Figure 150)
+    RESERVATION_LOG_AVAILABLE = 0x00
+
+
+class ReservationNotice(IntEnum):  # Reservation Notification log page type (Base 2.0 Fig. 238)
+    EMPTY = 0
+    REGISTRATION_PREEMPTED = 1
+    RESERVATION_RELEASED = 2
+    RESERVATION_PREEMPTED = 3
 
 
 # SGL descriptor identifiers (last byte of DPTR: type << 4 | subtype), Base 2.0 Figure 116/117.

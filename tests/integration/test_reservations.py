@@ -2,20 +2,24 @@
 namespace, register, reserve, conflict, release, preempt, report."""
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
 
 from target.host import commands as cmd
 from target.host.controller import Controller
+from target.nvme.reservations import pull_notification_log
 from target.nvme.spec import (
     CPTPL_CLEAR,
     ONCS_RESERVATIONS,
     RESCAP_ALL,
     AcquireAction,
     GenericStatus,
+    LogPageId,
     RegisterAction,
     ReleaseAction,
+    ReservationNotice,
     ReservationType,
 )
 from target.reservation import ReservationRecord
@@ -137,6 +141,36 @@ async def test_registrants_only_and_unregister(served):
         # The holder unregistering ends a registrants-only reservation.
         await a.resv_register(1, action=RegisterAction.UNREGISTER, crkey=KEY_A)
         await b.write(1, 3, BLOCK)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_preempted_host_hears_of_it_by_event_and_log_page(served):
+    a, b = await _pair(served)
+    try:
+        await a.resv_register(1, nrkey=KEY_A)
+        await b.resv_register(1, nrkey=KEY_B)
+        await a.resv_acquire(1, ReservationType.WRITE_EXCLUSIVE, crkey=KEY_A)
+        aer = asyncio.get_running_loop().create_task(
+            a.admin.submit(cmd.async_event_request(0)))
+        await asyncio.sleep(0)
+        assert not aer.done()
+        await b.resv_acquire(1, ReservationType.EXCLUSIVE_ACCESS, crkey=KEY_B, prkey=KEY_A,
+                             action=AcquireAction.PREEMPT)
+        event = (await asyncio.wait_for(aer, 5)).check("AER")
+        assert event.cqe.dw0 == 0x6 | (0x00 << 8) | (LogPageId.RESERVATION_NOTIFICATION << 16)
+        page = pull_notification_log(await a.get_log_page(LogPageId.RESERVATION_NOTIFICATION,
+                                                          64))
+        assert (page.count, page.kind, page.nsid, page.available) == (
+            1, ReservationNotice.REGISTRATION_PREEMPTED, 1, 0)
+        empty = pull_notification_log(await a.get_log_page(LogPageId.RESERVATION_NOTIFICATION,
+                                                           64))
+        assert empty.count == 0 and empty.kind == 0
+        # B took nothing from itself: its log is empty.
+        mine = pull_notification_log(await b.get_log_page(LogPageId.RESERVATION_NOTIFICATION,
+                                                          64))
+        assert mine.count == 0
     finally:
         await a.close()
         await b.close()

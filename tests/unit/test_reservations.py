@@ -19,7 +19,7 @@ from target.nvme.reservations import (
     push_report,
     report_size,
 )
-from target.nvme.spec import AcquireAction, IoOpcode, ReservationType
+from target.nvme.spec import AcquireAction, IoOpcode, ReservationNotice, ReservationType
 from target.reservation import ReservationRecord, Reservations
 
 RT = ReservationType
@@ -184,3 +184,18 @@ def test_release_of_another_type_is_invalid_and_of_a_non_holder_is_a_no_op():
 def test_a_record_whose_holder_is_not_registered_is_refused():
     with pytest.raises(ValueError):
         Reservations.from_record(ReservationRecord(((A, 1),), B, 1, 3, True))
+
+
+def test_notices_go_to_the_hosts_a_command_took_something_from():
+    RN = ReservationNotice
+    resv = _registered(A, B, C)
+    resv.acquire(A, AcquireAction.ACQUIRE, RT.WRITE_EXCLUSIVE_REGISTRANTS_ONLY, 1, 0,
+                 iekey=False)
+    assert resv.take_notices() == []
+    resv.release(A, 0, RT.WRITE_EXCLUSIVE_REGISTRANTS_ONLY, 1, iekey=False)
+    assert resv.take_notices() == [(B, RN.RESERVATION_RELEASED), (C, RN.RESERVATION_RELEASED)]
+    resv.acquire(A, AcquireAction.ACQUIRE, RT.WRITE_EXCLUSIVE, 1, 0, iekey=False)
+    resv.acquire(B, AcquireAction.PREEMPT, RT.WRITE_EXCLUSIVE, 2, 1, iekey=False)
+    assert resv.take_notices() == [(A, RN.REGISTRATION_PREEMPTED)]
+    resv.release(B, 1, 0, 2, iekey=False)  # Clear
+    assert resv.take_notices() == [(C, RN.RESERVATION_PREEMPTED)]
