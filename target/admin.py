@@ -339,6 +339,11 @@ def _set_features(session: QueueSession, ctrl: Controller, cmd: Sqe, data: memor
         return Done()
     if fid == HostFeatureId.HOST_IDENTIFIER:
         raise st.CommandSequenceError("on fabrics the host identifier comes with Connect")
+    if fid == HostFeatureId.RESERVATION_PERSISTENCE:
+        # PTPL changes with Reservation Register (CPTPL), which persists the change before it
+        # completes; an admin command cannot wait for that here.
+        raise st.FeatureNotChangeable("set PTPL with Reservation Register (CPTPL)",
+                                      error_loc=40)
     raise st.InvalidField(f"feature {fid:#x}", error_loc=40)
 
 
@@ -374,6 +379,13 @@ def _get_features(session: QueueSession, ctrl: Controller, cmd: Sqe, data: memor
             raise st.InvalidField("64-bit host identifier", error_loc=44)
         _expect_length(cmd, 16)
         return Done(data=ctrl.hostid)
+    if fid == HostFeatureId.RESERVATION_PERSISTENCE:
+        ns = _check_nsid(ctrl, cmd.nsid)
+        if ns is None:
+            raise st.InvalidNamespace(f"namespace {cmd.nsid} is not active", error_loc=4)
+        if sel == 3:
+            return Done(0)  # per namespace, not saveable, not changeable here
+        return Done(1 if sel in (1, 2) or ns.reservations.ptpl else 0)
     value = _feature_value(ctrl, fid, cmd.cdw11, default=sel in (1, 2))  # nothing is saved
     if sel == 3:
         return Done(_CHANGEABLE)

@@ -246,6 +246,7 @@ class HostFeatureId(IntEnum):  # Base 2.0 Figure 316, features beyond FeatureId
     AUTONOMOUS_POWER_STATE = 0x0C
     TIMESTAMP = 0x0E
     HOST_IDENTIFIER = 0x81
+    RESERVATION_PERSISTENCE = 0x83  # per namespace: bit 0 PTPL
 
 
 # Asynchronous Event Configuration (feature 0x0B, cdw11) and Identify OAES bits.

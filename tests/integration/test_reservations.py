@@ -16,6 +16,7 @@ from target.nvme.spec import (
     RESCAP_ALL,
     AcquireAction,
     GenericStatus,
+    HostFeatureId,
     LogPageId,
     RegisterAction,
     ReleaseAction,
@@ -117,7 +118,11 @@ async def test_wrong_key_is_a_conflict_and_preempt_takes_over(served):
         assert _conflict(done)
         await b.write(1, 2, BLOCK)
         # A registers again and B clears everything.
+        ptpl = await a.admin_cmd(cmd.get_features(0, HostFeatureId.RESERVATION_PERSISTENCE, 1))
+        assert ptpl.cqe.dw0 == 1
         await a.resv_register(1, nrkey=KEY_A, cptpl=CPTPL_CLEAR)
+        ptpl = await a.admin_cmd(cmd.get_features(0, HostFeatureId.RESERVATION_PERSISTENCE, 1))
+        assert ptpl.cqe.dw0 == 0
         await b.resv_release(1, 0, crkey=KEY_B, action=ReleaseAction.CLEAR)
         report = await a.resv_report(1)
         assert report.rtype == 0 and not report.registrants and not report.ptpl
