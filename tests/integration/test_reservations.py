@@ -59,6 +59,10 @@ async def test_write_exclusive_blocks_the_other_hosts_writes_not_its_reads(serve
         done = await b.queue().submit(_write_sqe(0), data=BLOCK)
         assert _conflict(done)
         assert bytes(await b.read(1, 0, 1)) == BLOCK  # and the other host still reads
+        for sqe, data in ((cmd.write_zeroes(0, 1, 0, 1), None), (cmd.flush(0, 1), None),
+                          (cmd.dataset_management(0, 1, 1), cmd.dsm_ranges([(0, 1)]))):
+            assert _conflict(await b.queue().submit(sqe, data=data))  # the write group
+        assert bytes(await b.read(1, 0, 1)) == BLOCK
         await a.resv_release(1, ReservationType.WRITE_EXCLUSIVE, crkey=KEY_A)
         await b.write(1, 1, BLOCK)
         assert bytes(await a.read(1, 1, 1)) == BLOCK
