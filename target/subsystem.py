@@ -555,6 +555,8 @@ class Target:
         subsystem = self._subsystems.pop(nqn)
         for ctrl in list(subsystem.controllers.values()):
             ctrl.delete("subsystem removed")
+        for ns in subsystem.namespaces.values():
+            ns.reservations.detach(ns)  # the volume's reservations outlive this export
         subsystem._target = None
         log.info("subsystem %s removed", nqn)
         self.discovery_changed()

@@ -763,6 +763,7 @@ class ControlService:
             self.state.remove_volume(pool_name, uuid)
             self.state.remove_reservation(pool_name, uuid)
             self._reservations.pop((pool_name, uuid), None)
+            self._stored_reservations.pop((pool_name, uuid), None)
             self._stats.pop(uuid, None)
             self._notify(PolicyChange("volume", row.tenant if row else DEFAULT_TENANT, None,
                                       pool_name, uuid, deleted=True))
