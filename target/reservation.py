@@ -57,7 +57,6 @@ REGISTRANTS_TYPES = frozenset({RT.WRITE_EXCLUSIVE_REGISTRANTS_ONLY,
                                RT.EXCLUSIVE_ACCESS_REGISTRANTS_ONLY}) | ALL_REGISTRANTS_TYPES
 EXCLUSIVE_ACCESS_TYPES = frozenset({RT.EXCLUSIVE_ACCESS, RT.EXCLUSIVE_ACCESS_REGISTRANTS_ONLY,
                                     RT.EXCLUSIVE_ACCESS_ALL_REGISTRANTS})
-HOSTID_LEN = 16
 
 
 @dataclass(frozen=True)
@@ -82,6 +81,9 @@ ChangeHook = Callable[[ReservationRecord], Awaitable[None]]
 
 @dataclass(eq=False)
 class Reservations:
+    """One volume's reservations (see the module docstring). ``registrants`` keeps the
+    order of registration, which the report shows."""
+
     registrants: dict[bytes, int] = field(default_factory=dict)  # host id -> key, in order
     holder: bytes | None = None
     rtype: int = 0
@@ -104,6 +106,8 @@ class Reservations:
         if resv.holder is not None and (resv.holder not in resv.registrants
                                         or resv.rtype not in tuple(RT)):
             raise ValueError("a reservation record whose holder is not a registrant")
+        if resv.holder is None:
+            resv.rtype = 0
         return resv
 
     def record(self) -> ReservationRecord:
