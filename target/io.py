@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 _IO_SQE = struct.Struct("<BBHI24xI4xQI")
 _unpack_io = _IO_SQE.unpack_from
 _DSM_RANGE = struct.Struct("<IIQ")  # cattr, nlb, slba
+_SGL_LENGTH = struct.Struct("<I")  # SGL descriptor length, SQE bytes 32..35
 _new = tuple.__new__
 _SGL_FLAGS = SQE_FLAGS_PSDT_SGL  # what every well-formed fabrics command carries
 _READ, _WRITE = IoOpcode.READ, IoOpcode.WRITE
@@ -274,7 +275,8 @@ class IoQueue:
 
             reply = await reservation_commands.execute(
                 self._namespace(nsid).reservations, opcode, self.hostid,
-                slba & 0xFFFFFFFF, slba >> 32, data, self.max_bytes, notify)
+                slba & 0xFFFFFFFF, slba >> 32, data, self.max_bytes, notify,
+                sgl_len=_SGL_LENGTH.unpack_from(sqe, 32)[0])
             self.counters.other_cmds += 1
             return _new(Response, (pack_cqe(0, 0, sqhd, self.qid, cid, 0), reply))
         else:

@@ -38,12 +38,12 @@ def _data_error(exc: ValueError) -> st.NvmeError:
 
 
 async def execute(resv: Reservations, opcode: int, hostid: bytes, cdw10: int, cdw11: int,
-                  data: memoryview | None, max_bytes: int, notify: Notify | None = None
-                  ) -> bytes | None:
+                  data: memoryview | None, max_bytes: int, notify: Notify | None = None, *,
+                  sgl_len: int | None = None) -> bytes | None:
     """Run one reservation command; returns the data to send back (Report) or None. Once
     the change is persisted, the hosts it took something from hear of it (``notify``)."""
     if opcode == IoOpcode.RESERVATION_REPORT:
-        return report(resv, cdw10, cdw11, max_bytes)
+        return report(resv, cdw10, cdw11, max_bytes, sgl_len)
     action, iekey = cdw10 & 0x7, bool(cdw10 & RESV_IEKEY)
     rtype = (cdw10 >> 8) & 0xFF
     resv.notices.clear()  # a failed command's notices must not reach anyone
@@ -72,10 +72,14 @@ async def execute(resv: Reservations, opcode: int, hostid: bytes, cdw10: int, cd
     return None
 
 
-def report(resv: Reservations, cdw10: int, cdw11: int, max_bytes: int) -> bytes:
+def report(resv: Reservations, cdw10: int, cdw11: int, max_bytes: int,
+           sgl_len: int | None = None) -> bytes:
+    """The report, NUMD dwords long: the SGL must describe exactly that much (``sgl_len``)."""
     nbytes = ((cdw10 & 0xFFFFFFFF) + 1) * 4
     if nbytes > max_bytes:
         raise st.InvalidField(f"report of {nbytes} bytes exceeds MDTS", error_loc=40)
+    if sgl_len is not None and sgl_len != nbytes:
+        raise st.SglDataLengthInvalid(f"report of {nbytes} bytes, SGL {sgl_len}", error_loc=24)
     extended = bool(cdw11 & RESV_REPORT_EDS)
     status = resv.status()
     if not extended and status.registrants:
