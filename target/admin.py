@@ -47,6 +47,7 @@ from target.nvme.logpages import (
     push_smart_log,
     slice_log,
 )
+from target.nvme.reservations import push_notification_log
 from target.nvme.spec import (
     AEC_ANA_CHANGE,
     AEC_DISCOVERY_CHANGE,
@@ -79,7 +80,9 @@ from target.nvme.spec import (
     NSID_ALL,
     OFCS_DISCONNECT,
     ONCS_DSM,
+    ONCS_RESERVATIONS,
     ONCS_WRITE_ZEROES,
+    RESCAP_ALL,
     SGLS_OFFSET,
     SGLS_SUPPORTED,
     VWC_FLUSH_NSID_ALL,
@@ -105,7 +108,9 @@ SUPPORTED_ADMIN_OPCODES = (AdminOpcode.GET_LOG_PAGE, AdminOpcode.IDENTIFY, Admin
                            AdminOpcode.ASYNC_EVENT_REQUEST, AdminOpcode.KEEP_ALIVE,
                            AdminOpcode.FABRICS)
 SUPPORTED_IO_OPCODES = (IoOpcode.FLUSH, IoOpcode.WRITE, IoOpcode.READ, IoOpcode.WRITE_ZEROES,
-                        IoOpcode.DATASET_MANAGEMENT)
+                        IoOpcode.DATASET_MANAGEMENT, IoOpcode.RESERVATION_REGISTER,
+                        IoOpcode.RESERVATION_REPORT, IoOpcode.RESERVATION_ACQUIRE,
+                        IoOpcode.RESERVATION_RELEASE)
 WRITING_IO_OPCODES = (IoOpcode.WRITE, IoOpcode.WRITE_ZEROES, IoOpcode.DATASET_MANAGEMENT)
 AERL = 3  # Identify AERL, 0's based: four Asynchronous Event Requests may be outstanding
 ERROR_LOG_ENTRIES = 64  # Identify ELPE + 1: the Error Information log keeps the last 64
@@ -142,7 +147,7 @@ def identify_controller_data(ctrl: Controller) -> bytes:
         anagrpmax=MAX_ANA_GROUPS if io else 0, nanagrpid=MAX_ANA_GROUPS if io else 0,
         sqes=IOSQES << 4 | IOSQES, cqes=IOCQES << 4 | IOCQES, maxcmd=t.queue_entries,
         nn=sub.max_namespaces, mnan=sub.max_namespaces,
-        oncs=(ONCS_DSM | ONCS_WRITE_ZEROES) if io else 0,
+        oncs=(ONCS_DSM | ONCS_WRITE_ZEROES | ONCS_RESERVATIONS) if io else 0,
         vwc=(VWC_PRESENT | VWC_FLUSH_NSID_ALL) if io else 0,
         sgls=SGLS_SUPPORTED | SGLS_OFFSET,
         ioccsz=(64 + t.incapsule_data_size) // 16 if io else 0, iorcsz=1 if io else 0,
@@ -158,7 +163,7 @@ def identify_namespace_data(ns: Namespace) -> bytes:
     nuse = n if used is None else min(n, used)
     return push_identify_namespace(IdentifyNamespace(
         nsze=n, ncap=n, nuse=nuse, lbads=ns.lba_shift, nsfeat=NSFEAT_THIN_PROVISIONING,
-        nmic=NMIC_SHARED, dlfeat=DLFEAT_READ_ZEROES | DLFEAT_WRITE_ZEROES_DEAC,
+        nmic=NMIC_SHARED, rescap=RESCAP_ALL, dlfeat=DLFEAT_READ_ZEROES | DLFEAT_WRITE_ZEROES_DEAC,
         nvmcap=n * ns.block_size, anagrpid=ns.anagrpid, nguid=ns.nguid, eui64=ns.eui64))
 
 
@@ -241,6 +246,8 @@ def log_page(session: QueueSession, ctrl: Controller, lid: int, nsid: int, csi: 
             raise st.InvalidField(f"CSI {csi:#x}", error_loc=59)
         return push_effects_log(SUPPORTED_ADMIN_OPCODES, SUPPORTED_IO_OPCODES,
                                 WRITING_IO_OPCODES)
+    if lid == LogPageId.RESERVATION_NOTIFICATION:
+        return push_notification_log(ctrl.next_reservation_notification())
     if lid == LogPageId.ANA:
         sub = ctrl.subsystem
         return push_ana_log(sub.ana_chgcnt, sub.ana_descriptors(ctrl.listener.portid),
@@ -332,6 +339,11 @@ def _set_features(session: QueueSession, ctrl: Controller, cmd: Sqe, data: memor
         return Done()
     if fid == HostFeatureId.HOST_IDENTIFIER:
         raise st.CommandSequenceError("on fabrics the host identifier comes with Connect")
+    if fid == HostFeatureId.RESERVATION_PERSISTENCE:
+        # PTPL changes with Reservation Register (CPTPL), which persists the change before it
+        # completes; an admin command cannot wait for that here.
+        raise st.FeatureNotChangeable("set PTPL with Reservation Register (CPTPL)",
+                                      error_loc=40)
     raise st.InvalidField(f"feature {fid:#x}", error_loc=40)
 
 
@@ -367,6 +379,13 @@ def _get_features(session: QueueSession, ctrl: Controller, cmd: Sqe, data: memor
             raise st.InvalidField("64-bit host identifier", error_loc=44)
         _expect_length(cmd, 16)
         return Done(data=ctrl.hostid)
+    if fid == HostFeatureId.RESERVATION_PERSISTENCE:
+        ns = _check_nsid(ctrl, cmd.nsid)
+        if ns is None:
+            raise st.InvalidNamespace(f"namespace {cmd.nsid} is not active", error_loc=4)
+        if sel == 3:
+            return Done(0)  # per namespace, not saveable, not changeable here
+        return Done(1 if sel in (1, 2) or ns.reservations.ptpl else 0)
     value = _feature_value(ctrl, fid, cmd.cdw11, default=sel in (1, 2))  # nothing is saved
     if sel == 3:
         return Done(_CHANGEABLE)

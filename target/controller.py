@@ -45,6 +45,7 @@ Theory of operation (after Linux drivers/nvme/target/core.c).
 """
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import struct
@@ -58,6 +59,7 @@ from target.auth.responder import KeyPairs, Responder
 from target.io import IoQueue, data_status_error
 from target.nvme import status as st
 from target.nvme.logpages import CHANGED_NS_LIST_MAX, ErrorLogEntry
+from target.nvme.reservations import ReservationNotification
 from target.nvme.spec import (
     AEC_ANA_CHANGE,
     AEC_DISCOVERY_CHANGE,
@@ -87,6 +89,7 @@ from target.nvme.spec import (
     NVME_VS_1_3,
     SHST_COMPLETE,
     SQHD_DISABLED,
+    AsyncEventIoCommandSet,
     AsyncEventNotice,
     AsyncEventType,
     FabricsType,
@@ -114,6 +117,10 @@ def _aen(event_type: int, info: int, lid: int) -> int:
 AEN_NS_CHANGED = _aen(AsyncEventType.NOTICE, AsyncEventNotice.NAMESPACE_ATTRIBUTE_CHANGED,
                       LogPageId.CHANGED_NAMESPACE_LIST)
 AEN_ANA_CHANGED = _aen(AsyncEventType.NOTICE, AsyncEventNotice.ANA_CHANGE, LogPageId.ANA)
+AEN_RESERVATION = _aen(AsyncEventType.IO_COMMAND_SET,
+                       AsyncEventIoCommandSet.RESERVATION_LOG_AVAILABLE,
+                       LogPageId.RESERVATION_NOTIFICATION)
+RESERVATION_LOG_MAX = 255  # notices kept per controller (Number of Available Log Pages)
 AEN_DISCOVERY_CHANGED = _aen(AsyncEventType.NOTICE, AsyncEventNotice.DISCOVERY_LOG_CHANGED,
                              LogPageId.DISCOVERY)
 
@@ -176,6 +183,11 @@ class Controller:
         self.error_count = 0
         self.changed_nsids: set[int] = set()
         self.changed_overflow = False
+        # Reservation Notification log (80h): the oldest first; the oldest go when full (the
+        # host sees the gap in the counts).
+        self.reservation_log: deque[ReservationNotification] = deque(
+            maxlen=RESERVATION_LOG_MAX)
+        self.reservation_log_count = 0
         self._aer_cids: deque[int] = deque()
         self._aen_pending: deque[int] = deque()
         self._aen_masked: set[int] = set()  # log page ids whose event the host has not read
@@ -355,6 +367,25 @@ class Controller:
         """Called by the target when the discovery log may read differently."""
         if self.is_discovery and not self.deleted and self.aec & AEC_DISCOVERY_CHANGE:
             self._queue_event(AEN_DISCOVERY_CHANGED, LogPageId.DISCOVERY)
+
+    def reservation_notice(self, kind: int, nsid: int) -> None:
+        """Called by the subsystem when a reservation command took something from this
+        controller's host. The event is always enabled (the Reservation Notification Mask
+        feature is not implemented: nothing is masked)."""
+        if self.is_discovery or self.deleted:
+            return
+        self.reservation_log_count = (self.reservation_log_count + 1) & (2**64 - 1) or 1
+        self.reservation_log.append(ReservationNotification(self.reservation_log_count, kind,
+                                                            nsid))
+        self._queue_event(AEN_RESERVATION, LogPageId.RESERVATION_NOTIFICATION)
+
+    def next_reservation_notification(self) -> ReservationNotification:
+        """Get Log Page 80h: the oldest notice, taken off the log, with how many remain (an
+        empty log reads as zeroes)."""
+        if not self.reservation_log:
+            return ReservationNotification(0, 0, 0)
+        entry = self.reservation_log.popleft()
+        return dataclasses.replace(entry, available=len(self.reservation_log))
 
     def log_page_read(self, lid: int, rae: bool) -> None:
         """A Get Log Page completed: without RAE it clears the event (and the changed list)."""

@@ -13,6 +13,11 @@ Rules:
   controller connected through, which holds only the namespaces that path serves. A miss is
   then either Invalid Namespace or the path's ANA status (Inaccessible, Persistent Loss,
   Transition), which the subsystem tells apart; the hot path pays nothing for ANA.
+- Reservations (target/reservation.py): a namespace's ``fence`` is None unless a reservation is
+  held on it, so Read and Write pay one attribute test; while one is held, a command the
+  reservation forbids this controller's host fails with Reservation Conflict. Flush, Write
+  Zeroes and Dataset Management are checked as writes. The four reservation commands run in
+  target/reservation_commands.py.
 - Every command bumps one controller counter (reads, writes, other_cmds or errors): SMART reads
   them and keep-alive takes a change as proof of traffic.
 
@@ -27,7 +32,7 @@ import logging
 import struct
 from typing import TYPE_CHECKING
 
-from target import fabrics
+from target import fabrics, reservation_commands
 from target.blockdev import BlockDeviceError, as_blockdev_error
 from target.nvme import status as st
 from target.nvme.spec import (
@@ -58,6 +63,7 @@ log = logging.getLogger(__name__)
 _IO_SQE = struct.Struct("<BBHI24xI4xQI")
 _unpack_io = _IO_SQE.unpack_from
 _DSM_RANGE = struct.Struct("<IIQ")  # cattr, nlb, slba
+_SGL_LENGTH = struct.Struct("<I")  # SGL descriptor length, SQE bytes 32..35
 _new = tuple.__new__
 _SGL_FLAGS = SQE_FLAGS_PSDT_SGL  # what every well-formed fabrics command carries
 _READ, _WRITE = IoOpcode.READ, IoOpcode.WRITE
@@ -89,6 +95,7 @@ class IoQueue:
         "counters",
         "ctrl",
         "entries",
+        "hostid",
         "max_bytes",
         "portid",
         "qid",
@@ -105,6 +112,7 @@ class IoQueue:
         self.entries = session.sq_entries
         self.counters = ctrl.counters
         self.max_bytes = ctrl.mdts_bytes
+        self.hostid = ctrl.hostid  # names the host's registrations and reservations
         self.subsystem = ctrl.subsystem
         self.portid = ctrl.listener.portid
         # The live path view: namespace add/remove and ANA changes show at once.
@@ -142,6 +150,8 @@ class IoQueue:
                     raise st.SglDataLengthInvalid(f"read of {nbytes} bytes, SGL {sgl_len}")
                 if nbytes > self.max_bytes:
                     raise st.InvalidField(f"read of {nbytes} bytes exceeds MDTS")
+                if ns.fence is not None and ns.fence.blocks_read(self.hostid):
+                    raise st.ReservationConflict(f"namespace {nsid} is reserved", error_loc=0)
                 buf = await ns.device.read(slba, nlb)
                 c = ns.counters
                 c.reads += 1
@@ -163,6 +173,8 @@ class IoQueue:
                         f"write of {nbytes} bytes, {0 if data is None else len(data)} sent")
                 if nbytes > self.max_bytes:
                     raise st.InvalidField(f"write of {nbytes} bytes exceeds MDTS")
+                if ns.fence is not None and ns.fence.blocks_write(self.hostid):
+                    raise st.ReservationConflict(f"namespace {nsid} is reserved", error_loc=0)
                 await ns.device.write(slba, data, cdw12 & RW_FUA != 0 or not self.ctrl.write_cache)
                 c = ns.counters
                 c.writes += 1
@@ -207,6 +219,13 @@ class IoQueue:
             raise self.subsystem.path_error(self.portid, nsid)
         return ns
 
+    def _writable(self, nsid: int) -> Namespace:
+        """The namespace of a write-group command, if its reservation lets this host write."""
+        ns = self._namespace(nsid)
+        if ns.fence is not None and ns.fence.blocks_write(self.hostid):
+            raise st.ReservationConflict(f"namespace {nsid} is reserved", error_loc=0)
+        return ns
+
     async def _other(self, opcode: int, cid: int, nsid: int, slba: int, cdw12: int, sqe: bytes,
                      data: memoryview | None, now: float, sqhd: int) -> Response:
         if opcode == IoOpcode.FLUSH:
@@ -217,9 +236,9 @@ class IoQueue:
                 for device in devices.values():
                     await device.flush()
             else:
-                await self._namespace(nsid).device.flush()
+                await self._writable(nsid).device.flush()
         elif opcode == IoOpcode.WRITE_ZEROES:
-            ns = self._namespace(nsid)
+            ns = self._writable(nsid)
             nlb = (cdw12 & 0xFFFF) + 1
             if slba + nlb > ns.nblocks:
                 raise st.LbaOutOfRange(f"write zeroes {slba}+{nlb} beyond {ns.nblocks} blocks")
@@ -230,7 +249,7 @@ class IoQueue:
             if cdw12 & RW_FUA or not self.ctrl.write_cache:
                 await ns.device.flush()
         elif opcode == IoOpcode.DATASET_MANAGEMENT:
-            ns = self._namespace(nsid)
+            ns = self._writable(nsid)
             nr = (slba & 0xFF) + 1  # cdw10 bits 7:0, 0's based
             attributes = slba >> 32  # cdw11
             if attributes & DSM_ATTR_DEALLOCATE:
@@ -248,6 +267,18 @@ class IoQueue:
                     await ns.device.deallocate(ranges)
         elif opcode == IoOpcode.FABRICS:
             return await self._fabrics(cid, sqe, data, now, sqhd)
+        elif opcode in reservation_commands.OPCODES:
+            subsystem = self.subsystem
+
+            def notify(hostid: bytes, kind: int) -> None:
+                subsystem.reservation_notice(nsid, hostid, kind)
+
+            reply = await reservation_commands.execute(
+                self._namespace(nsid).reservations, opcode, self.hostid,
+                slba & 0xFFFFFFFF, slba >> 32, data, self.max_bytes, notify,
+                sgl_len=_SGL_LENGTH.unpack_from(sqe, 32)[0])
+            self.counters.other_cmds += 1
+            return _new(Response, (pack_cqe(0, 0, sqhd, self.qid, cid, 0), reply))
         else:
             raise st.InvalidOpcode(f"I/O opcode {opcode:#x}", error_loc=0)
         self.counters.other_cmds += 1

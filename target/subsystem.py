@@ -55,6 +55,7 @@ from target.nvme.spec import (
     NQN_MAX_LEN,
     AnaState,
 )
+from target.reservation import Reservations
 
 if TYPE_CHECKING:
     from target.controller import Controller
@@ -146,16 +147,19 @@ class Namespace:
         "counters",
         "device",
         "eui64",
+        "fence",
         "flow",
         "lba_shift",
         "nblocks",
         "nguid",
         "nsid",
+        "reservations",
         "uuid",
     )
 
     def __init__(self, nsid: int, device: BlockDevice,
-                 anagrpid: int = DEFAULT_ANAGRPID) -> None:
+                 anagrpid: int = DEFAULT_ANAGRPID,
+                 reservations: Reservations | None = None) -> None:
         bs = device.block_size
         if bs < 512 or bs & (bs - 1):
             raise ValueError(f"block size {bs} is not a power of two >= 512")
@@ -173,6 +177,12 @@ class Namespace:
         self.uuid: bytes = device.uuid.bytes
         self.nguid: bytes = self.uuid
         self.eui64: bytes = hashlib.blake2b(self.uuid, digest_size=8, person=b"sbstore-eui64").digest()
+        # Reservations (target/reservation.py): shared by every namespace of the same volume
+        # when the control service passes one in. ``fence`` is it while a reservation is held,
+        # else None: the one attribute the I/O path tests.
+        self.fence: Reservations | None = None
+        self.reservations = reservations if reservations is not None else Reservations()
+        self.reservations.attach(self)
 
     def refresh(self) -> None:
         self.nblocks = self.device.num_blocks
@@ -239,9 +249,11 @@ class Subsystem:
         return self._namespaces
 
     def add_namespace(self, device: BlockDevice, nsid: int | None = None, *,
-                      anagrpid: int = DEFAULT_ANAGRPID) -> int:
+                      anagrpid: int = DEFAULT_ANAGRPID,
+                      reservations: Reservations | None = None) -> int:
         """Export ``device`` in ANA group ``anagrpid``; returns its NSID (the lowest free one
-        unless given)."""
+        unless given). ``reservations``: the volume's reservation state (a fresh one if
+        None), which every namespace of the same volume should share."""
         if self.is_discovery:
             raise ValueError("the discovery subsystem has no namespaces")
         if nsid is None:
@@ -253,7 +265,7 @@ class Subsystem:
             raise ValueError(f"NSID {nsid} outside 1..{self.max_namespaces}")
         elif nsid in self._namespaces:
             raise ValueError(f"{self.nqn}: NSID {nsid} is in use")
-        self._namespaces[nsid] = Namespace(nsid, device, anagrpid)
+        self._namespaces[nsid] = Namespace(nsid, device, anagrpid, reservations)
         self.refresh_ana()
         log.info("%s: namespace %d added (%d blocks of %d bytes)", self.nqn, nsid,
                  device.num_blocks, device.block_size)
@@ -261,8 +273,10 @@ class Subsystem:
         return nsid
 
     def remove_namespace(self, nsid: int) -> None:
-        if self._namespaces.pop(nsid, None) is None:
+        ns = self._namespaces.pop(nsid, None)
+        if ns is None:
             raise KeyError(f"{self.nqn}: no namespace {nsid}")
+        ns.reservations.detach(ns)
         log.info("%s: namespace %d removed", self.nqn, nsid)
         self.refresh_ana()
         self._notify_namespace(nsid)
@@ -274,6 +288,12 @@ class Subsystem:
             raise KeyError(f"{self.nqn}: no namespace {nsid}")
         ns.refresh()
         self._notify_namespace(nsid)
+
+    def reservation_notice(self, nsid: int, hostid: bytes, kind: int) -> None:
+        """Queue a Reservation Notification (log 80h) on every controller of host ``hostid``."""
+        for ctrl in list(self._controllers.values()):
+            if ctrl.hostid == hostid:
+                ctrl.reservation_notice(kind, nsid)
 
     def _notify_namespace(self, nsid: int) -> None:
         for ctrl in list(self._controllers.values()):
@@ -535,6 +555,8 @@ class Target:
         subsystem = self._subsystems.pop(nqn)
         for ctrl in list(subsystem.controllers.values()):
             ctrl.delete("subsystem removed")
+        for ns in subsystem.namespaces.values():
+            ns.reservations.detach(ns)  # the volume's reservations outlive this export
         subsystem._target = None
         log.info("subsystem %s removed", nqn)
         self.discovery_changed()

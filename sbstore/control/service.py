@@ -94,6 +94,7 @@ from sbstore.volume_device import VolumeDevice
 from target.ana import STATE_NAMES, parse_state, state_name
 from target.blockdev import BlockDevice
 from target.nvme.spec import DISCOVERY_NQN, NQN_MAX_LEN, AnaState
+from target.reservation import ReservationRecord, Reservations
 from target.server import TargetServer
 from target.subsystem import MAX_NAMESPACES, Subsystem, Target
 
@@ -243,6 +244,10 @@ class ControlService:
         self._by_uuid: dict[str, dict[str, Volume]] = {}
         # Told when a snapshot schedule is added or removed (the daemon's ScheduleRunner).
         self.on_schedules_changed: Callable[[], None] | None = None
+        # (pool, uuid) -> the volume's NVMe reservations, shared by every namespace that
+        # serves it, and what the state held at start (restored when first exported).
+        self._reservations: dict[tuple[str, str], Reservations] = {}
+        self._stored_reservations: dict[tuple[str, str], ReservationRecord] = {}
 
     # === one operation at a time, durable when it returns ======================================
 
@@ -297,6 +302,7 @@ class ControlService:
                         log.warning("volume %s of pool %s is gone from the pool; forgetting "
                                     "its tenancy", key[1], pool_name)
                         self.state.remove_volume(*key)
+                        self.state.remove_reservation(*key)
                         del rows[key]
                 for vol in pool.volumes:
                     key = (pool_name, str(vol.uuid))
@@ -304,6 +310,7 @@ class ControlService:
                         rows[key] = VolumeRecord(pool_name, key[1], DEFAULT_TENANT)
                         self.state.put_volume(rows[key])
         self._volumes = rows
+        self._stored_reservations = self.state.reservations()
         for rec in self.state.subsystems():
             self._restore_export(rec)
         for auth in self.state.host_auth():
@@ -327,7 +334,8 @@ class ControlService:
                 export.namespaces[ns.nsid] = _Namespace(ns.nsid, ns.pool, ns.volume_uuid, None)
                 continue
             device = self._device(ns.pool, vol)
-            subsystem.add_namespace(device, ns.nsid)
+            subsystem.add_namespace(device, ns.nsid,
+                                    reservations=self._reservations_of(ns.pool, ns.volume_uuid))
             export.namespaces[ns.nsid] = _Namespace(ns.nsid, ns.pool, ns.volume_uuid, device)
         self.target.add_subsystem(subsystem)
         self._exports[rec.nqn] = export
@@ -401,6 +409,39 @@ class ControlService:
             inner = self.device_wrapper(pool_name, vol, inner)
         stats = self._stats.setdefault(str(vol.uuid), IoStats())
         return InstrumentedDevice(inner, stats)
+
+    def _reservations_of(self, pool_name: str, uuid: str) -> Reservations:
+        """The volume's reservation state: made once, from the stored record if it asked to
+        persist through power loss (PTPL), and written back at every change."""
+        key = (pool_name, uuid)
+        resv = self._reservations.get(key)
+        if resv is not None:
+            return resv
+        stored = self._stored_reservations.pop(key, None)
+        if stored is not None and stored.ptpl:
+            try:
+                resv = Reservations.from_record(stored)
+            except ValueError as exc:
+                log.error("volume %s of pool %s: stored reservation ignored: %s", uuid,
+                          pool_name, exc)
+        if resv is None:
+            # PTPL clear: registrations and the reservation end with the power (restart).
+            resv = Reservations(generation=stored.generation if stored else 0,
+                                ptpl=stored.ptpl if stored else True)
+        elif resv.holder is not None or resv.registrants:
+            log.info("volume %s of pool %s: %d registrant(s)%s restored", uuid, pool_name,
+                     len(resv.registrants),
+                     f", type {resv.rtype} reservation" if resv.holder is not None else "")
+
+        async def persist(rec: ReservationRecord) -> None:
+            self.state.put_reservation(pool_name, uuid, rec)
+            # Always sync (not only when needs_sync): another operation's sync in flight
+            # clears the flag before its fsync is done.
+            await asyncio.get_running_loop().run_in_executor(None, self.state.sync)
+
+        resv.on_change = persist
+        self._reservations[key] = resv
+        return resv
 
     def _volume_by_uuid(self, pool_name: str, uuid: str) -> Volume | None:
         pool = self.pools.get(pool_name)
@@ -746,6 +787,9 @@ class ControlService:
                 raise
             row = self._volumes.pop((pool_name, uuid), None)
             self.state.remove_volume(pool_name, uuid)
+            self.state.remove_reservation(pool_name, uuid)
+            self._reservations.pop((pool_name, uuid), None)
+            self._stored_reservations.pop((pool_name, uuid), None)
             self._stats.pop(uuid, None)
             self._notify(PolicyChange("volume", row.tenant if row else DEFAULT_TENANT, None,
                                       pool_name, uuid, deleted=True))
@@ -768,7 +812,8 @@ class ControlService:
         self.state.add_namespace(nqn, NamespaceRecord(ns.nsid, ns.pool, ns.uuid))
         export.namespaces[ns.nsid] = ns
         if ns.device is not None:
-            export.subsystem.add_namespace(ns.device, ns.nsid)
+            export.subsystem.add_namespace(ns.device, ns.nsid,
+                                           reservations=self._reservations_of(ns.pool, ns.uuid))
 
     # === snapshots and clones ====================================================================
 
@@ -1181,7 +1226,8 @@ class ControlService:
             export = _Export(subsystem, {})
             for pool_name, vol in found:
                 device = self._device(pool_name, vol)
-                nsid = subsystem.add_namespace(device)
+                nsid = subsystem.add_namespace(
+                    device, reservations=self._reservations_of(pool_name, str(vol.uuid)))
                 export.namespaces[nsid] = _Namespace(nsid, pool_name, str(vol.uuid), device)
             rec = SubsystemRecord(nqn, allow_any_host, serial, model, tuple(sorted(hosts)),
                                   tuple(NamespaceRecord(n.nsid, n.pool, n.uuid)
@@ -1248,7 +1294,8 @@ class ControlService:
             self.state.add_namespace(nqn, NamespaceRecord(nsid, pool_name, uuid))
             export.namespaces[nsid] = ns
             try:
-                export.subsystem.add_namespace(device, nsid)  # tells connected hosts
+                export.subsystem.add_namespace(  # tells connected hosts
+                    device, nsid, reservations=self._reservations_of(pool_name, uuid))
             except BaseException:
                 del export.namespaces[nsid]
                 self.state.remove_namespace(nqn, nsid)

@@ -28,6 +28,10 @@ Rules of this module:
   version change: older code ignores the extra table).
 - Snapshot schedules (tables ``schedules`` and ``schedule_snapshots``) are created at open when
   missing, like ``host_auth``.
+- Reservations (table ``reservations``, one row per volume that ever had a registrant): the
+  volume's NVMe reservation state as target/reservation.py keeps it, written at every change
+  before the command completes, read at start (persist through power loss). Created when
+  missing, like ``host_auth``.
 - Used from the event loop's thread only (except :meth:`StateStore.sync`, which touches files,
   not the connection); each write is a few rows, fast enough to run inline.
 """
@@ -43,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from sbstore.config import QosPolicy
+from target.reservation import ReservationRecord
 
 SCHEMA_VERSION = 1
 # With deferred syncs SQLite does not checkpoint by itself (a checkpoint fsyncs, on the loop);
@@ -230,6 +235,16 @@ _SCHEDULE_TABLES = (
     UNIQUE (schedule, pool, name))""",
 )
 
+
+# Added after schema version 1; created at open when missing. ``registrants`` is JSON:
+# [[host id (hex), key], ...] in registration order (keys are u64: beyond SQLite's INTEGER).
+_RESERVATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS reservations (
+    pool TEXT NOT NULL, uuid TEXT NOT NULL,
+    registrants TEXT NOT NULL, holder TEXT,
+    rtype INTEGER NOT NULL, generation INTEGER NOT NULL, ptpl INTEGER NOT NULL,
+    PRIMARY KEY (pool, uuid))"""
+
 DEFAULT_TENANT = "default"
 _ANA_TABLE = next(x for x in _SCHEMA.split(";") if "ana_states" in x)
 
@@ -262,6 +277,7 @@ class StateStore:
             self._db.execute(_HOST_AUTH_TABLE)
             for table in _SCHEDULE_TABLES:
                 self._db.execute(table)
+            self._db.execute(_RESERVATIONS_TABLE)
             self._restrict_mode()  # the -wal and -shm files WAL mode just made
         except sqlite3.DatabaseError as exc:
             self._db.close()
@@ -609,6 +625,28 @@ class StateStore:
             where += " AND schedule = ?"
             params += (schedule_id,)
         self._write(f"DELETE FROM schedule_snapshots WHERE {where}", params)
+
+    # --- reservations -------------------------------------------------------------------------
+
+    def reservations(self) -> dict[tuple[str, str], ReservationRecord]:
+        """(pool, volume uuid) -> the volume's reservation state as last persisted."""
+        out = {}
+        for pool, uuid, regs, holder, rtype, gen, ptpl in self._db.execute(
+                "SELECT pool, uuid, registrants, holder, rtype, generation, ptpl "
+                "FROM reservations"):
+            out[(pool, uuid)] = ReservationRecord(
+                tuple((bytes.fromhex(h), int(k)) for h, k in json.loads(regs)),
+                None if holder is None else bytes.fromhex(holder), rtype, gen, bool(ptpl))
+        return out
+
+    def put_reservation(self, pool: str, uuid: str, rec: ReservationRecord) -> None:
+        regs = json.dumps([[h.hex(), k] for h, k in rec.registrants])
+        self._write("INSERT OR REPLACE INTO reservations VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (pool, uuid, regs, None if rec.holder is None else rec.holder.hex(),
+                     rec.rtype, rec.generation, int(rec.ptpl)))
+
+    def remove_reservation(self, pool: str, uuid: str) -> None:
+        self._write("DELETE FROM reservations WHERE pool = ? AND uuid = ?", (pool, uuid))
 
     # --- whole-state views (tests, diagnostics) -----------------------------------------------
 

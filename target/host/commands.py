@@ -17,8 +17,9 @@ import uuid as uuid_mod
 from typing import Iterable
 
 from target.nvme.dhchap import SECP_DHCHAP, SPSP_DHCHAP
-from target.nvme.spec import (NQN_FIELD_LEN, SGL_DATA_BLOCK_OFFSET, SGL_TRANSPORT_DATA_BLOCK,
-                              AdminOpcode, FabricsType, IoOpcode)
+from target.nvme.spec import (NQN_FIELD_LEN, RESV_CPTPL_SHIFT, RESV_IEKEY, RESV_REPORT_EDS,
+                              SGL_DATA_BLOCK_OFFSET, SGL_TRANSPORT_DATA_BLOCK, AdminOpcode,
+                              FabricsType, IoOpcode)
 from target.nvme.structs import Sqe
 
 CONNECT_DATA_LEN = 1024
@@ -148,3 +149,28 @@ def auth_send(cid: int, tl: int) -> Sqe:
 def auth_receive(cid: int, al: int) -> Sqe:
     """Authentication Receive of up to ``al`` bytes."""
     return _auth(cid, FabricsType.AUTH_RECEIVE, al, incapsule=False)
+
+
+# --- Reservations (Base 2.0 §7.3-7.6): the data is a key pair (or one key for Release) --------
+def resv_register(cid: int, nsid: int, action: int, *, iekey: bool = False,
+                  cptpl: int = 0) -> Sqe:
+    return Sqe(IoOpcode.RESERVATION_REGISTER, cid, nsid=nsid, sgl_length=16,
+               sgl_id=SGL_DATA_BLOCK_OFFSET,
+               cdw10=action | (RESV_IEKEY if iekey else 0) | (cptpl << RESV_CPTPL_SHIFT))
+
+
+def resv_acquire(cid: int, nsid: int, action: int, rtype: int, *, iekey: bool = False) -> Sqe:
+    return Sqe(IoOpcode.RESERVATION_ACQUIRE, cid, nsid=nsid, sgl_length=16,
+               sgl_id=SGL_DATA_BLOCK_OFFSET,
+               cdw10=action | (RESV_IEKEY if iekey else 0) | (rtype << 8))
+
+
+def resv_release(cid: int, nsid: int, action: int, rtype: int, *, iekey: bool = False) -> Sqe:
+    return Sqe(IoOpcode.RESERVATION_RELEASE, cid, nsid=nsid, sgl_length=8,
+               sgl_id=SGL_DATA_BLOCK_OFFSET,
+               cdw10=action | (RESV_IEKEY if iekey else 0) | (rtype << 8))
+
+
+def resv_report(cid: int, nsid: int, nbytes: int, *, extended: bool = True) -> Sqe:
+    return Sqe(IoOpcode.RESERVATION_REPORT, cid, nsid=nsid, sgl_length=nbytes,
+               cdw10=nbytes // 4 - 1, cdw11=RESV_REPORT_EDS if extended else 0)

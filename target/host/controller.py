@@ -27,6 +27,9 @@ from target.nvme.spec import (CC_EN, CC_SHN_SHIFT, CNTLID_DYNAMIC, CONNECT_AUTHR
 from target.nvme.identify import (IdentifyController, IdentifyNamespace,
                                   pull_identify_controller, pull_identify_namespace,
                                   pull_namespace_list, pull_ns_id_descriptors)
+from target.nvme.reservations import (ReservationStatus, pull_report, push_key,
+                                      push_key_pair)
+from target.nvme.spec import AcquireAction, RegisterAction, ReleaseAction
 from target.nvme.structs import Sqe
 
 if TYPE_CHECKING:
@@ -256,6 +259,36 @@ class Controller:
                          queue: int | None = None) -> None:
         (await self.queue(queue).submit(cmd.dataset_management(0, nsid, len(ranges)),
                                         data=cmd.dsm_ranges(ranges))).check("Deallocate")
+
+    # -- reservations (Base 2.0 §8.19): ``check=False`` returns the completion instead of
+    # raising, so a caller can look at a Reservation Conflict -----------------------------------
+    async def resv_register(self, nsid: int, *, action: int = RegisterAction.REGISTER,
+                            crkey: int = 0, nrkey: int = 0, iekey: bool = False,
+                            cptpl: int = 0, check: bool = True) -> Completion:
+        done = await self.queue().submit(cmd.resv_register(0, nsid, action, iekey=iekey,
+                                                           cptpl=cptpl),
+                                         data=push_key_pair(crkey, nrkey))
+        return done.check("Reservation Register") if check else done
+
+    async def resv_acquire(self, nsid: int, rtype: int, *, crkey: int, prkey: int = 0,
+                           action: int = AcquireAction.ACQUIRE, check: bool = True
+                           ) -> Completion:
+        done = await self.queue().submit(cmd.resv_acquire(0, nsid, action, rtype),
+                                         data=push_key_pair(crkey, prkey))
+        return done.check("Reservation Acquire") if check else done
+
+    async def resv_release(self, nsid: int, rtype: int, *, crkey: int,
+                           action: int = ReleaseAction.RELEASE, check: bool = True
+                           ) -> Completion:
+        done = await self.queue().submit(cmd.resv_release(0, nsid, action, rtype),
+                                         data=push_key(crkey))
+        return done.check("Reservation Release") if check else done
+
+    async def resv_report(self, nsid: int, nbytes: int = 4096, *,
+                          extended: bool = True) -> ReservationStatus:
+        done = await self.queue().submit(cmd.resv_report(0, nsid, nbytes, extended=extended),
+                                         read_len=nbytes)
+        return pull_report(done.check("Reservation Report").payload, extended=extended)
 
     # -- teardown -----------------------------------------------------------------------------
     async def close(self, *, shutdown: bool = True, timeout_s: float = 5.0) -> None:

@@ -133,6 +133,7 @@ class IdentifyNamespace:
     lbads: int  # log2 of the block size
     nsfeat: int = 0
     nmic: int = 0
+    rescap: int = 0  # reservation capabilities
     dlfeat: int = 0
     nvmcap: int = 0  # bytes
     anagrpid: int = 0  # the namespace's ANA group
@@ -150,7 +151,7 @@ def push_identify_namespace(idn: IdentifyNamespace) -> bytes:
     buf = bytearray(IDENTIFY_DATA_SIZE)
     # nsze, ncap, nuse, nsfeat, nlbaf (0's based), flbas, mc, dpc, dps, nmic, rescap, fpi, dlfeat
     struct.pack_into("<QQQBBBBBBBBBB", buf, 0, idn.nsze, idn.ncap, idn.nuse, idn.nsfeat, 0, 0,
-                     0, 0, 0, idn.nmic, 0, 0, idn.dlfeat)
+                     0, 0, 0, idn.nmic, idn.rescap, 0, idn.dlfeat)
     buf[48:64] = idn.nvmcap.to_bytes(16, "little")
     _U32.pack_into(buf, 92, idn.anagrpid)
     if len(idn.nguid) != 16 or len(idn.eui64) != 8:
@@ -165,12 +166,12 @@ def pull_identify_namespace(data: bytes | bytearray | memoryview) -> IdentifyNam
     if len(data) < IDENTIFY_DATA_SIZE:
         raise ValueError("Identify Namespace data is 4096 bytes")
     b = bytes(data[:IDENTIFY_DATA_SIZE])
-    (nsze, ncap, nuse, nsfeat, nlbaf, flbas, _mc, _dpc, _dps, nmic, _rescap, _fpi,
+    (nsze, ncap, nuse, nsfeat, nlbaf, flbas, _mc, _dpc, _dps, nmic, rescap, _fpi,
      dlfeat) = struct.unpack_from("<QQQBBBBBBBBBB", b, 0)
     lbaf = [struct.unpack_from("<HBB", b, 128 + 4 * i) for i in range(nlbaf + 1)]
     return IdentifyNamespace(
         nsze=nsze, ncap=ncap, nuse=nuse, lbads=lbaf[flbas & 0xF][1], nsfeat=nsfeat, nmic=nmic,
-        dlfeat=dlfeat, nvmcap=int.from_bytes(b[48:64], "little"),
+        rescap=rescap, dlfeat=dlfeat, nvmcap=int.from_bytes(b[48:64], "little"),
         anagrpid=_U32.unpack_from(b, 92)[0], nguid=b[104:120],
         eui64=b[120:128], extra_lbafs=tuple(x[1] for x in lbaf[1:]))
 

@@ -39,6 +39,10 @@ class IoOpcode(IntEnum):  # NVM Command Set 1.0 §3, Figure 15
     COMPARE = 0x05
     WRITE_ZEROES = 0x08
     DATASET_MANAGEMENT = 0x09
+    RESERVATION_REGISTER = 0x0D  # Base 2.0 §7.3-7.6 (reservations)
+    RESERVATION_REPORT = 0x0E
+    RESERVATION_ACQUIRE = 0x11
+    RESERVATION_RELEASE = 0x15
     FABRICS = 0x7F
 
 
@@ -77,11 +81,13 @@ class GenericStatus(IntEnum):  # Base 2.0 Figure 102; NVM Command Set Figure 29 
     SGL_TYPE_INVALID = 0x11
     SGL_OFFSET_INVALID = 0x16
     KEEP_ALIVE_EXPIRED = 0x1B
+    HOST_ID_INCONSISTENT_FORMAT = 0x18  # Reservation Report without EDS, 128-bit host ids
     KEEP_ALIVE_INVALID = 0x1C
     TRANSIENT_TRANSPORT_ERROR = 0x22
     LBA_OUT_OF_RANGE = 0x80
     CAPACITY_EXCEEDED = 0x81
     NAMESPACE_NOT_READY = 0x82
+    RESERVATION_CONFLICT = 0x83
 
 
 class CommandSpecificStatus(IntEnum):  # Base 2.0 Figure 103; Fabrics 1.1 Figure 41 (Connect)
@@ -141,6 +147,7 @@ class LogPageId(IntEnum):  # Base 2.0 Figure 202
     CHANGED_NAMESPACE_LIST = 0x04
     COMMANDS_SUPPORTED = 0x05
     ANA = 0x0C  # Asymmetric Namespace Access, Base 2.0 §5.16.1.12
+    RESERVATION_NOTIFICATION = 0x80  # Base 2.0 §5.16.1.24
     DISCOVERY = 0x70
 
 
@@ -181,6 +188,17 @@ class AsyncEventNotice(IntEnum):  # AEI for type NOTICE
     FIRMWARE_ACTIVATION_STARTING = 0x01
     ANA_CHANGE = 0x03
     DISCOVERY_LOG_CHANGED = 0xF0
+
+
+class AsyncEventIoCommandSet(IntEnum):  # AEI for type IO_COMMAND_SET (Base 2.0 Figure 150)
+    RESERVATION_LOG_AVAILABLE = 0x00
+
+
+class ReservationNotice(IntEnum):  # Reservation Notification log page type (Base 2.0 Fig. 238)
+    EMPTY = 0
+    REGISTRATION_PREEMPTED = 1
+    RESERVATION_RELEASED = 2
+    RESERVATION_PREEMPTED = 3
 
 
 # SGL descriptor identifiers (last byte of DPTR: type << 4 | subtype), Base 2.0 Figure 116/117.
@@ -228,6 +246,7 @@ class HostFeatureId(IntEnum):  # Base 2.0 Figure 316, features beyond FeatureId
     AUTONOMOUS_POWER_STATE = 0x0C
     TIMESTAMP = 0x0E
     HOST_IDENTIFIER = 0x81
+    RESERVATION_PERSISTENCE = 0x83  # per namespace: bit 0 PTPL
 
 
 # Asynchronous Event Configuration (feature 0x0B, cdw11) and Identify OAES bits.
@@ -266,6 +285,7 @@ CTRATT_HOST_ID_128 = 1 << 0
 CTRATT_TBKAS = 1 << 6  # traffic based keep alive
 ONCS_DSM = 1 << 2
 ONCS_WRITE_ZEROES = 1 << 3
+ONCS_RESERVATIONS = 1 << 5
 VWC_PRESENT = 1 << 0
 VWC_FLUSH_NSID_ALL = 0x3 << 1  # Flush with NSID FFFFFFFFh is supported
 LPA_SMART_PER_NS = 1 << 0
@@ -280,6 +300,41 @@ NSFEAT_THIN_PROVISIONING = 1 << 0
 DLFEAT_READ_ZEROES = 0x1  # deallocated blocks read as zeroes
 DLFEAT_WRITE_ZEROES_DEAC = 1 << 3  # Write Zeroes supports the Deallocate bit
 NMIC_SHARED = 1 << 0
+# RESCAP (NVM Command Set Figure 97, byte 31): persist through power loss (bit 0), the six
+# reservation types (bits 1-6), and bit 7: Ignore Existing Key behaves as in NVMe 1.3 and later.
+RESCAP_ALL = 0xFF
+
+
+class ReservationType(IntEnum):  # Base 2.0 Figure 489 (RTYPE)
+    WRITE_EXCLUSIVE = 1
+    EXCLUSIVE_ACCESS = 2
+    WRITE_EXCLUSIVE_REGISTRANTS_ONLY = 3
+    EXCLUSIVE_ACCESS_REGISTRANTS_ONLY = 4
+    WRITE_EXCLUSIVE_ALL_REGISTRANTS = 5
+    EXCLUSIVE_ACCESS_ALL_REGISTRANTS = 6
+
+
+class RegisterAction(IntEnum):  # Reservation Register cdw10 bits 2:0 (RREGA)
+    REGISTER = 0
+    UNREGISTER = 1
+    REPLACE = 2
+
+
+class AcquireAction(IntEnum):  # Reservation Acquire cdw10 bits 2:0 (RACQA)
+    ACQUIRE = 0
+    PREEMPT = 1
+    PREEMPT_AND_ABORT = 2
+
+
+class ReleaseAction(IntEnum):  # Reservation Release cdw10 bits 2:0 (RRELA)
+    RELEASE = 0
+    CLEAR = 1
+
+
+RESV_IEKEY = 1 << 3  # cdw10 bit 3 of Register, Acquire and Release: Ignore Existing Key
+RESV_CPTPL_SHIFT = 30  # Register cdw10 bits 31:30: change persist through power loss state
+CPTPL_NO_CHANGE, CPTPL_CLEAR, CPTPL_SET = 0, 2, 3
+RESV_REPORT_EDS = 1 << 0  # Report cdw11 bit 0: extended data structure (128-bit host ids)
 
 # NVM command fields (NVM Command Set 1.0 §3).
 RW_FUA = 1 << 30  # cdw12

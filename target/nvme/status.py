@@ -102,3 +102,8 @@ def _path(name: str, code: int) -> type[NvmeError]:
 AnaPersistentLoss = _path("AnaPersistentLoss", PathStatus.ANA_PERSISTENT_LOSS)
 AnaInaccessible = _path("AnaInaccessible", PathStatus.ANA_INACCESSIBLE)
 AnaTransition = _path("AnaTransition", PathStatus.ANA_TRANSITION)
+
+
+# --- Reservations (Base 2.0 §8.19) ------------------------------------------------------------
+ReservationConflict = _generic("ReservationConflict", GS.RESERVATION_CONFLICT)
+HostIdInconsistentFormat = _generic("HostIdInconsistentFormat", GS.HOST_ID_INCONSISTENT_FORMAT)
