@@ -369,6 +369,24 @@ def controller_state(vm: LinuxHostVM, ctrl: str) -> str:
     return r.output.strip() if r.rc == 0 and r.output.strip() else "gone"
 
 
+def io_queues(vm: LinuxHostVM, ctrl: str) -> int:
+    """How many I/O queues controller ``ctrl`` has: sysfs ``queue_count`` less the admin
+    queue (each one is its own TCP connection to the target)."""
+    r = vm.exec(f"cat /sys/class/nvme/{shlex.quote(ctrl)}/queue_count", timeout=30)
+    r.check(f"queue_count of {ctrl}")
+    return int(r.output.strip()) - 1
+
+
+def fio_verify(vm: LinuxHostVM, name: str, dev: str, *, jobs: int = 2, mib_per_job: int = 4,
+               timeout: float = 180.0) -> FioResult:
+    """Random 4k writes with crc32c verify, ``jobs`` jobs on their own ``mib_per_job`` MiB
+    regions at once (so the I/O comes from both guest CPUs, and so over several I/O queues);
+    the report is the group's (``jobs[0]`` with ``group_reporting``)."""
+    return fio(vm, name, dev, timeout=timeout, rw="randwrite", bs="4k", size=f"{mib_per_job}M",
+               offset_increment=f"{mib_per_job}M", numjobs=jobs, group_reporting=1,
+               iodepth=4, verify="crc32c", verify_fatal=1)
+
+
 def sha256_device(vm: LinuxHostVM, dev: str, mib: int, timeout: float = 120.0) -> str:
     """sha256 of the first ``mib`` MiB of ``dev``, read with O_DIRECT (not the page cache)."""
     r = vm.exec(f"set -o pipefail; dd if={shlex.quote(dev)} bs=1M count={mib} iflag=direct "
