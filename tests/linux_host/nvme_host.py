@@ -326,6 +326,51 @@ def wait_paths(vm: LinuxHostVM, subnqn: str, ready: Any, what: str,
         time.sleep(0.2)
 
 
+@dataclass(frozen=True)
+class ListedPath:
+    """One path of a subsystem as ``nvme list-subsys`` prints it."""
+
+    ctrl: str  # "nvme1"
+    trsvcid: int
+    state: str  # "live", "connecting", ...
+
+
+@dataclass(frozen=True)
+class ListedSubsystems:
+    subsystems: tuple[tuple[ListedPath, ...], ...]  # the paths of each subsystem of that NQN
+    raw: JsonResult
+
+
+def list_subsys(vm: LinuxHostVM, subnqn: str, nvme: str = "nvme") -> ListedSubsystems:
+    """``nvme list-subsys -o json`` (``nvme``: the nvme-cli to run): the subsystems named
+    ``subnqn`` and their paths. The JSON is walked for objects with "NQN" and "Paths" (2.x
+    nests them under a host entry, whose layout moved between versions); a subsystem listed
+    under several host entries counts once (by its "Name")."""
+    raw = run_json(vm, f"{nvme} list-subsys -o json")
+    found: dict[str, tuple[ListedPath, ...]] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, list):
+            for x in node:
+                walk(x)
+        elif isinstance(node, dict):
+            if node.get("NQN") == subnqn and isinstance(node.get("Paths"), list):
+                listed = []
+                for p in node["Paths"]:
+                    fields = dict(kv.split("=", 1) for kv in str(p.get("Address", "")).split(",")
+                                  if "=" in kv)
+                    port = fields.get("trsvcid", "0").strip()
+                    listed.append(ListedPath(str(p.get("Name")),
+                                             int(port) if port.isdigit() else 0,
+                                             str(p.get("State"))))
+                found[str(node.get("Name"))] = tuple(listed)
+            for v in node.values():
+                walk(v)
+
+    walk(raw.data)
+    return ListedSubsystems(tuple(found.values()), raw)
+
+
 def nonzero_bytes(vm: LinuxHostVM, dev: str, offset: int, length: int,
                   timeout: float = 60.0) -> int:
     """How many bytes in [offset, offset+length) of ``dev`` are not zero (O_DIRECT reads)."""
