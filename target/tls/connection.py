@@ -106,11 +106,12 @@ class TlsQueueConnection(QueueConnection):
         self._stop_handshake_timer()
         self._drop_tls()
         pos = 0
+        queue = self._target_queue()
         while pos < nbytes:  # bounded: every pass moves at least one byte
-            buf = self._queue.get_buffer(nbytes - pos)
+            buf = queue.get_buffer(nbytes - pos)
             n = min(len(buf), nbytes - pos)
             buf[:n] = self._rxv[pos:pos + n]
-            self._queue.buffer_updated(n)
+            queue.buffer_updated(n)
             pos += n
         self._process_events()
 
@@ -128,12 +129,13 @@ class TlsQueueConnection(QueueConnection):
                 if self._closing:
                     return
             got = False
+            queue = self._target_queue()
             while not self._closing:  # bounded: each pass consumes buffered records
-                buf = self._queue.get_buffer(RECEIVE_BUFFER)
+                buf = queue.get_buffer(RECEIVE_BUFFER)
                 n = tls.read_into(buf)
                 if n == 0:
                     break
-                self._queue.buffer_updated(n)
+                queue.buffer_updated(n)
                 got = True
         except TlsClosed:
             self.close()
@@ -164,7 +166,8 @@ class TlsQueueConnection(QueueConnection):
         if self._tls_state != _TLS:
             super()._flush()
             return
-        data = self._queue.data_to_send()
+        queue = self._queue
+        data = queue.data_to_send() if queue is not None else None
         tls = self._tls
         if not data or tls is None or not tls.established:
             return
