@@ -30,7 +30,7 @@ import random
 import resource
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -49,14 +49,16 @@ CONNECT_BATCH = 200  # connects in flight at once: well under the listen backlog
 FD_HEADROOM = 1024  # either process's own files: pool, hosts' queues, pytest's
 
 
-def _raise_nofile(need: int) -> None:
+def _raise_nofile(need: int) -> tuple[int, int]:
+    """Raise this process's soft RLIMIT_NOFILE to ``need``; the limits it had."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft >= need:
-        return
+        return soft, hard
     if hard != resource.RLIM_INFINITY and hard < need:
         pytest.fail(f"RLIMIT_NOFILE hard limit {hard} < {need}: raise it (ulimit -Hn) to run "
                     f"this test", pytrace=False)
     resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    return soft, hard
 
 
 def _status_kib(pid: int, field: str) -> int:
@@ -72,7 +74,7 @@ def _fds(pid: int) -> int:
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[SbstoreDaemon]:
-    _raise_nofile(N + FD_HEADROOM)  # before the start: the daemon inherits it
+    limits_before = _raise_nofile(N + FD_HEADROOM)  # before the start: the daemon inherits it
     port = free_port()
     limits = (f"[limits]\nicreq_timeout_s = {ICREQ_TIMEOUT_S}\n"
               f"max_connections_per_source = {2 * N}\nmax_connections_per_listener = {2 * N}\n")
@@ -88,6 +90,7 @@ def daemon(tmp_path: Path) -> Iterator[SbstoreDaemon]:
         yield d
     finally:
         d.stop()
+        resource.setrlimit(resource.RLIMIT_NOFILE, limits_before)
 
 
 class Busy:
@@ -152,11 +155,11 @@ def _still_open(socks: list[socket.socket]) -> list[socket.socket]:
     return left
 
 
-async def _wait_fds(pid: int, ready: object, timeout_s: float) -> int:
+async def _wait_fds(pid: int, ready: Callable[[int], bool], timeout_s: float) -> int:
     deadline = time.monotonic() + timeout_s
     while True:
         n = _fds(pid)
-        if ready(n) or time.monotonic() > deadline:  # type: ignore[operator]
+        if ready(n) or time.monotonic() > deadline:
             return n
         await asyncio.sleep(0.1)
 
@@ -174,11 +177,12 @@ async def test_10k_idle_connections_cost_little_and_are_closed_at_the_deadline(
         rss0, hwm0 = _status_kib(pid, "VmRSS"), _status_kib(pid, "VmHWM")
 
         t_open = time.monotonic()
-        # A source address of this run's own: the connections other tests (or an earlier
-        # run) closed linger in TIME_WAIT for a minute, and a new connection whose address
-        # pair matches one is answered with an ACK instead of a SYN-ACK, then retried 1 s
-        # later: 10,000 connects from 127.0.0.1 can take many seconds for that alone.
-        source = f"127.{random.randrange(1, 255)}.{random.randrange(256)}.{random.randrange(1, 255)}"
+        # A source address of this run's own (127.0.0.0/8 is all local): connections that
+        # other tests closed from their side linger in TIME_WAIT for a minute, and a new
+        # connection whose address pair matches one is answered with an ACK instead of a
+        # SYN-ACK and retried 1 s later: from 127.0.0.1, 10,000 connects can take seconds.
+        source = ".".join(str(random.randrange(1, 255)) for _ in range(3))
+        source = f"127.{source}"
         socks = await _open_idle(port, N, source)
         opened_s = time.monotonic() - t_open
         held = await _wait_fds(pid, lambda n: n >= fds0 + N, ICREQ_TIMEOUT_S)
