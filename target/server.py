@@ -57,6 +57,11 @@ WRITE_LOW_WATER = 1 << 20
 # has not let run yet (target.admission); read again once it is down to the low mark.
 HELD_HIGH_WATER = 64
 HELD_LOW_WATER = 16
+# Connections the kernel completes before the loop accepts them. A burst bigger than this
+# while the loop is busy (a hypervisor reconnecting hundreds of queues after a restart, a
+# flood of idle connections) has its SYNs dropped and retried a second later. The kernel
+# caps it at net.core.somaxconn (4096 on current kernels).
+LISTEN_BACKLOG = 1024
 
 # Kinds of per-connection log lines, each rate-limited on its own (a flood of one kind does
 # not hide the others); the metrics count what each did not log.
@@ -180,11 +185,11 @@ class QueueConnection(asyncio.BufferedProtocol):
         self._server = server
         self._listener = listener
         self._loop = asyncio.get_running_loop()
-        target = server.target
-        self._queue = TargetQueue(max_incapsule_data=target.incapsule_data_size,
-                                  maxh2cdata=server.limits.maxh2cdata or target.max_data_transfer,
-                                  max_data_len=target.max_data_transfer,
-                                  transfer_buffer=server.limits.transfer_buffer)
+        # The queue's state machine and receive buffer (about 8 KiB) are made when the first
+        # bytes arrive (_target_queue): a connection that never sends anything holds only
+        # this object, its transport and its deadline (issue 8: 10,000 idle ones must cost
+        # the daemon less than 64 MiB; tests/integration/test_idle_10k.py).
+        self._queue: TargetQueue | None = None
         self._session: QueueSession | None = None
         self._poller = server.poller()
         self._transport: asyncio.Transport | None = None
@@ -234,10 +239,15 @@ class QueueConnection(asyncio.BufferedProtocol):
             server.connection_limits.icreq_timeout_s, self._on_handshake_deadline)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self._queue.get_buffer(sizehint)
+        queue = self._queue
+        if queue is None:
+            queue = self._target_queue()
+        return queue.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._queue.buffer_updated(nbytes)
+        queue = self._queue
+        assert queue is not None  # get_buffer made it
+        queue.buffer_updated(nbytes)
         if self._poller is not None:
             self._poller.kick()
         self._process_events()
@@ -284,8 +294,23 @@ class QueueConnection(asyncio.BufferedProtocol):
             self._transport.resume_reading()
 
     # -- events -------------------------------------------------------------------------------
+    def _target_queue(self) -> TargetQueue:
+        """The connection's TargetQueue, made on first use (the first bytes received)."""
+        queue = self._queue
+        if queue is None:
+            server = self._server
+            target = server.target
+            queue = self._queue = TargetQueue(
+                max_incapsule_data=target.incapsule_data_size,
+                maxh2cdata=server.limits.maxh2cdata or target.max_data_transfer,
+                max_data_len=target.max_data_transfer,
+                transfer_buffer=server.limits.transfer_buffer)
+        return queue
+
     def _process_events(self) -> None:
         queue = self._queue
+        if queue is None:  # nothing received yet
+            return
         self._batching = True
         try:
             self._drain_events(queue)
@@ -416,16 +441,17 @@ class QueueConnection(asyncio.BufferedProtocol):
             self._send_response(response)
 
     def _send_response(self, response: Response) -> None:
-        if self._closing:
+        queue = self._queue
+        if self._closing or queue is None:  # (a response needs a command: never None here)
             return
         session = self._session
         if session is not None:
-            self._queue.allow_success_flag = session.allow_success_flag
+            queue.allow_success_flag = session.allow_success_flag
         if response.data is not None:
-            self._queue.send_read_data(int.from_bytes(response.cqe[12:14], "little"),
-                                       response.data, response.cqe)
+            queue.send_read_data(int.from_bytes(response.cqe[12:14], "little"),
+                                 response.data, response.cqe)
         else:
-            self._queue.send_completion(response.cqe)
+            queue.send_completion(response.cqe)
         if not self._batching and not self._flush_soon:
             # A completion from a device (a driver resumed by an I/O's future): more of this
             # connection's usually complete in the same loop turn, so their responses go out
@@ -441,6 +467,8 @@ class QueueConnection(asyncio.BufferedProtocol):
             self._rearm_timer()
 
     def _flush(self) -> None:
+        if self._queue is None:
+            return
         data = self._queue.data_to_send()
         if data and self._transport is not None and not self._transport.is_closing():
             self._transport.writelines(data)
@@ -493,7 +521,12 @@ class QueueConnection(asyncio.BufferedProtocol):
                            "ICReq" if waiting_for == WAITING_ICREQ else "Connect",
                            limits.icreq_timeout_s if waiting_for == WAITING_ICREQ
                            else limits.connect_timeout_s)
-        self.close()
+        # A reset, not a FIN (as for a connection refused at accept): nothing is owed to a
+        # peer that never finished its handshake, and a flood of them leaves no TIME_WAIT
+        # entries on our side (thousands of those block the reuse of their address pairs).
+        self._closing = True
+        if self._transport is not None:
+            self._transport.abort()
 
     def close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
@@ -602,7 +635,7 @@ class TargetServer:
             from target.tls.connection import connection_factory  # only TLS targets load it
             make = connection_factory(self, tls, self.tls_keyring)
         server = await loop.create_server(lambda: make(holder[0]), host, port,
-                                          reuse_address=True, backlog=256)
+                                          reuse_address=True, backlog=LISTEN_BACKLOG)
         sockname = server.sockets[0].getsockname()
         try:
             listener = self.target.add_listener(

@@ -51,9 +51,13 @@ class TlsQueueConnection(QueueConnection):
         super().__init__(server, listener)
         self._required = required
         self._tls_state = _DETECT
-        self._tls: TlsSession | None = context.session(psk_for=keyring.psk_for)
-        self._rx = bytearray(RECEIVE_BUFFER)
-        self._rxv = memoryview(self._rx)
+        # The receive buffer (256 KiB) and the OpenSSL session are made when the first bytes
+        # arrive and when they open a handshake: a connection that sends nothing costs what a
+        # plain one does (issue 8's idle-connection budget).
+        self._context = context
+        self._keyring = keyring
+        self._tls: TlsSession | None = None
+        self._rxv: memoryview | None = None
         self.tls_peer: tuple[str, str] | None = None  # (hostnqn, subnqn) from the identity
         self._handshake_timer: asyncio.TimerHandle | None = None
         self.handshake_timeout_s = HANDSHAKE_TIMEOUT_S
@@ -79,7 +83,10 @@ class TlsQueueConnection(QueueConnection):
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._tls_state == _PLAIN:
             return super().get_buffer(sizehint)
-        return self._rxv
+        rxv = self._rxv
+        if rxv is None:
+            rxv = self._rxv = memoryview(bytearray(RECEIVE_BUFFER))
+        return rxv
 
     def buffer_updated(self, nbytes: int) -> None:
         state = self._tls_state
@@ -89,8 +96,10 @@ class TlsQueueConnection(QueueConnection):
         if self._closing or nbytes <= 0:
             return
         if state == _DETECT:
-            if self._rx[0] == TLS_HANDSHAKE_RECORD:
+            assert self._rxv is not None  # get_buffer made it
+            if self._rxv[0] == TLS_HANDSHAKE_RECORD:
                 self._tls_state = _TLS
+                self._tls = self._context.session(psk_for=self._keyring.psk_for)
             elif self._required:
                 log.warning("connection %s: plain NVMe/TCP refused: listener %s:%s requires TLS",
                             self.peer, self._listener.traddr, self._listener.trsvcid)
@@ -105,20 +114,23 @@ class TlsQueueConnection(QueueConnection):
         self._tls_state = _PLAIN
         self._stop_handshake_timer()
         self._drop_tls()
+        rxv, self._rxv = self._rxv, None  # plain from now on: the queue's buffer only
+        assert rxv is not None
         pos = 0
+        queue = self._target_queue()
         while pos < nbytes:  # bounded: every pass moves at least one byte
-            buf = self._queue.get_buffer(nbytes - pos)
+            buf = queue.get_buffer(nbytes - pos)
             n = min(len(buf), nbytes - pos)
-            buf[:n] = self._rxv[pos:pos + n]
-            self._queue.buffer_updated(n)
+            buf[:n] = rxv[pos:pos + n]
+            queue.buffer_updated(n)
             pos += n
         self._process_events()
 
     def _receive_tls(self, nbytes: int) -> None:
-        tls = self._tls
-        assert tls is not None
+        tls, rxv = self._tls, self._rxv
+        assert tls is not None and rxv is not None
         try:
-            tls.receive_ciphertext(self._rxv[:nbytes])
+            tls.receive_ciphertext(rxv[:nbytes])
             if not tls.established:
                 done = tls.handshake()
                 self._send_ciphertext()
@@ -128,12 +140,13 @@ class TlsQueueConnection(QueueConnection):
                 if self._closing:
                     return
             got = False
+            queue = self._target_queue()
             while not self._closing:  # bounded: each pass consumes buffered records
-                buf = self._queue.get_buffer(RECEIVE_BUFFER)
+                buf = queue.get_buffer(RECEIVE_BUFFER)
                 n = tls.read_into(buf)
                 if n == 0:
                     break
-                self._queue.buffer_updated(n)
+                queue.buffer_updated(n)
                 got = True
         except TlsClosed:
             self.close()
@@ -164,7 +177,8 @@ class TlsQueueConnection(QueueConnection):
         if self._tls_state != _TLS:
             super()._flush()
             return
-        data = self._queue.data_to_send()
+        queue = self._queue
+        data = queue.data_to_send() if queue is not None else None
         tls = self._tls
         if not data or tls is None or not tls.established:
             return

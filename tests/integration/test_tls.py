@@ -231,6 +231,37 @@ async def test_a_stalled_handshake_is_closed(tls_target, monkeypatch):
         await _io(ctrl)
 
 
+async def test_idle_connections_to_tls_listeners_cost_what_plain_ones_do(tls_target):
+    # Until its first byte, a connection has no receive buffer (256 KiB for TLS records) and
+    # no OpenSSL session: 10,000 idle ones must fit in 64 MiB (issue 8).
+    import socket
+    import tracemalloc
+    loop = asyncio.get_running_loop()
+    socks = []
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for port in [tls_target.required, tls_target.allowed] * 50:
+            s = socket.socket()
+            s.setblocking(False)
+            socks.append(s)
+            await loop.sock_connect(s, ("127.0.0.1", port))
+        for _ in range(200):  # bounded wait for the target to accept them all
+            if tls_target.server.connection_count >= len(socks):
+                break
+            await asyncio.sleep(0.01)
+        assert tls_target.server.connection_count >= len(socks)
+        grown = tracemalloc.get_traced_memory()[0] - before
+        assert grown < 100 * 8 * 1024, f"{grown / 100:.0f} bytes per idle connection"
+    finally:
+        tracemalloc.stop()
+        for s in socks:
+            s.close()
+    async with await Controller.connect("127.0.0.1", tls_target.allowed, NQN,
+                                        hostnqn=HOST_A, tls=TLS_A) as ctrl:
+        await _io(ctrl)
+
+
 async def test_without_openssl_a_tls_listener_fails_with_the_reason(monkeypatch):
     monkeypatch.setattr(openssl, "AVAILABLE", False)
     monkeypatch.setattr(openssl, "UNAVAILABLE_REASON", "libssl.so.3 (OpenSSL 3) not found")

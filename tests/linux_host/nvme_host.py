@@ -326,6 +326,51 @@ def wait_paths(vm: LinuxHostVM, subnqn: str, ready: Any, what: str,
         time.sleep(0.2)
 
 
+@dataclass(frozen=True)
+class ListedPath:
+    """One path of a subsystem as ``nvme list-subsys`` prints it."""
+
+    ctrl: str  # "nvme1"
+    trsvcid: int
+    state: str  # "live", "connecting", ...
+
+
+@dataclass(frozen=True)
+class ListedSubsystems:
+    subsystems: tuple[tuple[ListedPath, ...], ...]  # the paths of each subsystem of that NQN
+    raw: JsonResult
+
+
+def list_subsys(vm: LinuxHostVM, subnqn: str, nvme: str = "nvme") -> ListedSubsystems:
+    """``nvme list-subsys -o json`` (``nvme``: the nvme-cli to run): the subsystems named
+    ``subnqn`` and their paths. The JSON is walked for objects with "NQN" and "Paths" (2.x
+    nests them under a host entry, whose layout moved between versions); a subsystem listed
+    under several host entries counts once (by its "Name")."""
+    raw = run_json(vm, f"{nvme} list-subsys -o json")
+    found: dict[str, tuple[ListedPath, ...]] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, list):
+            for x in node:
+                walk(x)
+        elif isinstance(node, dict):
+            if node.get("NQN") == subnqn and isinstance(node.get("Paths"), list):
+                listed = []
+                for p in node["Paths"]:
+                    fields = dict(kv.split("=", 1) for kv in str(p.get("Address", "")).split(",")
+                                  if "=" in kv)
+                    port = fields.get("trsvcid", "0").strip()
+                    listed.append(ListedPath(str(p.get("Name")),
+                                             int(port) if port.isdigit() else 0,
+                                             str(p.get("State"))))
+                found[str(node.get("Name"))] = tuple(listed)
+            for v in node.values():
+                walk(v)
+
+    walk(raw.data)
+    return ListedSubsystems(tuple(found.values()), raw)
+
+
 def nonzero_bytes(vm: LinuxHostVM, dev: str, offset: int, length: int,
                   timeout: float = 60.0) -> int:
     """How many bytes in [offset, offset+length) of ``dev`` are not zero (O_DIRECT reads)."""
@@ -367,6 +412,24 @@ def controller_state(vm: LinuxHostVM, ctrl: str) -> str:
     """``/sys/class/nvme/CTRL/state`` (live, connecting, resetting, deleting...), or ``gone``."""
     r = vm.exec(f"cat /sys/class/nvme/{shlex.quote(ctrl)}/state 2>/dev/null", timeout=30)
     return r.output.strip() if r.rc == 0 and r.output.strip() else "gone"
+
+
+def io_queues(vm: LinuxHostVM, ctrl: str) -> int:
+    """How many I/O queues controller ``ctrl`` has: sysfs ``queue_count`` less the admin
+    queue (each one is its own TCP connection to the target)."""
+    r = vm.exec(f"cat /sys/class/nvme/{shlex.quote(ctrl)}/queue_count", timeout=30)
+    r.check(f"queue_count of {ctrl}")
+    return int(r.output.strip()) - 1
+
+
+def fio_verify(vm: LinuxHostVM, name: str, dev: str, *, jobs: int = 2, mib_per_job: int = 4,
+               timeout: float = 180.0) -> FioResult:
+    """Random 4k writes with crc32c verify, ``jobs`` jobs on their own ``mib_per_job`` MiB
+    regions at once (so the I/O comes from both guest CPUs, and so over several I/O queues);
+    the report is the group's (``jobs[0]`` with ``group_reporting``)."""
+    return fio(vm, name, dev, timeout=timeout, rw="randwrite", bs="4k", size=f"{mib_per_job}M",
+               offset_increment=f"{mib_per_job}M", numjobs=jobs, group_reporting=1,
+               iodepth=4, verify="crc32c", verify_fatal=1)
 
 
 def sha256_device(vm: LinuxHostVM, dev: str, mib: int, timeout: float = 120.0) -> str:

@@ -6,7 +6,8 @@ step whose precondition did not pass fails at once saying so.
 1. CLI: an export, and the guest's host NQN added with secrets sbstore generates (outside
    the guest, as the reference notes: nvme gen-dhchap-key prints nothing inside it);
 2. a connect without a secret, and one with a wrong secret, are refused;
-3. the right secret connects (every queue authenticates) and I/O runs; disconnect;
+3. the right secret connects with two I/O queues (every queue authenticates), I/O runs and
+   a fio verify job (two jobs, one per guest CPU) completes with no error; disconnect;
 4. bidirectional: the host secret and the controller secret connect, I/O runs;
 5. rotation: ``sbstore host set`` gives a new host secret while the host is connected; the
    host stays connected and keeps doing I/O, then re-authenticates with the new secret
@@ -91,9 +92,11 @@ def flow(linux_host_612: LinuxHostVM, daemon: SbstoreDaemon) -> Iterator[Flow]:
 
 
 def _connect(f: Flow, secret: str | None, ctrl_secret: str | None = None,
-             timeout: float = 60.0) -> tuple[int, str]:
+             timeout: float = 60.0, io_queues: int | None = None) -> tuple[int, str]:
     args = nh.connect_args(HOST_FROM_GUEST, f.daemon.port, SUBNQN, hostnqn=HOSTNQN,
                            hostid=HOST_ID, ctrl_loss_tmo=5)
+    if io_queues is not None:
+        args += f" --nr-io-queues={io_queues}"
     if secret is not None:
         args += f" --dhchap-secret={shlex.quote(secret)}"
     if ctrl_secret is not None:
@@ -163,12 +166,19 @@ def test_2_no_secret_and_wrong_secret_refused(flow: Flow) -> None:
 
 def test_3_right_secret_connects_and_does_io(flow: Flow) -> None:
     flow.need("export")
-    rc, out = _connect(flow, flow.secrets["host"])
+    rc, out = _connect(flow, flow.secrets["host"], io_queues=2)
     assert rc == 0, f"connect with the right secret failed:\n{out}"
     a = nh.wait_attached(flow.vm, SUBNQN)
+    assert nh.io_queues(flow.vm, a.controllers[0]) == 2
     _io(flow, a.namespaces[0], 0)
     dmesg = flow.vm.dmesg()
     assert "authenticated with hash hmac(sha256) dhgroup ffdhe2048" in dmesg, dmesg[-3000:]
+    t0 = time.monotonic()
+    result = nh.fio_verify(flow.vm, "auth", a.namespaces[0])
+    assert result.rc == 0 and result.job is not None and result.job.get("error") == 0, \
+        result.describe()
+    assert result.io_bytes("write") >= 8 << 20, result.describe()
+    print(f"fio verify over DH-HMAC-CHAP: {result.summary()} ({time.monotonic() - t0:.1f}s)")
     _disconnect(flow)
     flow.passed.add("unidirectional")
 

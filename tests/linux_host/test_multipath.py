@@ -1,12 +1,14 @@
-"""Native NVMe multipath of the real Linux host (6.1, ``nvme_core.multipath=Y``) over two
-sbstore listeners, driven through the CLI while a fio verify job writes through the multipath
-block device.
+"""Native NVMe multipath of the real Linux host (``nvme_core.multipath=Y``) over two sbstore
+listeners, driven through the CLI while a fio verify job writes through the multipath block
+device. Runs once per guest kernel: Debian 12's 6.1 and Debian 13's 6.12 (each boots its own
+guest, the first powered off before the second boots; both use nvme-cli 2.3).
 
 One daemon from a config file (listener 1 from the config, listener 2 added with the CLI, both
 on 127.0.0.1, reached from the guest as 10.0.2.2:PORT), one export, one guest. In order:
 
 1. the host connects the export through both listeners: one subsystem, two controllers (paths),
    one block device, both paths ``optimized`` (sysfs ``ana_state``, from the ANA log);
+   ``nvme list-subsys`` shows the one subsystem with its two live paths;
 2. a fio job (random writes with crc32c verify, round-robin I/O policy so both paths carry it)
    runs in the background for the rest of the test;
 3. ``listener set 1 --ana-state inaccessible``: the host learns it from the ANA change event
@@ -30,7 +32,7 @@ import pytest
 
 from . import nvme_host as nh
 from .sbstore_process import SbstoreDaemon, free_port, write_config
-from .vm import HOST_FROM_GUEST, LinuxHostVM, VMError
+from .vm import HOST_FROM_GUEST, GuestImage, LinuxHostVM, VMError
 
 pytestmark = pytest.mark.linux_host
 
@@ -50,9 +52,26 @@ class Setup:
     port2: int
 
 
+@pytest.fixture(scope="module", params=["6.1", "6.12"])
+def guest(request: pytest.FixtureRequest) -> Iterator[LinuxHostVM]:
+    """A guest of each kernel in turn (module scope, so one boot per kernel)."""
+    image_fixture = {"6.1": "linux_host_image", "6.12": "linux_host_612_image"}[request.param]
+    image: GuestImage = request.getfixturevalue(image_fixture)
+    vm = LinuxHostVM(image)
+    try:
+        vm.start()
+    except VMError as exc:
+        pytest.fail(f"cannot boot the {request.param} linux-host guest: {exc}", pytrace=False)
+    try:
+        yield vm
+    finally:
+        vm.stop()
+
+
 @pytest.fixture(scope="module")
-def setup(linux_host: LinuxHostVM,
+def setup(guest: LinuxHostVM,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    linux_host = guest
     d = tmp_path_factory.mktemp("multipath")
     port1, port2 = free_port(), free_port()
     config = write_config(d / "sbstore.toml", state_dir=d / "state", pool_path=d / "mp.pool",
@@ -115,6 +134,11 @@ def test_multipath_over_two_listeners(setup: Setup) -> None:
         "two live optimized paths")
     att = nh.wait_attached(s.vm, SUBNQN)
     assert len(att.controllers) == 2 and len(att.namespaces) == 1, att
+    listed = nh.list_subsys(s.vm, SUBNQN)
+    assert len(listed.subsystems) == 1, listed.raw.describe()
+    assert sorted(p.trsvcid for p in listed.subsystems[0]) == sorted((s.port1, s.port2)), \
+        listed.raw.describe()
+    assert all(p.state == "live" for p in listed.subsystems[0]), listed.raw.describe()
     dev = att.namespaces[0]
     # The default policy (numa) keeps to one path; round-robin lets the test see both move.
     r = s.vm.exec("for f in /sys/class/nvme-subsystem/nvme-subsys*/iopolicy; do "

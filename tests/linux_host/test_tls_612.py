@@ -9,7 +9,9 @@ order, and a step whose precondition did not pass fails at once saying so.
 3. a plain connect to the TLS port is refused (the daemon logs why);
 4. a wrong PSK in the host's keyring fails the handshake (the daemon logs it, keeps serving);
 5. the right PSK (inserted with ``nvme check-tls-key --insert``, the identity and TLS PSK
-   libnvme derives) connects every queue over TLS, and data written reads back the same;
+   libnvme derives) connects every queue over TLS (the admin queue and two I/O queues), data
+   written reads back the same, and a fio verify job (two jobs, one per guest CPU) completes
+   with no error;
 6. discovery over TLS: with a PSK for the discovery NQN in its keyring, ``nvme discover --tls``
    on the TLS port reads the log (the identity names the discovery subsystem);
 7. the daemon's log never shows the key.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -61,10 +64,13 @@ class Flow:
         if missing:
             pytest.fail(f"precondition: step(s) {missing} did not pass", pytrace=False)
 
-    def connect(self, *, tls: bool, timeout: float = 90.0) -> vm_mod.ExecResult:
+    def connect(self, *, tls: bool, timeout: float = 90.0,
+                io_queues: int | None = None) -> vm_mod.ExecResult:
         from .tls_host import nvme
         args = (f"connect -t tcp -a {vm_mod.HOST_FROM_GUEST} -s {self.tls_port} -n {SUBNQN} "
                 f"-q {HOSTNQN} -I {HOST_ID} --ctrl-loss-tmo=0{' --tls' if tls else ''}")
+        if io_queues is not None:
+            args += f" --nr-io-queues={io_queues}"
         return self.vm.exec(nvme(args), timeout=timeout)
 
     def insert_key(self, key: str) -> vm_mod.ExecResult:
@@ -161,16 +167,24 @@ def test_4_a_wrong_psk_fails_the_handshake(flow: Flow) -> None:
 def test_5_the_right_psk_connects_and_does_io(flow: Flow) -> None:
     flow.need("tlshd")
     flow.insert_key(KEY).check("inserting the key")
-    flow.connect(tls=True).check("nvme connect --tls")
+    flow.connect(tls=True, io_queues=2).check("nvme connect --tls")
     try:
-        dev = nh.wait_attached(flow.vm, SUBNQN).namespaces[0]
+        attached = nh.wait_attached(flow.vm, SUBNQN)
+        dev = attached.namespaces[0]
+        assert nh.io_queues(flow.vm, attached.controllers[0]) == 2
         flow.vm.exec(f"dd if=/dev/urandom of=/tmp/w bs=1M count=4 2>/dev/null && "
                      f"dd if=/tmp/w of={dev} bs=1M oflag=direct 2>&1", timeout=120).check("write")
         written = flow.vm.exec("sha256sum /tmp/w", timeout=30).check().output.split()[0]
         assert nh.sha256_device(flow.vm, dev, 4) == written
         # Every queue of the controller came over TLS (admin + I/O queues).
         log = flow.daemon.output()
-        assert log.count(f"TLS 1.3 (TLS_AES_128_GCM_SHA256) with {HOSTNQN}") >= 2, log[-4000:]
+        assert log.count(f"TLS 1.3 (TLS_AES_128_GCM_SHA256) with {HOSTNQN}") >= 3, log[-4000:]
+        t0 = time.monotonic()
+        result = nh.fio_verify(flow.vm, "tls", dev)
+        assert result.rc == 0 and result.job is not None and result.job.get("error") == 0, \
+            result.describe()
+        assert result.io_bytes("write") >= 8 << 20, result.describe()
+        print(f"fio verify over TLS: {result.summary()} ({time.monotonic() - t0:.1f}s)")
     finally:
         nh.disconnect(flow.vm, SUBNQN)
     flow.passed.add("io")
