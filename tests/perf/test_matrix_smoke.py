@@ -46,7 +46,8 @@ def test_tiny_matrix_writes_json_plots_and_report(tmp_path: Path) -> None:
         points = [r["lat_pct_us"][f"{p:.6f}"] for p in PERCENTILES]
         assert points == sorted(points) and points[0] > 0, (target, job, points)
         if target != "raw":
-            assert r["target_cpu_us_per_io"] > 0
+            # (/proc counts CPU in 10 ms ticks: a 0.3 s run on a busy machine may see none)
+            assert r["target_cpu_us_per_io"] >= 0
     assert report["setup"]["pool"]["first_write"]["mb_per_s"] > 0
     assert "io_uring" in report["setup"]["pool"]["engine"]
     assert not list(tmp_path.glob("sbs-matrix-*"))  # the pool and raw files are removed
