@@ -101,9 +101,20 @@ from typing import TYPE_CHECKING, NamedTuple, Self
 
 import sbstore
 from sbstore.config import METRICS_PER_VOLUME
-from sbstore.iostats import BUCKET_BOUNDS_NS, FIRST_BUCKET_EXP, LAST_BUCKET_EXP, N_SLOTS, IoStats
-from target.connlimits import REFUSED_LISTENER, REFUSED_SOURCE, WAITING_CONNECT, WAITING_ICREQ
+from sbstore.iostats import (
+    BUCKET_BOUNDS_NS,
+    FIRST_BUCKET_EXP,
+    LAST_BUCKET_EXP,
+    N_SLOTS,
+    IoStats,
+)
 from target.ana import state_name
+from target.connlimits import (
+    REFUSED_LISTENER,
+    REFUSED_SOURCE,
+    WAITING_CONNECT,
+    WAITING_ICREQ,
+)
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry

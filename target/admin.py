@@ -39,10 +39,10 @@ from target.nvme.identify import (
 from target.nvme.logpages import (
     SmartLog,
     data_units,
+    push_ana_log,
     push_changed_ns_list,
     push_effects_log,
     push_error_log,
-    push_ana_log,
     push_fw_slot_log,
     push_smart_log,
     slice_log,

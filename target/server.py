@@ -38,14 +38,24 @@ from typing import Any, Awaitable, Callable, Coroutine, cast
 
 from target.admission import Admission
 from target.busypoll import BusyPoller
-from target.connlimits import (REFUSED_LISTENER, WAITING_CONNECT, WAITING_ICREQ, ConnectionGate,
-                               ConnectionLimits)
+from target.connlimits import (
+    REFUSED_LISTENER,
+    WAITING_CONNECT,
+    WAITING_ICREQ,
+    ConnectionGate,
+    ConnectionLimits,
+)
 from target.controller import QueueSession, Response
 from target.loglimit import DEFAULT_BURST, DEFAULT_INTERVAL_S, LogLimiter
 from target.offload import ProcessOffload
 from target.subsystem import Listener, Target
-from target.tcp.queue import (CommandReceived, PeerTerminated, ProtocolFailed, QueueEstablished,
-                              TargetQueue)
+from target.tcp.queue import (
+    CommandReceived,
+    PeerTerminated,
+    ProtocolFailed,
+    QueueEstablished,
+    TargetQueue,
+)
 
 log = logging.getLogger("sbstore.target")
 
@@ -632,7 +642,9 @@ class TargetServer:
         holder: list[Listener] = []
         make: Callable[[Listener], QueueConnection] = functools.partial(QueueConnection, self)
         if tls != "off":
-            from target.tls.connection import connection_factory  # only TLS targets load it
+            from target.tls.connection import (
+                connection_factory,  # only TLS targets load it
+            )
             make = connection_factory(self, tls, self.tls_keyring)
         server = await loop.create_server(lambda: make(holder[0]), host, port,
                                           reuse_address=True, backlog=LISTEN_BACKLOG)

@@ -42,7 +42,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from target.ana import DEFAULT_ANAGRPID, SERVING_STATES, AnaTable, check_grpid, path_error
+from target.ana import (
+    DEFAULT_ANAGRPID,
+    SERVING_STATES,
+    AnaTable,
+    check_grpid,
+    path_error,
+)
 from target.auth.responder import HostCredentials, Offload, run_inline
 from target.blockdev import BlockDevice
 from target.nvme import status as st

@@ -9,10 +9,9 @@ or failed the operation, 3: no daemon answered).
 from __future__ import annotations
 
 import argparse
-from typing import TypeAlias
 import json
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 from sbstore.cli import EXIT_FAILED, EXIT_UNREACHABLE, CommandError
 from sbstore.config import QosPolicy

@@ -11,8 +11,8 @@ import argparse
 import sys
 from typing import Any
 
-from sbstore.commands._common import Subparsers, add_json, call, emit
 from sbstore.cli import CommandError
+from sbstore.commands._common import Subparsers, add_json, call, emit
 from sbstore.control.client import path
 
 _KEY_HASHES = ("none", "sha256", "sha384", "sha512")

@@ -37,7 +37,12 @@ from sbstore.control.http import (
     error_response,
     json_response_sliced,
 )
-from sbstore.control.service import ANA_STATE_CHOICES, ControlError, ControlService, ErrorCode
+from sbstore.control.service import (
+    ANA_STATE_CHOICES,
+    ControlError,
+    ControlService,
+    ErrorCode,
+)
 from target.ana import STATE_NAMES
 
 log = logging.getLogger("sbstore.control.api")

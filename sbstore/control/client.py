@@ -17,8 +17,8 @@ import http.client
 import json
 import os
 import socket
-from pathlib import Path
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, Self
 from urllib.parse import quote, urlencode, urlsplit
 

@@ -87,8 +87,8 @@ from sbstore.store import (
     ReadOnly,
     StoreError,
     Volume,
+    transfer,
 )
-from sbstore.store import transfer
 from sbstore.store.stream import StreamHeader
 from sbstore.volume_device import VolumeDevice
 from target.ana import STATE_NAMES, parse_state, state_name

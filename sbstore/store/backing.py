@@ -27,7 +27,6 @@ from typing import Any
 from .errors import Busy, Corrupt, InvalidArgument, NotFound
 from .layout import PAGE_SIZE
 
-
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_ZERO_RANGE = 0x10
 

@@ -23,7 +23,6 @@ import struct
 import uuid as uuid_mod
 from collections.abc import Iterator
 from dataclasses import dataclass
-
 from zlib import crc32
 
 from .errors import InvalidArgument

@@ -24,7 +24,6 @@ import asyncio
 from array import array
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
-
 from zlib import crc32
 
 from .errors import InvalidArgument, NotFound

@@ -46,6 +46,8 @@ from target.nvme.dhchap import (
     DHGROUP_NAME,
     HASH_LEN,
     HASH_NAME,
+    SC_C_NONE,
+    AuthType,
     Challenge,
     DhGroupId,
     Failure,
@@ -53,7 +55,6 @@ from target.nvme.dhchap import (
     HashId,
     MessageError,
     MessageId,
-    AuthType,
     Success1,
     message_kind,
     pull_failure,
@@ -62,7 +63,6 @@ from target.nvme.dhchap import (
     push_challenge,
     push_failure,
     push_success1,
-    SC_C_NONE,
 )
 
 log = logging.getLogger(__name__)

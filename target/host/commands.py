@@ -17,9 +17,17 @@ import uuid as uuid_mod
 from typing import Iterable
 
 from target.nvme.dhchap import SECP_DHCHAP, SPSP_DHCHAP
-from target.nvme.spec import (NQN_FIELD_LEN, RESV_CPTPL_SHIFT, RESV_IEKEY, RESV_REPORT_EDS,
-                              SGL_DATA_BLOCK_OFFSET, SGL_TRANSPORT_DATA_BLOCK, AdminOpcode,
-                              FabricsType, IoOpcode)
+from target.nvme.spec import (
+    NQN_FIELD_LEN,
+    RESV_CPTPL_SHIFT,
+    RESV_IEKEY,
+    RESV_REPORT_EDS,
+    SGL_DATA_BLOCK_OFFSET,
+    SGL_TRANSPORT_DATA_BLOCK,
+    AdminOpcode,
+    FabricsType,
+    IoOpcode,
+)
 from target.nvme.structs import Sqe
 
 CONNECT_DATA_LEN = 1024

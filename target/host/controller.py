@@ -22,14 +22,36 @@ from typing import TYPE_CHECKING, Sequence
 from target.host import commands as cmd
 from target.host.auth import HostAuth, Outcome, authenticate
 from target.host.queue_client import Completion, QueueClient
-from target.nvme.spec import (CC_EN, CC_SHN_SHIFT, CNTLID_DYNAMIC, CONNECT_AUTHREQ_ATR,
-                              CSTS_RDY, CSTS_SHST_SHIFT, DISCOVERY_NQN, SHST_COMPLETE, FeatureId, IdentifyCns, Property)
-from target.nvme.identify import (IdentifyController, IdentifyNamespace,
-                                  pull_identify_controller, pull_identify_namespace,
-                                  pull_namespace_list, pull_ns_id_descriptors)
-from target.nvme.reservations import (ReservationStatus, pull_report, push_key,
-                                      push_key_pair)
-from target.nvme.spec import AcquireAction, RegisterAction, ReleaseAction
+from target.nvme.identify import (
+    IdentifyController,
+    IdentifyNamespace,
+    pull_identify_controller,
+    pull_identify_namespace,
+    pull_namespace_list,
+    pull_ns_id_descriptors,
+)
+from target.nvme.reservations import (
+    ReservationStatus,
+    pull_report,
+    push_key,
+    push_key_pair,
+)
+from target.nvme.spec import (
+    CC_EN,
+    CC_SHN_SHIFT,
+    CNTLID_DYNAMIC,
+    CONNECT_AUTHREQ_ATR,
+    CSTS_RDY,
+    CSTS_SHST_SHIFT,
+    DISCOVERY_NQN,
+    SHST_COMPLETE,
+    AcquireAction,
+    FeatureId,
+    IdentifyCns,
+    Property,
+    RegisterAction,
+    ReleaseAction,
+)
 from target.nvme.structs import Sqe
 
 if TYPE_CHECKING:

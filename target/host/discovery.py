@@ -13,8 +13,12 @@ from typing import TYPE_CHECKING
 from target.host.auth import HostAuth
 from target.host.controller import Controller
 from target.nvme.logpages import DiscoveryLogEntry, pull_discovery_log
-from target.nvme.spec import (DISCOVERY_LOG_ENTRY_SIZE, DISCOVERY_LOG_HEADER_SIZE, DISCOVERY_NQN,
-                              LogPageId)
+from target.nvme.spec import (
+    DISCOVERY_LOG_ENTRY_SIZE,
+    DISCOVERY_LOG_HEADER_SIZE,
+    DISCOVERY_NQN,
+    LogPageId,
+)
 
 if TYPE_CHECKING:
     from target.host.tls import HostTls

@@ -15,8 +15,13 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from target.nvme.status import NvmeError, split_status
 from target.nvme.structs import Cqe, Sqe, pull_cqe, push_sqe
-from target.tcp.queue import (Established, HostQueue, PeerTerminated, ProtocolFailed,
-                              ResponseReceived)
+from target.tcp.queue import (
+    Established,
+    HostQueue,
+    PeerTerminated,
+    ProtocolFailed,
+    ResponseReceived,
+)
 
 if TYPE_CHECKING:
     from target.host.tls import ClientPsk
@@ -91,7 +96,9 @@ class QueueClient(asyncio.BufferedProtocol):
         factory: Callable[[], QueueClient] = functools.partial(cls, hdgst=hdgst, ddgst=ddgst,
                                                                depth=depth)
         if tls is not None:
-            from target.host.tls import TlsQueueClient  # plain clients never load OpenSSL
+            from target.host.tls import (
+                TlsQueueClient,  # plain clients never load OpenSSL
+            )
             factory = functools.partial(TlsQueueClient, hdgst=hdgst, ddgst=ddgst, depth=depth,
                                         psk=tls)
         _, proto = await asyncio.wait_for(loop.create_connection(factory, host, port), timeout_s)

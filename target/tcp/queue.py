@@ -41,19 +41,64 @@ import struct
 from collections import deque
 from collections.abc import Callable
 
-from target.nvme.spec import SGL_DATA_BLOCK_OFFSET, SGL_TRANSPORT_DATA_BLOCK, GenericStatus
+from target.nvme.spec import (
+    SGL_DATA_BLOCK_OFFSET,
+    SGL_TRANSPORT_DATA_BLOCK,
+    GenericStatus,
+)
 from target.tcp.digest import DIGEST, crc32c
-from target.tcp.events import (CommandReceived, Established, PeerTerminated, ProtocolFailed,
-                               QueueEstablished, ResponseReceived)
+from target.tcp.events import (
+    CommandReceived,
+    Established,
+    PeerTerminated,
+    ProtocolFailed,
+    QueueEstablished,
+    ResponseReceived,
+)
 from target.tcp.host import HostQueue
-from target.tcp.pdu import (CH, CMD_HLEN, DATA, DATA_FIELDS, DATA_HLEN, DATA_LAST, DATA_SUCCESS,
-                            DDGST_ENABLE, DDGSTF, FEI_CCCID, FEI_DATAL, FEI_DATAO, FEI_FLAGS,
-                            FEI_PDA, FEI_PFV, FEI_PLEN, FEI_TTAG, FEI_TYPE, HDGST_ENABLE, HDGSTF,
-                            IC, IC_PDU_LEN, MIN_MAXH2CDATA, PDA_MAX, PFV_1_0, RESP_HLEN,
-                            DataLimitExceeded, DataOutOfRange, InvalidPduHeader, PduSequenceError,
-                            data_offset, pda_bytes)
-from target.tcp.pdu import (PDU_C2H_DATA, PDU_C2H_TERM_REQ, PDU_CAPSULE_CMD, PDU_CAPSULE_RESP,
-                            PDU_H2C_DATA, PDU_H2C_TERM_REQ, PDU_IC_REQ, PDU_IC_RESP, PDU_R2T)
+from target.tcp.pdu import (
+    CH,
+    CMD_HLEN,
+    DATA,
+    DATA_FIELDS,
+    DATA_HLEN,
+    DATA_LAST,
+    DATA_SUCCESS,
+    DDGST_ENABLE,
+    DDGSTF,
+    FEI_CCCID,
+    FEI_DATAL,
+    FEI_DATAO,
+    FEI_FLAGS,
+    FEI_PDA,
+    FEI_PFV,
+    FEI_PLEN,
+    FEI_TTAG,
+    FEI_TYPE,
+    HDGST_ENABLE,
+    HDGSTF,
+    IC,
+    IC_PDU_LEN,
+    MIN_MAXH2CDATA,
+    PDA_MAX,
+    PDU_C2H_DATA,
+    PDU_C2H_TERM_REQ,
+    PDU_CAPSULE_CMD,
+    PDU_CAPSULE_RESP,
+    PDU_H2C_DATA,
+    PDU_H2C_TERM_REQ,
+    PDU_IC_REQ,
+    PDU_IC_RESP,
+    PDU_R2T,
+    PFV_1_0,
+    RESP_HLEN,
+    DataLimitExceeded,
+    DataOutOfRange,
+    InvalidPduHeader,
+    PduSequenceError,
+    data_offset,
+    pda_bytes,
+)
 from target.tcp.stream import DEAD, HANDSHAKE_BUFFER_SIZE, RECV_BUFFER_SIZE, PduStream
 
 # The host role and its events are re-exported: both roles are "the queue" to their users.

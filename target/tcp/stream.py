@@ -47,9 +47,25 @@ from collections.abc import Callable
 
 from target.tcp.digest import DIGEST, crc32c
 from target.tcp.events import Event, PeerTerminated, ProtocolFailed
-from target.tcp.pdu import (CH, DATA_TYPES, DDGSTF, DIGEST_TYPES, FEI_FLAGS, FEI_HLEN, FEI_PDO,
-                            FEI_PLEN, FEI_TYPE, HDGSTF, HLEN, TERM, TERM_HLEN, TERM_MAX_DATA,
-                            HeaderDigestError, InvalidPduHeader, TransportError)
+from target.tcp.pdu import (
+    CH,
+    DATA_TYPES,
+    DDGSTF,
+    DIGEST_TYPES,
+    FEI_FLAGS,
+    FEI_HLEN,
+    FEI_PDO,
+    FEI_PLEN,
+    FEI_TYPE,
+    HDGSTF,
+    HLEN,
+    TERM,
+    TERM_HLEN,
+    TERM_MAX_DATA,
+    HeaderDigestError,
+    InvalidPduHeader,
+    TransportError,
+)
 
 Buffer = bytes | bytearray | memoryview
 # (start of the PDU in the receive buffer, flags, pdo, plen, end of header + header digest)

@@ -25,7 +25,13 @@ import logging
 from typing import TYPE_CHECKING, Callable
 
 from target.server import QueueConnection
-from target.tls.engine import TlsClosed, TlsContext, TlsError, TlsSession, require_openssl
+from target.tls.engine import (
+    TlsClosed,
+    TlsContext,
+    TlsError,
+    TlsSession,
+    require_openssl,
+)
 from target.tls.psk import PskError, parse_identity
 
 if TYPE_CHECKING:

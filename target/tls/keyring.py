@@ -21,8 +21,14 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from target.tls.psk import (ConfiguredPsk, LabelEncoding, PskError, parse_identity,
-                            parse_interchange, tls_psk)
+from target.tls.psk import (
+    ConfiguredPsk,
+    LabelEncoding,
+    PskError,
+    parse_identity,
+    parse_interchange,
+    tls_psk,
+)
 
 
 class KeyringError(ValueError):

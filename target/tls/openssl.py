@@ -15,7 +15,16 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-from ctypes import (CFUNCTYPE, POINTER, c_char_p, c_int, c_long, c_size_t, c_uint64, c_void_p)
+from ctypes import (
+    CFUNCTYPE,
+    POINTER,
+    c_char_p,
+    c_int,
+    c_long,
+    c_size_t,
+    c_uint64,
+    c_void_p,
+)
 from typing import Any
 
 TLS1_3_VERSION = 0x0304

@@ -22,8 +22,8 @@ from target.nvme.logpages import pull_ana_log
 from target.nvme.spec import (
     AEC_ANA_CHANGE,
     AEC_NS_ATTRIBUTE,
-    CMIC_ANA,
     ANA_LSP_RGO,
+    CMIC_ANA,
     AnaState,
     AsyncEventNotice,
     AsyncEventType,

@@ -14,9 +14,16 @@ from target.blockdev import RamDevice
 from target.host import Controller, QueueClient, discover
 from target.host import commands as cmd
 from target.host.tls import HostTls
-from target.nvme.spec import (DISCOVERY_NQN, TCP_SECTYPE_NONE, TCP_SECTYPE_TLS13,
-                              TREQ_NOT_REQUIRED, TREQ_NOT_SPECIFIED, TREQ_REQUIRED,
-                              CommandSpecificStatus, StatusType)
+from target.nvme.spec import (
+    DISCOVERY_NQN,
+    TCP_SECTYPE_NONE,
+    TCP_SECTYPE_TLS13,
+    TREQ_NOT_REQUIRED,
+    TREQ_NOT_SPECIFIED,
+    TREQ_REQUIRED,
+    CommandSpecificStatus,
+    StatusType,
+)
 from target.server import TargetServer
 from target.subsystem import Subsystem, Target
 from target.tls import openssl

@@ -3,9 +3,9 @@ input either parses to what was written or is refused with BadStream, never anyt
 from __future__ import annotations
 
 import uuid
+from zlib import crc32
 
 import pytest
-from zlib import crc32
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -9,8 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
-from target.connlimits import (REFUSED_LISTENER, REFUSED_SOURCE, ConnectionGate,
-                               ConnectionLimits)
+from target.connlimits import (
+    REFUSED_LISTENER,
+    REFUSED_SOURCE,
+    ConnectionGate,
+    ConnectionLimits,
+)
 
 LISTENERS = ("l1", "l2")
 SOURCES = ("10.0.0.1", "10.0.0.2", "10.0.0.3")

@@ -13,11 +13,30 @@ from target.auth import chap
 from target.auth.responder import HostCredentials
 from target.auth.secret import DhchapSecret
 from target.nvme import dhchap as m
-from target.nvme.spec import (CONNECT_AUTHREQ_ATR, AdminOpcode, CommandSpecificStatus,
-                              FabricsType, GenericStatus, IdentifyCns, StatusType)
+from target.nvme.spec import (
+    CONNECT_AUTHREQ_ATR,
+    AdminOpcode,
+    CommandSpecificStatus,
+    FabricsType,
+    GenericStatus,
+    IdentifyCns,
+    StatusType,
+)
 
-from .helpers import (HOSTNQN, SUBNQN, Conn, Env, bring_up_admin, connect_io, disconnect,
-                      fabrics, identify, make_env, read, sqe)
+from .helpers import (
+    HOSTNQN,
+    SUBNQN,
+    Conn,
+    Env,
+    bring_up_admin,
+    connect_io,
+    disconnect,
+    fabrics,
+    identify,
+    make_env,
+    read,
+    sqe,
+)
 
 SECRET = DhchapSecret(bytes(range(32)), 1)
 AUTH_REQUIRED = (StatusType.COMMAND_SPECIFIC, CommandSpecificStatus.AUTH_REQUIRED)

@@ -7,14 +7,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from target.nvme.structs import Sqe, push_sqe
 from target.tcp import pdu as P
-from target.tcp.events import (CommandReceived, Established, PeerTerminated, ProtocolFailed,
-                               QueueEstablished, ResponseReceived)
+from target.tcp.events import (
+    CommandReceived,
+    Established,
+    PeerTerminated,
+    ProtocolFailed,
+    QueueEstablished,
+    ResponseReceived,
+)
 from target.tcp.host import HostQueue
 from target.tcp.queue import TargetQueue
 from target.tcp.stream import PduStream
-
-from target.nvme.structs import Sqe, push_sqe
 
 from .pair import Link, decode_all, drain, joined, pattern, read_sqe, write_sqe
 

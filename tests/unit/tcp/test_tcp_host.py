@@ -9,11 +9,26 @@ from target.nvme.spec import GenericStatus
 from target.nvme.status import split_status
 from target.nvme.structs import pull_cqe
 from target.tcp import pdu as P
-from target.tcp.events import Established, PeerTerminated, ProtocolFailed, ResponseReceived
+from target.tcp.events import (
+    Established,
+    PeerTerminated,
+    ProtocolFailed,
+    ResponseReceived,
+)
 from target.tcp.host import HostQueue
 
-from .pair import (cqe, decode_all, drain, feed, joined, make_link, pattern, read_sqe, ready,
-                   write_sqe)
+from .pair import (
+    cqe,
+    decode_all,
+    drain,
+    feed,
+    joined,
+    make_link,
+    pattern,
+    read_sqe,
+    ready,
+    write_sqe,
+)
 
 
 def host_after(icresp: P.ICResp, **kw: int) -> HostQueue:

@@ -11,14 +11,31 @@ from target.nvme.status import split_status, status_field
 from target.nvme.structs import Sqe, pull_cqe, push_sqe
 from target.tcp import pdu as P
 from target.tcp.digest import crc32c
-from target.tcp.events import (CommandReceived, Established, PeerTerminated, ProtocolFailed,
-                               QueueEstablished, ResponseReceived)
+from target.tcp.events import (
+    CommandReceived,
+    Established,
+    PeerTerminated,
+    ProtocolFailed,
+    QueueEstablished,
+    ResponseReceived,
+)
 from target.tcp.host import HostQueue
 from target.tcp.queue import TargetQueue
 from target.tcp.stream import HANDSHAKE_BUFFER_SIZE, RECV_BUFFER_SIZE
 
-from .pair import (Link, cqe, decode_all, drain, feed, joined, make_link, pattern, read_sqe,
-                   ready, write_sqe)
+from .pair import (
+    Link,
+    cqe,
+    decode_all,
+    drain,
+    feed,
+    joined,
+    make_link,
+    pattern,
+    read_sqe,
+    ready,
+    write_sqe,
+)
 
 DIGESTS = [(False, False), (True, False), (False, True), (True, True)]
 DIGEST_IDS = ["plain", "hdgst", "ddgst", "both"]
