@@ -1,4 +1,5 @@
-"""NVMe reservations with the real Linux host (6.1 guest, nvme-cli 2.3), one guest boot.
+"""NVMe reservations with the real Linux host (6.1 and 6.12 guests, nvme-cli 2.3), one boot
+each.
 
 Two host identities (host NQN and host id) connect to the same export from the guest: the
 kernel gives each its own controller (``/dev/nvmeA``, ``/dev/nvmeB``). Reservation commands
@@ -25,7 +26,7 @@ import pytest
 
 from . import nvme_host as nh
 from .sbstore_process import SbstoreDaemon, free_port, write_config
-from .vm import HOST_FROM_GUEST, LinuxHostVM, VMError
+from .vm import HOST_FROM_GUEST, GuestImage, LinuxHostVM, VMError
 
 pytestmark = pytest.mark.linux_host
 
@@ -46,8 +47,26 @@ HOSTS = {name: GuestHost(hostid, f"nqn.2014-08.org.nvmexpress:uuid:{hostid}")
          for name, hostid in (("A", str(uuid.uuid4())), ("B", str(uuid.uuid4())))}
 
 
+@pytest.fixture(scope="module", params=["6.1", "6.12"])
+def guest(request: pytest.FixtureRequest) -> Iterator[LinuxHostVM]:
+    """A guest of each kernel in turn (module scope, so one boot per kernel)."""
+    image_fixture = {"6.1": "linux_host_image", "6.12": "linux_host_612_image"}[request.param]
+    image: GuestImage = request.getfixturevalue(image_fixture)
+    vm = LinuxHostVM(image)
+    try:
+        vm.start()
+    except VMError as exc:
+        pytest.fail(f"cannot boot the {request.param} linux-host guest: {exc}", pytrace=False)
+    try:
+        yield vm
+    finally:
+        vm.stop()
+
+
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SbstoreDaemon]:
+def daemon(guest: LinuxHostVM,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[SbstoreDaemon]:
+    """A fresh daemon (and so fresh reservation state) for each guest kernel."""
     d = tmp_path_factory.mktemp("resv-e2e")
     port = free_port()
     config = write_config(d / "sbstore.toml", state_dir=d / "state", pool_path=d / "resv.pool",
@@ -120,8 +139,8 @@ def _wait_live(vm: LinuxHostVM, devs: dict[str, str], timeout: float) -> None:
 
 
 def test_write_exclusive_between_two_hosts_survives_a_restart(
-        linux_host: LinuxHostVM, daemon: SbstoreDaemon) -> None:
-    vm = linux_host
+        guest: LinuxHostVM, daemon: SbstoreDaemon) -> None:
+    vm = guest
     daemon.cli("volume", "create", "shared", "--size", "16M", "--block-size",
                str(BLOCK)).ok("volume create")
     daemon.cli("export", "create", SUBNQN, "--volume", "shared", "--host",
