@@ -1785,26 +1785,25 @@ def _probe_pool(path: str) -> str | None:
     return f"uuid {found[0].pool_uuid}"
 
 
-def check_name(name: str) -> None:
+def _check_label(name: str, what: str, max_bytes: int, forbidden: str, said: str) -> None:
+    """One rule for the names the pool stores: non-empty, at most ``max_bytes`` of UTF-8, no
+    space, control character or any of ``forbidden`` (``said`` words them)."""
     if not isinstance(name, str) or not name:
-        raise InvalidArgument("a volume name must be a non-empty string")
-    if len(name.encode()) > NAME_MAX_BYTES:
-        raise InvalidArgument(f"volume name {name[:20]!r}... is longer than {NAME_MAX_BYTES} "
-                              f"bytes")
-    if any(ch.isspace() or ch in "/\\" or not ch.isprintable() for ch in name):
-        raise InvalidArgument(f"volume name {name!r} may not contain spaces, slashes or "
-                              f"control characters")
+        raise InvalidArgument(f"a {what} must be a non-empty string")
+    if len(name.encode()) > max_bytes:
+        raise InvalidArgument(f"{what} {name[:20]!r}... is longer than {max_bytes} bytes")
+    if any(ch.isspace() or ch in forbidden or not ch.isprintable() for ch in name):
+        raise InvalidArgument(f"{what} {name!r} may not contain {said} or control characters")
+
+
+def check_name(name: str) -> None:
+    _check_label(name, "volume name", NAME_MAX_BYTES, "/\\", "spaces, slashes")
 
 
 def check_group_name(name: str) -> None:
-    if not isinstance(name, str) or not name:
-        raise InvalidArgument("a snapshot group name must be a non-empty string")
-    if len(name.encode()) > GROUP_NAME_MAX_BYTES:
-        raise InvalidArgument(f"snapshot group name {name[:20]!r}... is longer than "
-                              f"{GROUP_NAME_MAX_BYTES} bytes")
-    if any(ch.isspace() or ch in "/\\@" or not ch.isprintable() for ch in name):
-        raise InvalidArgument(f"snapshot group name {name!r} may not contain spaces, slashes, "
-                              f"'@' or control characters")
+    # '@' joins a volume's name to its group's in the members' names (<vol>@<group>).
+    _check_label(name, "snapshot group name", GROUP_NAME_MAX_BYTES, "/\\@",
+                 "spaces, slashes, '@'")
 
 
 def record_problem(rec: VolumeRecord, cluster_size: int) -> str | None:
