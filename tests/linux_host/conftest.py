@@ -34,17 +34,22 @@ def linux_host_image() -> GuestImage:
         pytest.fail(f"cannot build the linux-host guest image: {exc}", pytrace=False)
 
 
-@pytest.fixture(scope="module")
-def linux_host(linux_host_image: GuestImage) -> Iterator[LinuxHostVM]:
-    vm = LinuxHostVM(linux_host_image)
+def _booted(image: GuestImage, what: str) -> Iterator[LinuxHostVM]:
+    """A guest of ``image`` booted for the fixture's scope (``what`` names it on failure)."""
+    vm = LinuxHostVM(image)
     try:
         vm.start()
     except VMError as exc:
-        pytest.fail(f"cannot boot the linux-host guest: {exc}", pytrace=False)
+        pytest.fail(f"cannot boot the {what}: {exc}", pytrace=False)
     try:
         yield vm
     finally:
         vm.stop()
+
+
+@pytest.fixture(scope="module")
+def linux_host(linux_host_image: GuestImage) -> Iterator[LinuxHostVM]:
+    yield from _booted(linux_host_image, "linux-host guest")
 
 
 @pytest.fixture(scope="session")
@@ -57,15 +62,16 @@ def linux_host_612_image() -> GuestImage:
 
 @pytest.fixture(scope="module")
 def linux_host_612(linux_host_612_image: GuestImage) -> Iterator[LinuxHostVM]:
-    vm = LinuxHostVM(linux_host_612_image)
-    try:
-        vm.start()
-    except VMError as exc:
-        pytest.fail(f"cannot boot the 6.12 linux-host guest: {exc}", pytrace=False)
-    try:
-        yield vm
-    finally:
-        vm.stop()
+    yield from _booted(linux_host_612_image, "6.12 linux-host guest")
+
+
+@pytest.fixture(scope="module", params=["6.1", "6.12"])
+def guest(request: pytest.FixtureRequest) -> Iterator[LinuxHostVM]:
+    """A guest of each kernel in turn (module scope, so one boot per kernel): for tests that
+    must hold on the host most hypervisors run today and on the newer one."""
+    image_fixture = {"6.1": "linux_host_image", "6.12": "linux_host_612_image"}[request.param]
+    image: GuestImage = request.getfixturevalue(image_fixture)
+    yield from _booted(image, f"{request.param} linux-host guest")
 
 
 @pytest.fixture(scope="module", params=["io_uring", "threads", "buffered"])

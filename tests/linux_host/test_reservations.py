@@ -26,7 +26,7 @@ import pytest
 
 from . import nvme_host as nh
 from .sbstore_process import SbstoreDaemon, free_port, write_config
-from .vm import HOST_FROM_GUEST, GuestImage, LinuxHostVM, VMError
+from .vm import HOST_FROM_GUEST, LinuxHostVM, VMError
 
 pytestmark = pytest.mark.linux_host
 
@@ -45,22 +45,6 @@ class GuestHost:
 
 HOSTS = {name: GuestHost(hostid, f"nqn.2014-08.org.nvmexpress:uuid:{hostid}")
          for name, hostid in (("A", str(uuid.uuid4())), ("B", str(uuid.uuid4())))}
-
-
-@pytest.fixture(scope="module", params=["6.1", "6.12"])
-def guest(request: pytest.FixtureRequest) -> Iterator[LinuxHostVM]:
-    """A guest of each kernel in turn (module scope, so one boot per kernel)."""
-    image_fixture = {"6.1": "linux_host_image", "6.12": "linux_host_612_image"}[request.param]
-    image: GuestImage = request.getfixturevalue(image_fixture)
-    vm = LinuxHostVM(image)
-    try:
-        vm.start()
-    except VMError as exc:
-        pytest.fail(f"cannot boot the {request.param} linux-host guest: {exc}", pytrace=False)
-    try:
-        yield vm
-    finally:
-        vm.stop()
 
 
 @pytest.fixture(scope="module")
