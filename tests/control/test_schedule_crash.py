@@ -8,9 +8,6 @@ import asyncio
 import calendar
 import os
 import random
-import selectors
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,8 +18,8 @@ from sbstore.store.check import check_pool
 from tests.control.schedule_crash_child import TICK_S
 from tests.control.test_schedules import control
 from tests.store import conftest as store_fixtures
+from tests.store.killed_child import run_until_killed
 
-REPO = Path(__file__).resolve().parents[2]
 KILLS = int(os.environ.get("SBSTORE_CRASH_KILLS", "15"))
 T0 = calendar.timegm((2026, 12, 1, 0, 0, 0))
 HOUR = 3600
@@ -31,25 +28,8 @@ pool_dir = store_fixtures.pool_dir  # the store tests' fixture: files on tmpfs
 
 
 def run_child(directory: Path, start: float, lifetime: float) -> list[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "tests.control.schedule_crash_child",
-                             str(directory), str(start)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
-    try:
-        sel = selectors.DefaultSelector()
-        sel.register(proc.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
-        assert sel.select(timeout=30), "the child did not start"
-        first = proc.stdout.readline()  # type: ignore[union-attr]
-        assert first == b"READY\n", first + proc.stderr.read()  # type: ignore[union-attr]
-        time.sleep(lifetime)
-        proc.kill()
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-    assert proc.returncode == -9, err.decode()[-2000:]
-    return out.decode().split("\n")[:-1]
+    return run_until_killed("tests.control.schedule_crash_child", [str(directory), str(start)],
+                            lifetime)
 
 
 async def setup(directory: Path) -> None:

@@ -13,9 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import selectors
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +22,9 @@ import pytest
 from sbstore.store import Pool
 from sbstore.store.check import check_pool
 from tests.store.crash_child import BS, pattern
+from tests.store.killed_child import run_until_killed
 from tests.store.loopdev import loop_device
 
-REPO = Path(__file__).resolve().parents[2]
 KILLS = int(os.environ.get("SBSTORE_CRASH_KILLS", "15"))  # per engine and device
 VOLUME_BYTES = 2 << 20
 
@@ -61,27 +58,8 @@ def apply_op(data: bytearray, seq: int, lba: int, n: int, kind: str) -> None:
 
 
 def run_child(path: Path, seed: int, seq: int, lifetime: float, io: str) -> list[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "tests.store.crash_child", str(path),
-                             str(seed), str(seq), io], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, bufsize=0)  # no read-ahead past READY
-    try:
-        sel = selectors.DefaultSelector()
-        sel.register(proc.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
-        assert sel.select(timeout=30), "the child did not start"
-        first = proc.stdout.readline()  # type: ignore[union-attr]
-        assert first == b"READY\n", first + proc.stderr.read()  # type: ignore[union-attr]
-        time.sleep(lifetime)
-        proc.kill()
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-    assert proc.returncode == -9, err.decode()[-2000:]
-    text = out.decode()
-    lines = text.split("\n")
-    return lines[:-1]  # the last piece is empty or a line the kill cut short
+    return run_until_killed("tests.store.crash_child", [str(path), str(seed), str(seq), io],
+                            lifetime)
 
 
 def apply(model: dict[str, Vol], lines: list[str],

@@ -15,8 +15,6 @@ import asyncio
 import hashlib
 import os
 import random
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,8 +23,8 @@ import pytest
 from sbstore.store import Pool
 from sbstore.store.check import check_pool
 from sbstore.store.transfer import prepare_export
+from tests.store.killed_child import run_until_killed
 
-REPO = Path(__file__).resolve().parents[2]
 KILLS = int(os.environ.get("SBSTORE_CRASH_KILLS", "15"))
 MiB = 1 << 20
 SNAPSHOTS = 4
@@ -59,22 +57,8 @@ async def make_streams(src: Path, out: Path) -> dict[str, str]:
 
 
 def run_child(path: Path, streams: Path, seed: int, lifetime: float) -> list[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "tests.store.crash_transfer_child",
-                             str(path), str(streams), str(seed)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
-    try:
-        first = proc.stdout.readline()  # type: ignore[union-attr]
-        assert first == b"READY\n", first + proc.stderr.read()  # type: ignore[union-attr]
-        time.sleep(lifetime)
-        proc.kill()
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-    assert proc.returncode == -9, err.decode()[-2000:]
-    return out.decode().split("\n")[:-1]
+    return run_until_killed("tests.store.crash_transfer_child",
+                            [str(path), str(streams), str(seed)], lifetime)
 
 
 async def verify(path: Path, want: dict[str, str], acked: str | None, run: int) -> None:
