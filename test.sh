@@ -8,8 +8,9 @@ cd "$(dirname "$0")"
 # from these and the Debian cloud kernel), iproute2 for network-namespace tests, systemd for
 # `systemd-analyze verify` of the units; openssl (its `kdf` command) and libssl3 for NVMe/TCP TLS
 # (the target drives libssl through ctypes; tests check PSK derivations against `openssl kdf`).
+# etcd-server: the coordinator of cluster mode (tests/cluster start their own etcd on loopback).
 packages=(qemu-system-x86 busybox-static nvme-cli fio kmod e2fsprogs util-linux iproute2 systemd
-          openssl libssl3)
+          openssl libssl3 etcd-server)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
