@@ -1461,7 +1461,7 @@ class ControlService:
             except BaseException:
                 await self.listeners.close(rec.id)
                 raise
-            return live.info()
+            return live.info(self.listeners.forced)
 
     async def remove_listener(self, listener_id: int) -> None:
         if type(listener_id) is not int:
@@ -1512,7 +1512,7 @@ class ControlService:
                 return LiveListener(stored[listener_id],
                                     ana=self._ana_settings().get(listener_id, {})).info()
             self.listeners.set_ana(listener_id, export, wanted)
-            return live.info()
+            return live.info(self.listeners.forced)
 
     # === tenants =================================================================================
 
