@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import uuid as uuid_mod
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ class PathInaccessible(BlockDeviceError):
 class RoleDevice:
     """Delegates to ``active`` (the primary's mirrored device) or refuses every I/O."""
 
-    __slots__ = ("_active", "local", "name")
+    __slots__ = ("__weakref__", "_active", "local", "name")
 
     def __init__(self, local: BlockDevice, name: str = "") -> None:
         self.local = local  # the replica in this node's pool (what a MirroredDevice wraps)
@@ -149,3 +150,39 @@ class LocalRegistry:
         finally:
             os.close(fd)
         os.replace(tmp, self.path)
+
+
+class ClusterDevices:
+    """The control service's device hook for cluster volumes (composed inside the QoS hook):
+    a namespace of a volume the registry names gets a :class:`RoleDevice`, which serves what
+    the manager says for that volume (refusing until it says anything)."""
+
+    def __init__(self, registry: LocalRegistry) -> None:
+        self.registry = registry
+        self._devices: dict[str, weakref.WeakSet[RoleDevice]] = {}
+        self._active: dict[str, BlockDevice] = {}
+
+    def wrap(self, pool_name: str, vol: Any, inner: BlockDevice) -> BlockDevice:
+        uuid = str(vol.uuid)
+        name = self.registry.volumes.get(uuid)
+        if name is None:
+            return inner  # not a cluster volume: served as in single-node mode
+        device = RoleDevice(inner, name)
+        active = self._active.get(uuid)
+        if active is not None:
+            device.serve(active)
+        self._devices.setdefault(uuid, weakref.WeakSet()).add(device)
+        return device
+
+    def serve(self, uuid: str, device: BlockDevice) -> None:
+        self._active[uuid] = device
+        for d in list(self._devices.get(uuid, ())):
+            d.serve(device)
+
+    def refuse(self, uuid: str) -> None:
+        self._active.pop(uuid, None)
+        for d in list(self._devices.get(uuid, ())):
+            d.refuse()
+
+    def serving(self, uuid: str) -> bool:
+        return uuid in self._active

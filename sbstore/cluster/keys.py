@@ -175,15 +175,22 @@ class InSync:
 
     nodes: tuple[str, ...]
     epoch: int = 0
+    # node -> bytes its last resync moved (written by the primary with the node's return, so
+    # every node's status shows it)
+    resync_bytes: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps({"nodes": list(self.nodes), "epoch": self.epoch})
+        return json.dumps({"nodes": list(self.nodes), "epoch": self.epoch,
+                           "resync_bytes": self.resync_bytes})
 
     @classmethod
     def from_json(cls, data: Any, key: str) -> InSync:
         epoch = data.get("epoch", 0) if isinstance(data, dict) else 0
-        return cls(_names(_field(data, "nodes", list, key), key, "nodes"),
-                   epoch if isinstance(epoch, int) else 0)
+        nodes = _names(_field(data, "nodes", list, key), key, "nodes")
+        raw = data.get("resync_bytes", {})
+        resync = {str(k): v for k, v in raw.items() if type(v) is int} \
+            if isinstance(raw, dict) else {}
+        return cls(nodes, epoch if isinstance(epoch, int) else 0, resync)
 
 
 def primary_value(node: str) -> str:
