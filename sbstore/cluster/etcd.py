@@ -179,10 +179,15 @@ class EtcdClient:
 
     async def lease_keepalive(self, lease_id: int) -> int:
         reply = await self._call("/v3/lease/keepalive", {"ID": str(lease_id)})
-        # the gateway serves this streaming call as one message: {"result": {...}}
+        # the gateway serves this streaming call as one message: {"result": {...}}, or, for an
+        # error inside the stream, HTTP 200 with {"error": {"grpc_code", "message", ...}}
+        error = reply.get("error")
+        if isinstance(error, dict):
+            message = str(error.get("message", error))
+            if "lease not found" in message:
+                raise LeaseExpired(message)
+            raise EtcdError(f"lease keepalive of {lease_id} failed: {message}")
         result = reply.get("result", reply)
-        if isinstance(reply.get("error"), dict):
-            raise EtcdError(f"lease keepalive failed: {reply['error']}")
         ttl = int(result.get("TTL", 0))
         if ttl <= 0:
             raise LeaseExpired(f"etcd lease {lease_id} is gone")

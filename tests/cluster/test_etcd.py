@@ -9,7 +9,7 @@ import pytest
 
 from sbstore.cluster.etcd import (Compare, EtcdClient, EtcdError, EtcdUnavailable, LeaseExpired,
                                   Op)
-from tests.cluster.etcd_server import free_port
+from tests.cluster.etcd_server import EtcdServer, free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -60,9 +60,9 @@ async def test_txn_success_and_failure(etcd_client: EtcdClient) -> None:
     assert (await etcd_client.get("k")) is not None
 
 
-async def test_election_pattern_exactly_one_wins(etcd: object, etcd_client: EtcdClient) -> None:
-    url = etcd_client._names[0]
-    campaigners = [EtcdClient([url]) for _ in range(2)]
+async def test_election_pattern_exactly_one_wins(etcd: EtcdServer,
+                                                 etcd_client: EtcdClient) -> None:
+    campaigners = [EtcdClient([etcd.url]) for _ in range(2)]
 
     async def campaign(node: str, client: EtcdClient) -> bool:
         result = await client.txn([Compare.create_revision("primary/v", "==", 0)],
@@ -126,14 +126,40 @@ async def test_unreachable_endpoints_raise_within_timeout() -> None:
         silent.close()
 
 
-async def test_failover_to_second_endpoint(etcd: object, etcd_client: EtcdClient) -> None:
-    url = etcd_client._names[0]
+async def test_failover_to_second_endpoint(etcd: EtcdServer) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    client = EtcdClient([dead, url], timeout=1.0)
+    client = EtcdClient([dead, etcd.url], timeout=1.0)
     await client.put("k", b"v")
     kv = await client.get("k")
     assert kv is not None and kv.value == b"v"
     assert client._preferred == 1  # remembered: the dead endpoint is not tried first any more
+
+
+async def test_failover_past_a_silent_endpoint_within_the_timeout(etcd: EtcdServer) -> None:
+    silent = socket.socket()  # accepts connections (the backlog) and never answers: a hung etcd
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        client = EtcdClient([f"http://127.0.0.1:{silent.getsockname()[1]}", etcd.url],
+                            timeout=1.0)
+        started = time.monotonic()
+        assert await client.put("k", b"v") > 0
+        assert time.monotonic() - started < 1.0  # half the timeout on each endpoint
+    finally:
+        silent.close()
+
+
+async def test_paused_etcd_is_unavailable_and_back_after_resume(etcd: EtcdServer) -> None:
+    client = EtcdClient([etcd.url], timeout=0.5)
+    await client.put("k", b"v")
+    etcd.pause()
+    try:
+        with pytest.raises(EtcdUnavailable, match="timed out"):
+            await client.get("k")
+    finally:
+        etcd.resume()
+    kv = await client.get("k")
+    assert kv is not None and kv.value == b"v"
 
 
 def test_bad_endpoint_refused() -> None:

@@ -3,7 +3,7 @@ raises HttpParseError and nothing makes it loop or wait (it has no I/O to wait o
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from sbstore.cluster.http_response import HttpParseError, HttpResponse, ResponseParser
@@ -110,14 +110,12 @@ def test_endless_head_is_refused() -> None:
             parser.result()
 
 
-@settings(max_examples=200, deadline=None)
 @given(body=st.binary(max_size=300), cuts=st.lists(st.integers(0, 10_000), max_size=8))
 def test_content_length_any_split(body: bytes, cuts: list[int]) -> None:
     response = feed_in_pieces(sized(body, 201), cuts)
     assert response is not None and response.status == 201 and response.body == body
 
 
-@settings(max_examples=200, deadline=None)
 @given(pieces=st.lists(st.binary(max_size=40), max_size=6), trailers=st.booleans(),
        cuts=st.lists(st.integers(0, 10_000), max_size=8))
 def test_chunked_any_split(pieces: list[bytes], trailers: bool, cuts: list[int]) -> None:
@@ -125,7 +123,6 @@ def test_chunked_any_split(pieces: list[bytes], trailers: bool, cuts: list[int])
     assert response is not None and response.body == b"".join(pieces)
 
 
-@settings(max_examples=300, deadline=None)
 @given(data=st.one_of(
     st.binary(max_size=400),
     st.builds(lambda head, tail: head + tail,
