@@ -67,11 +67,14 @@ _STATUSES = frozenset(int(s) for s in Status)
 
 class WireError(Exception):
     """A malformed frame. ``tag`` is the frame's tag when its header could be read (the server
-    then answers BAD_REQUEST with it before closing), else None."""
+    then answers BAD_REQUEST with it before closing), else None. ``frames`` are the good
+    frames that came before the bad one in the same :meth:`RequestDecoder.feed`: they were
+    sent in good faith and are still served."""
 
     def __init__(self, message: str, *, tag: int | None = None) -> None:
         super().__init__(message)
         self.tag = tag
+        self.frames: list[Request] = []
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +87,7 @@ class Request:
     lba: int = 0
     nblocks: int = 0
     flags: int = 0
-    data: bytes = b""
+    data: bytes | bytearray | memoryview = b""
 
     @property
     def fua(self) -> bool:
@@ -163,8 +166,9 @@ class RequestDecoder:
                 out.append(request)
                 pos += size
         except WireError as e:
-            self._broken = e
+            self._broken = WireError(str(e), tag=e.tag)  # what later calls raise: no frames
             self._buf = bytearray()
+            e.frames = out
             raise
         if pos:
             del buf[:pos]

@@ -163,3 +163,11 @@ def test_fuzz_response_decoder_only_raises_wire_error(garbage: bytes) -> None:
         ResponseDecoder().feed(garbage)
     except WireError:
         pass
+
+
+def test_good_frames_before_a_bad_one_are_handed_over() -> None:
+    dec = RequestDecoder()
+    hello = hello_request(1, VOL, 512)
+    with pytest.raises(WireError) as info:
+        dec.feed(encode_request(hello) + encode_request(Request(Op.PING, 2, 0)) + b"junk" * 8)
+    assert info.value.frames == [hello, Request(Op.PING, 2, 0)]
