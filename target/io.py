@@ -79,9 +79,9 @@ def data_status_error(data_status: int) -> st.NvmeError:
 
 def blockdev_status(error: BlockDeviceError) -> st.NvmeError:
     """A device error as the NVMe status the host sees. Media errors, internal errors and path
-    errors may be retried (DNR clear: a multipath host retries a path error on another path,
-    as a replicated volume's non-primary node asks); other generic errors (out of range,
-    capacity exceeded) may not."""
+    errors may be retried (DNR clear: a replicated volume's device fails a write with ANA
+    Transition or Inaccessible so that the host's multipath retries it on another node); other
+    generic errors (out of range, capacity exceeded) may not."""
     retry = error.sct in (StatusType.MEDIA, StatusType.PATH) or (
         error.sct == StatusType.GENERIC and error.sc in (GenericStatus.INTERNAL_ERROR,
                                                          GenericStatus.NAMESPACE_NOT_READY,
