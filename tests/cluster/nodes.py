@@ -36,11 +36,11 @@ class Node:
     socket: Path
 
     def api(self, method: str, target: str, body: Any = None, **query: Any) -> Any:
-        with Client(self.socket, timeout=10) as c:
+        with Client(self.socket, timeout_s=10) as c:
             return c.request(method, target, body, query)
 
     def get(self, target: str) -> Any:
-        with Client(self.socket, timeout=10) as c:
+        with Client(self.socket, timeout_s=10) as c:
             return c.get(target)
 
     def cli(self, *args: str) -> Any:
