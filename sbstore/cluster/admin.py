@@ -166,36 +166,41 @@ class ClusterAdmin:
         except EtcdError as exc:
             raise _unavailable(exc) from None
 
-    async def change_hosts(self, nqn: str, *, add: str | None = None,
-                           remove: str | None = None) -> dict[str, Any]:
-        """Allow (``add``) or disallow (``remove``) one host on a cluster export."""
-        for host in (add, remove):
+    async def change_export(self, nqn: str, *, add_host: str | None = None,
+                            remove_host: str | None = None,
+                            allow_any_host: bool | None = None) -> dict[str, Any]:
+        """Allow or disallow one host, or any host, on a cluster export (every node follows)."""
+        for host in (add_host, remove_host):
             if host is not None:
                 check_nqn(host, "host NQN")
+        key = self.keys.export(nqn)
         for _ in range(5):  # a concurrent change: read again and retry, a few times
             view = await self.view()
             e = view.exports.get(nqn)
-            if e is None:
+            kv = await self._get(key)
+            if e is None or kv is None:
                 raise ControlError(ErrorCode.NOT_FOUND, f"no cluster export {nqn!r}")
-            hosts = set(e.hosts)
-            if add is not None:
-                if e.allow_any_host:
+            hosts, any_host = set(e.hosts), e.allow_any_host
+            if add_host is not None:
+                if any_host:
                     raise ControlError(ErrorCode.FAILED_PRECONDITION,
-                                       f"{nqn} allows any host")
-                if add in hosts:
+                                       f"{nqn} allows any host; to restrict it, turn that off "
+                                       f"first (sbstore export set {nqn} --no-allow-any-host)")
+                if add_host in hosts:
                     raise ControlError(ErrorCode.ALREADY_EXISTS,
-                                       f"{add} may already connect to {nqn}")
-                hosts.add(add)
-            if remove is not None:
-                if remove not in hosts:
-                    raise ControlError(ErrorCode.NOT_FOUND, f"{remove} is not among {nqn}'s "
-                                       f"hosts")
-                hosts.discard(remove)
-            spec = ExportSpec(nqn, e.namespaces, tuple(sorted(hosts)), e.allow_any_host)
-            key = self.keys.export(nqn)
-            kv = await self.client.get(key)
-            if kv is None:
-                continue
+                                       f"{add_host} may already connect to {nqn}")
+                hosts.add(add_host)
+            if remove_host is not None:
+                if remove_host not in hosts:
+                    raise ControlError(ErrorCode.NOT_FOUND, f"{remove_host} is not among "
+                                       f"{nqn}'s hosts")
+                hosts.discard(remove_host)
+            if allow_any_host is not None:
+                if allow_any_host and hosts:
+                    raise invalid(f"export {nqn!r} lists hosts; remove them before allowing "
+                                  f"any host")
+                any_host = allow_any_host
+            spec = ExportSpec(nqn, e.namespaces, tuple(sorted(hosts)), any_host)
             try:
                 result = await self.client.txn([Compare.mod_revision(key, "==", kv.mod_revision)],
                                                [Op.put(key, spec.to_json())])
@@ -204,6 +209,12 @@ class ClusterAdmin:
             if result.succeeded:
                 return self._export_info(spec, view)
         raise ControlError(ErrorCode.BUSY, f"export {nqn!r} kept changing; try again")
+
+    async def _get(self, key: str) -> Any:
+        try:
+            return await self.client.get(key)
+        except EtcdError as exc:
+            raise _unavailable(exc) from None
 
     # --- status -------------------------------------------------------------------------------
 

@@ -422,7 +422,17 @@ async def _subsystem(c: Call) -> Any:
     return c.service.show_export(c.params["nqn"])
 
 
+async def _refuse_cluster_export(c: Call, what: str) -> None:
+    if c.cluster is not None and await c.cluster.is_cluster_export(c.params["nqn"]):
+        raise ControlError(ErrorCode.FAILED_PRECONDITION,
+                           f"{c.params['nqn']} is a cluster export: {what} is not supported "
+                           f"yet in cluster mode")
+
+
 async def _subsystem_set(c: Call) -> Any:
+    if c.cluster is not None and await c.cluster.is_cluster_export(c.params["nqn"]):
+        return await c.cluster.admin.change_export(
+            c.params["nqn"], allow_any_host=c.body["allow_any_host"])
     return await c.service.set_export(c.params["nqn"], allow_any_host=c.body["allow_any_host"])
 
 
@@ -438,15 +448,18 @@ async def _namespaces(c: Call) -> Any:
 
 
 async def _namespace_add(c: Call) -> Any:
+    await _refuse_cluster_export(c, "adding a namespace")
     return await c.service.add_namespace(c.params["nqn"], c.body["volume"],
                                          pool=c.body.get("pool"), nsid=c.body.get("nsid"))
 
 
 async def _namespace_remove(c: Call) -> Any:
+    await _refuse_cluster_export(c, "removing a namespace")
     return await c.service.remove_namespace(c.params["nqn"], nsid=c.params["nsid"])
 
 
 async def _namespace_remove_by_volume(c: Call) -> Any:
+    await _refuse_cluster_export(c, "removing a namespace")
     if "volume" not in c.query:
         raise BadRequest("query parameter 'volume' is required (or DELETE "
                          ".../namespaces/{nsid})")
@@ -470,7 +483,8 @@ async def _host_add(c: Call) -> Any:
         if _auth_request(c.body) is not None:
             raise ControlError(ErrorCode.FAILED_PRECONDITION, "DH-HMAC-CHAP on cluster exports "
                                "is not supported yet")
-        return await c.cluster.admin.change_hosts(c.params["nqn"], add=c.body["host_nqn"])
+        return await c.cluster.admin.change_export(c.params["nqn"],
+                                                   add_host=c.body["host_nqn"])
     return await c.service.add_host(c.params["nqn"], c.body["host_nqn"],
                                     _auth_request(c.body))
 
@@ -483,7 +497,8 @@ async def _host_set(c: Call) -> Any:
 
 async def _host_remove(c: Call) -> Any:
     if c.cluster is not None and await c.cluster.is_cluster_export(c.params["nqn"]):
-        return await c.cluster.admin.change_hosts(c.params["nqn"], remove=c.params["host_nqn"])
+        return await c.cluster.admin.change_export(c.params["nqn"],
+                                                   remove_host=c.params["host_nqn"])
     return await c.service.remove_host(c.params["nqn"], c.params["host_nqn"])
 
 
