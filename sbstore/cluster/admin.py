@@ -228,7 +228,8 @@ class ClusterAdmin:
             info = view.nodes.get(name)
             nodes.append({
                 "name": name, "live": info is not None, "self": name == node,
-                "peer_address": ("%s:%d" % info.peer_address) if info else None,
+                "peer_address": (f"{info.peer_address[0]}:{info.peer_address[1]}"
+                                 if info else None),
                 "listeners": list(info.listeners) if info else [],
                 "free_bytes": info.free_bytes if info else None,
                 "lease_left_s": (round(lease_left_s, 3) if name == node and

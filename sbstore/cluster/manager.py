@@ -33,10 +33,11 @@ when it creates a volume); every write of ``insync`` is a txn guarded by
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid as uuid_mod
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -411,7 +412,8 @@ class ClusterManager:
         # What the old primary may lack: every block this node received from it lately.
         recent = self.replica_server.recent_writes(rep.uuid,
                                                    seconds=self.config.lease_ttl + 3.0)
-        initial_dirty = {peer: list(recent) for peer in dropped}
+        initial_dirty: dict[str, Iterable[tuple[int, int]]] = {
+            peer: list(recent) for peer in dropped}
         try:
             if dropped:
                 await self._write_insync(rep, remove=dropped)
@@ -426,8 +428,8 @@ class ClusterManager:
         rep.mirror = MirroredDevice(
             VolumeDevice(found[1]), fence=_Fence(epoch, self.session.may_acknowledge),
             peers=peers, in_sync=set(peers),
-            on_peer_lost=lambda peer, rep=rep: self._peer_lost(rep, peer),
-            on_deposed=lambda rep=rep: self._deposed(rep),
+            on_peer_lost=functools.partial(self._peer_lost, rep),
+            on_deposed=functools.partial(self._deposed, rep),
             initial_dirty=initial_dirty)
         for peer in dropped:  # a dirty map, even an empty one: its resync is incremental
             rep.mirror.mark_dirty(peer, 0, 0)
@@ -541,8 +543,8 @@ class ClusterManager:
                     "%.2f s", name, peer, sent, "full" if full else "incremental",
                     time.monotonic() - started)
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
         return task

@@ -50,7 +50,8 @@ class LiveListener:
 
     def info(self, forced: dict[str, AnaState] | None = None) -> dict[str, Any]:
         rec = self.record
-        ana = {**self.ana, **(forced or {})}
+        ana: dict[str | None, AnaState] = dict(self.ana)
+        ana.update(forced or {})
         bound = [{"address": a, "port": int(x.trsvcid), "portid": x.portid}
                  for a, x in sorted(self.bound.items())]
         if self.errors:

@@ -52,6 +52,11 @@ class Node:
     def volume(self, name: str) -> dict[str, Any]:
         return next(v for v in self.status()["volumes"] if v["name"] == name)
 
+    def healthy(self, name: str) -> dict[str, Any] | None:
+        """The volume's status once it has a primary and every replica is in sync."""
+        v = self.volume(name)
+        return v if v["state"] == "healthy" and v["primary"] else None
+
     def kill(self) -> None:
         """SIGKILL, as a crash."""
         proc = self.daemon.proc

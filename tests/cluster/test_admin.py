@@ -46,8 +46,7 @@ def test_admin_on_any_node(cluster: Cluster, etcd: EtcdServer) -> None:
     r = a.daemon.cli("volume", "create", "v1", "--size", "16M", "--replicas", "2")
     assert r.rc == 1 and "exists" in r.stderr
     a.cli("export", "create", NQN, "--volume", "v1", "--allow-any-host")
-    healthy = wait_for("healthy", lambda: (lambda v: v if v["state"] == "healthy" and
-                                           v["primary"] else None)(a.volume("v1")))
+    healthy = wait_for("healthy", lambda: a.healthy("v1"))
     # Both nodes hold a replica with the same uuid, and both export it.
     for node in (a, b):
         local = wait_for(f"replica on {node.name}", lambda node=node: [

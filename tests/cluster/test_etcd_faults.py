@@ -40,8 +40,7 @@ def _setup(cluster: Cluster, urls: dict[str, str]) -> str:
     wait_for("both nodes live", lambda: len([n for n in a.status()["nodes"] if n["live"]]) == 2)
     a.cli("volume", "create", "v1", "--size", "64M", "--replicas", "2")
     a.cli("export", "create", NQN, "--volume", "v1", "--allow-any-host")
-    v = wait_for("healthy", lambda: (lambda v: v if v["state"] == "healthy" and v["primary"]
-                                     else None)(a.volume("v1")))
+    v = wait_for("healthy", lambda: a.healthy("v1"))
     for node in cluster.nodes.values():
         wait_for(f"export on {node.name}", lambda node=node: [
             e for e in node.get("/v1/subsystems") if e["nqn"] == NQN and e["namespaces"]])
@@ -74,10 +73,8 @@ async def test_etcd_restarted_during_io(cluster: Cluster, etcd: EtcdServer) -> N
                 break
         assert restarted is not None
         await _verify(host, acked)
-        v = await asyncio.to_thread(
-            wait_for, "healthy after the restart",
-            lambda: (lambda v: v if v["state"] == "healthy" and v["primary"] else None)(
-                cluster.nodes["a"].volume("v1")))
+        v = await asyncio.to_thread(wait_for, "healthy after the restart",
+                                    lambda: cluster.nodes["a"].healthy("v1"))
         print(f"\netcd restarted during I/O: {len(acked)} acknowledged writes read back; "
               f"primary {v['primary']}, epoch {v['epoch']}")
     finally:
@@ -122,10 +119,8 @@ async def test_node_cut_off_from_etcd_stops_acknowledging(cluster: Cluster,
         await _verify(host, acked)
         # Mended: the cut-off node registers again, comes back in sync as a replica.
         proxies[primary].mend()
-        v = await asyncio.to_thread(
-            wait_for, "the cut-off node back in sync",
-            lambda: (lambda v: v if v["state"] == "healthy" else None)(
-                cluster.nodes[other].volume("v1")), 30.0)
+        v = await asyncio.to_thread(wait_for, "the cut-off node back in sync",
+                                    lambda: cluster.nodes[other].healthy("v1"), 30.0)
         assert v["primary"] == other
         assert len(acked) * BS > 0
     finally:

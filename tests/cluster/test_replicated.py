@@ -60,8 +60,7 @@ def start_two(cluster: Cluster, etcd: EtcdServer) -> tuple[dict[str, object], st
     vol = a.cli("volume", "create", "v1", "--size", str(VOLUME_SIZE), "--replicas", "2")
     assert sorted(vol["replicas"]) == ["a", "b"]
     cluster.nodes["b"].cli("export", "create", NQN, "--volume", "v1", "--allow-any-host")
-    v = wait_for("a primary, both in sync", lambda: (lambda v: v if v["primary"]
-                 and v["state"] == "healthy" else None)(a.volume("v1")))
+    v = wait_for("a primary, both in sync", lambda: a.healthy("v1"))
     primary = v["primary"]
     other = "b" if primary == "a" else "a"
     for node in cluster.nodes.values():
@@ -73,7 +72,7 @@ def start_two(cluster: Cluster, etcd: EtcdServer) -> tuple[dict[str, object], st
 
 async def test_replicated_volume_fails_over_and_resyncs(cluster: Cluster,
                                                         etcd: EtcdServer) -> None:
-    v, primary, other = await asyncio.to_thread(start_two, cluster, etcd)
+    _, primary, other = await asyncio.to_thread(start_two, cluster, etcd)
     host = MultipathHost(cluster.nodes)
     try:
         p_ctrl = await host.connect(primary)
@@ -132,8 +131,7 @@ async def test_replicated_volume_fails_over_and_resyncs(cluster: Cluster,
             await back.write(1, 0, pattern(0, 9))
         assert refused.value.sct == StatusType.PATH
         healthy = await asyncio.to_thread(wait_for, "the returning node back in sync",
-                                          lambda: (lambda v: v if v["state"] == "healthy"
-                                                   else None)(cluster.nodes[other].volume("v1")))
+                                          lambda: cluster.nodes[other].healthy("v1"))
         resync = healthy["last_resync_bytes"][primary]
         print(f"resync of {primary}: {resync} bytes for {written_while_down} bytes written "
               f"while it was down")
