@@ -9,7 +9,9 @@ makes this node match it, idempotently, in this order:
 2. exports whose volumes are all here exist locally with the same NQN, namespaces and hosts
    (through the control service, as an admin would make them); a new one shows ANA
    inaccessible on every listener before it has a namespace;
-3. local replicas of volumes no longer here (deleted, moved) are deleted;
+3. local replicas of volumes no longer here (deleted, moved while this node watched) are
+   deleted; a replica from a previous life that etcd does not list is only forgotten (kept
+   as a plain local volume: deleting data on that evidence alone is too dangerous);
 4. roles: the epoch of each volume's primary goes to the replica server (fencing); a node in
    ``insync/V`` campaigns when ``primary/V`` is absent; the winner connects to its in-sync
    peers, drops from ``insync`` those it cannot reach (and the previous primary, which may hold
@@ -220,7 +222,7 @@ class ClusterManager:
             await self._guarded(f"volume {name}", self._drop(self._replicas.pop(name)))
         for uuid, name in list(self.registry.volumes.items()):
             if not any(s.uuid == uuid for s in mine.values()):
-                await self._guarded(f"volume {name}", self._delete_local(uuid, name))
+                self._forget(uuid, name)
         for rep in list(self._replicas.values()):
             await self._guarded(f"volume {rep.spec.name}", self._reconcile_role(rep, view))
         self._apply_ana(view)
@@ -278,6 +280,18 @@ class ClusterManager:
     async def _drop(self, rep: _Replica) -> None:
         await self._demote(rep, "the volume is no longer on this node", quiet=True)
         await self._delete_local(rep.spec.uuid, rep.spec.name)
+
+    def _forget(self, uuid: str, name: str) -> None:
+        """A replica from this node's previous life that etcd does not list (deleted while
+        the node was down, or the node now reads another cluster's prefix). Its data is not
+        deleted on that evidence alone: it becomes a plain local volume, which an admin can
+        look at and delete."""
+        self.devices.refuse(uuid)
+        self.registry.remove_volume(uuid)
+        if self._find_local(uuid) is not None:
+            log.warning("cluster: volume %s (uuid %s) was a replica here but etcd does not "
+                        "list it; kept as a plain local volume (delete it with 'sbstore "
+                        "volume delete %s' if it is not wanted)", name, uuid, name)
 
     async def _delete_local(self, uuid: str, name: str) -> None:
         found = self._find_local(uuid)
@@ -607,22 +621,18 @@ class ClusterManager:
                 "resyncing": sorted(p for p, t in rep.resyncs.items() if not t.done())}
 
     async def is_replicated(self, name: str) -> bool:
-        """Is ``name`` a replicated volume? This node's own replicas are known without etcd;
-        others are asked of etcd (unreachable: treated as a local volume)."""
-        if name in self.registry.volumes.values():
-            return True
+        """Is ``name`` a replicated volume (etcd says)? When etcd cannot say: yes for this
+        node's own replicas (so nothing acts on one copy), no for other names."""
         try:
             return await self.admin.is_replicated(name)
         except ControlError:
-            return False
+            return name in self.registry.volumes.values()
 
     async def is_cluster_export(self, nqn: str) -> bool:
-        if nqn in self.registry.exports:
-            return True
         try:
             return await self.admin.is_cluster_export(nqn)
         except ControlError:
-            return False
+            return nqn in self.registry.exports
 
     async def status(self) -> dict[str, Any]:
         out = await self.admin.status(node=self.node, lease_left_s=self.session.valid_for())

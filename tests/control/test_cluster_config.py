@@ -52,3 +52,9 @@ def test_mistakes_name_the_key(change: dict[str, Any], key: str, words: str) -> 
         parse_config({**BASE, "cluster": section}, source="t.toml")
     message = str(refused.value)
     assert message.startswith(f"t.toml: {key}: ") and words in message, message
+
+
+def test_the_cluster_example_config_loads() -> None:
+    c = load_config(Path(__file__).resolve().parents[2] / "systemd" / "sbstore-cluster.toml")
+    assert c.cluster is not None and c.cluster.node == "node-a"
+    assert c.cluster.peer_address == ("192.0.2.10", 4430) and len(c.cluster.etcd) == 3
