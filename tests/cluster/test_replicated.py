@@ -123,15 +123,31 @@ async def test_replicated_volume_fails_over_and_resyncs(cluster: Cluster,
         assert st["in_sync"] == [other]
 
         # The killed node comes back as a replica: inaccessible, refusing writes, resynced
-        # incrementally (only what was written while it was away, plus the takeover margin).
+        # incrementally (only what was written while it was away, plus the takeover margin)
+        # while the host goes on writing (overwriting what it wrote first, too).
+        stop_writing = asyncio.Event()
+
+        async def keep_writing() -> int:
+            nonlocal lba
+            n = 0
+            while not stop_writing.is_set():
+                i = lba if n % 2 else n % 200  # new blocks, and blocks written before
+                acked[i] = pattern(i, 3 + n)
+                await host.write(i, acked[i])
+                lba += n % 2
+                n += 1
+            return n * BS
+        writer = asyncio.create_task(keep_writing())
         await asyncio.to_thread(cluster.nodes[primary].daemon.start)
         back = await host.connect(primary)
         assert await ana_state(back) == AnaState.INACCESSIBLE
         with pytest.raises(CommandFailed) as refused:
-            await back.write(1, 0, pattern(0, 9))
+            await back.write(1, 1000, pattern(1000, 9))
         assert refused.value.sct == StatusType.PATH
         healthy = await asyncio.to_thread(wait_for, "the returning node back in sync",
                                           lambda: cluster.nodes[other].healthy("v1"))
+        stop_writing.set()
+        written_while_down += await writer
         resync = healthy["last_resync_bytes"][primary]
         print(f"resync of {primary}: {resync} bytes for {written_while_down} bytes written "
               f"while it was down")
