@@ -279,7 +279,7 @@ class MirroredDevice:
         local_error: BaseException | None = None
         try:
             await self._local.flush()
-        except BaseException as e:  # peers are still settled first
+        except BaseException as e:  # noqa: BLE001 - re-raised once the peers are settled
             local_error = e
         failed = await self._settle(sent, refused, [])
         if local_error is not None:
@@ -301,7 +301,7 @@ class MirroredDevice:
             local_error: BaseException | None = None
             try:
                 await local_io()
-            except BaseException as e:  # peers are still settled first
+            except BaseException as e:  # noqa: BLE001 - re-raised once the peers are settled
                 local_error = e
             await self._settle(sent, refused, ranges)
             if local_error is not None:

@@ -21,12 +21,15 @@ import asyncio
 import socket
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any, cast
 
 from sbstore.cluster.wire import (
     FLAG_FUA,
     HELLO_PAYLOAD,
     MAX_DATA_BYTES,
+    Chunk,
+    FrameBatcher,
     Op,
     Request,
     ResponseDecoder,
@@ -85,7 +88,7 @@ class ReplicaClient:
             _, protocol = await asyncio.wait_for(
                 loop.create_connection(lambda: _ClientProtocol(self), *self.address),
                 self.timeout)
-        except (OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, OSError) as e:
             raise PeerUnavailable(f"cannot connect to {self.address}: {e!r}") from e
         self._protocol = protocol
         hello = HELLO_PAYLOAD.pack(self.volume_uuid.bytes, self.block_size)
@@ -168,9 +171,9 @@ class _ClientProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._pending: dict[int, tuple[asyncio.Future[Any], float, Op]] = {}
         self._next_tag = 0
-        self._out: list[bytes | bytearray | memoryview] = []
-        self._timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
+        self._out = FrameBatcher(self._write_lines, self._loop.call_soon)
+        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -191,8 +194,7 @@ class _ClientProtocol(asyncio.Protocol):
             return
         client = self._client
         for resp in responses:
-            if resp.epoch > client.peer_epoch:
-                client.peer_epoch = resp.epoch
+            client.peer_epoch = max(client.peer_epoch, resp.epoch)
             entry = self._pending.pop(resp.tag, None)
             if entry is None:
                 continue  # answer to a request already failed (or a confused peer)
@@ -219,11 +221,10 @@ class _ClientProtocol(asyncio.Protocol):
         header = request_header(Request(op, tag, epoch, lba, nblocks, flags, data))
         fut: asyncio.Future[Any] = self._loop.create_future()
         self._pending[tag] = (fut, time.monotonic(), op)
-        if not self._out:
-            self._loop.call_soon(self._flush_out)
-        self._out.append(header)
         if data:
-            self._out.append(data)
+            self._out.send(header, data)
+        else:
+            self._out.send(header)
         if self._timer is None:
             self._arm_timer()
         return fut
@@ -237,10 +238,9 @@ class _ClientProtocol(asyncio.Protocol):
                 return tag
         raise AssertionError("unreachable: more pending requests than tags")
 
-    def _flush_out(self) -> None:
-        out, self._out = self._out, []
-        if out and self._transport is not None and not self._transport.is_closing():
-            self._transport.writelines(out)
+    def _write_lines(self, parts: Sequence[Chunk]) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.writelines(parts)
 
     # --- timeouts ----------------------------------------------------------------------------
     def _arm_timer(self) -> None:

@@ -20,7 +20,7 @@ from sbstore.cluster.mirror import (
     MirroredDevice,
     PathError,
 )
-from sbstore.cluster.replica_client import ReplicaClient
+from sbstore.cluster.replica_client import PeerUnavailable, ReplicaClient
 from sbstore.cluster.replica_server import ReplicaServer
 from target.blockdev import RamDevice
 from target.io import blockdev_status
@@ -373,7 +373,7 @@ async def test_resync_failing_keeps_the_peer_out_with_its_bitmap(cluster: Cluste
     await cluster.nodes["b"].start()
     client = await cluster.nodes["b"].client()
     await cluster.nodes["b"].stop()  # gone again before the resync
-    with pytest.raises(Exception):
+    with pytest.raises(PeerUnavailable):
         await m.resync("b", client)
     assert "b" not in m.in_sync and m.dirty_bytes("b") == before
     await m.write(512, pattern(2, 1))  # still tracked, not waited for
