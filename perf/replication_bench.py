@@ -9,7 +9,9 @@ Same run, same machine: for each queue depth, ``--seconds`` of 4 KiB random writ
 - ``single``: the local RamDevice alone (one copy: the yardstick), and
 - ``mirrored``: a MirroredDevice over a local RamDevice and one peer, a ReplicaServer with its
   own RamDevice in a separate process over loopback, each process pinned to its own CPU
-  (``taskset``), as two nodes would be.
+  (``taskset``), as two nodes would be; and
+- ``mirrored_busy_poll``: the same with busy-polling on both sides (``--busy-poll-us``; off by
+  default in the daemon: it spends a CPU to save the wake-ups).
 
 It prints IOPS, mean and p99 latency of both and their ratios, the CPU each side spent per
 write, and writes everything to ``--json``. A RamDevice write costs about a microsecond, so
@@ -34,7 +36,7 @@ import subprocess
 import sys
 import time
 import uuid
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -155,34 +157,44 @@ async def loopback_rtt(port: int, seconds: float) -> dict[str, Any]:
             "p99_us": value_us(pct, 99), "cpu_us_per_io": round(cpu / n * 1e6, 2)}
 
 
-def run_replica(size: int, volume: str) -> None:
-    """Serve one RAM volume and an echo port; print both ports, run until stdin closes."""
+class Ports(NamedTuple):
+    replica: int  # a ReplicaServer
+    replica_busy: int  # the same volume behind a ReplicaServer that busy-polls
+    echo: int  # the bare exchange
+
+
+def run_replica(size: int, volume: str, busy_poll_s: float) -> None:
+    """Serve one RAM volume (twice: plain and busy-polling) and an echo port; print the ports,
+    run until stdin closes."""
     async def main() -> None:
         dev = RamDevice(size, 4096, uuid=uuid.UUID(volume))
-        server = ReplicaServer(lambda u: dev if u == dev.uuid else None, node="replica")
-        _, port = await server.start("127.0.0.1", 0)
-        echo = await asyncio.get_running_loop().create_server(_Echo, "127.0.0.1", 0)
-        print(port, echo.sockets[0].getsockname()[1], flush=True)
+        servers = [ReplicaServer(lambda u: dev if u == dev.uuid else None, node="replica",
+                                 busy_poll_s=poll) for poll in (0.0, busy_poll_s)]
+        ports = [(await server.start("127.0.0.1", 0))[1] for server in servers]
         loop = asyncio.get_running_loop()
+        echo = await loop.create_server(_Echo, "127.0.0.1", 0)
+        print(*ports, echo.sockets[0].getsockname()[1], flush=True)
         await loop.run_in_executor(None, sys.stdin.read)  # the parent closes stdin to stop us
-        await server.close()
+        for server in servers:
+            await server.close()
 
     uvloop.run(main())
 
 
-def start_replica(size: int, volume: uuid.UUID,
-                  cpu: int | None) -> tuple[subprocess.Popen[str], int, int]:
-    cmd = [sys.executable, os.path.abspath(__file__), "--replica-child", str(size), str(volume)]
+def start_replica(size: int, volume: uuid.UUID, cpu: int | None,
+                  busy_poll_s: float) -> tuple[subprocess.Popen[str], Ports]:
+    cmd = [sys.executable, os.path.abspath(__file__), "--replica-child", str(size), str(volume),
+           str(busy_poll_s)]
     if cpu is not None and shutil.which("taskset"):
         cmd = ["taskset", "-c", str(cpu), *cmd]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     ports = line.split()
-    if len(ports) != 2 or not all(p.isdigit() for p in ports):
+    if len(ports) != 3 or not all(p.isdigit() for p in ports):
         proc.kill()
         raise RuntimeError(f"replica did not start: {line!r}")
-    return proc, int(ports[0]), int(ports[1])
+    return proc, Ports(*(int(p) for p in ports))
 
 
 def stop_replica(proc: subprocess.Popen[str]) -> int:
@@ -196,10 +208,9 @@ def stop_replica(proc: subprocess.Popen[str]) -> int:
 
 
 # --- the comparison ----------------------------------------------------------------------------
-async def one_round(size: int, qds: list[int], seconds: float, replica_pid: int, port: int,
-                    echo_port: int, volume: uuid.UUID) -> dict[str, Any]:
-    single_dev = RamDevice(size, 4096, uuid=volume)
-    client = ReplicaClient(("127.0.0.1", port), volume, 4096)
+async def mirrored_device(size: int, volume: uuid.UUID, port: int,
+                          busy_poll_s: float) -> MirroredDevice:
+    client = ReplicaClient(("127.0.0.1", port), volume, 4096, busy_poll_s=busy_poll_s)
     await client.connect()
 
     async def lost(name: str) -> None:
@@ -208,45 +219,66 @@ async def one_round(size: int, qds: list[int], seconds: float, replica_pid: int,
     def deposed() -> None:
         raise RuntimeError("benchmark primary deposed")
 
-    mirrored = MirroredDevice(RamDevice(size, 4096, uuid=volume), fence=AlwaysValid(),
-                              peers={"replica": client}, in_sync={"replica"},
-                              on_peer_lost=lost, on_deposed=deposed)
-    await loopback_rtt(echo_port, WARMUP_S)
-    out: dict[str, Any] = {"loopback_rtt": await loopback_rtt(echo_port, seconds)}
-    for qd in qds:
-        await drive(single_dev, qd, WARMUP_S)
-        single = await drive(single_dev, qd, seconds)
-        await drive(mirrored, qd, WARMUP_S)
-        replica_cpu0 = cpu_seconds(replica_pid)
-        mirror = await drive(mirrored, qd, seconds)
-        mirror["replica_cpu_us_per_io"] = round(
-            (cpu_seconds(replica_pid) - replica_cpu0) / max(mirror["ios"], 1) * 1e6, 2)
-        out[f"qd{qd}"] = {
-            "single": single, "mirrored": mirror,
-            "iops_ratio": round(mirror["iops"] / single["iops"], 4),
+    return MirroredDevice(RamDevice(size, 4096, uuid=volume), fence=AlwaysValid(),
+                          peers={"replica": client}, in_sync={"replica"},
+                          on_peer_lost=lost, on_deposed=deposed)
+
+
+def compare(single: dict[str, Any], mirror: dict[str, Any]) -> dict[str, float]:
+    return {"iops_ratio": round(mirror["iops"] / single["iops"], 4),
             "mean_latency_ratio": round(mirror["mean_us"] / single["mean_us"], 2),
-            "p99_latency_ratio": round(mirror["p99_us"] / max(single["p99_us"], 0.01), 2),
-        }
-    assert mirrored.in_sync == {"replica"}, "the peer was lost during the benchmark"
-    client.close()
+            "p99_latency_ratio": round(mirror["p99_us"] / max(single["p99_us"], 0.01), 2)}
+
+
+MODES = ("single", "mirrored", "mirrored_busy_poll")
+
+
+async def one_round(size: int, qds: list[int], seconds: float, replica_pid: int, ports: Ports,
+                    volume: uuid.UUID, busy_poll_s: float) -> dict[str, Any]:
+    devices: dict[str, BlockDevice] = {
+        "single": RamDevice(size, 4096, uuid=volume),
+        "mirrored": await mirrored_device(size, volume, ports.replica, 0.0),
+        "mirrored_busy_poll": await mirrored_device(size, volume, ports.replica_busy,
+                                                    busy_poll_s),
+    }
+    await loopback_rtt(ports.echo, WARMUP_S)
+    out: dict[str, Any] = {"loopback_rtt": await loopback_rtt(ports.echo, seconds)}
+    for qd in qds:
+        row: dict[str, Any] = {}
+        for mode in MODES:
+            await drive(devices[mode], qd, WARMUP_S)
+            replica_cpu0 = cpu_seconds(replica_pid)
+            row[mode] = await drive(devices[mode], qd, seconds)
+            if mode != "single":
+                row[mode]["replica_cpu_us_per_io"] = round(
+                    (cpu_seconds(replica_pid) - replica_cpu0) / max(row[mode]["ios"], 1) * 1e6, 2)
+                row[f"{mode}/single"] = compare(row["single"], row[mode])
+        out[f"qd{qd}"] = row
+    for mode in MODES[1:]:
+        device = devices[mode]
+        assert isinstance(device, MirroredDevice)
+        assert device.in_sync == {"replica"}, "the peer was lost during the benchmark"
+        device.peers["replica"].close()
     return out
 
 
 def print_round(result: dict[str, Any]) -> None:
-    print(f"{'job':<22}{'IOPS':>10}{'mean us':>10}{'p99 us':>10}{'CPU us/io':>11}")
+    print(f"{'job':<36}{'IOPS':>9}{'mean us':>9}{'p99 us':>9}{'CPU us/io':>10}{'replica':>9}")
     rtt = result["loopback_rtt"]
-    print(f"{'bare loopback RTT':<22}{'':>10}{rtt['mean_us']:>10}{rtt['p99_us']:>10}"
-          f"{rtt['cpu_us_per_io']:>11}")
+    print(f"{'bare loopback round trip':<36}{'':>9}{rtt['mean_us']:>9}{rtt['p99_us']:>9}"
+          f"{rtt['cpu_us_per_io']:>10}")
     for qd, row in result.items():
         if qd == "loopback_rtt":
             continue
-        for mode in ("single", "mirrored"):
+        for mode in MODES:
             r = row[mode]
-            print(f"4k-randwrite-{qd} {mode}".ljust(22)
-                  + f"{r['iops']:>10}{r['mean_us']:>10}{r['p99_us']:>10}{r['cpu_us_per_io']:>11}")
-        print(f"  mirrored/single: IOPS x{row['iops_ratio']}, mean latency "
-              f"x{row['mean_latency_ratio']}, p99 x{row['p99_latency_ratio']}; replica CPU "
-              f"{row['mirrored']['replica_cpu_us_per_io']} us/io")
+            print(f"4k-randwrite-{qd} {mode}".ljust(36)
+                  + f"{r['iops']:>9}{r['mean_us']:>9}{r['p99_us']:>9}{r['cpu_us_per_io']:>10}"
+                  + f"{r.get('replica_cpu_us_per_io', ''):>9}")
+        for mode in MODES[1:]:
+            c = row[f"{mode}/single"]
+            print(f"  {mode}/single: IOPS x{c['iops_ratio']}, mean latency "
+                  f"x{c['mean_latency_ratio']}, p99 x{c['p99_latency_ratio']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -257,12 +289,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--primary-cpu", type=int, default=0)
     p.add_argument("--replica-cpu", type=int, default=1)
+    p.add_argument("--busy-poll-us", type=float, default=200.0,
+                   help="window of the busy-polling runs, on both sides (a QD1 round trip)")
     p.add_argument("--json", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                   "results", "replication.json"))
-    p.add_argument("--replica-child", nargs=2, help=argparse.SUPPRESS)
+    p.add_argument("--replica-child", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.replica_child:
-        run_replica(int(args.replica_child[0]), args.replica_child[1])
+        run_replica(int(args.replica_child[0]), args.replica_child[1],
+                    float(args.replica_child[2]))
         return 0
 
     size = args.size_mib << 20
@@ -273,12 +308,13 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, {args.primary_cpu})
     volume = uuid.uuid4()
     load_before = os.getloadavg()
-    proc, port, echo_port = start_replica(size, volume, args.replica_cpu if pin else None)
+    busy_poll_s = args.busy_poll_us / 1e6
+    proc, ports = start_replica(size, volume, args.replica_cpu if pin else None, busy_poll_s)
     rounds = []
     try:
         for _ in range(args.rounds):
-            result = uvloop.run(one_round(size, qds, args.seconds, proc.pid, port, echo_port,
-                                          volume))
+            result = uvloop.run(one_round(size, qds, args.seconds, proc.pid, ports, volume,
+                                          busy_poll_s))
             print_round(result)
             rounds.append(result)
     finally:
@@ -290,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
               "load_before": [round(x, 2) for x in load_before],
               "load_after": [round(x, 2) for x in os.getloadavg()],
               "seconds": args.seconds, "io_bytes": IO_BYTES, "size_bytes": size,
+              "busy_poll_us": args.busy_poll_us,
               "replica_exit": replica_exit, "rounds": rounds}
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:

@@ -11,6 +11,8 @@ Rules of this module:
   :class:`StaleEpoch` (the peer knows a newer primary: we are deposed) and
   :class:`ReplicaIOError` (the peer answered with an error). Once lost, a client stays lost:
   reconnecting is a new client (the manager makes one to resynchronise the peer).
+- Busy-polling (``busy_poll_s``, off by default): each request sent keeps the loop polling for
+  that long, so its answer is found by a running loop rather than one woken from sleep.
 - Timeouts: one timer per connection, not per request. It looks at the oldest unanswered request
   (dicts keep insertion order) and declares the peer unavailable when that one is older than
   ``timeout``.
@@ -37,6 +39,7 @@ from sbstore.cluster.wire import (
     WireError,
     request_header,
 )
+from target.busypoll import BusyPoller
 
 U32 = 1 << 32
 
@@ -69,11 +72,12 @@ class ReplicaClient:
     """A connection to ``address`` bound to one volume (``connect`` sends the HELLO)."""
 
     def __init__(self, address: tuple[str, int], volume_uuid: uuid.UUID, block_size: int, *,
-                 timeout: float = 2.0) -> None:
+                 timeout: float = 2.0, busy_poll_s: float = 0.0) -> None:
         self.address = address
         self.volume_uuid = volume_uuid
         self.block_size = block_size
         self.timeout = timeout
+        self.busy_poll_s = busy_poll_s
         self.peer_epoch = 0  # the highest epoch the peer said it knows
         self._protocol: _ClientProtocol | None = None
         self._lost: PeerUnavailable | None = None
@@ -174,6 +178,8 @@ class _ClientProtocol(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._out = FrameBatcher(self._write_lines, self._loop.call_soon)
         self._timer: asyncio.TimerHandle | None = None
+        self._poller = BusyPoller(self._loop, client.busy_poll_s) if client.busy_poll_s > 0 \
+            else None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -227,6 +233,8 @@ class _ClientProtocol(asyncio.Protocol):
             self._out.send(header)
         if self._timer is None:
             self._arm_timer()
+        if self._poller is not None:
+            self._poller.kick()
         return fut
 
     def _new_tag(self) -> int:
@@ -270,5 +278,7 @@ class _ClientProtocol(asyncio.Protocol):
             self._timer = None
 
     def close(self) -> None:
+        if self._poller is not None:
+            self._poller.close()
         if self._transport is not None:
             self._transport.abort()

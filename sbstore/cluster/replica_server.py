@@ -14,6 +14,10 @@ Rules of this module:
 - Bad input: a malformed frame is answered BAD_REQUEST (when its tag could be read) and that
   connection alone is closed; a device error is answered IO_ERROR / OUT_OF_RANGE and the
   connection goes on.
+- Busy-polling (``busy_poll_s``, off by default; :mod:`target.busypoll`): every receive keeps
+  the loop polling for that long, so the next frame of a queue-depth-1 stream does not have to
+  wake a sleeping loop on another CPU (in a VM, most of a loopback round trip). It burns the
+  CPU while the primary keeps writing.
 - Bounded: at most :data:`MAX_IN_FLIGHT` frames per connection are being applied; beyond that
   the connection stops being read (TCP back-pressure on the primary). The record of recent
   writes (for takeover dirty marking) is a bounded deque per volume; when it overflows inside
@@ -46,6 +50,7 @@ from sbstore.cluster.wire import (
     hello_fields,
 )
 from target.blockdev import BlockDevice, OutOfRangeError, as_blockdev_error
+from target.busypoll import BusyPoller
 from target.eager import Driver, run_eagerly
 
 log = logging.getLogger(__name__)
@@ -83,7 +88,7 @@ class ReplicaServer:
     """Serves replication streams for the volumes ``resolve`` knows (by uuid)."""
 
     def __init__(self, resolve: Callable[[uuid.UUID], BlockDevice | None], *, node: str,
-                 recent_writes_max: int = RECENT_WRITES_MAX) -> None:
+                 recent_writes_max: int = RECENT_WRITES_MAX, busy_poll_s: float = 0.0) -> None:
         self._resolve = resolve
         self.node = node
         self._epochs: dict[uuid.UUID, int] = {}
@@ -91,12 +96,16 @@ class ReplicaServer:
         self._recent_max = recent_writes_max
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[_ReplicaConnection] = set()
+        self._busy_poll_s = busy_poll_s
+        self.poller: BusyPoller | None = None
         self.stats = ReplicaServerStats()
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Listen; returns the bound address (``port=0`` picks a free port)."""
         loop = asyncio.get_running_loop()
+        if self._busy_poll_s > 0 and self.poller is None:
+            self.poller = BusyPoller(loop, self._busy_poll_s)
         self._server = await loop.create_server(lambda: _ReplicaConnection(self), host, port,
                                                 reuse_address=True)
         sockname = self._server.sockets[0].getsockname()
@@ -110,6 +119,8 @@ class ReplicaServer:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+        if self.poller is not None:
+            self.poller.close()
 
     # --- epochs ------------------------------------------------------------------------------
     def set_epoch(self, volume_uuid: uuid.UUID, epoch: int) -> None:
@@ -187,6 +198,8 @@ class _ReplicaConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
+        if self._server.poller is not None:
+            self._server.poller.kick()
         try:
             requests = self._decoder.feed(data)
         except WireError as e:

@@ -1,5 +1,6 @@
 """perf/replication_bench.py keeps working: a brief run at both queue depths writes its JSON with
-the single-copy yardstick, the mirrored figures and the bare loopback floor. No figure is
+the single-copy yardstick, the mirrored figures (with and without busy-polling) and the
+bare loopback floor. No figure is
 asserted (performance lives in perf/), only that I/O happened on every side."""
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ def test_replication_bench_runs_and_reports(tmp_path: Path) -> None:
     assert result["loopback_rtt"]["ios"] > 0
     for qd in ("qd1", "qd32"):
         row = result[qd]
-        assert row["single"]["iops"] > 0 and row["mirrored"]["iops"] > 0
-        assert row["mirrored"]["p99_us"] > 0 and row["iops_ratio"] > 0
+        assert row["single"]["iops"] > 0
+        for mode in ("mirrored", "mirrored_busy_poll"):
+            assert row[mode]["iops"] > 0 and row[mode]["p99_us"] > 0
+            assert row[mode]["replica_cpu_us_per_io"] > 0
+            assert row[f"{mode}/single"]["iops_ratio"] > 0
     assert "mirrored/single" in proc.stdout
