@@ -78,9 +78,10 @@ class Deposed(PathError):
 
 class Fence(Protocol):
     """The lease clock (membership): the epoch of our primaryship, and whether we may still
-    acknowledge writes."""
+    acknowledge writes. (``epoch`` may be a plain attribute or a property.)"""
 
-    epoch: int
+    @property
+    def epoch(self) -> int: ...
 
     def may_acknowledge(self) -> bool: ...
 
@@ -279,7 +280,7 @@ class MirroredDevice:
         local_error: BaseException | None = None
         try:
             await self._local.flush()
-        except BaseException as e:  # peers are still settled first
+        except BaseException as e:  # noqa: BLE001 - re-raised once the peers are settled
             local_error = e
         failed = await self._settle(sent, refused, [])
         if local_error is not None:
@@ -301,7 +302,7 @@ class MirroredDevice:
             local_error: BaseException | None = None
             try:
                 await local_io()
-            except BaseException as e:  # peers are still settled first
+            except BaseException as e:  # noqa: BLE001 - re-raised once the peers are settled
                 local_error = e
             await self._settle(sent, refused, ranges)
             if local_error is not None:
@@ -482,6 +483,20 @@ class MirroredDevice:
         if bitmap is None:
             bitmap = self._dirty[name] = self._new_bitmap()
         self._mark(bitmap, lba, nblocks)
+
+    def forget_peer(self, name: str) -> None:
+        """Stop replicating to ``name`` and drop what is known about it (the manager moved the
+        replica elsewhere, or will give it a full copy). The manager takes it out of
+        ``insync/V`` in etcd first: this acknowledges writes without it from now on."""
+        if name in self._resyncing:
+            raise RuntimeError(f"peer {name} is being resynchronised")
+        self.in_sync.discard(name)
+        self._live.pop(name, None)
+        self._dirty.pop(name, None)
+        self._unconfirmed_losses.discard(name)
+        client = self.peers.pop(name, None)
+        if client is not None:
+            client.close()
 
     def dirty_bytes(self, name: str) -> int:
         """Bytes peer ``name`` lacks: 0 in sync, the whole volume when nothing is known."""

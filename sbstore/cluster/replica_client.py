@@ -11,6 +11,8 @@ Rules of this module:
   :class:`StaleEpoch` (the peer knows a newer primary: we are deposed) and
   :class:`ReplicaIOError` (the peer answered with an error). Once lost, a client stays lost:
   reconnecting is a new client (the manager makes one to resynchronise the peer).
+- Busy-polling (``busy_poll_s``, off by default): each request sent keeps the loop polling for
+  that long, so its answer is found by a running loop rather than one woken from sleep.
 - Timeouts: one timer per connection, not per request. It looks at the oldest unanswered request
   (dicts keep insertion order) and declares the peer unavailable when that one is older than
   ``timeout``.
@@ -21,12 +23,15 @@ import asyncio
 import socket
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any, cast
 
 from sbstore.cluster.wire import (
     FLAG_FUA,
     HELLO_PAYLOAD,
     MAX_DATA_BYTES,
+    Chunk,
+    FrameBatcher,
     Op,
     Request,
     ResponseDecoder,
@@ -34,6 +39,7 @@ from sbstore.cluster.wire import (
     WireError,
     request_header,
 )
+from target.busypoll import BusyPoller
 
 U32 = 1 << 32
 
@@ -66,11 +72,12 @@ class ReplicaClient:
     """A connection to ``address`` bound to one volume (``connect`` sends the HELLO)."""
 
     def __init__(self, address: tuple[str, int], volume_uuid: uuid.UUID, block_size: int, *,
-                 timeout: float = 2.0) -> None:
+                 timeout: float = 2.0, busy_poll_s: float = 0.0) -> None:
         self.address = address
         self.volume_uuid = volume_uuid
         self.block_size = block_size
         self.timeout = timeout
+        self.busy_poll_s = busy_poll_s
         self.peer_epoch = 0  # the highest epoch the peer said it knows
         self._protocol: _ClientProtocol | None = None
         self._lost: PeerUnavailable | None = None
@@ -85,7 +92,7 @@ class ReplicaClient:
             _, protocol = await asyncio.wait_for(
                 loop.create_connection(lambda: _ClientProtocol(self), *self.address),
                 self.timeout)
-        except (OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, OSError) as e:
             raise PeerUnavailable(f"cannot connect to {self.address}: {e!r}") from e
         self._protocol = protocol
         hello = HELLO_PAYLOAD.pack(self.volume_uuid.bytes, self.block_size)
@@ -168,9 +175,11 @@ class _ClientProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._pending: dict[int, tuple[asyncio.Future[Any], float, Op]] = {}
         self._next_tag = 0
-        self._out: list[bytes | bytearray | memoryview] = []
-        self._timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
+        self._out = FrameBatcher(self._write_lines, self._loop.call_soon)
+        self._timer: asyncio.TimerHandle | None = None
+        self._poller = BusyPoller(self._loop, client.busy_poll_s) if client.busy_poll_s > 0 \
+            else None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -191,8 +200,7 @@ class _ClientProtocol(asyncio.Protocol):
             return
         client = self._client
         for resp in responses:
-            if resp.epoch > client.peer_epoch:
-                client.peer_epoch = resp.epoch
+            client.peer_epoch = max(client.peer_epoch, resp.epoch)
             entry = self._pending.pop(resp.tag, None)
             if entry is None:
                 continue  # answer to a request already failed (or a confused peer)
@@ -219,13 +227,14 @@ class _ClientProtocol(asyncio.Protocol):
         header = request_header(Request(op, tag, epoch, lba, nblocks, flags, data))
         fut: asyncio.Future[Any] = self._loop.create_future()
         self._pending[tag] = (fut, time.monotonic(), op)
-        if not self._out:
-            self._loop.call_soon(self._flush_out)
-        self._out.append(header)
         if data:
-            self._out.append(data)
+            self._out.send(header, data)
+        else:
+            self._out.send(header)
         if self._timer is None:
             self._arm_timer()
+        if self._poller is not None:
+            self._poller.kick()
         return fut
 
     def _new_tag(self) -> int:
@@ -237,10 +246,9 @@ class _ClientProtocol(asyncio.Protocol):
                 return tag
         raise AssertionError("unreachable: more pending requests than tags")
 
-    def _flush_out(self) -> None:
-        out, self._out = self._out, []
-        if out and self._transport is not None and not self._transport.is_closing():
-            self._transport.writelines(out)
+    def _write_lines(self, parts: Sequence[Chunk]) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.writelines(parts)
 
     # --- timeouts ----------------------------------------------------------------------------
     def _arm_timer(self) -> None:
@@ -270,5 +278,7 @@ class _ClientProtocol(asyncio.Protocol):
             self._timer = None
 
     def close(self) -> None:
+        if self._poller is not None:
+            self._poller.close()
         if self._transport is not None:
             self._transport.abort()

@@ -3,9 +3,10 @@
 Rules of this module:
 - One TCP connection carries one volume (its HELLO says which). Frames are pipelined: each one
   is applied as soon as it arrives and answered by its tag when its I/O completes, so answers
-  may come back out of order. Frames are *started* in arrival order (a task per frame, and tasks
-  start FIFO), which keeps two overlapping writes of the primary in the primary's order on a
-  device that applies a write at its first step (RamDevice, page-cache files).
+  may come back out of order. Each frame's I/O is started the moment the frame is parsed, run
+  inline until it first waits (``target.eager``: no Task, no extra loop iteration), so frames
+  start in arrival order, which keeps two overlapping writes of the primary in the primary's
+  order on a device that applies a write at its first step (RamDevice, page-cache files).
 - Fencing (docs/cluster.md, "Replica side"): per volume, the highest epoch known, from frames
   and from :meth:`ReplicaServer.set_epoch` (the manager, watching etcd). A frame with a lower
   epoch is refused STALE_EPOCH and touches nothing; a higher one raises the known epoch. Every
@@ -13,6 +14,10 @@ Rules of this module:
 - Bad input: a malformed frame is answered BAD_REQUEST (when its tag could be read) and that
   connection alone is closed; a device error is answered IO_ERROR / OUT_OF_RANGE and the
   connection goes on.
+- Busy-polling (``busy_poll_s``, off by default; :mod:`target.busypoll`): every receive keeps
+  the loop polling for that long, so the next frame of a queue-depth-1 stream does not have to
+  wake a sleeping loop on another CPU (in a VM, most of a loopback round trip). It burns the
+  CPU while the primary keeps writing.
 - Bounded: at most :data:`MAX_IN_FLIGHT` frames per connection are being applied; beyond that
   the connection stops being read (TCP back-pressure on the primary). The record of recent
   writes (for takeover dirty marking) is a bounded deque per volume; when it overflows inside
@@ -23,14 +28,18 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import socket
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, cast
+from typing import cast
 
 from sbstore.cluster.wire import (
+    Chunk,
+    FrameBatcher,
     Op,
     Request,
     RequestDecoder,
@@ -41,6 +50,8 @@ from sbstore.cluster.wire import (
     hello_fields,
 )
 from target.blockdev import BlockDevice, OutOfRangeError, as_blockdev_error
+from target.busypoll import BusyPoller
+from target.eager import Driver, run_eagerly
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +88,7 @@ class ReplicaServer:
     """Serves replication streams for the volumes ``resolve`` knows (by uuid)."""
 
     def __init__(self, resolve: Callable[[uuid.UUID], BlockDevice | None], *, node: str,
-                 recent_writes_max: int = RECENT_WRITES_MAX) -> None:
+                 recent_writes_max: int = RECENT_WRITES_MAX, busy_poll_s: float = 0.0) -> None:
         self._resolve = resolve
         self.node = node
         self._epochs: dict[uuid.UUID, int] = {}
@@ -85,12 +96,16 @@ class ReplicaServer:
         self._recent_max = recent_writes_max
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[_ReplicaConnection] = set()
+        self._busy_poll_s = busy_poll_s
+        self.poller: BusyPoller | None = None
         self.stats = ReplicaServerStats()
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Listen; returns the bound address (``port=0`` picks a free port)."""
         loop = asyncio.get_running_loop()
+        if self._busy_poll_s > 0 and self.poller is None:
+            self.poller = BusyPoller(loop, self._busy_poll_s)
         self._server = await loop.create_server(lambda: _ReplicaConnection(self), host, port,
                                                 reuse_address=True)
         sockname = self._server.sockets[0].getsockname()
@@ -104,6 +119,8 @@ class ReplicaServer:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+        if self.poller is not None:
+            self.poller.close()
 
     # --- epochs ------------------------------------------------------------------------------
     def set_epoch(self, volume_uuid: uuid.UUID, epoch: int) -> None:
@@ -158,8 +175,9 @@ class _ReplicaConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._volume: uuid.UUID | None = None
         self._device: BlockDevice | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._out: list[bytes] = []
+        self._in_flight = 0
+        self._waiting: set[Driver] = set()  # frames whose I/O is waiting on the device
+        self._out = FrameBatcher(self._write_lines, asyncio.get_running_loop().call_soon)
         self._paused = False
         self._closing = False
 
@@ -180,6 +198,8 @@ class _ReplicaConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
+        if self._server.poller is not None:
+            self._server.poller.kick()
         try:
             requests = self._decoder.feed(data)
         except WireError as e:
@@ -217,10 +237,10 @@ class _ReplicaConnection(asyncio.Protocol):
             return
         if request.op in (Op.WRITE, Op.WRITE_ZEROES, Op.DEALLOCATE):
             server._note_write(volume, request.lba, request.nblocks)
-        task = asyncio.get_running_loop().create_task(self._apply(request))
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        if len(self._tasks) >= MAX_IN_FLIGHT and not self._paused and self._transport is not None:
+        self._in_flight += 1
+        run_eagerly(self._apply(request), functools.partial(self._applied, request), self._waiting)
+        if self._in_flight >= MAX_IN_FLIGHT and not self._paused and self._transport is not None \
+                and not self._closing:
             self._paused = True
             self._transport.pause_reading()
 
@@ -243,7 +263,7 @@ class _ReplicaConnection(asyncio.Protocol):
         # primary the epoch this replica knows.
         self._send(Response(request.tag, Status.OK, self._known()))
 
-    async def _apply(self, request: Request) -> None:
+    async def _apply(self, request: Request) -> Status:
         device = self._device
         assert device is not None and self._volume is not None
         status = Status.OK
@@ -270,35 +290,35 @@ class _ReplicaConnection(asyncio.Protocol):
                 if err is None:
                     log.exception("replica volume %s: %s failed", self._volume, request.op.name)
             self._server.stats.io_errors += 1
-        self._send(Response(request.tag, status, self._known()))
+        return status
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if self._paused and len(self._tasks) < MAX_IN_FLIGHT // 2 and not self._closing \
+    def _applied(self, request: Request, status: Status | None, exc: BaseException | None) -> None:
+        self._in_flight -= 1
+        if exc is not None:  # _apply turns device errors into statuses: this is a bug
+            log.error("replica volume %s: %s failed", self._volume, request.op.name, exc_info=exc)
+            status = Status.IO_ERROR
+        assert status is not None
+        self._send(Response(request.tag, status, self._known()))
+        if self._paused and self._in_flight < MAX_IN_FLIGHT // 2 and not self._closing \
                 and self._transport is not None:
             self._paused = False
             self._transport.resume_reading()
 
     # --- output: answers of one loop iteration leave in one writelines ----------------------
     def _send(self, response: Response) -> None:
-        if self._transport is None or self._transport.is_closing():
-            return
-        if not self._out:
-            asyncio.get_running_loop().call_soon(self._flush_out)
-        self._out.append(encode_response(response))
+        self._out.send(encode_response(response))
 
-    def _flush_out(self) -> None:
-        out, self._out = self._out, []
-        if out and self._transport is not None and not self._transport.is_closing():
-            self._transport.writelines(out)
+    def _write_lines(self, parts: Sequence[Chunk]) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.writelines(parts)
 
     def _close_after_send(self) -> None:
         self._closing = True
-        self._flush_out()
+        self._out.flush()
         if self._transport is not None:
             self._transport.close()  # sends what is buffered, then closes
-        for task in self._tasks:
-            task.cancel()
+        # Frames already started finish on the device (their answers are dropped): stopping a
+        # write half way would gain nothing, and the primary counts it as not received anyway.
 
     def _known(self) -> int:
         return self._server.known_epoch(self._volume) if self._volume is not None else 0

@@ -157,7 +157,7 @@ async def raw_exchange(address: tuple[str, int], payload: bytes) -> tuple[list[o
                 closed = True
                 break
             data += chunk
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     writer.close()
     return list(ResponseDecoder().feed(data)), closed

@@ -118,7 +118,7 @@ requests = st.one_of(
         st.integers(1, 16), st.booleans(), st.integers(0, 255)),
     st.builds(Request, st.sampled_from([Op.WRITE_ZEROES, Op.DEALLOCATE, Op.FLUSH, Op.PING]),
               st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1),
-              st.integers(0, 2**32 - 1)),
+              st.integers(0, 2**32 - 1), flags=st.just(0), data=st.just(b"")),
 )
 
 
