@@ -136,10 +136,11 @@ class ClusterAdmin:
         if missing:
             raise ControlError(ErrorCode.NOT_FOUND, f"no replicated volume {missing[0]!r} "
                                f"(an export in cluster mode serves replicated volumes)")
-        sets = {frozenset(view.volumes[v].replicas) for v in volumes}
-        if len(sets) > 1:
-            raise invalid("the volumes of one export must have their replicas on the same "
-                          "nodes: each node serves the whole export")
+        if len(volumes) != 1:
+            # Each volume elects its own primary and ANA is shown per export here: two
+            # volumes whose primaries landed on different nodes would be inaccessible on both.
+            raise invalid("an export of replicated volumes has exactly one volume (one "
+                          "export per replicated volume)")
         spec = ExportSpec(nqn, tuple(enumerate(volumes, start=1)), tuple(sorted(hosts)),
                           allow_any_host)
         try:

@@ -45,7 +45,13 @@ def test_admin_on_any_node(cluster: Cluster, etcd: EtcdServer) -> None:
     assert sorted(vol["replicas"]) == ["a", "b"]
     r = a.daemon.cli("volume", "create", "v1", "--size", "16M", "--replicas", "2")
     assert r.rc == 1 and "exists" in r.stderr
-    a.cli("export", "create", NQN, "--volume", "v1", "--allow-any-host")
+    c = cluster.add("c", etcd_url=etcd.url)  # a third node, holding no replica of v1
+    c.daemon.start()
+    b.cli("volume", "create", "v2", "--size", "16M", "--replicas", "1")
+    r = c.daemon.cli("export", "create", NQN, "--volume", "v1", "--volume", "v2",
+                     "--allow-any-host")
+    assert r.rc == 1 and "exactly one volume" in r.stderr, r.describe()
+    c.cli("export", "create", NQN, "--volume", "v1", "--allow-any-host")
     healthy = wait_for("healthy", lambda: a.healthy("v1"))
     # Both nodes hold a replica with the same uuid, and both export it.
     for node in (a, b):
@@ -54,6 +60,10 @@ def test_admin_on_any_node(cluster: Cluster, etcd: EtcdServer) -> None:
         assert local[0]["uuid"] == healthy["uuid"]
         wait_for(f"export on {node.name}", lambda node=node: [
             e for e in node.get("/v1/subsystems") if e["nqn"] == NQN])
+    # The node without a replica serves neither the volume nor its export.
+    assert not [v for v in c.get("/v1/volumes") if v["name"] == "v1"]
+    assert not [e for e in c.get("/v1/subsystems") if e["nqn"] == NQN]
+    b.cli("volume", "delete", "v2")
     # What would act on one copy only is refused, with the reason.
     for args in (("volume", "resize", "v1", "--size", "32M"),
                  ("snapshot", "create", "v1", "s1"),
@@ -72,7 +82,7 @@ def test_admin_on_any_node(cluster: Cluster, etcd: EtcdServer) -> None:
     assert r.rc == 1 and "cluster export" in r.stderr, r.describe()
     # cluster status, from the CLI of either node: nodes, primary, epoch, in-sync set.
     st = b.cli("cluster", "status")
-    assert {n["name"]: n["live"] for n in st["nodes"]} == {"a": True, "b": True}
+    assert {n["name"]: n["live"] for n in st["nodes"]} == {"a": True, "b": True, "c": True}
     [v] = st["volumes"]
     assert v["primary"] in ("a", "b") and v["epoch"] > 0 and sorted(v["in_sync"]) == ["a", "b"]
     assert next(n for n in st["nodes"] if n["self"])["lease_left_s"] > 0
