@@ -78,7 +78,7 @@ class ClusterAdmin:
         if name in view.volumes:
             raise ControlError(ErrorCode.ALREADY_EXISTS, f"replicated volume {name!r} exists")
         try:
-            nodes = place(replicas, size_bytes, view.nodes)
+            nodes = place(replicas, view.nodes)
         except PlacementError as exc:
             raise ControlError(ErrorCode.FAILED_PRECONDITION, str(exc)) from None
         spec = VolumeSpec(name, str(uuid_mod.uuid4()), size_bytes, block_size, tuple(nodes),

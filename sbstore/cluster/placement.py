@@ -15,20 +15,20 @@ class PlacementError(ValueError):
     """The volume cannot be placed as asked; the message says why."""
 
 
-def place(replicas: int, size_bytes: int, nodes: Mapping[str, NodeInfo]) -> list[str]:
-    """``replicas`` distinct nodes, most free space first (ties by name, so the choice is
-    stable). A node whose pools cannot hold the whole volume is not chosen: volumes are thin,
-    but a replica placed where it can never be filled would fail writes later."""
+def place(replicas: int, nodes: Mapping[str, NodeInfo]) -> list[str]:
+    """``replicas`` distinct live nodes, most free space first (ties by name, so the choice is
+    stable). Volumes are thin, as in single-node mode: a node is not refused because its free
+    space is below the volume's size (that is overcommitment, the admin's call); it is only
+    ranked lower."""
     if replicas < 1:
         raise PlacementError("a volume needs at least one replica")
-    fit = [n for n in nodes.values() if _largest_pool_free(n) >= size_bytes]
-    if len(fit) < replicas:
-        short = sorted(set(nodes) - {n.node for n in fit})
-        why = f" ({', '.join(short)} lack the space)" if short else ""
-        raise PlacementError(f"{replicas} replicas need {replicas} live nodes with room for "
-                             f"{size_bytes} bytes; {len(fit)} of the {len(nodes)} live node(s) "
-                             f"have it{why}")
-    ranked = sorted(fit, key=lambda n: (-_largest_pool_free(n), n.node))
+    usable = [n for n in nodes.values() if n.pools]
+    if len(usable) < replicas:
+        short = sorted(set(nodes) - {n.node for n in usable})
+        why = f" ({', '.join(short)} have no pool)" if short else ""
+        raise PlacementError(f"{replicas} replicas need {replicas} live nodes with a pool; "
+                             f"{len(usable)} of the {len(nodes)} live node(s) have one{why}")
+    ranked = sorted(usable, key=lambda n: (-_largest_pool_free(n), n.node))
     return [n.node for n in ranked[:replicas]]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,13 @@ class Node:
         """The volume's status once it has a primary and every replica is in sync."""
         v = self.volume(name)
         return v if v["state"] == "healthy" and v["primary"] else None
+
+    def metrics(self) -> str:
+        """A scrape of the metrics endpoint the daemon announced at its last start."""
+        url = [line.split("Metrics: ", 1)[1].strip() for line in
+               self.daemon.output().splitlines() if line.startswith("Metrics: ")][-1]
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            return reply.read().decode()  # type: ignore[no-any-return]
 
     def kill(self) -> None:
         """SIGKILL, as a crash."""

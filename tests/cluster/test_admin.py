@@ -3,7 +3,6 @@ clear error when too few nodes are live), the CLI and API on any node, refusals 
 act on one copy only, cluster-wide delete, ``cluster status`` and the metrics."""
 from __future__ import annotations
 
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,14 +20,6 @@ def cluster(tmp_path: Path, etcd: EtcdServer) -> Iterator[Cluster]:
     finally:
         c.stop()
         print(c.logs())
-
-
-def _metrics(cluster: Cluster, name: str) -> str:
-    text = cluster.nodes[name].daemon.output()
-    url = next(line.split("Metrics: ", 1)[1].strip() for line in text.splitlines()
-               if line.startswith("Metrics: "))
-    with urllib.request.urlopen(url, timeout=5) as reply:
-        return reply.read().decode()
 
 
 def test_admin_on_any_node(cluster: Cluster, etcd: EtcdServer) -> None:
@@ -90,7 +81,7 @@ def test_admin_on_any_node(cluster: Cluster, etcd: EtcdServer) -> None:
     assert text.rc == 0
     # Metrics: the primary shows is_primary 1, nobody is degraded.
     primary = v["primary"]
-    m = _metrics(cluster, primary)
+    m = cluster.nodes[primary].metrics()
     assert 'sbstore_cluster_is_primary{volume="v1"} 1' in m
     assert 'sbstore_cluster_volume_degraded{volume="v1"} 0' in m
     # Delete: refused while exported, then cluster-wide with --force; each node drops its copy.

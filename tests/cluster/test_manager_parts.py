@@ -25,12 +25,13 @@ def _node(name: str, free: int) -> NodeInfo:
 def test_placement_by_free_space_never_two_on_one_node() -> None:
     nodes = {n.node: n for n in (_node("a", 10 << 30), _node("b", 30 << 30),
                                  _node("c", 20 << 30))}
-    assert place(2, 1 << 30, nodes) == ["b", "c"]
-    assert place(3, 1 << 30, nodes) == ["b", "c", "a"]
+    assert place(2, nodes) == ["b", "c"]
+    assert place(3, nodes) == ["b", "c", "a"]
     with pytest.raises(PlacementError, match="4 live nodes"):
-        place(4, 1 << 30, nodes)
-    with pytest.raises(PlacementError, match="a, c lack the space"):
-        place(2, 25 << 30, nodes)
+        place(4, nodes)
+    poolless = {**nodes, "d": NodeInfo("d", ("127.0.0.1", 1))}
+    with pytest.raises(PlacementError, match=r"\(d have no pool\)"):
+        place(4, poolless)
 
 
 def test_records_round_trip_and_bad_ones_are_refused() -> None:

@@ -152,6 +152,9 @@ async def test_replicated_volume_fails_over_and_resyncs(cluster: Cluster,
         print(f"resync of {primary}: {resync} bytes for {written_while_down} bytes written "
               f"while it was down")
         assert 0 < resync < 2 * written_while_down
+        metrics = await asyncio.to_thread(cluster.nodes[other].metrics)
+        assert f'sbstore_cluster_resync_bytes_total{{volume="v1"}} {resync}' in metrics
+        assert 'sbstore_cluster_is_primary{volume="v1"} 1' in metrics
         assert healthy["primary"] == other
         assert await ana_state(back) == AnaState.INACCESSIBLE
 
