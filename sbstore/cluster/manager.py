@@ -61,6 +61,7 @@ log = logging.getLogger("sbstore.cluster.manager")
 POLL_S = 0.4
 RESYNC_RETRY_S = 1.0
 START_RETRY_S = 1.0
+MAX_REPORTED = 1000
 
 
 class Deposed(Exception):
@@ -236,6 +237,8 @@ class ClusterManager:
         except (ControlError, EtcdError, Deposed, OSError) as exc:
             message = f"{what}: {exc}"
             if message not in self._reported:
+                if len(self._reported) >= MAX_REPORTED:
+                    self._reported.clear()  # bounded: an old problem may be logged again
                 self._reported.add(message)
                 log.error("cluster: %s", message)
 
