@@ -116,6 +116,61 @@ class ClusterAdmin:
         except EtcdError as exc:
             raise _unavailable(exc) from None
 
+    async def change_replicas(self, name: str, *, add: str | None = None,
+                              remove: str | None = None) -> dict[str, Any]:
+        """Add a replica on a live node (the primary gives it a full copy, then counts it in
+        sync), and/or take one off (it leaves ``insync`` at once; its node deletes its copy).
+        Both at once replace a node an admin says is gone; a move is add, wait until in sync,
+        remove (``sbstore cluster move``)."""
+        if add is None and remove is None:
+            raise invalid("give a node to add, to remove, or both")
+        if add is not None and add == remove:
+            raise invalid("the node to add is the node to remove")
+        vkey, ikey = self.keys.volume(name), self.keys.insync(name)
+        for _ in range(5):  # a concurrent change: read again and retry, a few times
+            view = await self.view()
+            spec = view.volumes.get(name)
+            vkv, ikv = await self._get(vkey), await self._get(ikey)
+            if spec is None or vkv is None:
+                raise ControlError(ErrorCode.NOT_FOUND, f"no replicated volume {name!r}")
+            insync = view.insync.get(name, InSync(()))
+            replicas = list(spec.replicas)
+            if add is not None:
+                if add in replicas:
+                    raise ControlError(ErrorCode.ALREADY_EXISTS,
+                                       f"{add} already holds a replica of {name!r}")
+                if add not in view.nodes:
+                    raise ControlError(ErrorCode.FAILED_PRECONDITION,
+                                       f"node {add!r} is not live (live: "
+                                       f"{', '.join(sorted(view.nodes)) or 'none'})")
+                replicas.append(add)
+            nodes = list(insync.nodes)
+            if remove is not None:
+                if remove not in replicas:
+                    raise ControlError(ErrorCode.NOT_FOUND,
+                                       f"{remove} holds no replica of {name!r}")
+                replicas.remove(remove)
+                nodes = [n for n in nodes if n != remove]
+                if not nodes:
+                    raise ControlError(ErrorCode.FAILED_PRECONDITION,
+                                       f"{remove} holds the only in-sync copy of {name!r}; "
+                                       f"add a replica and let it catch up first")
+            new = VolumeSpec(spec.name, spec.uuid, spec.size_bytes, spec.block_size,
+                             tuple(replicas), spec.tenant)
+            ops = [Op.put(vkey, new.to_json())]
+            if remove is not None:
+                ops.append(Op.put(ikey, InSync(tuple(nodes), insync.epoch, {
+                    n: b for n, b in insync.resync_bytes.items() if n != remove}).to_json()))
+            try:
+                result = await self.client.txn(
+                    [Compare.mod_revision(vkey, "==", vkv.mod_revision),
+                     Compare.mod_revision(ikey, "==", ikv.mod_revision if ikv else 0)], ops)
+            except EtcdError as exc:
+                raise _unavailable(exc) from None
+            if result.succeeded:
+                return self._volume_info(new, view)
+        raise ControlError(ErrorCode.BUSY, f"volume {name!r} kept changing; try again")
+
     # --- exports ------------------------------------------------------------------------------
 
     async def create_export(self, nqn: str, volumes: Iterable[str], *,

@@ -62,6 +62,7 @@ POLL_S = 0.4
 RESYNC_RETRY_S = 1.0
 START_RETRY_S = 1.0
 MAX_REPORTED = 1000
+INSYNC_TRIES = 5  # read-modify-write rounds of insync/V lost to concurrent changes
 
 
 class Deposed(Exception):
@@ -281,7 +282,14 @@ class ClusterManager:
         self._replicas[spec.name] = _Replica(spec, pool_name)
 
     async def _drop(self, rep: _Replica) -> None:
+        was_primary = rep.role == "primary"
         await self._demote(rep, "the volume is no longer on this node", quiet=True)
+        if was_primary:
+            # Resign: the key would otherwise live as long as this node's lease, and no
+            # remaining replica could be elected.
+            key = self.keys.primary(rep.spec.name)
+            await self.client.txn([Compare.create_revision(key, "==", rep.epoch)],
+                                  [Op.delete(key)])
         await self._delete_local(rep.spec.uuid, rep.spec.name)
 
     def _forget(self, uuid: str, name: str) -> None:
@@ -492,27 +500,47 @@ class ClusterManager:
         log.warning("cluster: volume %s: peer %s lost; degraded (its writes are tracked for "
                     "resync)", rep.spec.name, peer)
 
-    async def _write_insync(self, rep: _Replica, *, remove: list[str] = (),  # type: ignore[assignment]
+    async def _write_insync(self, rep: _Replica, *, remove: Iterable[str] = (),
                             add: str | None = None, resync_bytes: int | None = None) -> None:
+        """Rewrite ``insync/V`` without ``remove`` and with ``add``: a txn guarded by this
+        node's epoch (a deposed primary changes nothing) and by the revisions it read (an
+        admin's concurrent change of the replicas is not overwritten; a node the admin just
+        removed from the volume is not added back)."""
         name = rep.spec.name
+        ikey, vkey, pkey = self.keys.insync(name), self.keys.volume(name), self.keys.primary(name)
+        removed = set(remove)
         async with rep.lock:
-            kv = await self.client.get(self.keys.insync(name))
-            cur = InSync.from_json(kv.json(), kv.key) if kv is not None else InSync(())
-            nodes = [n for n in cur.nodes if n not in remove]
-            if add is not None and add not in nodes:
-                nodes.append(add)
-            resync = dict(cur.resync_bytes)
-            if add is not None and resync_bytes is not None:
-                resync[add] = resync_bytes
-            value = InSync(tuple(nodes), rep.epoch, resync).to_json()
-            result = await self.client.txn(
-                [Compare.create_revision(self.keys.primary(name), "==", rep.epoch)],
-                [Op.put(self.keys.insync(name), value)])
-            if not result.succeeded:
-                raise Deposed(f"volume {name}: epoch {rep.epoch} is no longer the primary's")
+            for _ in range(INSYNC_TRIES):
+                kv = await self.client.get(ikey)
+                vol = await self.client.get(vkey)
+                if vol is None:
+                    raise Deposed(f"volume {name} was deleted")
+                replicas = VolumeSpec.from_json(vol.json(), vol.key).replicas
+                cur = InSync.from_json(kv.json(), kv.key) if kv is not None else InSync(())
+                nodes = [n for n in cur.nodes if n not in removed]
+                if add is not None and add not in nodes and add in replicas:
+                    nodes.append(add)
+                resync = {n: b for n, b in cur.resync_bytes.items() if n in replicas}
+                if add is not None and resync_bytes is not None:
+                    resync[add] = resync_bytes
+                value = InSync(tuple(nodes), rep.epoch, resync).to_json()
+                result = await self.client.txn(
+                    [Compare.create_revision(pkey, "==", rep.epoch),
+                     Compare.mod_revision(ikey, "==", kv.mod_revision if kv else 0),
+                     Compare.mod_revision(vkey, "==", vol.mod_revision)],
+                    [Op.put(ikey, value)])
+                if result.succeeded:
+                    return
+                primary = await self.client.get(pkey)
+                if primary is None or primary.create_revision != rep.epoch:
+                    raise Deposed(f"volume {name}: epoch {rep.epoch} is no longer the "
+                                  f"primary's")
+            raise EtcdError(f"insync/{name} kept changing; will try again")
 
     async def _primary_duties(self, rep: _Replica, view: ClusterView) -> None:
         insync = view.insync.get(rep.spec.name, InSync(()))
+        for peer in sorted((set(rep.mirror.peers) | rep.tracked) - set(rep.spec.replicas)):
+            await self._forget_peer(rep, peer, insync)
         now = time.monotonic()
         for peer in rep.spec.replicas:
             if peer == self.node:
@@ -530,6 +558,21 @@ class ClusterManager:
             if info is None or now < rep.retry_at.get(peer, 0.0):
                 continue  # not live (or it failed a moment ago)
             rep.resyncs[peer] = self._spawn(self._resync(rep, peer, info.peer_address))
+
+    async def _forget_peer(self, rep: _Replica, peer: str, insync: InSync) -> None:
+        """The admin took ``peer`` off the volume (a move, a replacement): stop replicating to
+        it and drop its dirty map. It leaves ``insync`` first (the admin's txn did that already
+        unless this races with it)."""
+        task = rep.resyncs.pop(peer, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if peer in insync.nodes:
+            await self._write_insync(rep, remove=[peer])
+        rep.mirror.forget_peer(peer)
+        rep.tracked.discard(peer)
+        log.warning("cluster: volume %s: %s is no longer one of its replicas; not replicating "
+                    "to it any more", rep.spec.name, peer)
 
     async def _resync(self, rep: _Replica, peer: str, address: tuple[str, int]) -> None:
         from sbstore.cluster.replica_client import ReplicaClient, ReplicaError

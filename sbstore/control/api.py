@@ -239,6 +239,11 @@ async def _cluster(c: Call) -> Any:
     return await _need_cluster(c).status()
 
 
+async def _cluster_replicas(c: Call) -> Any:
+    return await _need_cluster(c).admin.change_replicas(
+        c.params["name"], add=c.body.get("add"), remove=c.body.get("remove"))
+
+
 async def _volume_create(c: Call) -> Any:
     b = c.body
     if "replicas" in b:
@@ -566,6 +571,12 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/cluster", _cluster, "Cluster mode: nodes (live, lease, peer address) "
           "and replicated volumes (replicas, primary, epoch, in-sync set, state, dirty and "
           "resync bytes)", "cluster", "ClusterStatus"),
+    Route("POST", "/v1/cluster/volumes/{name}/replicas", _cluster_replicas,
+          "Cluster mode: add a replica on a live node (it gets a full copy, then counts as in "
+          "sync) and/or remove one (its node deletes its copy); both: replace a lost node",
+          "cluster", "ClusterVolume",
+          body=(Field("add", "string", description="a live node to hold a new replica"),
+                Field("remove", "string", description="a node to take the replica off"))),
     Route("GET", "/v1/pools", _pools, "List pools with their capacity", "pools", "PoolList"),
     Route("GET", "/v1/pools/{pool}", _pool, "One pool", "pools", "Pool"),
     Route("GET", "/v1/volumes", _volumes, "List volumes (and snapshots: kind=snapshot)",
@@ -1010,24 +1021,23 @@ SCHEMAS: dict[str, Any] = {
                     "volumes": {"type": "array", "items": _S,
                                 "description": "pool/name of each volume"}}),
     "HostList": {"type": "array", "items": _S},
+    "ClusterVolume": _obj({
+        "name": _S, "uuid": _S, "size_bytes": _I, "block_size": _I, "tenant": _S,
+        "replicas": {"type": "array", "items": _S}, "primary": _NULLABLE_S,
+        "epoch": _NULLABLE_I, "in_sync": {"type": "array", "items": _S},
+        "state": {"type": "string", "enum": ["healthy", "degraded", "resyncing", "no primary"]},
+        "exports": {"type": "array", "items": _S},
+        "dirty_bytes": {"type": "object", "nullable": True, "additionalProperties": _I,
+                        "description": "per missing replica (known on the primary)"},
+        "resyncing": {"type": "array", "items": _S},
+        "last_resync_bytes": {"type": "object", "additionalProperties": _I}}),
     "ClusterStatus": _obj({
         "node": _S, "revision": _I,
         "nodes": {"type": "array", "items": _obj({
             "name": _S, "live": _B, "self": _B, "peer_address": _NULLABLE_S,
             "listeners": {"type": "array", "items": _S}, "free_bytes": _NULLABLE_I,
             "lease_left_s": {"type": "number", "nullable": True}})},
-        "volumes": {"type": "array", "items": _obj({
-            "name": _S, "uuid": _S, "size_bytes": _I, "block_size": _I, "tenant": _S,
-            "replicas": {"type": "array", "items": _S}, "primary": _NULLABLE_S,
-            "epoch": _NULLABLE_I, "in_sync": {"type": "array", "items": _S},
-            "state": {"type": "string",
-                      "enum": ["healthy", "degraded", "resyncing", "no primary"]},
-            "exports": {"type": "array", "items": _S},
-            "dirty_bytes": {"type": "object", "nullable": True,
-                            "additionalProperties": _I,
-                            "description": "per missing replica (known on the primary)"},
-            "resyncing": {"type": "array", "items": _S},
-            "last_resync_bytes": {"type": "object", "additionalProperties": _I}})},
+        "volumes": {"type": "array", "items": {"$ref": "#/components/schemas/ClusterVolume"}},
         "exports": {"type": "array", "items": {"type": "object"}},
         "local": {"type": "object", "description": "this node's replicas: role, epoch, pool, "
                                                    "resync_bytes_total"}}),
