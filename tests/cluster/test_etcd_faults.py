@@ -127,3 +127,48 @@ async def test_node_cut_off_from_etcd_stops_acknowledging(cluster: Cluster,
         await host.close()
         for p in proxies.values():
             await p.close()
+
+
+async def test_old_primary_restarted_without_etcd_takes_no_write(cluster: Cluster,
+                                                                 etcd: EtcdServer) -> None:
+    """Worst case for fencing: the primary dies and comes back while it cannot reach etcd, so
+    it cannot learn that it is no longer the primary. Its restored export must still show
+    inaccessible and refuse I/O (the local registry says it is a cluster volume)."""
+    from target.host import CommandFailed, Controller
+    from target.nvme.spec import AnaState, StatusType
+    from tests.cluster.nodes import ana_state
+
+    proxies = {name: EtcdProxy(("127.0.0.1", etcd.client_port)) for name in ("a", "b")}
+    for p in proxies.values():
+        await p.start()
+    try:
+        primary = await asyncio.to_thread(_setup, cluster,
+                                          {n: p.url for n, p in proxies.items()})
+        other = "b" if primary == "a" else "a"
+        node = cluster.nodes[primary]
+        node.kill()
+        proxies[primary].cut()
+        await asyncio.to_thread(wait_for, f"{other} takes over",
+                                lambda: cluster.nodes[other].volume("v1")["primary"] == other)
+        await asyncio.to_thread(node.daemon.start)
+        ctrl = await Controller.connect("127.0.0.1", node.nvme_port, NQN, timeout_s=3.0,
+                                        kato_ms=0)
+        try:
+            assert await ana_state(ctrl) == AnaState.INACCESSIBLE
+            for _ in range(3):
+                with pytest.raises(CommandFailed) as refused:
+                    await ctrl.write(1, 0, pattern(0, 7))
+                assert refused.value.sct == StatusType.PATH
+                with pytest.raises(CommandFailed):
+                    await ctrl.read(1, 0, 1)
+                await asyncio.sleep(LEASE_TTL / 2)
+        finally:
+            await ctrl.close(shutdown=False)
+        # Mended: it registers, learns the new primary and catches up as a replica.
+        proxies[primary].mend()
+        v = await asyncio.to_thread(wait_for, "back in sync",
+                                    lambda: cluster.nodes[other].healthy("v1"), 30.0)
+        assert v["primary"] == other
+    finally:
+        for p in proxies.values():
+            await p.close()
