@@ -171,6 +171,37 @@ class ClusterAdmin:
                 return self._volume_info(new, view)
         raise ControlError(ErrorCode.BUSY, f"volume {name!r} kept changing; try again")
 
+    async def resize_volume(self, name: str, size_bytes: int) -> dict[str, Any]:
+        """Grow a replicated volume. Every replica grows its copy when it sees the new size;
+        the primary grows its own (and so what hosts see) only once every in-sync replica
+        has, so no write past the old end reaches a copy too small for it."""
+        vkey = self.keys.volume(name)
+        for _ in range(5):
+            view = await self.view()
+            spec = view.volumes.get(name)
+            vkv = await self._get(vkey)
+            if spec is None or vkv is None:
+                raise ControlError(ErrorCode.NOT_FOUND, f"no replicated volume {name!r}")
+            if type(size_bytes) is not int or size_bytes <= 0 \
+                    or size_bytes % spec.block_size:
+                raise invalid(f"size_bytes must be a positive multiple of {spec.block_size}, "
+                              f"not {size_bytes!r}")
+            if size_bytes < spec.size_bytes:
+                raise ControlError(ErrorCode.FAILED_PRECONDITION,
+                                   f"shrinking a replicated volume is not supported "
+                                   f"({name!r} is {spec.size_bytes} bytes)")
+            new = VolumeSpec(spec.name, spec.uuid, size_bytes, spec.block_size, spec.replicas,
+                             spec.tenant)
+            try:
+                result = await self.client.txn(
+                    [Compare.mod_revision(vkey, "==", vkv.mod_revision)],
+                    [Op.put(vkey, new.to_json())])
+            except EtcdError as exc:
+                raise _unavailable(exc) from None
+            if result.succeeded:
+                return self._volume_info(new, view)
+        raise ControlError(ErrorCode.BUSY, f"volume {name!r} kept changing; try again")
+
     # --- exports ------------------------------------------------------------------------------
 
     async def create_export(self, nqn: str, volumes: Iterable[str], *,

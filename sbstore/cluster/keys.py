@@ -141,6 +141,9 @@ class NodeInfo:
     listeners: tuple[str, ...] = ()
     pools: dict[str, dict[str, int]] = field(default_factory=dict)
     started: float = 0.0
+    # volume -> size of this node's replica: a primary grows its copy (what hosts see) only
+    # once every in-sync replica's is as large
+    replica_sizes: dict[str, int] = field(default_factory=dict)
 
     @property
     def free_bytes(self) -> int:
@@ -149,7 +152,8 @@ class NodeInfo:
     def to_dict(self) -> dict[str, Any]:
         host, port = self.peer_address
         return {"node": self.node, "peer_address": f"{host}:{port}",
-                "listeners": list(self.listeners), "pools": self.pools, "started": self.started}
+                "listeners": list(self.listeners), "pools": self.pools, "started": self.started,
+                "replica_sizes": self.replica_sizes}
 
     @classmethod
     def from_json(cls, data: Any, key: str) -> NodeInfo:
@@ -162,10 +166,13 @@ class NodeInfo:
         if not isinstance(pools, dict):
             raise BadRecord(f"{key}: pools must be an object")
         started = data.get("started", 0.0)
+        sizes = data.get("replica_sizes", {})
         return cls(node, (host.strip("[]"), int(port)),
                    _names(data.get("listeners", []), key, "listeners"),
                    {k: v for k, v in pools.items() if isinstance(v, dict)},
-                   float(started) if isinstance(started, (int, float)) else 0.0)
+                   float(started) if isinstance(started, (int, float)) else 0.0,
+                   {str(k): v for k, v in sizes.items() if type(v) is int}
+                   if isinstance(sizes, dict) else {})
 
 
 @dataclass(frozen=True)

@@ -257,6 +257,8 @@ class ClusterManager:
         rep = self._replicas.get(spec.name)
         if rep is not None:
             rep.spec = spec
+            if rep.role != "primary":  # a primary grows last (_grow_when_replicas_have)
+                await self._grow(rep)
             return
         found = self._find_local(spec.uuid)
         if found is None:
@@ -280,6 +282,31 @@ class ClusterManager:
                                    f"{vol.name!r}, not {spec.name!r}")
             self.registry.add_volume(spec.uuid, spec.name)
         self._replicas[spec.name] = _Replica(spec, pool_name)
+
+    async def _grow(self, rep: _Replica) -> bool:
+        """Grow the local copy to the volume's size; True when it is (now) that large."""
+        found = self._find_local(rep.spec.uuid)
+        if found is None:
+            return False
+        pool_name, vol = found
+        if vol.size_bytes >= rep.spec.size_bytes:
+            return True
+        await self.service.resize_volume(vol.name, rep.spec.size_bytes, pool_name)
+        log.info("cluster: volume %s: replica grown to %d bytes", rep.spec.name,
+                 rep.spec.size_bytes)
+        if self.session.lease_id is not None:
+            await self.session.refresh_info()  # the primary waits for this to grow its own
+        return True
+
+    async def _grow_when_replicas_have(self, rep: _Replica, view: ClusterView) -> None:
+        found = self._find_local(rep.spec.uuid)
+        if found is None or found[1].size_bytes >= rep.spec.size_bytes:
+            return
+        behind = [p for p in rep.mirror.in_sync
+                  if view.nodes.get(p) is None
+                  or view.nodes[p].replica_sizes.get(rep.spec.name, 0) < rep.spec.size_bytes]
+        if not behind:
+            await self._grow(rep)  # hosts are told (Namespace Attribute Changed)
 
     async def _drop(self, rep: _Replica) -> None:
         was_primary = rep.role == "primary"
@@ -541,6 +568,7 @@ class ClusterManager:
         insync = view.insync.get(rep.spec.name, InSync(()))
         for peer in sorted((set(rep.mirror.peers) | rep.tracked) - set(rep.spec.replicas)):
             await self._forget_peer(rep, peer, insync)
+        await self._grow_when_replicas_have(rep, view)
         now = time.monotonic()
         for peer in rep.spec.replicas:
             if peer == self.node:
@@ -642,8 +670,13 @@ class ClusterManager:
         for name, pool in self.service.pools.items():
             st = pool.stats()
             pools[name] = {"size_bytes": st.capacity_bytes, "free_bytes": st.free_bytes}
+        sizes = {}
+        for name, rep in self._replicas.items():
+            found = self._find_local(rep.spec.uuid)
+            if found is not None:
+                sizes[name] = found[1].size_bytes
         return {"node": self.node, "peer_address": f"{host}:{port}", "listeners": listeners,
-                "pools": pools, "started": self.service.started}
+                "pools": pools, "started": self.service.started, "replica_sizes": sizes}
 
     def _info_changed(self) -> bool:
         """Free space changes as volumes fill: republish when it moved by more than 1%, or
@@ -652,8 +685,9 @@ class ClusterManager:
         last = self._last_info
         self._last_info = info
         if last is None:
-            return False  # just registered with it
-        if info["listeners"] != last["listeners"] or set(info["pools"]) != set(last["pools"]):
+            return True  # registered before the first pass found this node's replicas
+        if info["listeners"] != last["listeners"] or set(info["pools"]) != set(last["pools"]) \
+                or info["replica_sizes"] != last["replica_sizes"]:
             return True
         return any(abs(p["free_bytes"] - last["pools"][n]["free_bytes"]) > p["size_bytes"] // 100
                    for n, p in info["pools"].items())

@@ -275,7 +275,8 @@ async def _volume_delete(c: Call) -> Any:
 
 
 async def _volume_resize(c: Call) -> Any:
-    await _refuse_replicated(c, c.params["name"], "resizing")
+    if c.cluster is not None and await c.cluster.is_replicated(c.params["name"]):
+        return await c.cluster.admin.resize_volume(c.params["name"], c.body["size_bytes"])
     return await c.service.resize_volume(c.params["name"], c.body["size_bytes"],
                                          c.query.get("pool"), force=c.body.get("force", False))
 

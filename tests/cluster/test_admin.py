@@ -55,9 +55,17 @@ def test_admin_on_any_node(cluster: Cluster, etcd: EtcdServer) -> None:
     assert not [v for v in c.get("/v1/volumes") if v["name"] == "v1"]
     assert not [e for e in c.get("/v1/subsystems") if e["nqn"] == NQN]
     b.cli("volume", "delete", "v2")
+    # Growing acts on every copy (the primary's last); shrinking is refused.
+    grown = a.cli("volume", "resize", "v1", "--size", "32M")
+    assert grown["size_bytes"] == 32 << 20
+    for node in (a, b):
+        wait_for(f"{node.name}'s copy grown", lambda node=node: [
+            v for v in node.get("/v1/volumes") if v["name"] == "v1"
+            and v["size_bytes"] == 32 << 20])
+    r = b.daemon.cli("volume", "resize", "v1", "--size", "16M", "--force")
+    assert r.rc == 1 and "shrinking a replicated volume" in r.stderr, r.describe()
     # What would act on one copy only is refused, with the reason.
-    for args in (("volume", "resize", "v1", "--size", "32M"),
-                 ("snapshot", "create", "v1", "s1"),
+    for args in (("snapshot", "create", "v1", "s1"),
                  ("volume", "rename", "v1", "v2")):
         r = b.daemon.cli(*args)
         assert r.rc == 1 and "replicated volume" in r.stderr, r.describe()

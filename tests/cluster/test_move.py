@@ -75,6 +75,18 @@ async def test_move_a_replica_online(cluster: Cluster, etcd: EtcdServer) -> None
             x for x in old_node.get("/v1/volumes") if x["name"] == "v1"])
         await asyncio.to_thread(wait_for, f"{old}'s export deleted", lambda: not [
             e for e in old_node.get("/v1/subsystems") if e["nqn"] == NQN])
+        # Grown online: every copy grows (the primary's last); writes past the old end land
+        # on both.
+        await asyncio.to_thread(cluster.nodes["c"].cli, "volume", "resize", "v1", "--size",
+                                "48M")
+        for name in (primary, "c"):
+            n = cluster.nodes[name]
+            await asyncio.to_thread(wait_for, f"{name}'s copy grown", lambda n=n: [
+                x for x in n.get("/v1/volumes") if x["name"] == "v1"
+                and x["size_bytes"] == 48 << 20])
+        for lba in range((32 << 20) // BS, (32 << 20) // BS + 16):
+            acked[lba] = pattern(lba, 99)
+            await host.write(lba, acked[lba])
         # The primary dies: the data is all there through c.
         await host.close()
         cluster.nodes[primary].kill()
