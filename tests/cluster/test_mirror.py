@@ -199,7 +199,7 @@ async def test_fence_lapsing_during_the_write_fails_it(cluster: Cluster) -> None
             self.checks += 1
             return self.checks == 1
 
-    m._fence = LapsesAfterFirstCheck()  # noqa: SLF001 - swapped under a built device
+    m._fence = LapsesAfterFirstCheck()
     with pytest.raises(FenceExpired):
         await m.write(0, pattern(1, 1))
 
