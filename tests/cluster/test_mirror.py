@@ -436,3 +436,32 @@ def test_dirty_bitmap_against_a_set(ops: list[tuple[bool, int, int]], start: int
     bitmap.merge(other)
     assert bitmap.count() == len(model | {390, 391, 392})
     assert DirtyBitmap(13, full=True).count() == 13
+
+
+async def test_4096_byte_blocks_one_bit_per_block() -> None:
+    local = RamDevice(SIZE, 4096, uuid=VOL)
+    replica = RamDevice(SIZE, 4096, uuid=VOL)
+    server = ReplicaServer(lambda u: replica, node="b")
+    address = await server.start("127.0.0.1", 0)
+    client = ReplicaClient(address, VOL, 4096)
+    await client.connect()
+    lost: list[str] = []
+
+    async def on_lost(name: str) -> None:
+        lost.append(name)
+
+    m = MirroredDevice(local, fence=FakeFence(), peers={"b": client}, in_sync={"b"},
+                       on_peer_lost=on_lost, on_deposed=lambda: None)
+    await m.write(0, random.Random(1).randbytes(4096 * 3))
+    await m.flush()
+    await server.close()
+    await m.write(10, random.Random(2).randbytes(4096 * 2))
+    await m.write_zeroes(1, 1)
+    assert lost == ["b"] and m.dirty_bytes("b") == 3 * 4096
+    address = await server.start("127.0.0.1", 0)
+    client = ReplicaClient(address, VOL, 4096)
+    await client.connect()
+    assert await m.resync("b", client) == 2 * 4096  # block 1 went as write-zeroes
+    assert bytes(await replica.read(0, SIZE // 4096)) == bytes(await local.read(0, SIZE // 4096))
+    client.close()
+    await server.close()
