@@ -19,7 +19,8 @@ Rules of this module:
   wake a sleeping loop on another CPU (in a VM, most of a loopback round trip). It burns the
   CPU while the primary keeps writing.
 - Bounded: at most :data:`MAX_IN_FLIGHT` frames per connection are being applied; beyond that
-  the connection stops being read (TCP back-pressure on the primary). The record of recent
+  the frames already received wait in order and the connection stops being read (TCP
+  back-pressure on the primary). The record of recent
   writes (for takeover dirty marking) is a bounded deque per volume; when it overflows inside
   the window asked for, :meth:`ReplicaServer.recent_writes` answers the whole volume, which is
   always safe (it only costs a larger resync).
@@ -176,6 +177,8 @@ class _ReplicaConnection(asyncio.Protocol):
         self._volume: uuid.UUID | None = None
         self._device: BlockDevice | None = None
         self._in_flight = 0
+        self._held: collections.deque[Request] = collections.deque()  # parsed, beyond the cap
+        self._draining = False
         self._waiting: set[Driver] = set()  # frames whose I/O is waiting on the device
         self._out = FrameBatcher(self._write_lines, asyncio.get_running_loop().call_soon)
         self._paused = False
@@ -212,7 +215,15 @@ class _ReplicaConnection(asyncio.Protocol):
             self._close_after_send()
             return
         for request in requests:
-            self._dispatch(request)
+            if self._held or self._in_flight >= MAX_IN_FLIGHT:
+                self._held.append(request)
+            else:
+                self._dispatch(request)
+        if self._held and not self._paused and self._transport is not None:
+            # Frames already received wait here (at most one read's worth); the next ones
+            # wait in TCP.
+            self._paused = True
+            self._transport.pause_reading()
 
     def abort(self) -> None:
         self._closing = True
@@ -239,10 +250,6 @@ class _ReplicaConnection(asyncio.Protocol):
             server._note_write(volume, request.lba, request.nblocks)
         self._in_flight += 1
         run_eagerly(self._apply(request), functools.partial(self._applied, request), self._waiting)
-        if self._in_flight >= MAX_IN_FLIGHT and not self._paused and self._transport is not None \
-                and not self._closing:
-            self._paused = True
-            self._transport.pause_reading()
 
     def _hello(self, request: Request) -> None:
         volume, block_size = hello_fields(request)
@@ -299,8 +306,17 @@ class _ReplicaConnection(asyncio.Protocol):
             status = Status.IO_ERROR
         assert status is not None
         self._send(Response(request.tag, status, self._known()))
-        if self._paused and self._in_flight < MAX_IN_FLIGHT // 2 and not self._closing \
-                and self._transport is not None:
+        held = self._held
+        if self._draining:  # a frame of the loop below completed at once: that loop goes on
+            return
+        self._draining = True
+        try:
+            while held and self._in_flight < MAX_IN_FLIGHT and not self._closing:  # ≤ len(held)
+                self._dispatch(held.popleft())
+        finally:
+            self._draining = False
+        if self._paused and not held and self._in_flight < MAX_IN_FLIGHT // 2 \
+                and not self._closing and self._transport is not None:
             self._paused = False
             self._transport.resume_reading()
 

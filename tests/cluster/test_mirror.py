@@ -20,7 +20,7 @@ from sbstore.cluster.mirror import (
     MirroredDevice,
     PathError,
 )
-from sbstore.cluster.replica_client import PeerUnavailable, ReplicaClient
+from sbstore.cluster.replica_client import PeerUnavailable, ReplicaClient, StaleEpoch
 from sbstore.cluster.replica_server import ReplicaServer
 from target.blockdev import RamDevice
 from target.io import blockdev_status
@@ -199,7 +199,7 @@ async def test_fence_lapsing_during_the_write_fails_it(cluster: Cluster) -> None
             self.checks += 1
             return self.checks == 1
 
-    m._fence = LapsesAfterFirstCheck()  # noqa: SLF001 - swapped under a built device
+    m._fence = LapsesAfterFirstCheck()
     with pytest.raises(FenceExpired):
         await m.write(0, pattern(1, 1))
 
@@ -436,3 +436,75 @@ def test_dirty_bitmap_against_a_set(ops: list[tuple[bool, int, int]], start: int
     bitmap.merge(other)
     assert bitmap.count() == len(model | {390, 391, 392})
     assert DirtyBitmap(13, full=True).count() == 13
+
+
+async def test_4096_byte_blocks_one_bit_per_block() -> None:
+    local = RamDevice(SIZE, 4096, uuid=VOL)
+    replica = RamDevice(SIZE, 4096, uuid=VOL)
+    server = ReplicaServer(lambda u: replica, node="b")
+    address = await server.start("127.0.0.1", 0)
+    client = ReplicaClient(address, VOL, 4096)
+    await client.connect()
+    lost: list[str] = []
+
+    async def on_lost(name: str) -> None:
+        lost.append(name)
+
+    m = MirroredDevice(local, fence=FakeFence(), peers={"b": client}, in_sync={"b"},
+                       on_peer_lost=on_lost, on_deposed=lambda: None)
+    await m.write(0, random.Random(1).randbytes(4096 * 3))
+    await m.flush()
+    await server.close()
+    await m.write(10, random.Random(2).randbytes(4096 * 2))
+    await m.write_zeroes(1, 1)
+    assert lost == ["b"] and m.dirty_bytes("b") == 3 * 4096
+    address = await server.start("127.0.0.1", 0)
+    client = ReplicaClient(address, VOL, 4096)
+    await client.connect()
+    assert await m.resync("b", client) == 2 * 4096  # block 1 went as write-zeroes
+    assert bytes(await replica.read(0, SIZE // 4096)) == bytes(await local.read(0, SIZE // 4096))
+    client.close()
+    await server.close()
+
+
+async def test_takeover_by_a_survivor_with_its_recent_writes() -> None:
+    """a is primary, b in sync; a dies; b takes over with a's bitmap seeded from what b received
+    lately, writes on, and resyncs a when it is back: a then equals b."""
+    dev_a, dev_b = RamDevice(SIZE, BS, uuid=VOL), RamDevice(SIZE, BS, uuid=VOL)
+    server_a = ReplicaServer(lambda u: dev_a, node="a")
+    server_b = ReplicaServer(lambda u: dev_b, node="b")
+    addr_b = await server_b.start("127.0.0.1", 0)
+
+    async def never_lost(name: str) -> None:
+        raise AssertionError(name)
+
+    to_b = ReplicaClient(addr_b, VOL, BS)
+    await to_b.connect()
+    fence_a = FakeFence(epoch=5)
+    on_a = MirroredDevice(dev_a, fence=fence_a, peers={"b": to_b}, in_sync={"b"},
+                          on_peer_lost=never_lost, on_deposed=lambda: None)
+    await on_a.write(0, pattern(1, 16))
+    await on_a.write(3000, pattern(2, 4))
+    to_b.close()  # a dies
+
+    server_b.set_epoch(VOL, 9)  # b won the election with epoch 9
+    addr_a = await server_a.start("127.0.0.1", 0)
+    to_a = ReplicaClient(addr_a, VOL, BS)
+    await to_a.connect()
+    on_b = MirroredDevice(dev_b, fence=FakeFence(epoch=9), peers={"a": to_a}, in_sync=set(),
+                          on_peer_lost=never_lost, on_deposed=lambda: None,
+                          initial_dirty={"a": server_b.recent_writes(VOL)})
+    assert on_b.dirty_bytes("a") == 3 * GRANULE_BYTES  # blocks 0..15 and 3000..3003
+    await on_b.write(5000, pattern(3, 8))
+    await dev_a.write(3000, pattern(4, 4))  # a write a held that b never acknowledged
+    assert await on_b.resync("a", to_a) == 4 * GRANULE_BYTES
+    assert await image(dev_a) == await image(dev_b)
+    # The old primary's stream is refused by a now: its epoch is stale.
+    stale = ReplicaClient(addr_a, VOL, BS)
+    await stale.connect()
+    with pytest.raises(StaleEpoch):
+        await stale.write(fence_a.epoch, 0, pattern(5, 1))
+    for c in (to_a, stale):
+        c.close()
+    await server_a.close()
+    await server_b.close()

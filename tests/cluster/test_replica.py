@@ -15,7 +15,7 @@ from sbstore.cluster.replica_client import (
     ReplicaIOError,
     StaleEpoch,
 )
-from sbstore.cluster.replica_server import ReplicaServer
+from sbstore.cluster.replica_server import MAX_IN_FLIGHT, ReplicaServer
 from sbstore.cluster.wire import (
     REQUEST_HEADER,
     Op,
@@ -203,5 +203,56 @@ async def test_recent_writes_window_and_overflow() -> None:
         await c.write(1, i, b"\x02" * BS)
     # Entries inside the window were pushed out: the whole volume is reported.
     assert r.server.recent_writes(r.dev.uuid) == [(0, SIZE // BS)]
+    c.close()
+    await r.server.close()
+
+
+async def test_hello_with_the_wrong_block_size_is_refused(replica: Replica) -> None:
+    c = ReplicaClient(replica.address, replica.dev.uuid, 4096)
+    with pytest.raises(ReplicaIOError) as info:
+        await c.connect()
+    assert info.value.status == Status.BAD_REQUEST
+
+
+class BlockedDevice(RamDevice):
+    """Writes wait for a gate: frames pile up on the replica."""
+
+    def __init__(self) -> None:
+        super().__init__(SIZE, BS)
+        self.gate = asyncio.Event()
+
+    async def write(self, lba: int, data: bytes | bytearray | memoryview, fua: bool = False) -> None:
+        await self.gate.wait()
+        await super().write(lba, data, fua)
+
+
+async def test_frames_beyond_the_in_flight_cap_wait_in_tcp() -> None:
+    dev = BlockedDevice()
+    server = ReplicaServer(lambda u: dev, node="b")
+    address = await server.start("127.0.0.1", 0)
+    c = ReplicaClient(address, dev.uuid, BS)
+    await c.connect()
+    futs = [c.start_write(1, i, bytes([i % 256]) * BS) for i in range(MAX_IN_FLIGHT + 3000)]
+    await asyncio.sleep(0.1)
+    assert server.stats.frames <= MAX_IN_FLIGHT + 1  # the rest is not read yet
+    dev.gate.set()
+    await asyncio.gather(*futs)
+    assert server.stats.frames == MAX_IN_FLIGHT + 3001
+    last = MAX_IN_FLIGHT + 2999
+    assert bytes(await dev.read(last, 1)) == bytes([last % 256]) * BS
+    c.close()
+    await server.close()
+
+
+async def test_busy_polling_on_both_sides() -> None:
+    r = Replica()
+    r.server = ReplicaServer(lambda u: r.dev, node="b", busy_poll_s=0.001)
+    r.address = await r.server.start("127.0.0.1", 0)
+    c = ReplicaClient(r.address, r.dev.uuid, BS, busy_poll_s=0.001)
+    await c.connect()
+    for i in range(20):
+        await c.write(1, i, b"\x05" * BS)
+    assert r.server.poller is not None and r.server.poller.spins > 0
+    assert bytes(await r.dev.read(19, 1)) == b"\x05" * BS
     c.close()
     await r.server.close()
