@@ -172,3 +172,17 @@ async def test_old_primary_restarted_without_etcd_takes_no_write(cluster: Cluste
     finally:
         for p in proxies.values():
             await p.close()
+
+
+def test_a_node_starts_while_etcd_is_down(cluster: Cluster, etcd: EtcdServer) -> None:
+    """The daemon serves (API, local volumes) without etcd; cluster status says why it cannot
+    answer; the node registers once etcd is back."""
+    etcd.stop()
+    a = cluster.add("a", etcd_url=etcd.url)
+    a.daemon.start()
+    r = a.daemon.cli("cluster", "status")
+    assert r.rc == 1 and "etcd" in r.stderr, r.describe()
+    assert a.cli("volume", "create", "local", "--size", "16M")["name"] == "local"
+    etcd.start()
+    wait_for("registered", lambda: [(n["name"], n["live"]) for n in a.status()["nodes"]]
+             == [("a", True)], 20.0)
