@@ -9,13 +9,15 @@ volume of one name, or lose each other's change to an export.
 """
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 import uuid as uuid_mod
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from sbstore.cluster.etcd import Compare, EtcdClient, EtcdError, EtcdUnavailable, Op
-from sbstore.cluster.keys import ExportSpec, InSync, Keys, VolumeSpec
+from sbstore.cluster.keys import ExportSpec, InSync, Keys, SnapSpec, VolumeSpec
 from sbstore.cluster.placement import PlacementError, place
 from sbstore.cluster.view import ClusterView
 from sbstore.control.service import ControlError, ErrorCode, check_nqn, invalid
@@ -24,6 +26,7 @@ from target.subsystem import MAX_NAMESPACES
 # Volume names become etcd key segments and local volume names on every node.
 VOLUME_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 MAX_REPLICAS = 5
+SNAP_WAIT_S = 15.0  # how long creating a snapshot waits for the copies to take it
 
 
 def _unavailable(exc: EtcdError) -> ControlError:
@@ -202,6 +205,71 @@ class ClusterAdmin:
                 return self._volume_info(new, view)
         raise ControlError(ErrorCode.BUSY, f"volume {name!r} kept changing; try again")
 
+    # --- snapshots ----------------------------------------------------------------------------
+
+    async def create_snapshot(self, volume: str, name: str, *,
+                              wait_s: float = SNAP_WAIT_S) -> dict[str, Any]:
+        """Ask the volume's primary for a snapshot on every in-sync copy; wait (at most
+        ``wait_s``) until it is done and answer its state."""
+        from sbstore.store.pool import check_name
+        try:
+            check_name(name)
+        except ValueError as exc:
+            raise invalid(str(exc).replace("volume name", "snapshot name")) from None
+        view = await self.view()
+        if volume not in view.volumes:
+            raise ControlError(ErrorCode.NOT_FOUND, f"no replicated volume {volume!r}")
+        if any(s == name for _, s in view.snaps) or name in view.volumes:
+            raise ControlError(ErrorCode.ALREADY_EXISTS, f"a snapshot or replicated volume "
+                               f"named {name!r} exists")
+        if volume not in view.primaries:
+            raise ControlError(ErrorCode.FAILED_PRECONDITION,
+                               f"replicated volume {volume!r} has no primary now (no copy "
+                               f"serves it): try again when it has")
+        key = self.keys.snap(volume, name)
+        try:
+            result = await self.client.txn([Compare.create_revision(key, "==", 0)],
+                                           [Op.put(key, SnapSpec(volume, name).to_json())])
+        except EtcdError as exc:
+            raise _unavailable(exc) from None
+        if not result.succeeded:
+            raise ControlError(ErrorCode.ALREADY_EXISTS, f"snapshot {name!r} exists")
+        deadline = time.monotonic() + wait_s
+        snap = SnapSpec(volume, name)
+        while time.monotonic() < deadline:  # bounded
+            kv = await self._get(key)
+            if kv is None:
+                raise ControlError(ErrorCode.NOT_FOUND, f"snapshot {name!r} was deleted")
+            snap = SnapSpec.from_json(kv.json(), kv.key)
+            if snap.state in ("done", "partial", "failed"):
+                break
+            await asyncio.sleep(0.1)
+        if snap.state == "failed":
+            raise ControlError(ErrorCode.INTERNAL, f"snapshot {name!r} of {volume!r} failed "
+                               f"(see the primary's log); delete it and try again")
+        return self._snap_info(snap)
+
+    async def find_snapshot(self, name: str) -> SnapSpec | None:
+        view = await self.view()
+        return next((s for (_, n), s in view.snaps.items() if n == name), None)
+
+    async def delete_snapshot(self, name: str) -> None:
+        """Every node deletes its copy of the snapshot."""
+        snap = await self.find_snapshot(name)
+        if snap is None:
+            raise ControlError(ErrorCode.NOT_FOUND, f"no snapshot {name!r} of a replicated "
+                               f"volume")
+        try:
+            await self.client.delete(self.keys.snap(snap.volume, name))
+            await self.client.delete_prefix(self.keys.snapped(snap.volume, name, ""))
+        except EtcdError as exc:
+            raise _unavailable(exc) from None
+
+    @staticmethod
+    def _snap_info(snap: SnapSpec) -> dict[str, Any]:
+        return {"name": snap.name, "volume": snap.volume, "kind": "snapshot",
+                "state": snap.state, "nodes": list(snap.nodes)}
+
     # --- exports ------------------------------------------------------------------------------
 
     async def create_export(self, nqn: str, volumes: Iterable[str], *,
@@ -344,6 +412,7 @@ class ClusterAdmin:
                 "state": state, "exports": view.exports_of(spec.name),
                 "dirty_bytes": local.get("dirty_bytes"),
                 "resyncing": local.get("resyncing", []),
+                "snapshots": [self._snap_info(s) for s in view.snaps_of(spec.name)],
                 "last_resync_bytes": dict(insync.resync_bytes)}
 
     @staticmethod

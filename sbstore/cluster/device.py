@@ -17,6 +17,7 @@ Rules of this module:
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -42,12 +43,18 @@ class PathInaccessible(BlockDeviceError):
 class RoleDevice:
     """Delegates to ``active`` (the primary's mirrored device) or refuses every I/O."""
 
-    __slots__ = ("__weakref__", "_active", "local", "name")
+    __slots__ = ("__weakref__", "_active", "_drained", "_held", "_writing", "local", "name")
 
     def __init__(self, local: BlockDevice, name: str = "") -> None:
         self.local = local  # the replica in this node's pool (what a MirroredDevice wraps)
         self.name = name
         self._active: BlockDevice | None = None
+        # A snapshot of a replicated volume holds the hosts' writes here, above the mirror,
+        # so every copy stops at the same write: held (None: not held), and the writes in
+        # flight it waits for.
+        self._held: asyncio.Future[None] | None = None
+        self._writing = 0
+        self._drained: asyncio.Future[None] | None = None
 
     @property
     def active(self) -> BlockDevice | None:
@@ -82,21 +89,69 @@ class RoleDevice:
     def used_blocks(self) -> int | None:
         return getattr(self.local, "used_blocks", None)
 
+    # --- holding writes (snapshots) --------------------------------------------------------
+
+    def hold(self) -> None:
+        """New writes wait (reads go on) until :meth:`release`."""
+        if self._held is None:
+            self._held = asyncio.get_running_loop().create_future()
+
+    async def drained(self) -> None:
+        """Return once no write admitted before :meth:`hold` is in flight."""
+        while self._writing:  # bounded: held, so the count only falls
+            self._drained = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._drained)
+
+    def release(self) -> None:
+        held, self._held = self._held, None
+        if held is not None and not held.done():
+            held.set_result(None)
+
+    async def _begin_write(self) -> BlockDevice:
+        while self._held is not None:  # each release lets them through; re-held: wait again
+            await asyncio.shield(self._held)
+        device = self._device()
+        self._writing += 1
+        return device
+
+    def _end_write(self) -> None:
+        self._writing -= 1
+        if not self._writing and self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    # --- I/O --------------------------------------------------------------------------------
+
     async def read(self, lba: int, nblocks: int) -> bytes | bytearray | memoryview:
         return await self._device().read(lba, nblocks)
 
     async def write(self, lba: int, data: bytes | bytearray | memoryview,
                     fua: bool = False) -> None:
-        await self._device().write(lba, data, fua)
+        if self._held is None:  # the hot path: no coroutine of its own
+            device = self._device()
+            self._writing += 1
+        else:
+            device = await self._begin_write()
+        try:
+            await device.write(lba, data, fua)
+        finally:
+            self._end_write()
 
     async def flush(self) -> None:
         await self._device().flush()
 
     async def write_zeroes(self, lba: int, nblocks: int) -> None:
-        await self._device().write_zeroes(lba, nblocks)
+        device = await self._begin_write()
+        try:
+            await device.write_zeroes(lba, nblocks)
+        finally:
+            self._end_write()
 
     async def deallocate(self, ranges: Sequence[tuple[int, int]]) -> None:
-        await self._device().deallocate(ranges)
+        device = await self._begin_write()
+        try:
+            await device.deallocate(ranges)
+        finally:
+            self._end_write()
 
 
 class LocalRegistry:
@@ -173,6 +228,9 @@ class ClusterDevices:
             device.serve(active)
         self._devices.setdefault(uuid, weakref.WeakSet()).add(device)
         return device
+
+    def devices(self, uuid: str) -> list[RoleDevice]:
+        return list(self._devices.get(uuid, ()))
 
     def serve(self, uuid: str, device: BlockDevice) -> None:
         self._active[uuid] = device

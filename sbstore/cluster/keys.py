@@ -59,6 +59,12 @@ class Keys:
     def insync(self, volume: str) -> str:
         return f"{self.prefix}/insync/{volume}"
 
+    def snap(self, volume: str, snap: str) -> str:
+        return f"{self.prefix}/snaps/{volume}/{snap}"
+
+    def snapped(self, volume: str, snap: str, node: str) -> str:
+        return f"{self.prefix}/snapped/{volume}/{snap}/{node}"
+
     def split(self, key: str) -> tuple[str, str] | None:
         """``(kind, name)`` of a key under the prefix (kind: nodes, volumes, ...), or None."""
         if not key.startswith(self.root):
@@ -206,3 +212,34 @@ def primary_value(node: str) -> str:
 
 def primary_node(data: Any, key: str) -> str:
     return str(_field(data, "node", str, key))
+
+
+SNAP_STATES = ("requested", "frozen", "done", "partial", "failed")
+
+
+@dataclass(frozen=True)
+class SnapSpec:
+    """``snaps/<volume>/<snap>``: a snapshot of a replicated volume, taken on every in-sync copy
+    at one point of its writes. ``requested`` by an admin; ``frozen`` while the primary holds
+    the hosts' writes (``epoch``: that primary's) and the replicas take theirs; then ``done``
+    (every in-sync copy has it), ``partial`` (``nodes`` have it) or ``failed``."""
+
+    volume: str
+    name: str
+    state: str = "requested"
+    epoch: int = 0
+    nodes: tuple[str, ...] = ()
+
+    def to_json(self) -> str:
+        return json.dumps({"volume": self.volume, "name": self.name, "state": self.state,
+                           "epoch": self.epoch, "nodes": list(self.nodes)})
+
+    @classmethod
+    def from_json(cls, data: Any, key: str) -> SnapSpec:
+        state = _field(data, "state", str, key)
+        if state not in SNAP_STATES:
+            raise BadRecord(f"{key}: state {state!r} is not one of {', '.join(SNAP_STATES)}")
+        epoch = data.get("epoch", 0)
+        return cls(_field(data, "volume", str, key), _field(data, "name", str, key), state,
+                   epoch if type(epoch) is int else 0,
+                   _names(data.get("nodes", []), key, "nodes"))

@@ -35,6 +35,8 @@ when it creates a volume); every write of ``insync`` is a txn guarded by
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import functools
 import logging
 import time
@@ -46,7 +48,7 @@ from typing import Any
 from sbstore.cluster.admin import ClusterAdmin
 from sbstore.cluster.device import ClusterDevices, LocalRegistry
 from sbstore.cluster.etcd import Compare, EtcdClient, EtcdError, Op
-from sbstore.cluster.keys import InSync, Keys, VolumeSpec, primary_value
+from sbstore.cluster.keys import InSync, Keys, SnapSpec, VolumeSpec, primary_value
 from sbstore.cluster.membership import NodeNameInUse, NodeSession
 from sbstore.cluster.replica_server import ReplicaServer
 from sbstore.cluster.view import ClusterView
@@ -63,6 +65,8 @@ RESYNC_RETRY_S = 1.0
 START_RETRY_S = 1.0
 MAX_REPORTED = 1000
 INSYNC_TRIES = 5  # read-modify-write rounds of insync/V lost to concurrent changes
+SNAP_DRAIN_S = 5.0  # a snapshot waits this long at most for the writes in flight
+SNAP_WAIT_S = 5.0  # ... and this long for the replicas' snapshots, holding the hosts' writes
 
 
 class Deposed(Exception):
@@ -88,6 +92,10 @@ class _Replica:
     mirror: Any = None
     tracked: set[str] = field(default_factory=set)  # peers the mirror keeps a dirty map for
     resyncs: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    snapshotting: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    # Cluster snapshots of this volume seen in etcd: only those are deleted here when etcd
+    # drops them (a local snapshot an admin or a schedule took is not the cluster's business).
+    known_snaps: set[str] = field(default_factory=set)
     retry_at: dict[str, float] = field(default_factory=dict)
     last_primary: str | None = None
     resync_bytes_total: int = 0
@@ -227,6 +235,8 @@ class ClusterManager:
                 self._forget(uuid, name)
         for rep in list(self._replicas.values()):
             await self._guarded(f"volume {rep.spec.name}", self._reconcile_role(rep, view))
+            await self._guarded(f"volume {rep.spec.name} snapshots",
+                                self._reconcile_snapshots(rep, view))
         self._apply_ana(view)
         if self.session.lease_id is not None and self._info_changed():
             await self._guarded("node info", self.session.refresh_info())
@@ -499,9 +509,12 @@ class ClusterManager:
         self.devices.refuse(rep.spec.uuid)
         for nqn in self._exports_of(rep.spec.name):
             self._show(nqn, AnaState.INACCESSIBLE)
-        for task in rep.resyncs.values():
+        for task in [*rep.resyncs.values(), *rep.snapshotting.values()]:
             task.cancel()
         rep.resyncs.clear()
+        rep.snapshotting.clear()
+        for d in self.devices.devices(rep.spec.uuid):
+            d.release()
         if rep.mirror is not None:
             for client in rep.mirror.peers.values():
                 client.close()
@@ -569,6 +582,15 @@ class ClusterManager:
         for peer in sorted((set(rep.mirror.peers) | rep.tracked) - set(rep.spec.replicas)):
             await self._forget_peer(rep, peer, insync)
         await self._grow_when_replicas_have(rep, view)
+        for snap in view.snaps_of(rep.spec.name):
+            task = rep.snapshotting.get(snap.name)
+            if task is not None and not task.done():
+                continue
+            if snap.state == "requested":
+                rep.snapshotting[snap.name] = self._spawn(self._take_snapshot(rep, snap))
+            elif snap.state == "frozen" and snap.epoch != rep.epoch:
+                # Its primary died holding the writes: nobody knows which copies have it.
+                await self._put_snap(rep, dataclasses.replace(snap, state="failed"))
         now = time.monotonic()
         for peer in rep.spec.replicas:
             if peer == self.node:
@@ -601,6 +623,115 @@ class ClusterManager:
         rep.tracked.discard(peer)
         log.warning("cluster: volume %s: %s is no longer one of its replicas; not replicating "
                     "to it any more", rep.spec.name, peer)
+
+    # --- snapshots ------------------------------------------------------------------------------
+
+    async def _take_snapshot(self, rep: _Replica, snap: SnapSpec) -> None:
+        """As primary: hold the hosts' writes above the mirror, let those in flight finish
+        (a mirrored write completes only once every in-sync copy has it), snapshot the local
+        copy, mark it ``frozen`` for the replicas, wait for theirs, release the writes."""
+        name, uuid = rep.spec.name, rep.spec.uuid
+        devices = self.devices.devices(uuid)
+        started = time.monotonic()
+        for d in devices:
+            d.hold()
+        peers = set(rep.mirror.in_sync) if rep.mirror is not None else set()
+        have: set[str] = set()
+        try:
+            await asyncio.wait_for(asyncio.gather(*(d.drained() for d in devices)),
+                                   SNAP_DRAIN_S)
+            await self._snapshot_local(rep, snap.name)
+            have.add(self.node)
+            await self._put_snap(rep, SnapSpec(name, snap.name, "frozen", rep.epoch,
+                                               (self.node,)), snapped=True)
+            deadline = time.monotonic() + SNAP_WAIT_S
+            prefix = self.keys.snapped(name, snap.name, "")
+            while time.monotonic() < deadline:  # bounded
+                kvs, _ = await self.client.get_prefix(prefix)
+                have |= {kv.key[len(prefix):] for kv in kvs}
+                if peers <= have:
+                    break
+                await asyncio.sleep(0.05)
+        except (asyncio.TimeoutError, ControlError, EtcdError, Deposed) as exc:
+            log.error("cluster: volume %s: snapshot %s failed: %s", name, snap.name, exc)
+            if self.node not in have:
+                with contextlib.suppress(EtcdError, Deposed):
+                    await self._put_snap(rep, dataclasses.replace(snap, state="failed"))
+                return
+        finally:
+            for d in devices:
+                d.release()
+        held = time.monotonic() - started
+        nodes = tuple(sorted(have))
+        state = "done" if peers <= have else "partial"
+        try:
+            await self._put_snap(rep, SnapSpec(name, snap.name, state, rep.epoch, nodes))
+        except (EtcdError, Deposed) as exc:
+            log.error("cluster: volume %s: snapshot %s: recording it failed: %s", name,
+                      snap.name, exc)
+            return
+        log.info("cluster: volume %s: snapshot %s %s on %s (writes held %.3f s)", name,
+                 snap.name, state, ", ".join(nodes), held)
+
+    async def _put_snap(self, rep: _Replica, snap: SnapSpec, *, snapped: bool = False) -> None:
+        """Write the snapshot's record, only while this node is the primary of that epoch and
+        the record was not deleted meanwhile."""
+        key = self.keys.snap(rep.spec.name, snap.name)
+        ops = [Op.put(key, snap.to_json())]
+        if snapped:
+            ops.append(Op.put(self.keys.snapped(rep.spec.name, snap.name, self.node), "{}"))
+        result = await self.client.txn(
+            [Compare.create_revision(self.keys.primary(rep.spec.name), "==", rep.epoch),
+             Compare.version(key, ">", 0)], ops)
+        if not result.succeeded:
+            raise Deposed(f"volume {rep.spec.name}: snapshot {snap.name}: not the primary of "
+                          f"epoch {rep.epoch} any more, or the snapshot was deleted")
+
+    async def _snapshot_local(self, rep: _Replica, snap: str) -> None:
+        found = self._find_local(rep.spec.uuid)
+        if found is None:
+            raise ControlError(ErrorCode.NOT_FOUND, f"volume {rep.spec.name}: no local copy")
+        pool_name, vol = found
+        if snap in self._local_snapshots(vol):
+            return  # taken before a restart or a retry
+        await self.service.create_snapshot(vol.name, snap, pool_name)
+
+    @staticmethod
+    def _local_snapshots(vol: Any) -> list[str]:
+        """The snapshots in the volume's history (its parent chain), newest first."""
+        out = []
+        parent = vol.parent
+        for _ in range(100_000):  # bounded: a chain has no cycles
+            if parent is None:
+                break
+            out.append(parent.name)
+            parent = parent.parent
+        return out
+
+    async def _reconcile_snapshots(self, rep: _Replica, view: ClusterView) -> None:
+        """Every node: take the snapshots a primary froze for this copy; delete the local
+        snapshots of the volume that etcd no longer lists."""
+        name = rep.spec.name
+        wanted = {s.name: s for s in view.snaps_of(name)}
+        rep.known_snaps |= set(wanted)
+        primary = view.primaries.get(name)
+        found = self._find_local(rep.spec.uuid)
+        if found is None:
+            return
+        pool_name, vol = found
+        if rep.role != "primary" and primary is not None:
+            for snap in wanted.values():
+                if snap.state == "frozen" and snap.epoch == primary.epoch and self.node \
+                        not in view.snapped.get((name, snap.name), set()):
+                    # The primary holds the writes: this copy is at the same point as its.
+                    await self._snapshot_local(rep, snap.name)
+                    await self.client.put(self.keys.snapped(name, snap.name, self.node), "{}")
+                    log.info("cluster: volume %s: snapshot %s taken here", name, snap.name)
+        for local in self._local_snapshots(vol):
+            if local in rep.known_snaps and local not in wanted:
+                rep.known_snaps.discard(local)
+                await self.service.delete_volume(local, pool_name, force=True, kind="snapshot")
+                log.info("cluster: volume %s: snapshot %s deleted here", name, local)
 
     async def _resync(self, rep: _Replica, peer: str, address: tuple[str, int]) -> None:
         from sbstore.cluster.replica_client import ReplicaClient, ReplicaError
@@ -707,6 +838,12 @@ class ClusterManager:
             return await self.admin.is_replicated(name)
         except ControlError:
             return name in self.registry.volumes.values()
+
+    async def is_cluster_snapshot(self, name: str) -> bool:
+        try:
+            return await self.admin.find_snapshot(name) is not None
+        except ControlError:
+            return False
 
     async def is_cluster_export(self, nqn: str) -> bool:
         try:

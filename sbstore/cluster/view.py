@@ -16,6 +16,7 @@ from sbstore.cluster.keys import (
     InSync,
     Keys,
     NodeInfo,
+    SnapSpec,
     VolumeSpec,
     primary_node,
 )
@@ -41,6 +42,8 @@ class ClusterView:
     primaries: dict[str, Primary] = field(default_factory=dict)
     insync: dict[str, InSync] = field(default_factory=dict)
     insync_revision: dict[str, int] = field(default_factory=dict)  # mod_revision
+    snaps: dict[tuple[str, str], SnapSpec] = field(default_factory=dict)  # (volume, snap)
+    snapped: dict[tuple[str, str], set[str]] = field(default_factory=dict)  # -> nodes
 
     @classmethod
     def parse(cls, keys: Keys, kvs: Iterable[KeyValue], revision: int) -> ClusterView:
@@ -62,6 +65,12 @@ class ClusterView:
                 elif kind == "primary":
                     view.primaries[name] = Primary(primary_node(data, kv.key),
                                                    kv.create_revision, kv.lease)
+                elif kind == "snaps":
+                    spec = SnapSpec.from_json(data, kv.key)
+                    view.snaps[(spec.volume, spec.name)] = spec
+                elif kind == "snapped":
+                    volume, snap, node = name.split("/", 2)
+                    view.snapped.setdefault((volume, snap), set()).add(node)
                 elif kind == "insync":
                     view.insync[name] = InSync.from_json(data, kv.key)
                     view.insync_revision[name] = kv.mod_revision
@@ -70,6 +79,9 @@ class ClusterView:
                     _reported.add((kv.key, kv.mod_revision))
                     log.error("ignoring %s: %s", kv.key, exc)
         return view
+
+    def snaps_of(self, volume: str) -> list[SnapSpec]:
+        return [s for (v, _), s in sorted(self.snaps.items()) if v == volume]
 
     def exports_of(self, volume: str) -> list[str]:
         return sorted(nqn for nqn, e in self.exports.items() if volume in e.volumes)

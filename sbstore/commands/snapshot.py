@@ -91,6 +91,9 @@ def run_create(args: argparse.Namespace) -> int:
     volume, name = args.names
     v = call(args, lambda c: c.post("/v1/snapshots", {"volume": volume, "name": name,
                                                       "pool": args.pool}))
+    if "state" in v:  # a replicated volume's: taken on every in-sync copy
+        return emit(args, v, lambda v: f"snapshot {v['name']} of replicated volume {volume}: "
+                                       f"{v['state']} on {', '.join(v['nodes'])}")
     return emit(args, v, lambda v: f"created snapshot {v['name']} of {volume} "
                                    f"(uuid {v['uuid']})")
 

@@ -314,7 +314,8 @@ async def _snapshots(c: Call) -> Any:
 
 
 async def _snapshot_create(c: Call) -> Any:
-    await _refuse_replicated(c, c.body["volume"], "snapshotting")
+    if c.cluster is not None and await c.cluster.is_replicated(c.body["volume"]):
+        return await c.cluster.admin.create_snapshot(c.body["volume"], c.body["name"])
     return await c.service.create_snapshot(c.body["volume"], c.body["name"], c.body.get("pool"))
 
 
@@ -327,6 +328,9 @@ async def _snapshot(c: Call) -> Any:
 
 
 async def _snapshot_delete(c: Call) -> Any:
+    if c.cluster is not None and await c.cluster.is_cluster_snapshot(c.params["name"]):
+        await c.cluster.admin.delete_snapshot(c.params["name"])
+        return
     await c.service.delete_volume(c.params["name"], c.query.get("pool"),
                                   force=c.query.get("force", False), kind="snapshot")
 
@@ -357,6 +361,8 @@ async def _schedules(c: Call) -> Any:
 
 async def _schedule_add(c: Call) -> Any:
     b = c.body
+    if b.get("volume") is not None:
+        await _refuse_replicated(c, b["volume"], "a snapshot schedule")
     return await c.service.add_schedule(b["every"], b["keep"], volume=b.get("volume"),
                                         tenant=b.get("tenant"), pool=b.get("pool"))
 

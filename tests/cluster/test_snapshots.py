@@ -1,0 +1,101 @@
+"""Snapshots of a replicated volume are taken on every in-sync copy at the same point of the
+host's writes, even while the host writes: the primary holds the writes above the mirror while
+the copies take theirs. Compared by cloning each node's snapshot locally and reading it."""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from target.host import Controller
+from tests.cluster.etcd_server import EtcdServer
+from tests.cluster.nodes import NQN, Cluster, MultipathHost, wait_for
+from tests.cluster.test_replicated import pattern
+
+BLOCKS = 256
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, etcd: EtcdServer) -> Iterator[Cluster]:
+    c = Cluster(tmp_path / "nodes", {})
+    try:
+        yield c
+    finally:
+        c.stop()
+        print(c.logs())
+
+
+def _setup(cluster: Cluster, etcd: EtcdServer) -> None:
+    for name in ("a", "b"):
+        cluster.add(name, etcd_url=etcd.url).daemon.start()
+    a = cluster.nodes["a"]
+    wait_for("two live nodes", lambda: len([n for n in a.status()["nodes"] if n["live"]]) == 2)
+    a.cli("volume", "create", "v1", "--size", "16M", "--replicas", "2")
+    a.cli("export", "create", NQN, "--volume", "v1", "--allow-any-host")
+    wait_for("healthy", lambda: a.healthy("v1"))
+    for node in cluster.nodes.values():
+        wait_for(f"export on {node.name}", lambda node=node: [
+            e for e in node.get("/v1/subsystems") if e["nqn"] == NQN and e["namespaces"]])
+
+
+async def _read_clone(cluster: Cluster, node: str, snap: str) -> bytes:
+    """Clone ``snap`` on ``node`` (a plain local volume), export it there, read it."""
+    n = cluster.nodes[node]
+    nqn = f"nqn.2026-11.io.sbstore.test:clone-{node}"
+    await asyncio.to_thread(n.cli, "clone", "create", snap, f"clone-{node}")
+    await asyncio.to_thread(n.cli, "export", "create", nqn, "--volume", f"clone-{node}",
+                            "--allow-any-host")
+    ctrl = await Controller.connect("127.0.0.1", n.nvme_port, nqn, timeout_s=3.0, kato_ms=0)
+    try:
+        return bytes(await ctrl.read(1, 0, BLOCKS))
+    finally:
+        await ctrl.close(shutdown=False)
+        await asyncio.to_thread(n.cli, "export", "delete", nqn, "--force")
+        await asyncio.to_thread(n.cli, "volume", "delete", f"clone-{node}")
+
+
+async def test_snapshot_of_a_replicated_volume_under_writes(cluster: Cluster,
+                                                            etcd: EtcdServer) -> None:
+    await asyncio.to_thread(_setup, cluster, etcd)
+    host = MultipathHost(cluster.nodes)
+    try:
+        for name in cluster.nodes:
+            await host.connect(name)
+        for lba in range(BLOCKS):
+            await host.write(lba, pattern(lba, 0))
+        stop = asyncio.Event()
+        gaps: list[float] = []
+
+        async def keep_writing() -> None:
+            n, last = 0, time.monotonic()
+            while not stop.is_set():
+                await host.write(n % BLOCKS, pattern(n % BLOCKS, 1 + n // BLOCKS))
+                now = time.monotonic()
+                gaps.append(now - last)
+                last, n = now, n + 1
+        writer = asyncio.create_task(keep_writing())
+        await asyncio.sleep(0.3)
+        snap = await asyncio.to_thread(cluster.nodes["b"].cli, "snapshot", "create", "v1",
+                                       "s1")
+        await asyncio.sleep(0.3)
+        stop.set()
+        await writer
+        assert snap["state"] == "done" and sorted(snap["nodes"]) == ["a", "b"], snap
+        print(f"\nsnapshot s1 under writes: the longest pause between two writes "
+              f"{max(gaps):.3f} s ({len(gaps)} writes)")
+        copies = {node: await _read_clone(cluster, node, "s1") for node in ("a", "b")}
+        assert copies["a"] == copies["b"], "the copies' snapshots differ"
+        assert copies["a"] != b"".join(pattern(i, 0) for i in range(BLOCKS)), \
+            "the snapshot should hold some of the writes made under way"
+        st = await asyncio.to_thread(cluster.nodes["a"].volume, "v1")
+        assert [(s["name"], s["state"]) for s in st["snapshots"]] == [("s1", "done")]
+        # Deleted cluster-wide: every node drops its copy.
+        await asyncio.to_thread(cluster.nodes["a"].cli, "snapshot", "delete", "s1")
+        for name, node in cluster.nodes.items():
+            await asyncio.to_thread(wait_for, f"s1 gone from {name}", lambda node=node: not [
+                v for v in node.get("/v1/snapshots") if v["name"] == "s1"])
+    finally:
+        await host.close()
