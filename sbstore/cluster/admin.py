@@ -116,6 +116,9 @@ class ClusterAdmin:
                 e.nqn, kept, e.hosts, e.allow_any_host).to_json()))
         try:
             await self.client.txn([], ops)
+            # Its snapshots go with it (every node deletes its copies).
+            await self.client.delete_prefix(self.keys.snap(name, ""))
+            await self.client.delete_prefix(self.keys.snapped(name, "", "")[:-1])
         except EtcdError as exc:
             raise _unavailable(exc) from None
 

@@ -321,6 +321,12 @@ class ClusterManager:
     async def _drop(self, rep: _Replica) -> None:
         was_primary = rep.role == "primary"
         await self._demote(rep, "the volume is no longer on this node", quiet=True)
+        found = self._find_local(rep.spec.uuid)
+        if found is not None:  # the cluster's snapshots of it go with it
+            for snap in self._local_snapshots(found[1]):
+                if snap in rep.known_snaps:
+                    await self.service.delete_volume(snap, found[0], force=True,
+                                                     kind="snapshot")
         if was_primary:
             # Resign: the key would otherwise live as long as this node's lease, and no
             # remaining replica could be elected.

@@ -65,7 +65,7 @@ def test_admin_on_any_node(cluster: Cluster, etcd: EtcdServer) -> None:
     r = b.daemon.cli("volume", "resize", "v1", "--size", "16M", "--force")
     assert r.rc == 1 and "shrinking a replicated volume" in r.stderr, r.describe()
     # What would act on one copy only is refused, with the reason.
-    for args in (("snapshot", "create", "v1", "s1"),
+    for args in (("schedule", "add", "--volume", "v1", "--every", "1h", "--keep", "3"),
                  ("volume", "rename", "v1", "v2")):
         r = b.daemon.cli(*args)
         assert r.rc == 1 and "replicated volume" in r.stderr, r.describe()
@@ -92,6 +92,9 @@ def test_admin_on_any_node(cluster: Cluster, etcd: EtcdServer) -> None:
     m = cluster.nodes[primary].metrics()
     assert 'sbstore_cluster_is_primary{volume="v1"} 1' in m
     assert 'sbstore_cluster_volume_degraded{volume="v1"} 0' in m
+    # A snapshot is taken on both copies; deleting the volume deletes it everywhere too.
+    snap = b.cli("snapshot", "create", "v1", "s1")
+    assert snap["state"] == "done" and sorted(snap["nodes"]) == ["a", "b"]
     # Delete: refused while exported, then cluster-wide with --force; each node drops its copy.
     r = a.daemon.cli("volume", "delete", "v1")
     assert r.rc == 1 and "exported" in r.stderr
@@ -99,6 +102,9 @@ def test_admin_on_any_node(cluster: Cluster, etcd: EtcdServer) -> None:
     for node in (a, b):
         wait_for(f"replica gone from {node.name}", lambda node=node: not [
             v for v in node.get("/v1/volumes") if v["name"] == "v1"])
+    for node in (a, b):
+        wait_for(f"snapshot gone from {node.name}", lambda node=node: not [
+            v for v in node.get("/v1/snapshots") if v["name"] == "s1"])
     a.cli("export", "delete", NQN, "--force")
     for node in (a, b):
         wait_for(f"export gone from {node.name}", lambda node=node: not [
