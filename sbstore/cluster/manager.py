@@ -21,7 +21,10 @@ makes this node match it, idempotently, in this order:
    then added back to ``insync``;
 6. ANA: an export is optimized here when this node is the primary of all its volumes, else
    inaccessible (forced on every listener, never stored: the role is etcd's, not the state
-   database's).
+   database's);
+7. snapshots (``snaps/``): the primary takes a requested one with the hosts' writes held
+   above the mirror, the replicas take theirs while it is frozen; a grown volume: replicas
+   grow their copies first, the primary last.
 
 Safety does not rest on this loop being fast: a primary acknowledges a write only while its
 lease clock runs (the mirror checks it per write), and a replica refuses frames of an epoch
