@@ -657,7 +657,7 @@ class ClusterManager:
             prefix = self.keys.snapped(name, snap.name, "")
             while time.monotonic() < deadline:  # bounded
                 kvs, _ = await self.client.get_prefix(prefix)
-                have |= {kv.key[len(prefix):] for kv in kvs}
+                have |= {kv.key[len(prefix):] for kv in kvs} & peers
                 if peers <= have:
                     break
                 await asyncio.sleep(0.05)
@@ -728,7 +728,9 @@ class ClusterManager:
         if found is None:
             return
         pool_name, vol = found
-        if rep.role != "primary" and primary is not None:
+        insync = view.insync.get(name, InSync(()))
+        if rep.role != "primary" and primary is not None and self.node in insync.nodes:
+            # (a copy out of sync would snapshot data that is not the volume's)
             for snap in wanted.values():
                 if snap.state == "frozen" and snap.epoch == primary.epoch and self.node \
                         not in view.snapped.get((name, snap.name), set()):
