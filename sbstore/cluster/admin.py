@@ -401,6 +401,9 @@ class ClusterAdmin:
         primary = view.primaries.get(spec.name)
         insync = view.insync.get(spec.name, InSync(()))
         local = self.local_status(spec.name) if self.local_status else {}
+        published = view.progress.get(spec.name, {})
+        if not local and primary is not None and published.get("node") == primary.node:
+            local = published  # the primary's, from any node
         in_sync = [n for n in spec.replicas if n in insync.nodes]
         if local.get("resyncing"):
             state = "resyncing"

@@ -65,6 +65,9 @@ class Keys:
     def snapped(self, volume: str, snap: str, node: str) -> str:
         return f"{self.prefix}/snapped/{volume}/{snap}/{node}"
 
+    def progress(self, volume: str) -> str:
+        return f"{self.prefix}/progress/{volume}"
+
     def split(self, key: str) -> tuple[str, str] | None:
         """``(kind, name)`` of a key under the prefix (kind: nodes, volumes, ...), or None."""
         if not key.startswith(self.root):

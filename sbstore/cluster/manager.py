@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import json
 import logging
 import time
 import uuid as uuid_mod
@@ -69,7 +70,8 @@ START_RETRY_S = 1.0
 MAX_REPORTED = 1000
 INSYNC_TRIES = 5  # read-modify-write rounds of insync/V lost to concurrent changes
 SNAP_DRAIN_S = 5.0  # a snapshot waits this long at most for the writes in flight
-SNAP_WAIT_S = 5.0  # ... and this long for the replicas' snapshots, holding the hosts' writes
+SNAP_WAIT_S = 5.0
+PROGRESS_S = 1.0  # how often a degraded volume's dirty bytes are republished at most  # ... and this long for the replicas' snapshots, holding the hosts' writes
 
 
 class Deposed(Exception):
@@ -99,6 +101,8 @@ class _Replica:
     # Cluster snapshots of this volume seen in etcd: only those are deleted here when etcd
     # drops them (a local snapshot an admin or a schedule took is not the cluster's business).
     known_snaps: set[str] = field(default_factory=set)
+    published: dict[str, Any] | None = None  # the last progress/V written, and when
+    published_at: float = 0.0
     retry_at: dict[str, float] = field(default_factory=dict)
     last_primary: str | None = None
     resync_bytes_total: int = 0
@@ -528,6 +532,7 @@ class ClusterManager:
             for client in rep.mirror.peers.values():
                 client.close()
         rep.mirror = None
+        rep.published = None
         if was_primary and not quiet:
             log.warning("cluster: volume %s: no longer primary here: %s", rep.spec.name, why)
 
@@ -591,6 +596,7 @@ class ClusterManager:
         for peer in sorted((set(rep.mirror.peers) | rep.tracked) - set(rep.spec.replicas)):
             await self._forget_peer(rep, peer, insync)
         await self._grow_when_replicas_have(rep, view)
+        await self._publish_progress(rep)
         for snap in view.snaps_of(rep.spec.name):
             task = rep.snapshotting.get(snap.name)
             if task is not None and not task.done():
@@ -632,6 +638,27 @@ class ClusterManager:
         rep.tracked.discard(peer)
         log.warning("cluster: volume %s: %s is no longer one of its replicas; not replicating "
                     "to it any more", rep.spec.name, peer)
+
+    async def _publish_progress(self, rep: _Replica) -> None:
+        """``progress/V`` (under this node's lease, so it dies with the primaryship): the
+        missing replicas' dirty bytes and the resyncs running, for status on every node.
+        Written when the resyncs change, else at most every PROGRESS_S while it changes."""
+        now = time.monotonic()
+        status = self.local_status(rep.spec.name)
+        if not status.get("dirty_bytes") and not status.get("resyncing") \
+                and rep.published is None:
+            return
+        value = {"node": self.node, **status}
+        last = rep.published
+        if last == value or (last is not None and last.get("resyncing") == value["resyncing"]
+                             and now - rep.published_at < PROGRESS_S):
+            return
+        lease = self.session.lease_id
+        if lease is None:
+            return
+        await self.client.put(self.keys.progress(rep.spec.name), json.dumps(value),
+                              lease=lease)
+        rep.published, rep.published_at = value, now
 
     # --- snapshots ------------------------------------------------------------------------------
 

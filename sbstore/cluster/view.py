@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from sbstore.cluster.etcd import KeyValue
 from sbstore.cluster.keys import (
@@ -44,6 +45,8 @@ class ClusterView:
     insync_revision: dict[str, int] = field(default_factory=dict)  # mod_revision
     snaps: dict[tuple[str, str], SnapSpec] = field(default_factory=dict)  # (volume, snap)
     snapped: dict[tuple[str, str], set[str]] = field(default_factory=dict)  # -> nodes
+    # volume -> what its primary publishes about its missing replicas (dirty bytes, resyncs)
+    progress: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, keys: Keys, kvs: Iterable[KeyValue], revision: int) -> ClusterView:
@@ -71,6 +74,9 @@ class ClusterView:
                 elif kind == "snapped":
                     volume, snap, node = name.split("/", 2)
                     view.snapped.setdefault((volume, snap), set()).add(node)
+                elif kind == "progress":
+                    if isinstance(data, dict):
+                        view.progress[name] = data
                 elif kind == "insync":
                     view.insync[name] = InSync.from_json(data, kv.key)
                     view.insync_revision[name] = kv.mod_revision

@@ -71,11 +71,20 @@ async def test_three_copies_and_two_exports(cluster: Cluster, etcd: EtcdServer) 
         dead = primaries["v1"]
         cluster.nodes[dead].kill()
         survivors = sorted(set(cluster.nodes) - {dead})
-        v = await asyncio.to_thread(
-            wait_for, "a new primary of v1",
-            lambda: (lambda v: v if v["primary"] in survivors else None)(
-                cluster.nodes[survivors[0]].volume("v1")))
-        assert sorted(v["in_sync"]) == survivors and v["state"] == "degraded"
+        def taken_over() -> dict[str, object] | None:
+            # (the new primary's key comes first, the dead copy leaves insync just after)
+            v = cluster.nodes[survivors[0]].volume("v1")
+            return v if v["primary"] in survivors and sorted(v["in_sync"]) == survivors \
+                else None
+        v = await asyncio.to_thread(wait_for, "a new primary of v1", taken_over)
+        assert v["state"] == "degraded"
+        # What only the primary knows (the dead copy's dirty bytes) shows on the other node.
+        bystander = next(n for n in survivors if n != v["primary"])
+        seen = await asyncio.to_thread(
+            wait_for, "dirty bytes on the bystander",
+            lambda: (cluster.nodes[bystander].volume("v1")["dirty_bytes"] or {}).get(dead)
+            is not None and cluster.nodes[bystander].volume("v1"))
+        assert seen["dirty_bytes"][dead] >= 0
         for lba, data in acked.items():
             assert await host.read(lba, 1) == data, f"lba {lba}: acknowledged data lost"
         assert host.current == v["primary"]
