@@ -70,7 +70,8 @@ MAX_REPORTED = 1000
 INSYNC_TRIES = 5  # read-modify-write rounds of insync/V lost to concurrent changes
 SNAP_DRAIN_S = 5.0  # a snapshot waits this long at most for the writes in flight
 SNAP_WAIT_S = 5.0
-PROGRESS_S = 1.0  # how often a degraded volume's dirty bytes are republished at most  # ... and this long for the replicas' snapshots, holding the hosts' writes
+PROGRESS_S = 1.0
+PEERS_READY_S = 5.0  # a first campaign waits at most this long for the peers' copies  # how often a degraded volume's dirty bytes are republished at most  # ... and this long for the replicas' snapshots, holding the hosts' writes
 
 
 class Deposed(Exception):
@@ -107,6 +108,7 @@ class _Replica:
     resync_bytes_total: int = 0
     last_resync_bytes: dict[str, int] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # insync/V read-modify-write
+    seen_at: float = field(default_factory=time.monotonic)  # when this node took it up
 
     @property
     def uuid(self) -> uuid_mod.UUID:
@@ -433,8 +435,18 @@ class ClusterManager:
             # else: this node's previous life holds it until that lease lapses
             return
         insync = view.insync.get(name)
-        if insync is not None and self.node in insync.nodes and self.session.may_acknowledge():
+        if insync is not None and self.node in insync.nodes and self.session.may_acknowledge() \
+                and self._peers_ready(rep, view, insync):
             await self._campaign(rep, view)
+
+    def _peers_ready(self, rep: _Replica, view: ClusterView, insync: InSync) -> bool:
+        """Every live in-sync peer has its copy (it publishes its size), or this node has
+        waited PEERS_READY_S for them: a new volume's first primary then starts with every
+        copy in sync instead of dropping the ones not created yet."""
+        if time.monotonic() - rep.seen_at >= PEERS_READY_S:
+            return True
+        return all(rep.spec.name in view.nodes[p].replica_sizes for p in insync.nodes
+                   if p != self.node and p in view.nodes)
 
     async def _campaign(self, rep: _Replica, view: ClusterView) -> None:
         lease = self.session.lease_id
