@@ -237,6 +237,10 @@ class Subsystem:
         self._namespaces: dict[int, Namespace] = {}
         self._controllers: dict[int, Controller] = {}
         self._next_cntlid = 1
+        # Dynamic controller ids come from this range. Several targets serving one subsystem
+        # (a replicated volume's nodes) need disjoint ranges: a Linux host refuses a second
+        # path whose controller id it already has in the subsystem ("Duplicate cntlid").
+        self._cntlid_range = (1, CNTLID_STATIC_MAX)
         self._target: Target | None = None
         # ANA, per port id: the namespaces that path serves (the I/O path's dict: the same
         # object for life, rebuilt in place) and the state of each group on it.
@@ -463,12 +467,27 @@ class Subsystem:
         id is free, or the requested one is taken."""
         if requested is not None:
             return None if requested in self._controllers else requested
-        for _ in range(CNTLID_STATIC_MAX):
+        lo, hi = self._cntlid_range
+        for _ in range(hi - lo + 1):
             cntlid = self._next_cntlid
-            self._next_cntlid = cntlid % CNTLID_STATIC_MAX + 1
+            self._next_cntlid = lo + (cntlid - lo + 1) % (hi - lo + 1)
             if cntlid not in self._controllers:
                 return cntlid
         return None
+
+    @property
+    def cntlid_range(self) -> tuple[int, int]:
+        return self._cntlid_range
+
+    def set_cntlid_range(self, lo: int, hi: int) -> None:
+        """Allocate dynamic controller ids from ``lo..hi`` from now on (controllers that
+        exist keep theirs)."""
+        if not 1 <= lo <= hi <= CNTLID_STATIC_MAX:
+            raise ValueError(f"controller id range {lo}..{hi} is not within "
+                             f"1..{CNTLID_STATIC_MAX}")
+        self._cntlid_range = (lo, hi)
+        if not lo <= self._next_cntlid <= hi:
+            self._next_cntlid = lo
 
     def register_controller(self, ctrl: Controller) -> None:
         if ctrl.cntlid in self._controllers:

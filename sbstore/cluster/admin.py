@@ -145,6 +145,10 @@ class ClusterAdmin:
                 if add in replicas:
                     raise ControlError(ErrorCode.ALREADY_EXISTS,
                                        f"{add} already holds a replica of {name!r}")
+                if len(replicas) >= MAX_REPLICAS:
+                    raise ControlError(ErrorCode.FAILED_PRECONDITION,
+                                       f"{name!r} has {len(replicas)} replicas, the most a "
+                                       f"volume may have")
                 if add not in view.nodes:
                     raise ControlError(ErrorCode.FAILED_PRECONDITION,
                                        f"node {add!r} is not live (live: "

@@ -47,7 +47,7 @@ import uuid as uuid_mod
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
-from sbstore.cluster.admin import ClusterAdmin
+from sbstore.cluster.admin import MAX_REPLICAS, ClusterAdmin
 from sbstore.cluster.device import ClusterDevices, LocalRegistry
 from sbstore.cluster.etcd import Compare, EtcdClient, EtcdError, Op
 from sbstore.cluster.keys import InSync, Keys, VolumeSpec, primary_value
@@ -59,7 +59,7 @@ from sbstore.cluster.view import ClusterView
 from sbstore.config import ClusterConfig
 from sbstore.control.service import ControlError, ControlService, ErrorCode
 from sbstore.volume_device import VolumeDevice
-from target.nvme.spec import AnaState
+from target.nvme.spec import CNTLID_STATIC_MAX, AnaState
 
 log = logging.getLogger("sbstore.cluster.manager")
 
@@ -111,6 +111,8 @@ class ClusterManager:
         until the role is known (an old primary restarted must never take a write)."""
         for nqn in self.registry.exports:
             self._show(nqn, AnaState.INACCESSIBLE)
+            if nqn in self.registry.cntlids:
+                self._use_cntlids(nqn, *self.registry.cntlids[nqn])
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="cluster manager")
@@ -337,9 +339,20 @@ class ClusterManager:
                 await self.service.create_export(nqn, hosts=e.hosts,
                                                  allow_any_host=e.allow_any_host)
                 log.info("cluster: export %s created here", nqn)
+            spec = view.volumes[e.volumes[0]]
+            lo, hi = cntlid_range(spec.replicas.index(self.node))
+            self._use_cntlids(nqn, lo, hi)
             info = self.service.show_export(nqn)
             await self._sync_namespaces(nqn, info, e.namespaces)
             await self._sync_hosts(nqn, info, e.hosts, e.allow_any_host)
+
+    def _use_cntlids(self, nqn: str, lo: int, hi: int) -> None:
+        """This node's controller ids for the export: disjoint from every other node's, since
+        a Linux host refuses a second path with a controller id it already has there."""
+        subsystem = self.service.target.find_subsystem(nqn)
+        if subsystem is not None and subsystem.cntlid_range != (lo, hi):
+            subsystem.set_cntlid_range(lo, hi)
+        self.registry.set_cntlids(nqn, lo, hi)
 
     async def _sync_namespaces(self, nqn: str, info: dict[str, Any],
                                wanted: tuple[tuple[int, str], ...]) -> None:
@@ -756,6 +769,14 @@ class ClusterManager:
 
 
 ResolveFn = Callable[[uuid_mod.UUID], Any]
+
+
+def cntlid_range(index: int) -> tuple[int, int]:
+    """The controller ids of the node at ``index`` in a volume's replicas: the dynamic range
+    cut into MAX_REPLICAS slices."""
+    size = CNTLID_STATIC_MAX // MAX_REPLICAS
+    lo = 1 + (index % MAX_REPLICAS) * size
+    return lo, lo + size - 1
 
 
 def replica_resolver(service: ControlService, registry: LocalRegistry) -> ResolveFn:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 import urllib.request
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,6 +157,7 @@ class MultipathHost:
         self.ctrls: dict[str, Controller] = {}
         self.current: str | None = None
         self.switches: list[tuple[float, str]] = []
+        self.hostid = uuid.uuid4()  # one host: the same host NQN and id on every path
 
     async def connect(self, name: str) -> Controller:
         old = self.ctrls.pop(name, None)
@@ -163,7 +165,7 @@ class MultipathHost:
             with contextlib.suppress(Exception):
                 await old.close(shutdown=False)
         ctrl = await Controller.connect("127.0.0.1", self.nodes[name].nvme_port, self.nqn,
-                                        timeout_s=3.0, kato_ms=0)
+                                        hostid=self.hostid, timeout_s=3.0, kato_ms=0)
         self.ctrls[name] = ctrl
         return ctrl
 

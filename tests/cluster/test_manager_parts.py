@@ -107,3 +107,17 @@ def test_registry_survives_a_restart_and_the_hook_wraps_only_cluster_volumes(
     assert wrapped.active is None
     (tmp_path / "cluster.json").write_text("{broken")
     assert LocalRegistry(tmp_path / "cluster.json").volumes == {}
+
+
+def test_each_replica_node_gives_out_its_own_controller_ids() -> None:
+    from sbstore.cluster.manager import cntlid_range
+    from target.subsystem import Subsystem
+
+    ranges = [cntlid_range(i) for i in range(5)]
+    assert ranges[0][0] == 1 and all(a[1] < b[0] for a, b in zip(ranges, ranges[1:]))
+    sub = Subsystem("nqn.2026-11.io.x:c", serial="S", model="m", allow_any_host=True)
+    assert sub.allocate_cntlid(None) == 1
+    sub.set_cntlid_range(100, 102)
+    assert [sub.allocate_cntlid(None) for _ in range(4)] == [100, 101, 102, 100]
+    with pytest.raises(ValueError):
+        sub.set_cntlid_range(0, 5)

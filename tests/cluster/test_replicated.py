@@ -81,6 +81,9 @@ async def test_replicated_volume_fails_over_and_resyncs(cluster: Cluster,
         assert p_ctrl.namespaces[1].nguid == o_ctrl.namespaces[1].nguid != bytes(16)
         assert p_ctrl.info is not None and o_ctrl.info is not None
         assert p_ctrl.info.serial == o_ctrl.info.serial
+        # ... and controller ids from disjoint ranges: Linux refuses a second path whose
+        # controller id it already has in the subsystem.
+        assert p_ctrl.cntlid != o_ctrl.cntlid
         # ANA: optimized on the primary, inaccessible on the other node.
         await await_for("ANA by role", lambda: _states(p_ctrl, o_ctrl, (
             AnaState.OPTIMIZED, AnaState.INACCESSIBLE)))
