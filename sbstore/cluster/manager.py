@@ -214,13 +214,14 @@ class ClusterManager:
         """Run one step; its failure is logged (once per message) and the pass goes on."""
         try:
             await step
-        except (ControlError, EtcdError, Deposed, OSError) as exc:
-            message = f"{what}: {exc}"
+        except Exception as exc:  # one step's failure must not stop the others
+            message = f"{what}: {exc!r}"
             if message not in self._reported:
                 if len(self._reported) >= MAX_REPORTED:
                     self._reported.clear()  # bounded: an old problem may be logged again
                 self._reported.add(message)
-                log.error("cluster: %s", message)
+                expected = isinstance(exc, (ControlError, EtcdError, Deposed, OSError))
+                log.log(logging.ERROR, "cluster: %s", message, exc_info=not expected)
 
     # --- volumes --------------------------------------------------------------------------------
 
@@ -318,8 +319,12 @@ class ClusterManager:
     # --- exports --------------------------------------------------------------------------------
 
     async def _reconcile_exports(self, view: ClusterView) -> None:
+        # Served here: exports whose volumes all have a copy here (made, and still this
+        # node's in etcd: a replica being removed stops serving before its copy goes).
         wanted = {nqn: e for nqn, e in view.exports.items()
-                  if e.volumes and all(v in self._replicas for v in e.volumes)}
+                  if e.volumes and all(v in self._replicas and v in view.volumes
+                                       and self.node in view.volumes[v].replicas
+                                       for v in e.volumes)}
         local = {e["nqn"]: e for e in self.service.list_exports()}
         for nqn in sorted(self.registry.exports - set(wanted)):
             if nqn in local:
