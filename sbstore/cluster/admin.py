@@ -19,6 +19,7 @@ from typing import Any
 from sbstore.cluster.etcd import Compare, EtcdClient, EtcdError, EtcdUnavailable, Op
 from sbstore.cluster.keys import ExportSpec, InSync, Keys, SnapSpec, VolumeSpec
 from sbstore.cluster.placement import PlacementError, place
+from sbstore.cluster.tenants import TenantAdmin
 from sbstore.cluster.view import ClusterView
 from sbstore.control.service import ControlError, ErrorCode, check_nqn, invalid
 from target.subsystem import MAX_NAMESPACES
@@ -86,15 +87,20 @@ class ClusterAdmin:
             raise ControlError(ErrorCode.FAILED_PRECONDITION, str(exc)) from None
         spec = VolumeSpec(name, str(uuid_mod.uuid4()), size_bytes, block_size, tuple(nodes),
                           tenant)
+        # The tenant must exist, and still exist when the volume is written (tenants.py).
+        guard, touch = await TenantAdmin(self.client, self.keys, self.view).touch(tenant)
         try:
             # A new volume's copies are all empty, so all are in sync: any may become primary.
             result = await self.client.txn(
-                [Compare.create_revision(self.keys.volume(name), "==", 0)],
+                [Compare.create_revision(self.keys.volume(name), "==", 0), *guard],
                 [Op.put(self.keys.volume(name), spec.to_json()),
-                 Op.put(self.keys.insync(name), InSync(tuple(nodes)).to_json())])
+                 Op.put(self.keys.insync(name), InSync(tuple(nodes)).to_json()), *touch])
         except EtcdError as exc:
             raise _unavailable(exc) from None
         if not result.succeeded:
+            if not await self.is_replicated(name):
+                raise ControlError(ErrorCode.BUSY, f"tenant {tenant!r} changed meanwhile; "
+                                   f"try again")
             raise ControlError(ErrorCode.ALREADY_EXISTS, f"replicated volume {name!r} exists")
         return self._volume_info(spec, view)
 

@@ -68,6 +68,9 @@ class Keys:
     def progress(self, volume: str) -> str:
         return f"{self.prefix}/progress/{volume}"
 
+    def tenant(self, name: str) -> str:
+        return f"{self.prefix}/tenants/{name}"
+
     def split(self, key: str) -> tuple[str, str] | None:
         """``(kind, name)`` of a key under the prefix (kind: nodes, volumes, ...), or None."""
         if not key.startswith(self.root):

@@ -55,6 +55,7 @@ from sbstore.cluster.etcd import Compare, EtcdClient, EtcdError, Op
 from sbstore.cluster.keys import InSync, Keys, SnapSpec, VolumeSpec, primary_value
 from sbstore.cluster.membership import NodeNameInUse, NodeSession
 from sbstore.cluster.replica_server import ReplicaServer
+from sbstore.cluster.tenants import TenantAdmin, TenantSync
 from sbstore.cluster.view import ClusterView
 from sbstore.config import ClusterConfig
 from sbstore.control.service import ControlError, ControlService, ErrorCode
@@ -131,6 +132,8 @@ class ClusterManager:
         self.registry: LocalRegistry = devices.registry
         self.keys = Keys(config.prefix)
         self.admin = ClusterAdmin(client, self.keys, self.local_status)
+        self.tenants = TenantAdmin(client, self.keys, self.admin.view, service)
+        self._tenant_sync = TenantSync(service)
         self.poll_s = poll_s
         self.view = ClusterView()
         self._replicas: dict[str, _Replica] = {}
@@ -231,8 +234,13 @@ class ClusterManager:
     async def _reconcile(self, view: ClusterView) -> None:
         self.view = view
         mine = {n: s for n, s in view.volumes.items() if self.node in s.replicas}
+        # tenants first: a replica is created under its volume's tenant
+        await self._guarded("tenants", self._tenant_sync.reconcile(view.tenants))
         for spec in mine.values():
             await self._guarded(f"volume {spec.name}", self._ensure_volume(spec))
+            if spec.name in self._replicas:
+                await self._guarded(f"volume {spec.name}", self._tenant_sync.place(
+                    spec.name, self._replicas[spec.name].pool, spec.tenant))
         await self._guarded("exports", self._reconcile_exports(view))
         for name in [n for n in self._replicas if n not in mine
                      or mine[n].uuid != self._replicas[n].spec.uuid]:

@@ -21,6 +21,7 @@ from sbstore.cluster.keys import (
     VolumeSpec,
     primary_node,
 )
+from sbstore.cluster.tenants import TenantSpec
 
 log = logging.getLogger("sbstore.cluster.view")
 _reported: set[tuple[str, int]] = set()
@@ -47,6 +48,7 @@ class ClusterView:
     snapped: dict[tuple[str, str], set[str]] = field(default_factory=dict)  # -> nodes
     # volume -> what its primary publishes about its missing replicas (dirty bytes, resyncs)
     progress: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tenants: dict[str, TenantSpec] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, keys: Keys, kvs: Iterable[KeyValue], revision: int) -> ClusterView:
@@ -77,6 +79,8 @@ class ClusterView:
                 elif kind == "progress":
                     if isinstance(data, dict):
                         view.progress[name] = data
+                elif kind == "tenants":
+                    view.tenants[name] = TenantSpec.from_json(data, kv.key)
                 elif kind == "insync":
                     view.insync[name] = InSync.from_json(data, kv.key)
                     view.insync_revision[name] = kv.mod_revision

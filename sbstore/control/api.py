@@ -260,6 +260,11 @@ async def _volume(c: Call) -> Any:
 
 
 async def _volume_set(c: Call) -> Any:
+    if c.cluster is not None and await c.cluster.is_replicated(c.params["name"]):
+        if _policy(c.body) or c.body.get("clear_limits"):
+            await _refuse_replicated(c, c.params["name"], "setting own limits")
+        if c.body.get("tenant") is not None:  # every copy moves (sbstore.cluster.tenants)
+            return await c.cluster.tenants.move_volume(c.params["name"], c.body["tenant"])
     return await c.service.set_volume(c.params["name"], c.query.get("pool"),
                                       tenant=c.body.get("tenant"),
                                       limits=_policy(c.body) or None,
@@ -532,23 +537,36 @@ async def _listener_set(c: Call) -> Any:
                                             c.body.get("export"))
 
 
+# Cluster mode: tenants live in etcd (sbstore.cluster.tenants); every node applies them.
+
 async def _tenants(c: Call) -> Any:
+    if c.cluster is not None:
+        return await c.cluster.tenants.list_all()
     return c.service.list_tenants()
 
 
 async def _tenant_create(c: Call) -> Any:
+    if c.cluster is not None:
+        return await c.cluster.tenants.create(c.body["name"], _policy(c.body))
     return await c.service.create_tenant(c.body["name"], _policy(c.body))
 
 
 async def _tenant(c: Call) -> Any:
+    if c.cluster is not None:
+        return await c.cluster.tenants.show(c.params["name"])
     return c.service.show_tenant(c.params["name"])
 
 
 async def _tenant_set(c: Call) -> Any:
+    if c.cluster is not None:
+        return await c.cluster.tenants.set(c.params["name"], _policy(c.body))
     return await c.service.set_tenant(c.params["name"], _policy(c.body))
 
 
 async def _tenant_delete(c: Call) -> Any:
+    if c.cluster is not None:
+        await c.cluster.tenants.delete(c.params["name"])
+        return
     await c.service.delete_tenant(c.params["name"])
 
 
