@@ -71,6 +71,10 @@ class Keys:
     def tenant(self, name: str) -> str:
         return f"{self.prefix}/tenants/{name}"
 
+    def hostkey(self, nqn: str, host: str) -> str:
+        """A host's DH-HMAC-CHAP secrets on one cluster export (sbstore.cluster.hostkeys)."""
+        return f"{self.prefix}/hostkeys/{nqn}/{host}"
+
     def split(self, key: str) -> tuple[str, str] | None:
         """``(kind, name)`` of a key under the prefix (kind: nodes, volumes, ...), or None."""
         if not key.startswith(self.root):

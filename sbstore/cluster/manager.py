@@ -49,6 +49,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sbstore.cluster import hostkeys
 from sbstore.cluster.admin import ClusterAdmin
 from sbstore.cluster.device import ClusterDevices, LocalRegistry
 from sbstore.cluster.etcd import Compare, EtcdClient, EtcdError, Op
@@ -133,6 +134,7 @@ class ClusterManager:
         self.keys = Keys(config.prefix)
         self.admin = ClusterAdmin(client, self.keys, self.local_status)
         self.tenants = TenantAdmin(client, self.keys, self.admin.view, service)
+        self.hostkeys = hostkeys.HostKeyAdmin(self.admin)
         self._tenant_sync = TenantSync(service)
         self.poll_s = poll_s
         self.view = ClusterView()
@@ -418,7 +420,11 @@ class ClusterManager:
         for host in sorted(set(info["hosts"]) - set(hosts)):
             await self.service.remove_host(nqn, host)
         for host in sorted(set(hosts) - set(info["hosts"])):
-            await self.service.add_host(nqn, host)
+            # with its secrets at once: never allowed here without them
+            await self.service.add_host(nqn, host, hostkeys.auth_request(
+                self.view.hostkeys.get((nqn, host))))
+        await hostkeys.sync(self.service, nqn, tuple(h for h in hosts if h in info["hosts"]),
+                            self.view.hostkeys)
         if allow_any_host and not info["allow_any_host"]:
             await self.service.set_export(nqn, allow_any_host=True)
 

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sbstore.cluster import hostkeys
 from sbstore.cluster.etcd import KeyValue
 from sbstore.cluster.keys import (
     BadRecord,
@@ -22,6 +23,7 @@ from sbstore.cluster.keys import (
     primary_node,
 )
 from sbstore.cluster.tenants import TenantSpec
+from sbstore.control.state import HostAuthRecord
 
 log = logging.getLogger("sbstore.cluster.view")
 _reported: set[tuple[str, int]] = set()
@@ -49,6 +51,8 @@ class ClusterView:
     # volume -> what its primary publishes about its missing replicas (dirty bytes, resyncs)
     progress: dict[str, dict[str, Any]] = field(default_factory=dict)
     tenants: dict[str, TenantSpec] = field(default_factory=dict)
+    # (export nqn, host nqn) -> the host's DH-HMAC-CHAP secrets (its repr hides them)
+    hostkeys: dict[tuple[str, str], HostAuthRecord] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, keys: Keys, kvs: Iterable[KeyValue], revision: int) -> ClusterView:
@@ -81,6 +85,11 @@ class ClusterView:
                         view.progress[name] = data
                 elif kind == "tenants":
                     view.tenants[name] = TenantSpec.from_json(data, kv.key)
+                elif kind == "hostkeys":
+                    rec = hostkeys.from_json(data, kv.key)
+                    if name != f"{rec.subsystem}/{rec.host_nqn}":
+                        raise BadRecord(f"{kv.key}: names another export or host")
+                    view.hostkeys[(rec.subsystem, rec.host_nqn)] = rec
                 elif kind == "insync":
                     view.insync[name] = InSync.from_json(data, kv.key)
                     view.insync_revision[name] = kv.mod_revision

@@ -497,16 +497,17 @@ def _auth_request(body: dict[str, Any]) -> dhchap.AuthRequest | None:
 
 async def _host_add(c: Call) -> Any:
     if c.cluster is not None and await c.cluster.is_cluster_export(c.params["nqn"]):
-        if _auth_request(c.body) is not None:
-            raise ControlError(ErrorCode.FAILED_PRECONDITION, "DH-HMAC-CHAP on cluster exports "
-                               "is not supported yet")
-        return await c.cluster.admin.change_export(c.params["nqn"],
-                                                   add_host=c.body["host_nqn"])
+        return await c.cluster.hostkeys.add_host(c.params["nqn"], c.body["host_nqn"],
+                                                 _auth_request(c.body))
     return await c.service.add_host(c.params["nqn"], c.body["host_nqn"],
                                     _auth_request(c.body))
 
 
 async def _host_set(c: Call) -> Any:
+    if c.cluster is not None and await c.cluster.is_cluster_export(c.params["nqn"]):
+        return await c.cluster.hostkeys.set_host(
+            c.params["nqn"], c.params["host_nqn"], _auth_request(c.body),
+            remove_auth=c.body.get("remove_dhchap", False))
     return await c.service.set_host(c.params["nqn"], c.params["host_nqn"],
                                     _auth_request(c.body),
                                     remove_auth=c.body.get("remove_dhchap", False))
