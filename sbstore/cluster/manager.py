@@ -60,7 +60,6 @@ from sbstore.cluster.tenants import TenantAdmin, TenantSync
 from sbstore.cluster.view import ClusterView
 from sbstore.config import ClusterConfig
 from sbstore.control.service import ControlError, ControlService, ErrorCode
-from sbstore.store import NotFound
 from sbstore.volume_device import VolumeDevice
 from target.nvme.spec import AnaState
 
@@ -273,12 +272,7 @@ class ClusterManager:
     # --- volumes --------------------------------------------------------------------------------
 
     def _find_local(self, uuid: str) -> tuple[str, Any] | None:
-        for pool_name, pool in self.service.pools.items():
-            try:
-                return pool_name, pool.volume_by_uuid(uuid)
-            except NotFound:
-                continue
-        return None
+        return self.service.find_by_uuid(uuid)
 
     async def _ensure_volume(self, spec: VolumeSpec) -> None:
         rep = self._replicas.get(spec.name)
@@ -929,10 +923,6 @@ def replica_resolver(service: ControlService, registry: LocalRegistry) -> Resolv
     def resolve(volume_uuid: uuid_mod.UUID) -> Any:
         if str(volume_uuid) not in registry.volumes:
             return None  # a peer may write only to cluster volumes
-        for pool in service.pools.values():
-            try:
-                return VolumeDevice(pool.volume_by_uuid(volume_uuid))
-            except NotFound:
-                continue
-        return None
+        found = service.find_by_uuid(str(volume_uuid))
+        return VolumeDevice(found[1]) if found is not None else None
     return resolve

@@ -1106,6 +1106,15 @@ class ControlService:
         outside an operation (the schedule runner)."""
         await self._sync_state()
 
+    def find_by_uuid(self, uuid: str) -> tuple[str, Volume] | None:
+        """(pool, volume) of the volume or snapshot ``uuid`` in any pool, through the index
+        (no scan of the pool per call)."""
+        for pool_name in self.pools:
+            vol = self._volume_by_uuid(pool_name, uuid)
+            if vol is not None:
+                return pool_name, vol
+        return None
+
     def volume_uuid(self, pool_name: str, name: str) -> str | None:
         """The uuid of volume or snapshot ``name`` of ``pool_name``, or None."""
         pool = self.pools.get(pool_name)
