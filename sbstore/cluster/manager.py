@@ -56,6 +56,7 @@ from sbstore.cluster.etcd import Compare, EtcdClient, EtcdError, Op
 from sbstore.cluster.keys import InSync, Keys, SnapSpec, VolumeSpec, primary_value
 from sbstore.cluster.membership import NodeNameInUse, NodeSession
 from sbstore.cluster.replica_server import ReplicaServer
+from sbstore.cluster.listeners import ListenerAdmin, ListenerSync, published
 from sbstore.cluster.tenants import TenantAdmin, TenantSync
 from sbstore.cluster.view import ClusterView
 from sbstore.config import ClusterConfig
@@ -135,6 +136,8 @@ class ClusterManager:
         self.tenants = TenantAdmin(client, self.keys, self.admin.view, service)
         self.hostkeys = hostkeys.HostKeyAdmin(self.admin)
         self._tenant_sync = TenantSync(service)
+        self.listeners = ListenerAdmin(client, self.keys, self.admin.view, self.node)
+        self._listener_sync = ListenerSync(service)
         self.poll_s = poll_s
         self.view = ClusterView()
         self._replicas: dict[str, _Replica] = {}
@@ -253,6 +256,8 @@ class ClusterManager:
             await self._guarded(f"volume {rep.spec.name}", self._reconcile_role(rep, view))
             await self._guarded(f"volume {rep.spec.name} snapshots",
                                 self._reconcile_snapshots(rep, view))
+        await self._guarded("listeners", self._listener_sync.reconcile(
+            {w: s for (n, w), s in view.listeners.items() if n == self.node}))
         self._apply_ana(view)
         if self.session.lease_id is not None and self._info_changed():
             await self._guarded("node info", self.session.refresh_info())
@@ -853,7 +858,8 @@ class ClusterManager:
             if found is not None:
                 sizes[name] = found[1].size_bytes
         return {"node": self.node, "peer_address": f"{host}:{port}", "listeners": listeners,
-                "pools": pools, "started": self.service.started, "replica_sizes": sizes}
+                "pools": pools, "started": self.service.started, "replica_sizes": sizes,
+                "listener_info": published(self.service)}
 
     def _info_changed(self) -> bool:
         """Free space changes as volumes fill: republish when it moved by more than 1%, or
@@ -864,6 +870,7 @@ class ClusterManager:
         if last is None:
             return True  # registered before the first pass found this node's replicas
         if info["listeners"] != last["listeners"] or set(info["pools"]) != set(last["pools"]) \
+                or info["listener_info"] != last["listener_info"] \
                 or info["replica_sizes"] != last["replica_sizes"]:
             return True
         return any(abs(p["free_bytes"] - last["pools"][n]["free_bytes"]) > p["size_bytes"] // 100

@@ -22,6 +22,7 @@ from sbstore.cluster.keys import (
     VolumeSpec,
     primary_node,
 )
+from sbstore.cluster.listeners import ListenerSpec
 from sbstore.cluster.tenants import TenantSpec
 from sbstore.control.state import HostAuthRecord
 
@@ -51,6 +52,7 @@ class ClusterView:
     # volume -> what its primary publishes about its missing replicas (dirty bytes, resyncs)
     progress: dict[str, dict[str, Any]] = field(default_factory=dict)
     tenants: dict[str, TenantSpec] = field(default_factory=dict)
+    listeners: dict[tuple[str, str], ListenerSpec] = field(default_factory=dict)  # node, where
     # (export nqn, host nqn) -> the host's DH-HMAC-CHAP secrets (its repr hides them)
     hostkeys: dict[tuple[str, str], HostAuthRecord] = field(default_factory=dict)
 
@@ -83,6 +85,11 @@ class ClusterView:
                 elif kind == "progress":
                     if isinstance(data, dict):
                         view.progress[name] = data
+                elif kind == "listeners":
+                    listener = ListenerSpec.from_json(data, kv.key)
+                    if name != f"{listener.node}/{listener.where}":
+                        raise BadRecord(f"{kv.key}: names another node or listener")
+                    view.listeners[(listener.node, listener.where)] = listener
                 elif kind == "tenants":
                     view.tenants[name] = TenantSpec.from_json(data, kv.key)
                 elif kind == "hostkeys":

@@ -520,16 +520,28 @@ async def _host_remove(c: Call) -> Any:
     return await c.service.remove_host(c.params["nqn"], c.params["host_nqn"])
 
 
+# Cluster mode: every node's listeners, and listeners asked of a node through etcd
+# (sbstore.cluster.listeners); without ``node`` a listener is this node's own, as ever.
+
 async def _listeners(c: Call) -> Any:
+    if c.query.get("all_nodes"):
+        return await _need_cluster(c).listeners.list_all()
     return c.service.list_listeners()
 
 
 async def _listener_add(c: Call) -> Any:
+    if c.body.get("node") is not None:
+        return await _need_cluster(c).listeners.add(
+            c.body["node"], port=c.body["port"], address=c.body.get("address"),
+            interface=c.body.get("interface"))
     return await c.service.add_listener(port=c.body["port"], address=c.body.get("address"),
                                         interface=c.body.get("interface"))
 
 
 async def _listener_remove(c: Call) -> Any:
+    if c.query.get("node") is not None:
+        await _need_cluster(c).listeners.remove(c.query["node"], c.params["id"])
+        return
     await c.service.remove_listener(c.params["id"])
 
 
@@ -766,13 +778,16 @@ ROUTES: tuple[Route, ...] = (
           "Disallow a host (its connections to the export are closed)", "exports",
           "Subsystem"),
     Route("GET", "/v1/listeners", _listeners, "List NVMe/TCP listeners", "listeners",
-          "ListenerList"),
+          "ListenerList", query=(Field("all_nodes", "boolean", description="cluster mode: "
+                                       "every live node's, each with its node"),)),
     Route("POST", "/v1/listeners", _listener_add,
           "Listen on an address, or on every address of an interface (followed)",
           "listeners", "Listener", 201,
           body=(Field("address", "string", description="an IP address"),
                 Field("interface", "string", description="an interface name, e.g. eth0"),
-                Field("port", "integer", True, minimum=0, maximum=65535))),
+                Field("port", "integer", True, minimum=0, maximum=65535),
+                Field("node", "string", description="cluster mode: ask this node for it "
+                      "(through etcd)"))),
     Route("PATCH", "/v1/listeners/{id}", _listener_set,
           "Set the ANA state hosts see through this listener (a path), for every export or "
           "for one; connected hosts get an ANA change event", "listeners", "Listener",
@@ -784,6 +799,8 @@ ROUTES: tuple[Route, ...] = (
           path_types=(("id", "integer"),)),
     Route("DELETE", "/v1/listeners/{id}", _listener_remove,
           "Stop a listener (its hosts are disconnected)", "listeners", None, 204,
+          query=(Field("node", "string", description="cluster mode: a listener asked of "
+                       "this node through etcd"),),
           path_types=(("id", "integer"),)),
     Route("GET", "/v1/tenants", _tenants, "List tenants and their policies", "tenants",
           "TenantList"),
