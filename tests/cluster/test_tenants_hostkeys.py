@@ -4,11 +4,13 @@ each node's own API and metrics), a replicated volume lands under its tenant eve
 tenant in use cannot be deleted; a host's secret added through one node authenticates the
 host on both nodes' listeners (our initiator), a wrong one is refused on both, a rotation
 through the other node reaches both, and the secrets appear in no status, listing, log or
-metric."""
+metric; every node's listeners are listed from any node, and one asked of a node through
+another opens and closes there."""
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from target.host import Controller
 from target.host.auth import AuthenticationFailed, HostAuth
 from tests.cluster.etcd_server import EtcdServer
 from tests.cluster.nodes import NQN, Cluster, Node, wait_for
+from tests.linux_host.sbstore_process import free_port
 
 HOSTNQN = "nqn.2014-08.org.nvmexpress:uuid:0c5ee07d-0000-4000-8000-0000000000b1"
 
@@ -162,3 +165,29 @@ def test_host_keys_on_cluster_exports(cluster: Cluster, etcd: EtcdServer,
         finally:
             await client.close()
     assert asyncio.run(hostkeys()) == 0
+
+
+def test_listeners_by_node(cluster: Cluster, etcd: EtcdServer) -> None:
+    a, b = two_nodes(cluster, etcd)
+    # Every node's listeners, from any node (each node's config listener, to begin with).
+    def both() -> list[dict] | None:
+        xs = a.cli("listener", "list", "--all-nodes")
+        return xs if [x["node"] for x in xs if x["bound"]] == ["a", "b"] else None
+    listed = wait_for("both nodes' listeners", both)
+    assert {x["node"]: x["bound"] for x in listed} == {
+        n.name: [f"127.0.0.1:{n.nvme_port}"] for n in (a, b)}
+    # A listener asked of b through a: b opens it (hosts can connect there) and lists it.
+    port = free_port()
+    added = a.cli("listener", "add", "--node", "b", "--address", "127.0.0.1", "--port",
+                  str(port))
+    assert added["node"] == "b" and added["bound"] == [f"127.0.0.1:{port}"], added
+    assert [x["port"] for x in b.get("/v1/listeners")].count(port) == 1
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass
+    # b's config listener is not the cluster's to remove; the added one is.
+    r = a.daemon.cli("listener", "remove", str(listed[1]["id"]), "--node", "b")
+    assert r.rc == 1 and "added through the cluster" in r.stderr, r.describe()
+    a.cli("listener", "remove", str(added["id"]), "--node", "b")
+    wait_for("listener closed on b", lambda: port not in [
+        x["port"] for x in b.get("/v1/listeners")])
+    assert [x["bound"] for x in b.get("/v1/listeners")] != []
