@@ -38,7 +38,6 @@ when it creates a volume); every write of ``insync`` is a txn guarded by
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import json
@@ -46,17 +45,18 @@ import logging
 import time
 import uuid as uuid_mod
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from sbstore.cluster import hostkeys
 from sbstore.cluster.admin import ClusterAdmin
 from sbstore.cluster.device import ClusterDevices, LocalRegistry
 from sbstore.cluster.etcd import Compare, EtcdClient, EtcdError, Op
-from sbstore.cluster.keys import InSync, Keys, SnapSpec, VolumeSpec, primary_value
+from sbstore.cluster.keys import InSync, Keys, VolumeSpec, primary_value
 from sbstore.cluster.membership import NodeNameInUse, NodeSession
+from sbstore.cluster.replica import Deposed, LeaseFence, LocalReplica
 from sbstore.cluster.replica_server import ReplicaServer
 from sbstore.cluster.listeners import ListenerAdmin, ListenerSync, published
+from sbstore.cluster.snapshots import SnapshotCoordinator
 from sbstore.cluster.tenants import TenantAdmin, TenantSync
 from sbstore.cluster.view import ClusterView
 from sbstore.config import ClusterConfig
@@ -71,49 +71,8 @@ RESYNC_RETRY_S = 1.0
 START_RETRY_S = 1.0
 MAX_REPORTED = 1000
 INSYNC_TRIES = 5  # read-modify-write rounds of insync/V lost to concurrent changes
-SNAP_DRAIN_S = 5.0  # a snapshot waits this long at most for the writes in flight
-SNAP_WAIT_S = 5.0
-PROGRESS_S = 1.0  # how often a degraded volume's dirty bytes are republished at most  # ... and this long for the replicas' snapshots, holding the hosts' writes
-
-
-class Deposed(Exception):
-    """This node is no longer the volume's primary (its epoch's key is gone or replaced)."""
-
-
-class _Fence:
-    """What the mirror checks per write: the epoch it sends, and the lease clock."""
-
-    def __init__(self, epoch: int, may_acknowledge: Callable[[], bool]) -> None:
-        self.epoch = epoch
-        self.may_acknowledge = may_acknowledge
-
-
-@dataclass
-class _Replica:
-    """What this node knows and runs for its replica of one cluster volume."""
-
-    spec: VolumeSpec
-    pool: str
-    role: str = "unknown"  # unknown (refusing) | replica | primary
-    epoch: int = 0
-    mirror: Any = None
-    tracked: set[str] = field(default_factory=set)  # peers the mirror keeps a dirty map for
-    resyncs: dict[str, asyncio.Task[None]] = field(default_factory=dict)
-    snapshotting: dict[str, asyncio.Task[None]] = field(default_factory=dict)
-    # Cluster snapshots of this volume seen in etcd: only those are deleted here when etcd
-    # drops them (a local snapshot an admin or a schedule took is not the cluster's business).
-    known_snaps: set[str] = field(default_factory=set)
-    published: dict[str, Any] | None = None  # the last progress/V written, and when
-    published_at: float = 0.0
-    retry_at: dict[str, float] = field(default_factory=dict)
-    last_primary: str | None = None
-    resync_bytes_total: int = 0
-    last_resync_bytes: dict[str, int] = field(default_factory=dict)
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # insync/V read-modify-write
-
-    @property
-    def uuid(self) -> uuid_mod.UUID:
-        return uuid_mod.UUID(self.spec.uuid)
+PROGRESS_S = 1.0  # how often a degraded volume's dirty bytes are republished at most
+PEERS_READY_S = 5.0  # a first campaign waits at most this long for the peers' copies
 
 
 class ClusterManager:
@@ -133,6 +92,8 @@ class ClusterManager:
         self.registry: LocalRegistry = devices.registry
         self.keys = Keys(config.prefix)
         self.admin = ClusterAdmin(client, self.keys, self.local_status)
+        self.snapshots = SnapshotCoordinator(self.node, client, self.keys, service, devices,
+                                             self._find_local)
         self.tenants = TenantAdmin(client, self.keys, self.admin.view, service)
         self.hostkeys = hostkeys.HostKeyAdmin(self.admin)
         self._tenant_sync = TenantSync(service)
@@ -140,7 +101,7 @@ class ClusterManager:
         self._listener_sync = ListenerSync(service)
         self.poll_s = poll_s
         self.view = ClusterView()
-        self._replicas: dict[str, _Replica] = {}
+        self._replicas: dict[str, LocalReplica] = {}
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._outage_since: float | None = None
@@ -255,7 +216,7 @@ class ClusterManager:
         for rep in list(self._replicas.values()):
             await self._guarded(f"volume {rep.spec.name}", self._reconcile_role(rep, view))
             await self._guarded(f"volume {rep.spec.name} snapshots",
-                                self._reconcile_snapshots(rep, view))
+                                self.snapshots.reconcile(rep, view))
         await self._guarded("listeners", self._listener_sync.reconcile(
             {w: s for (n, w), s in view.listeners.items() if n == self.node}))
         self._apply_ana(view)
@@ -307,9 +268,9 @@ class ClusterManager:
                                    f"the local volume with uuid {spec.uuid} is named "
                                    f"{vol.name!r}, not {spec.name!r}")
             self.registry.add_volume(spec.uuid, spec.name)
-        self._replicas[spec.name] = _Replica(spec, pool_name)
+        self._replicas[spec.name] = LocalReplica(spec, pool_name)
 
-    async def _grow(self, rep: _Replica) -> bool:
+    async def _grow(self, rep: LocalReplica) -> bool:
         """Grow the local copy to the volume's size; True when it is (now) that large."""
         found = self._find_local(rep.spec.uuid)
         if found is None:
@@ -324,7 +285,7 @@ class ClusterManager:
             await self.session.refresh_info()  # the primary waits for this to grow its own
         return True
 
-    async def _grow_when_replicas_have(self, rep: _Replica, view: ClusterView) -> None:
+    async def _grow_when_replicas_have(self, rep: LocalReplica, view: ClusterView) -> None:
         found = self._find_local(rep.spec.uuid)
         if found is None or found[1].size_bytes >= rep.spec.size_bytes:
             return
@@ -334,15 +295,10 @@ class ClusterManager:
         if not behind:
             await self._grow(rep)  # hosts are told (Namespace Attribute Changed)
 
-    async def _drop(self, rep: _Replica) -> None:
+    async def _drop(self, rep: LocalReplica) -> None:
         was_primary = rep.role == "primary"
         await self._demote(rep, "the volume is no longer on this node", quiet=True)
-        found = self._find_local(rep.spec.uuid)
-        if found is not None:  # the cluster's snapshots of it go with it
-            for snap in self._local_snapshots(found[1]):
-                if snap in rep.known_snaps:
-                    await self.service.delete_volume(snap, found[0], force=True,
-                                                     kind="snapshot")
+        await self.snapshots.drop(rep)
         if was_primary:
             # Resign: the key would otherwise live as long as this node's lease, and no
             # remaining replica could be elected.
@@ -429,7 +385,7 @@ class ClusterManager:
 
     # --- roles ----------------------------------------------------------------------------------
 
-    async def _reconcile_role(self, rep: _Replica, view: ClusterView) -> None:
+    async def _reconcile_role(self, rep: LocalReplica, view: ClusterView) -> None:
         name = rep.spec.name
         primary = view.primaries.get(name)
         if primary is not None:
@@ -452,10 +408,20 @@ class ClusterManager:
             # else: this node's previous life holds it until that lease lapses
             return
         insync = view.insync.get(name)
-        if insync is not None and self.node in insync.nodes and self.session.may_acknowledge():
+        if insync is not None and self.node in insync.nodes and self.session.may_acknowledge() \
+                and self._peers_ready(rep, view, insync):
             await self._campaign(rep, view)
 
-    async def _campaign(self, rep: _Replica, view: ClusterView) -> None:
+    def _peers_ready(self, rep: LocalReplica, view: ClusterView, insync: InSync) -> bool:
+        """Every live in-sync peer has its copy (it publishes its size), or this node has
+        waited PEERS_READY_S for them: a new volume's first primary then starts with every
+        copy in sync instead of dropping the ones not created yet."""
+        if time.monotonic() - rep.seen_at >= PEERS_READY_S:
+            return True
+        return all(rep.spec.name in view.nodes[p].replica_sizes for p in insync.nodes
+                   if p != self.node and p in view.nodes)
+
+    async def _campaign(self, rep: LocalReplica, view: ClusterView) -> None:
         lease = self.session.lease_id
         if lease is None:
             return
@@ -468,7 +434,7 @@ class ClusterManager:
             return
         await self._take_over(rep, view, kv.create_revision)
 
-    async def _take_over(self, rep: _Replica, view: ClusterView, epoch: int) -> None:
+    async def _take_over(self, rep: LocalReplica, view: ClusterView, epoch: int) -> None:
         from sbstore.cluster.mirror import MirroredDevice
         from sbstore.cluster.replica_client import ReplicaClient, ReplicaError
 
@@ -514,7 +480,7 @@ class ClusterManager:
             raise ControlError(ErrorCode.NOT_FOUND, f"volume {name}: the local replica is gone")
         rep.tracked = set(initial_dirty)
         rep.mirror = MirroredDevice(
-            VolumeDevice(found[1]), fence=_Fence(epoch, self.session.may_acknowledge),
+            VolumeDevice(found[1]), fence=LeaseFence(epoch, self.session.may_acknowledge),
             peers=peers, in_sync=set(peers),
             on_peer_lost=functools.partial(self._peer_lost, rep),
             on_deposed=functools.partial(self._deposed, rep),
@@ -529,7 +495,7 @@ class ClusterManager:
                     ", ".join([self.node, *sorted(peers)]),
                     f"; dropped {', '.join(dropped)} (resync follows)" if dropped else "")
 
-    async def _demote(self, rep: _Replica, why: str, *, quiet: bool = False) -> None:
+    async def _demote(self, rep: LocalReplica, why: str, *, quiet: bool = False) -> None:
         was_primary = rep.role == "primary"
         rep.role = "unknown"
         self.devices.refuse(rep.spec.uuid)
@@ -549,7 +515,7 @@ class ClusterManager:
         if was_primary and not quiet:
             log.warning("cluster: volume %s: no longer primary here: %s", rep.spec.name, why)
 
-    def _deposed(self, rep: _Replica) -> None:
+    def _deposed(self, rep: LocalReplica) -> None:
         """A peer knows a newer epoch: stop serving now, tidy up in a task."""
         if rep.role != "primary":
             return
@@ -558,7 +524,7 @@ class ClusterManager:
             self._show(nqn, AnaState.INACCESSIBLE)
         self._spawn(self._demote(rep, "a peer knows a newer epoch (deposed)"))
 
-    async def _peer_lost(self, rep: _Replica, peer: str) -> None:
+    async def _peer_lost(self, rep: LocalReplica, peer: str) -> None:
         """The mirror lost ``peer``: it leaves ``insync`` before the write that found out
         completes (raises when that cannot be recorded: the write then fails)."""
         await self._write_insync(rep, remove=[peer])
@@ -567,7 +533,7 @@ class ClusterManager:
         log.warning("cluster: volume %s: peer %s lost; degraded (its writes are tracked for "
                     "resync)", rep.spec.name, peer)
 
-    async def _write_insync(self, rep: _Replica, *, remove: Iterable[str] = (),
+    async def _write_insync(self, rep: LocalReplica, *, remove: Iterable[str] = (),
                             add: str | None = None, resync_bytes: int | None = None) -> None:
         """Rewrite ``insync/V`` without ``remove`` and with ``add``: a txn guarded by this
         node's epoch (a deposed primary changes nothing) and by the revisions it read (an
@@ -604,7 +570,7 @@ class ClusterManager:
                                   f"primary's")
             raise EtcdError(f"insync/{name} kept changing; will try again")
 
-    async def _primary_duties(self, rep: _Replica, view: ClusterView) -> None:
+    async def _primary_duties(self, rep: LocalReplica, view: ClusterView) -> None:
         insync = view.insync.get(rep.spec.name, InSync(()))
         for peer in sorted((set(rep.mirror.peers) | rep.tracked) - set(rep.spec.replicas)):
             await self._forget_peer(rep, peer, insync)
@@ -615,10 +581,10 @@ class ClusterManager:
             if task is not None and not task.done():
                 continue
             if snap.state == "requested":
-                rep.snapshotting[snap.name] = self._spawn(self._take_snapshot(rep, snap))
+                rep.snapshotting[snap.name] = self._spawn(self.snapshots.take(rep, snap))
             elif snap.state == "frozen" and snap.epoch != rep.epoch:
                 # Its primary died holding the writes: nobody knows which copies have it.
-                await self._put_snap(rep, dataclasses.replace(snap, state="failed"))
+                await self.snapshots.put(rep, dataclasses.replace(snap, state="failed"))
         now = time.monotonic()
         for peer in rep.spec.replicas:
             if peer == self.node:
@@ -637,7 +603,7 @@ class ClusterManager:
                 continue  # not live (or it failed a moment ago)
             rep.resyncs[peer] = self._spawn(self._resync(rep, peer, info.peer_address))
 
-    async def _forget_peer(self, rep: _Replica, peer: str, insync: InSync) -> None:
+    async def _forget_peer(self, rep: LocalReplica, peer: str, insync: InSync) -> None:
         """The admin took ``peer`` off the volume (a move, a replacement): stop replicating to
         it and drop its dirty map. It leaves ``insync`` first (the admin's txn did that already
         unless this races with it)."""
@@ -652,7 +618,7 @@ class ClusterManager:
         log.warning("cluster: volume %s: %s is no longer one of its replicas; not replicating "
                     "to it any more", rep.spec.name, peer)
 
-    async def _publish_progress(self, rep: _Replica) -> None:
+    async def _publish_progress(self, rep: LocalReplica) -> None:
         """``progress/V`` (under this node's lease, so it dies with the primaryship): the
         missing replicas' dirty bytes and the resyncs running, for status on every node.
         Written when the resyncs change, else at most every PROGRESS_S while it changes."""
@@ -673,118 +639,7 @@ class ClusterManager:
                               lease=lease)
         rep.published, rep.published_at = value, now
 
-    # --- snapshots ------------------------------------------------------------------------------
-
-    async def _take_snapshot(self, rep: _Replica, snap: SnapSpec) -> None:
-        """As primary: hold the hosts' writes above the mirror, let those in flight finish
-        (a mirrored write completes only once every in-sync copy has it), snapshot the local
-        copy, mark it ``frozen`` for the replicas, wait for theirs, release the writes."""
-        name, uuid = rep.spec.name, rep.spec.uuid
-        devices = self.devices.devices(uuid)
-        started = time.monotonic()
-        for d in devices:
-            d.hold()
-        peers = set(rep.mirror.in_sync) if rep.mirror is not None else set()
-        have: set[str] = set()
-        try:
-            await asyncio.wait_for(asyncio.gather(*(d.drained() for d in devices)),
-                                   SNAP_DRAIN_S)
-            await self._snapshot_local(rep, snap.name)
-            have.add(self.node)
-            await self._put_snap(rep, SnapSpec(name, snap.name, "frozen", rep.epoch,
-                                               (self.node,)), snapped=True)
-            deadline = time.monotonic() + SNAP_WAIT_S
-            prefix = self.keys.snapped(name, snap.name, "")
-            while time.monotonic() < deadline:  # bounded
-                kvs, _ = await self.client.get_prefix(prefix)
-                have |= {kv.key[len(prefix):] for kv in kvs} & peers
-                if peers <= have:
-                    break
-                await asyncio.sleep(0.05)
-        except (asyncio.TimeoutError, ControlError, EtcdError, Deposed) as exc:
-            log.error("cluster: volume %s: snapshot %s failed: %s", name, snap.name, exc)
-            if self.node not in have:
-                with contextlib.suppress(EtcdError, Deposed):
-                    await self._put_snap(rep, dataclasses.replace(snap, state="failed"))
-                return
-        finally:
-            for d in devices:
-                d.release()
-        held = time.monotonic() - started
-        nodes = tuple(sorted(have))
-        state = "done" if peers <= have else "partial"
-        try:
-            await self._put_snap(rep, SnapSpec(name, snap.name, state, rep.epoch, nodes))
-        except (EtcdError, Deposed) as exc:
-            log.error("cluster: volume %s: snapshot %s: recording it failed: %s", name,
-                      snap.name, exc)
-            return
-        log.info("cluster: volume %s: snapshot %s %s on %s (writes held %.3f s)", name,
-                 snap.name, state, ", ".join(nodes), held)
-
-    async def _put_snap(self, rep: _Replica, snap: SnapSpec, *, snapped: bool = False) -> None:
-        """Write the snapshot's record, only while this node is the primary of that epoch and
-        the record was not deleted meanwhile."""
-        key = self.keys.snap(rep.spec.name, snap.name)
-        ops = [Op.put(key, snap.to_json())]
-        if snapped:
-            ops.append(Op.put(self.keys.snapped(rep.spec.name, snap.name, self.node), "{}"))
-        result = await self.client.txn(
-            [Compare.create_revision(self.keys.primary(rep.spec.name), "==", rep.epoch),
-             Compare.version(key, ">", 0)], ops)
-        if not result.succeeded:
-            raise Deposed(f"volume {rep.spec.name}: snapshot {snap.name}: not the primary of "
-                          f"epoch {rep.epoch} any more, or the snapshot was deleted")
-
-    async def _snapshot_local(self, rep: _Replica, snap: str) -> None:
-        found = self._find_local(rep.spec.uuid)
-        if found is None:
-            raise ControlError(ErrorCode.NOT_FOUND, f"volume {rep.spec.name}: no local copy")
-        pool_name, vol = found
-        if snap in self._local_snapshots(vol):
-            return  # taken before a restart or a retry
-        await self.service.create_snapshot(vol.name, snap, pool_name)
-
-    @staticmethod
-    def _local_snapshots(vol: Any) -> list[str]:
-        """The snapshots in the volume's history (its parent chain), newest first."""
-        out = []
-        parent = vol.parent
-        for _ in range(100_000):  # bounded: a chain has no cycles
-            if parent is None:
-                break
-            out.append(parent.name)
-            parent = parent.parent
-        return out
-
-    async def _reconcile_snapshots(self, rep: _Replica, view: ClusterView) -> None:
-        """Every node: take the snapshots a primary froze for this copy; delete the local
-        snapshots of the volume that etcd no longer lists."""
-        name = rep.spec.name
-        wanted = {s.name: s for s in view.snaps_of(name)}
-        rep.known_snaps |= set(wanted)
-        primary = view.primaries.get(name)
-        found = self._find_local(rep.spec.uuid)
-        if found is None:
-            return
-        pool_name, vol = found
-        insync = view.insync.get(name, InSync(()))
-        if rep.role != "primary" and primary is not None and self.node in insync.nodes:
-            # (a copy out of sync would snapshot data that is not the volume's)
-            for snap in wanted.values():
-                if snap.state == "frozen" and snap.epoch == primary.epoch and self.node \
-                        not in view.snapped.get((name, snap.name), set()):
-                    # The primary holds the writes: this copy is at the same point as its.
-                    await self._snapshot_local(rep, snap.name)
-                    await self.client.put(self.keys.snapped(name, snap.name, self.node), "{}")
-                    log.info("cluster: volume %s: snapshot %s taken here", name, snap.name)
-        for local in self._local_snapshots(vol):
-            if local in rep.known_snaps and local not in wanted:
-                rep.known_snaps.discard(local)
-                await self.service.delete_volume(local, pool_name, force=True, kind="snapshot")
-                log.info("cluster: volume %s: snapshot %s deleted here", name, local)
-
-    async def _resync(self, rep: _Replica, peer: str, address: tuple[str, int]) -> None:
+    async def _resync(self, rep: LocalReplica, peer: str, address: tuple[str, int]) -> None:
         from sbstore.cluster.replica_client import ReplicaClient, ReplicaError
 
         name = rep.spec.name
