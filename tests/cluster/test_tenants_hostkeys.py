@@ -83,7 +83,8 @@ def test_tenants_are_cluster_wide(cluster: Cluster, etcd: EtcdServer) -> None:
     took = wait_for("writes through the primary",
                     lambda: asyncio.run(timed_writes(primary, 60)))
     assert took > 0.8, took
-    assert 'sbstore_tenant_volumes{tenant="gold"} 1' in primary.metrics()
+    for node in (a, b):  # both copies are exported under gold
+        assert 'sbstore_tenant_volumes{tenant="gold"} 1' in node.metrics(), node.name
     # Own limits of one copy only are refused; moving the volume moves every copy.
     r = a.daemon.cli("volume", "set", "v1", "--iops", "10")
     assert r.rc == 1 and "replicated volume" in r.stderr, r.describe()
@@ -109,11 +110,14 @@ async def timed_writes(node: Node, count: int) -> float:
         return loop.time() - started
 
 
-async def connects(node: Node, secret: DhchapSecret) -> bool:
-    """Does the host authenticate with ``secret`` on this node's listener?"""
+async def connects(node: Node, secret: DhchapSecret,
+                   ctrl_secret: DhchapSecret | None = None) -> bool:
+    """Does the host authenticate with ``secret`` on this node's listener (and the
+    controller with ``ctrl_secret``, when given)?"""
     try:
         ctrl = await Controller.connect("127.0.0.1", node.nvme_port, NQN, hostnqn=HOSTNQN,
-                                        auth=HostAuth(secret), timeout_s=5, kato_ms=0)
+                                        auth=HostAuth(secret, ctrl_secret), timeout_s=5,
+                                        kato_ms=0)
     except AuthenticationFailed:
         return False
     await ctrl.close(shutdown=False)
@@ -127,15 +131,19 @@ def test_host_keys_on_cluster_exports(cluster: Cluster, etcd: EtcdServer,
     a.cli("export", "create", NQN, "--volume", "v2", "--host",
           "nqn.2014-08.org.nvmexpress:uuid:0c5ee07d-0000-4000-8000-0000000000b2")
     secret, wrong = DhchapSecret.generate(1), DhchapSecret.generate(1)
-    key_file = tmp_path / "key"
+    ctrl_secret = DhchapSecret.generate(2)
+    key_file, ctrl_file = tmp_path / "key", tmp_path / "ctrl"
     key_file.write_text(secret.format())
-    added = b.cli("host", "add", NQN, HOSTNQN, "--dhchap-key", f"@{key_file}")
+    ctrl_file.write_text(ctrl_secret.format())
+    added = b.cli("host", "add", NQN, HOSTNQN, "--dhchap-key", f"@{key_file}",
+                  "--ctrl-key", f"@{ctrl_file}")
     assert added["host_auth"][HOSTNQN]["dhchap"] == "set" and "generated" not in added
+    assert added["host_auth"][HOSTNQN]["ctrl_key"]["dhchap"] == "set"
     for node in (a, b):
         wait_for(f"key applied on {node.name}", lambda node=node: HOSTNQN in node.get(
             f"/v1/subsystems/{NQN}")["host_auth"])
-    for node in (a, b):  # every path: the right secret in, a wrong one out
-        assert asyncio.run(connects(node, secret)), node.name
+    for node in (a, b):  # every path: the right secrets in (both ways), a wrong one out
+        assert asyncio.run(connects(node, secret, ctrl_secret)), node.name
         assert not asyncio.run(connects(node, wrong)), node.name
     # Rotation through a (a generated secret, returned once) reaches both nodes.
     rotated = a.api("PATCH", f"/v1/subsystems/{NQN}/hosts/{HOSTNQN}", {"generate_key": True})
@@ -145,7 +153,7 @@ def test_host_keys_on_cluster_exports(cluster: Cluster, etcd: EtcdServer,
             connects(node, new)))
         assert not asyncio.run(connects(node, secret)), node.name
     # The secrets are in no status, listing, log or metric of either node.
-    secrets = [secret.format(), new.format()]
+    secrets = [secret.format(), ctrl_secret.format(), new.format()]
     for node in (a, b):
         shown = [json.dumps(node.status()), json.dumps(node.get("/v1/subsystems")),
                  node.daemon.cli("host", "list", NQN).stdout,
