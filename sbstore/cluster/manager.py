@@ -24,7 +24,10 @@ makes this node match it, idempotently, in this order:
    database's);
 7. snapshots (``snaps/``): the primary takes a requested one with the hosts' writes held
    above the mirror, the replicas take theirs while it is frozen; a grown volume: replicas
-   grow their copies first, the primary last.
+   grow their copies first, the primary last;
+8. around those: tenants first (a replica is created under its volume's tenant), each
+   export's hosts with their DH-HMAC-CHAP secrets (step 2), the listeners asked of this node
+   last (``sbstore.cluster.tenants``, ``hostkeys``, ``listeners``).
 
 Safety does not rest on this loop being fast: a primary acknowledges a write only while its
 lease clock runs (the mirror checks it per write), and a replica refuses frames of an epoch
