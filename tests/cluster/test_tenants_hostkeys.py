@@ -83,6 +83,15 @@ def test_tenants_are_cluster_wide(cluster: Cluster, etcd: EtcdServer) -> None:
     took = wait_for("writes through the primary",
                     lambda: asyncio.run(timed_writes(primary, 60)))
     assert took > 0.8, took
+    # ... and so does the other node's, once it serves: stop the primary (its lease is
+    # revoked, the other takes over at once), write through the survivor, start it again.
+    primary.daemon.stop()
+    survivor = b if primary is a else a
+    wait_for("the survivor serves", lambda: survivor.volume("v1")["primary"] == survivor.name)
+    took = wait_for("writes through the survivor",
+                    lambda: asyncio.run(timed_writes(survivor, 60)))
+    assert took > 0.8, took
+    primary.daemon.start()
     for node in (a, b):  # both copies are exported under gold
         assert 'sbstore_tenant_volumes{tenant="gold"} 1' in node.metrics(), node.name
     # Own limits of one copy only are refused; moving the volume moves every copy.
