@@ -16,9 +16,11 @@ import uuid as uuid_mod
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from sbstore.cluster import hostkeys
 from sbstore.cluster.etcd import Compare, EtcdClient, EtcdError, EtcdUnavailable, Op
 from sbstore.cluster.keys import ExportSpec, InSync, Keys, SnapSpec, VolumeSpec
 from sbstore.cluster.placement import PlacementError, place
+from sbstore.cluster.tenants import TenantAdmin
 from sbstore.cluster.view import ClusterView
 from sbstore.control.service import ControlError, ErrorCode, check_nqn, invalid
 from target.subsystem import MAX_NAMESPACES
@@ -86,15 +88,20 @@ class ClusterAdmin:
             raise ControlError(ErrorCode.FAILED_PRECONDITION, str(exc)) from None
         spec = VolumeSpec(name, str(uuid_mod.uuid4()), size_bytes, block_size, tuple(nodes),
                           tenant)
+        # The tenant must exist, and still exist when the volume is written (tenants.py).
+        guard, touch = await TenantAdmin(self.client, self.keys, self.view).touch(tenant)
         try:
             # A new volume's copies are all empty, so all are in sync: any may become primary.
             result = await self.client.txn(
-                [Compare.create_revision(self.keys.volume(name), "==", 0)],
+                [Compare.create_revision(self.keys.volume(name), "==", 0), *guard],
                 [Op.put(self.keys.volume(name), spec.to_json()),
-                 Op.put(self.keys.insync(name), InSync(tuple(nodes)).to_json())])
+                 Op.put(self.keys.insync(name), InSync(tuple(nodes)).to_json()), *touch])
         except EtcdError as exc:
             raise _unavailable(exc) from None
         if not result.succeeded:
+            if not await self.is_replicated(name):
+                raise ControlError(ErrorCode.BUSY, f"tenant {tenant!r} changed meanwhile; "
+                                   f"try again")
             raise ControlError(ErrorCode.ALREADY_EXISTS, f"replicated volume {name!r} exists")
         return self._volume_info(spec, view)
 
@@ -325,13 +332,18 @@ class ClusterAdmin:
                                f"delete with --force")
         try:
             await self.client.delete(self.keys.export(nqn))
+            await self.client.delete_prefix(self.keys.hostkey(nqn, ""))  # its hosts' secrets
         except EtcdError as exc:
             raise _unavailable(exc) from None
 
     async def change_export(self, nqn: str, *, add_host: str | None = None,
                             remove_host: str | None = None,
-                            allow_any_host: bool | None = None) -> dict[str, Any]:
-        """Allow or disallow one host, or any host, on a cluster export (every node follows)."""
+                            allow_any_host: bool | None = None,
+                            extra_ops: Iterable[Op] = ()) -> dict[str, Any]:
+        """Allow or disallow one host, or any host, on a cluster export (every node follows).
+        ``extra_ops`` go in the same txn (a host's secrets, sbstore.cluster.hostkeys); a
+        removed host's secrets are deleted with it."""
+        extra = list(extra_ops)
         for host in (add_host, remove_host):
             if host is not None:
                 check_nqn(host, "host NQN")
@@ -363,13 +375,17 @@ class ClusterAdmin:
                                   f"any host")
                 any_host = allow_any_host
             spec = ExportSpec(nqn, e.namespaces, tuple(sorted(hosts)), any_host)
+            ops = [Op.put(key, spec.to_json()), *extra]
+            if remove_host is not None:
+                ops.append(Op.delete(self.keys.hostkey(nqn, remove_host)))
             try:
                 result = await self.client.txn([Compare.mod_revision(key, "==", kv.mod_revision)],
-                                               [Op.put(key, spec.to_json())])
+                                               ops)
             except EtcdError as exc:
                 raise _unavailable(exc) from None
             if result.succeeded:
-                return self._export_info(spec, view)
+                return self._export_info(spec, await self.view() if extra or remove_host
+                                         else view)
         raise ControlError(ErrorCode.BUSY, f"export {nqn!r} kept changing; try again")
 
     async def _get(self, key: str) -> Any:
@@ -429,6 +445,7 @@ class ClusterAdmin:
     def _export_info(e: ExportSpec, view: ClusterView) -> dict[str, Any]:
         return {"nqn": e.nqn, "namespaces": [{"nsid": n, "volume": v} for n, v in e.namespaces],
                 "hosts": list(e.hosts), "allow_any_host": e.allow_any_host,
+                "host_auth": hostkeys.public(view.hostkeys, e.nqn),  # never the secrets
                 "nodes": sorted({n for _, v in e.namespaces if v in view.volumes
                                  for n in view.volumes[v].replicas})}
 

@@ -68,6 +68,17 @@ class Keys:
     def progress(self, volume: str) -> str:
         return f"{self.prefix}/progress/{volume}"
 
+    def listener(self, node: str, where: str) -> str:
+        """A listener asked of ``node`` through the cluster (sbstore.cluster.listeners)."""
+        return f"{self.prefix}/listeners/{node}/{where}"
+
+    def tenant(self, name: str) -> str:
+        return f"{self.prefix}/tenants/{name}"
+
+    def hostkey(self, nqn: str, host: str) -> str:
+        """A host's DH-HMAC-CHAP secrets on one cluster export (sbstore.cluster.hostkeys)."""
+        return f"{self.prefix}/hostkeys/{nqn}/{host}"
+
     def split(self, key: str) -> tuple[str, str] | None:
         """``(kind, name)`` of a key under the prefix (kind: nodes, volumes, ...), or None."""
         if not key.startswith(self.root):
@@ -153,6 +164,8 @@ class NodeInfo:
     # volume -> size of this node's replica: a primary grows its copy (what hosts see) only
     # once every in-sync replica's is as large
     replica_sizes: dict[str, int] = field(default_factory=dict)
+    # what it listens on (sbstore.cluster.listeners.published)
+    listener_info: tuple[dict[str, Any], ...] = ()
 
     @property
     def free_bytes(self) -> int:
@@ -162,7 +175,7 @@ class NodeInfo:
         host, port = self.peer_address
         return {"node": self.node, "peer_address": f"{host}:{port}",
                 "listeners": list(self.listeners), "pools": self.pools, "started": self.started,
-                "replica_sizes": self.replica_sizes}
+                "replica_sizes": self.replica_sizes, "listener_info": list(self.listener_info)}
 
     @classmethod
     def from_json(cls, data: Any, key: str) -> NodeInfo:
@@ -176,12 +189,15 @@ class NodeInfo:
             raise BadRecord(f"{key}: pools must be an object")
         started = data.get("started", 0.0)
         sizes = data.get("replica_sizes", {})
+        details = data.get("listener_info", [])
         return cls(node, (host.strip("[]"), int(port)),
                    _names(data.get("listeners", []), key, "listeners"),
                    {k: v for k, v in pools.items() if isinstance(v, dict)},
                    float(started) if isinstance(started, (int, float)) else 0.0,
                    {str(k): v for k, v in sizes.items() if type(v) is int}
-                   if isinstance(sizes, dict) else {})
+                   if isinstance(sizes, dict) else {},
+                   tuple(x for x in details if isinstance(x, dict))
+                   if isinstance(details, list) else ())
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,10 @@ makes this node match it, idempotently, in this order:
    database's);
 7. snapshots (``snaps/``): the primary takes a requested one with the hosts' writes held
    above the mirror, the replicas take theirs while it is frozen; a grown volume: replicas
-   grow their copies first, the primary last.
+   grow their copies first, the primary last;
+8. around those: tenants first (a replica is created under its volume's tenant), each
+   export's hosts with their DH-HMAC-CHAP secrets (step 2), the listeners asked of this node
+   last (``sbstore.cluster.tenants``, ``hostkeys``, ``listeners``).
 
 Safety does not rest on this loop being fast: a primary acknowledges a write only while its
 lease clock runs (the mirror checks it per write), and a replica refuses frames of an epoch
@@ -47,6 +50,7 @@ import uuid as uuid_mod
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
+from sbstore.cluster import hostkeys
 from sbstore.cluster.admin import MAX_REPLICAS, ClusterAdmin
 from sbstore.cluster.device import ClusterDevices, LocalRegistry
 from sbstore.cluster.etcd import Compare, EtcdClient, EtcdError, Op
@@ -54,7 +58,9 @@ from sbstore.cluster.keys import InSync, Keys, VolumeSpec, primary_value
 from sbstore.cluster.membership import NodeNameInUse, NodeSession
 from sbstore.cluster.replica import Deposed, LeaseFence, LocalReplica
 from sbstore.cluster.replica_server import ReplicaServer
+from sbstore.cluster.listeners import ListenerAdmin, ListenerSync, published
 from sbstore.cluster.snapshots import SnapshotCoordinator
+from sbstore.cluster.tenants import TenantAdmin, TenantSync
 from sbstore.cluster.view import ClusterView
 from sbstore.config import ClusterConfig
 from sbstore.control.service import ControlError, ControlService, ErrorCode
@@ -91,6 +97,11 @@ class ClusterManager:
         self.admin = ClusterAdmin(client, self.keys, self.local_status)
         self.snapshots = SnapshotCoordinator(self.node, client, self.keys, service, devices,
                                              self._find_local)
+        self.tenants = TenantAdmin(client, self.keys, self.admin.view, service)
+        self.hostkeys = hostkeys.HostKeyAdmin(self.admin)
+        self._tenant_sync = TenantSync(service)
+        self.listeners = ListenerAdmin(client, self.keys, self.admin.view, self.node)
+        self._listener_sync = ListenerSync(service)
         self.poll_s = poll_s
         self.view = ClusterView()
         self._replicas: dict[str, LocalReplica] = {}
@@ -193,8 +204,13 @@ class ClusterManager:
     async def _reconcile(self, view: ClusterView) -> None:
         self.view = view
         mine = {n: s for n, s in view.volumes.items() if self.node in s.replicas}
+        # tenants first: a replica is created under its volume's tenant
+        await self._guarded("tenants", self._tenant_sync.reconcile(view.tenants))
         for spec in mine.values():
             await self._guarded(f"volume {spec.name}", self._ensure_volume(spec))
+            if spec.name in self._replicas:
+                await self._guarded(f"volume {spec.name}", self._tenant_sync.place(
+                    spec.name, self._replicas[spec.name].pool, spec.tenant))
         await self._guarded("exports", self._reconcile_exports(view))
         for name in [n for n in self._replicas if n not in mine
                      or mine[n].uuid != self._replicas[n].spec.uuid]:
@@ -206,6 +222,8 @@ class ClusterManager:
             await self._guarded(f"volume {rep.spec.name}", self._reconcile_role(rep, view))
             await self._guarded(f"volume {rep.spec.name} snapshots",
                                 self.snapshots.reconcile(rep, view))
+        await self._guarded("listeners", self._listener_sync.reconcile(
+            {w: s for (n, w), s in view.listeners.items() if n == self.node}))
         self._apply_ana(view)
         if self.session.lease_id is not None and self._info_changed():
             await self._guarded("node info", self.session.refresh_info())
@@ -378,7 +396,11 @@ class ClusterManager:
         for host in sorted(set(info["hosts"]) - set(hosts)):
             await self.service.remove_host(nqn, host)
         for host in sorted(set(hosts) - set(info["hosts"])):
-            await self.service.add_host(nqn, host)
+            # with its secrets at once: never allowed here without them
+            await self.service.add_host(nqn, host, hostkeys.auth_request(
+                self.view.hostkeys.get((nqn, host))))
+        await hostkeys.sync(self.service, nqn, tuple(h for h in hosts if h in info["hosts"]),
+                            self.view.hostkeys)
         if allow_any_host and not info["allow_any_host"]:
             await self.service.set_export(nqn, allow_any_host=True)
 
@@ -712,7 +734,8 @@ class ClusterManager:
             if found is not None:
                 sizes[name] = found[1].size_bytes
         return {"node": self.node, "peer_address": f"{host}:{port}", "listeners": listeners,
-                "pools": pools, "started": self.service.started, "replica_sizes": sizes}
+                "pools": pools, "started": self.service.started, "replica_sizes": sizes,
+                "listener_info": published(self.service)}
 
     def _info_changed(self) -> bool:
         """Free space changes as volumes fill: republish when it moved by more than 1%, or
@@ -723,6 +746,7 @@ class ClusterManager:
         if last is None:
             return True  # registered before the first pass found this node's replicas
         if info["listeners"] != last["listeners"] or set(info["pools"]) != set(last["pools"]) \
+                or info["listener_info"] != last["listener_info"] \
                 or info["replica_sizes"] != last["replica_sizes"]:
             return True
         return any(abs(p["free_bytes"] - last["pools"][n]["free_bytes"]) > p["size_bytes"] // 100

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sbstore.cluster import hostkeys
 from sbstore.cluster.etcd import KeyValue
 from sbstore.cluster.keys import (
     BadRecord,
@@ -21,6 +22,9 @@ from sbstore.cluster.keys import (
     VolumeSpec,
     primary_node,
 )
+from sbstore.cluster.listeners import ListenerSpec
+from sbstore.cluster.tenants import TenantSpec
+from sbstore.control.state import HostAuthRecord
 
 log = logging.getLogger("sbstore.cluster.view")
 _reported: set[tuple[str, int]] = set()
@@ -47,6 +51,10 @@ class ClusterView:
     snapped: dict[tuple[str, str], set[str]] = field(default_factory=dict)  # -> nodes
     # volume -> what its primary publishes about its missing replicas (dirty bytes, resyncs)
     progress: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tenants: dict[str, TenantSpec] = field(default_factory=dict)
+    listeners: dict[tuple[str, str], ListenerSpec] = field(default_factory=dict)  # node, where
+    # (export nqn, host nqn) -> the host's DH-HMAC-CHAP secrets (its repr hides them)
+    hostkeys: dict[tuple[str, str], HostAuthRecord] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, keys: Keys, kvs: Iterable[KeyValue], revision: int) -> ClusterView:
@@ -77,6 +85,18 @@ class ClusterView:
                 elif kind == "progress":
                     if isinstance(data, dict):
                         view.progress[name] = data
+                elif kind == "listeners":
+                    listener = ListenerSpec.from_json(data, kv.key)
+                    if name != f"{listener.node}/{listener.where}":
+                        raise BadRecord(f"{kv.key}: names another node or listener")
+                    view.listeners[(listener.node, listener.where)] = listener
+                elif kind == "tenants":
+                    view.tenants[name] = TenantSpec.from_json(data, kv.key)
+                elif kind == "hostkeys":
+                    rec = hostkeys.from_json(data, kv.key)
+                    if name != f"{rec.subsystem}/{rec.host_nqn}":
+                        raise BadRecord(f"{kv.key}: names another export or host")
+                    view.hostkeys[(rec.subsystem, rec.host_nqn)] = rec
                 elif kind == "insync":
                     view.insync[name] = InSync.from_json(data, kv.key)
                     view.insync_revision[name] = kv.mod_revision

@@ -39,10 +39,13 @@ def register(subparsers: Subparsers) -> None:
     where.add_argument("--address", help="an IP address (0.0.0.0 or :: for all)")
     where.add_argument("--interface", help="an interface name, e.g. eth0 (followed)")
     p.add_argument("--port", type=_port, default=4420, help="TCP port (default 4420)")
+    p.add_argument("--node", help="cluster mode: on this node (asked through etcd)")
     add_json(p)
     p.set_defaults(func=run_add)
 
     p = sub.add_parser("list", help="list listeners")
+    p.add_argument("--all-nodes", action="store_true",
+                   help="cluster mode: every live node's listeners")
     add_json(p)
     p.set_defaults(func=run_list)
 
@@ -62,6 +65,8 @@ def register(subparsers: Subparsers) -> None:
 
     p = sub.add_parser("remove", help="stop listener ID (its hosts are disconnected)")
     p.add_argument("id", type=int)
+    p.add_argument("--node", help="cluster mode: listener ID of this node, added with "
+                   "'listener add --node'")
     add_json(p)
     p.set_defaults(func=run_remove)
 
@@ -83,14 +88,24 @@ def _where(x: dict[str, Any]) -> str:
 
 
 def run_add(args: argparse.Namespace) -> int:
-    body = {"address": args.address, "interface": args.interface, "port": args.port}
+    body = {"address": args.address, "interface": args.interface, "port": args.port,
+            "node": args.node}
     x = call(args, lambda c: c.post("/v1/listeners", body))
+    if args.node:  # cluster mode: bound addresses come as "host:port" from the node's record
+        return emit(args, x, f"node {args.node}: listener {x.get('id', '(requested)')}: "
+                    f"{_where(x)} ({', '.join(x.get('bound', [])) or x['state']})")
     bound = ", ".join(_hostport(b["address"], b["port"]) for b in x["bound"]) or \
         "no address yet"
     return emit(args, x, f"listener {x['id']}: {_where(x)} ({bound})")
 
 
 def run_list(args: argparse.Namespace) -> int:
+    if args.all_nodes:
+        xs = call(args, lambda c: c.get("/v1/listeners", all_nodes=True))
+        rows = [(x["node"], x["id"], x["source"] + (" (cluster)" if x["cluster"] else ""),
+                 _where(x), x["state"], " ".join(x["bound"]) or None) for x in xs]
+        return emit(args, xs, lambda _: table(rows, ("NODE", "ID", "SOURCE", "WHERE", "STATE",
+                                                     "BOUND"), right=("ID",)))
     xs = call(args, lambda c: c.get("/v1/listeners"))
     rows = [(x["id"], x["source"], _where(x), x["state"],
              " ".join(_hostport(b["address"], b["port"]) for b in x["bound"]) or None,
@@ -115,5 +130,8 @@ def run_set(args: argparse.Namespace) -> int:
 
 
 def run_remove(args: argparse.Namespace) -> int:
-    call(args, lambda c: c.delete(path("v1", "listeners", args.id)))
-    return emit(args, {"deleted": {"listener": args.id}}, f"removed listener {args.id}")
+    query = {"node": args.node} if args.node else {}
+    call(args, lambda c: c.delete(path("v1", "listeners", args.id), **query))
+    where = f" of node {args.node}" if args.node else ""
+    return emit(args, {"deleted": {"listener": args.id, **query}},
+                f"removed listener {args.id}{where}")

@@ -7,6 +7,7 @@ A policy is limits (``--iops``, ``--read-iops``, ``--write-iops``, ``--bps``, ``
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from sbstore.commands._common import (
     Subparsers,
@@ -82,9 +83,15 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
     t = call(args, lambda c: c.get(path("v1", "tenants", args.name)))
-    return emit(args, t, lambda t: fields([("name", t["name"]),
-                                           ("policy", policy_text(t["policy"])),
-                                           ("volumes", ", ".join(t["volumes"]) or "none")]))
+
+    def text(t: dict[str, Any]) -> str:
+        rows = [("name", t["name"]), ("policy", policy_text(t["policy"])),
+                ("volumes", ", ".join(t["volumes"]) or "none")]
+        if "here" in t:  # cluster mode: what this node has applied of etcd's record
+            rows.append(("applied here", policy_text(t["here"]["policy"]) if t["here"]
+                         else "not yet"))
+        return fields(rows)
+    return emit(args, t, text)
 
 
 def run_delete(args: argparse.Namespace) -> int:

@@ -260,6 +260,11 @@ async def _volume(c: Call) -> Any:
 
 
 async def _volume_set(c: Call) -> Any:
+    if c.cluster is not None and await c.cluster.is_replicated(c.params["name"]):
+        if _policy(c.body) or c.body.get("clear_limits"):
+            await _refuse_replicated(c, c.params["name"], "setting own limits")
+        if c.body.get("tenant") is not None:  # every copy moves (sbstore.cluster.tenants)
+            return await c.cluster.tenants.move_volume(c.params["name"], c.body["tenant"])
     return await c.service.set_volume(c.params["name"], c.query.get("pool"),
                                       tenant=c.body.get("tenant"),
                                       limits=_policy(c.body) or None,
@@ -492,16 +497,17 @@ def _auth_request(body: dict[str, Any]) -> dhchap.AuthRequest | None:
 
 async def _host_add(c: Call) -> Any:
     if c.cluster is not None and await c.cluster.is_cluster_export(c.params["nqn"]):
-        if _auth_request(c.body) is not None:
-            raise ControlError(ErrorCode.FAILED_PRECONDITION, "DH-HMAC-CHAP on cluster exports "
-                               "is not supported yet")
-        return await c.cluster.admin.change_export(c.params["nqn"],
-                                                   add_host=c.body["host_nqn"])
+        return await c.cluster.hostkeys.add_host(c.params["nqn"], c.body["host_nqn"],
+                                                 _auth_request(c.body))
     return await c.service.add_host(c.params["nqn"], c.body["host_nqn"],
                                     _auth_request(c.body))
 
 
 async def _host_set(c: Call) -> Any:
+    if c.cluster is not None and await c.cluster.is_cluster_export(c.params["nqn"]):
+        return await c.cluster.hostkeys.set_host(
+            c.params["nqn"], c.params["host_nqn"], _auth_request(c.body),
+            remove_auth=c.body.get("remove_dhchap", False))
     return await c.service.set_host(c.params["nqn"], c.params["host_nqn"],
                                     _auth_request(c.body),
                                     remove_auth=c.body.get("remove_dhchap", False))
@@ -514,16 +520,28 @@ async def _host_remove(c: Call) -> Any:
     return await c.service.remove_host(c.params["nqn"], c.params["host_nqn"])
 
 
+# Cluster mode: every node's listeners, and listeners asked of a node through etcd
+# (sbstore.cluster.listeners); without ``node`` a listener is this node's own, as ever.
+
 async def _listeners(c: Call) -> Any:
+    if c.query.get("all_nodes"):
+        return await _need_cluster(c).listeners.list_all()
     return c.service.list_listeners()
 
 
 async def _listener_add(c: Call) -> Any:
+    if c.body.get("node") is not None:
+        return await _need_cluster(c).listeners.add(
+            c.body["node"], port=c.body["port"], address=c.body.get("address"),
+            interface=c.body.get("interface"))
     return await c.service.add_listener(port=c.body["port"], address=c.body.get("address"),
                                         interface=c.body.get("interface"))
 
 
 async def _listener_remove(c: Call) -> Any:
+    if c.query.get("node") is not None:
+        await _need_cluster(c).listeners.remove(c.query["node"], c.params["id"])
+        return
     await c.service.remove_listener(c.params["id"])
 
 
@@ -532,23 +550,36 @@ async def _listener_set(c: Call) -> Any:
                                             c.body.get("export"))
 
 
+# Cluster mode: tenants live in etcd (sbstore.cluster.tenants); every node applies them.
+
 async def _tenants(c: Call) -> Any:
+    if c.cluster is not None:
+        return await c.cluster.tenants.list_all()
     return c.service.list_tenants()
 
 
 async def _tenant_create(c: Call) -> Any:
+    if c.cluster is not None:
+        return await c.cluster.tenants.create(c.body["name"], _policy(c.body))
     return await c.service.create_tenant(c.body["name"], _policy(c.body))
 
 
 async def _tenant(c: Call) -> Any:
+    if c.cluster is not None:
+        return await c.cluster.tenants.show(c.params["name"])
     return c.service.show_tenant(c.params["name"])
 
 
 async def _tenant_set(c: Call) -> Any:
+    if c.cluster is not None:
+        return await c.cluster.tenants.set(c.params["name"], _policy(c.body))
     return await c.service.set_tenant(c.params["name"], _policy(c.body))
 
 
 async def _tenant_delete(c: Call) -> Any:
+    if c.cluster is not None:
+        await c.cluster.tenants.delete(c.params["name"])
+        return
     await c.service.delete_tenant(c.params["name"])
 
 
@@ -747,13 +778,16 @@ ROUTES: tuple[Route, ...] = (
           "Disallow a host (its connections to the export are closed)", "exports",
           "Subsystem"),
     Route("GET", "/v1/listeners", _listeners, "List NVMe/TCP listeners", "listeners",
-          "ListenerList"),
+          "ListenerList", query=(Field("all_nodes", "boolean", description="cluster mode: "
+                                       "every live node's, each with its node"),)),
     Route("POST", "/v1/listeners", _listener_add,
           "Listen on an address, or on every address of an interface (followed)",
           "listeners", "Listener", 201,
           body=(Field("address", "string", description="an IP address"),
                 Field("interface", "string", description="an interface name, e.g. eth0"),
-                Field("port", "integer", True, minimum=0, maximum=65535))),
+                Field("port", "integer", True, minimum=0, maximum=65535),
+                Field("node", "string", description="cluster mode: ask this node for it "
+                      "(through etcd)"))),
     Route("PATCH", "/v1/listeners/{id}", _listener_set,
           "Set the ANA state hosts see through this listener (a path), for every export or "
           "for one; connected hosts get an ANA change event", "listeners", "Listener",
@@ -765,6 +799,8 @@ ROUTES: tuple[Route, ...] = (
           path_types=(("id", "integer"),)),
     Route("DELETE", "/v1/listeners/{id}", _listener_remove,
           "Stop a listener (its hosts are disconnected)", "listeners", None, 204,
+          query=(Field("node", "string", description="cluster mode: a listener asked of "
+                       "this node through etcd"),),
           path_types=(("id", "integer"),)),
     Route("GET", "/v1/tenants", _tenants, "List tenants and their policies", "tenants",
           "TenantList"),
