@@ -62,7 +62,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from perf.harness import (  # noqa: E402
+from perf.harness import (
     Daemon,
     child_env,
     cpu_seconds,
@@ -72,8 +72,8 @@ from perf.harness import (  # noqa: E402
     start_daemon,
     write_config,
 )
-from perf.percentiles import percentiles_us, value_us  # noqa: E402
-from tests.cluster.etcd_server import ETCD, EtcdServer, free_port  # noqa: E402
+from perf.percentiles import percentiles_us, value_us
+from tests.cluster.etcd_server import ETCD, EtcdServer, free_port
 
 IO_BYTES = 4096
 NQN_PREFIX = "nqn.2026-12.io.sbstore.bench:cluster-"
@@ -81,6 +81,19 @@ MAX_PLACEMENT_TRIES = 8
 WAIT_S = 30.0  # a volume healthy, an export writable
 LEASE_TTL = 5
 VOLUMES = ("rep", "single")
+
+
+def run_seconds(pid: int) -> float:
+    """The exact CPU time of all of ``pid``'s threads (/proc/PID/task/*/schedstat, ns): the
+    tick-sampled utime + stime of /proc/PID/stat moves in 10 ms steps, coarse for short runs."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass  # a thread that ended in between
+    return total / 1e9
 
 
 # --- bounded waits and the API ----------------------------------------------------------------
@@ -93,7 +106,7 @@ def wait_for(what: str, check: Any, timeout: float = WAIT_S, step: float = 0.1) 
             got = check()
             if got:
                 return got
-        except Exception as exc:  # not there yet
+        except Exception as exc:  # noqa: BLE001 (not there yet)
             last = exc
         time.sleep(step)
     raise RuntimeError(f"timed out after {timeout} s waiting for {what} (last error: {last!r})")
@@ -195,12 +208,24 @@ class Children:
 def load(children: Children, daemons: dict[str, Daemon], nqn: str, cpu: str | None,
          **job: Any) -> dict[str, Any]:
     """One load-generator run against node a; with each daemon's CPU time per I/O."""
-    before = {n: cpu_seconds(d.pid) for n, d in daemons.items()}
+    before = {n: (cpu_seconds(d.pid), run_seconds(d.pid)) for n, d in daemons.items()}
     r = children.run(loadgen_cmd(daemons["a"].nvme_port, nqn, cpu, **job), job["seconds"] + 60)
     ios = max(r["ios"], 1)
     for n, d in daemons.items():
-        r[f"cpu_us_per_io_{n}"] = round((cpu_seconds(d.pid) - before[n]) / ios * 1e6, 2)
+        r[f"cpu_us_per_io_{n}"] = round((cpu_seconds(d.pid) - before[n][0]) / ios * 1e6, 2)
+        r[f"run_us_per_io_{n}"] = round((run_seconds(d.pid) - before[n][1]) / ios * 1e6, 2)
     return r
+
+
+def idle_cpu(daemons: dict[str, Daemon], seconds: float = 1.0) -> dict[str, float]:
+    """Each daemon's CPU with no I/O (the reconcile loop, the lease), in ms per second: the
+    part of a run's CPU per write that is not the writes'."""
+    before = {n: run_seconds(d.pid) for n, d in daemons.items()}
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - t0
+    return {n: round((run_seconds(d.pid) - before[n]) / elapsed * 1e3, 2)
+            for n, d in daemons.items()}
 
 
 # --- the transport process (on the primary's CPU) ---------------------------------------------
@@ -220,10 +245,10 @@ async def _timed_writes(write: Any, qd: int, seconds: float, slots: int,
             await write(lba, data)
             latencies.append(clock() - t0)
 
-    b0, cpu0, t0 = cpu_seconds(b_pid), time.process_time(), time.perf_counter()
+    b0, cpu0, t0 = run_seconds(b_pid), time.process_time(), time.perf_counter()
     await asyncio.gather(*(worker(i) for i in range(qd)))
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    b_cpu = cpu_seconds(b_pid) - b0
+    b_cpu = run_seconds(b_pid) - b0
     latencies.sort()
     n = max(len(latencies), 1)
     pct = percentiles_us(latencies)
@@ -283,41 +308,50 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "mean_us": col(lambda r: round(r["lat_us"]["mean"], 1)),
             "p99_us": col(lambda r: r["lat_us"]["p99"]),
             "cpu_us_per_io_a": col(lambda r: r["cpu_us_per_io_a"]),
-            "cpu_us_per_io_b": col(lambda r: r["cpu_us_per_io_b"])}
+            "cpu_us_per_io_b": col(lambda r: r["cpu_us_per_io_b"]),
+            "run_us_per_io_a": col(lambda r: r["run_us_per_io_a"]),
+            "run_us_per_io_b": col(lambda r: r["run_us_per_io_b"])}
 
 
 def ratio(rep: dict[str, Any], single: dict[str, Any]) -> dict[str, float]:
     def r(key: str) -> float:
-        return round(rep[key]["median"] / max(single[key]["median"], 1e-9), 3)
+        return round(float(rep[key]["median"]) / max(float(single[key]["median"]), 1e-9), 3)
     return {"iops": r("iops"), "mean_us": r("mean_us"), "p99_us": r("p99_us"),
-            "cpu_us_per_io_a": r("cpu_us_per_io_a")}
+            "cpu_us_per_io_a": r("cpu_us_per_io_a"), "run_us_per_io_a": r("run_us_per_io_a")}
 
 
 def print_report(report: dict[str, Any]) -> None:
     def rng(c: dict[str, Any], fmt: str = ".0f") -> str:
         lo, hi = c["range"]
         return f"{c['median']:{fmt}} [{lo:{fmt}}-{hi:{fmt}}]"
+    idle = report.get("idle_cpu_ms_per_s", {})
     print(f"\n4 KiB random writes through NVMe/TCP to node a, {report['seconds']:g} s per run, "
-          f"median of {report['repeat']} [range]; CPU: each daemon's per write")
-    print(f"{'job':<14}{'volume':<8}{'IOPS':>22}{'mean us':>22}{'p99 us':>22}"
-          f"{'a CPU us/w':>20}{'b CPU us/w':>20}")
+          f"median of {report['repeat']} [range]. CPU per write of each daemon: /proc/PID/stat "
+          f"utime+stime (10 ms ticks) and, in (), the exact run time (schedstat); idle, the "
+          f"daemons spend a {idle.get('a', '?')} and b {idle.get('b', '?')} ms/s")
+    print(f"{'job':<19}{'volume':<8}{'IOPS':>20}{'mean us':>20}{'p99 us':>22}"
+          f"{'a CPU us/w':>18}{'b CPU us/w':>18}")
     for job, row in report["host"].items():
         for vol in VOLUMES:
             s = row[vol]
-            print(f"{job:<14}{vol:<8}{rng(s['iops']):>22}{rng(s['mean_us']):>22}"
-                  f"{rng(s['p99_us']):>22}{rng(s['cpu_us_per_io_a'], '.1f'):>20}"
-                  f"{rng(s['cpu_us_per_io_b'], '.1f'):>20}")
+            a_cpu = f"{s['cpu_us_per_io_a']['median']:.0f} ({s['run_us_per_io_a']['median']:.0f})"
+            b_cpu = f"{s['cpu_us_per_io_b']['median']:.0f} ({s['run_us_per_io_b']['median']:.0f})"
+            print(f"{job:<19}{vol:<8}{rng(s['iops']):>20}{rng(s['mean_us']):>20}"
+                  f"{rng(s['p99_us']):>22}{a_cpu:>18}{b_cpu:>18}")
         q = row["rep/single"]
-        print(f"{'':<14}rep/single: IOPS x{q['iops']}, mean latency x{q['mean_us']}, "
-              f"p99 x{q['p99_us']}, node a CPU per write x{q['cpu_us_per_io_a']}")
-    print("\nTransport, 4 KiB writes from a process on node a's CPU to node b "
-          "(one run each):")
+        print(f"{'':<19}rep/single: IOPS x{q['iops']}, mean latency x{q['mean_us']}, "
+              f"p99 x{q['p99_us']}, node a CPU per write x{q['run_us_per_io_a']}")
+    print("\nTransport, 4 KiB writes from a process on node a's CPU to node b, one run each "
+          "(sender CPU: its process time; node b: exact run time):")
     print(f"{'transport':<10}{'job':<6}{'IOPS':>9}{'mean us':>10}{'p99 us':>10}"
           f"{'sender CPU us/w':>17}{'b CPU us/w':>12}")
     for kind in ("stream", "nvme_tcp"):
         for job, r in report["transport"][kind].items():
             print(f"{kind:<10}{job:<6}{r['iops']:>9}{r['mean_us']:>10}{r['p99_us']:>10}"
                   f"{r['sender_cpu_us_per_io']:>17}{r['cpu_us_per_io_b']:>12}")
+    for job, q in report["transport"]["stream_vs_nvme_tcp"].items():
+        print(f"  stream/nvme_tcp {job}: mean latency x{q['mean_us']}, sender CPU per write "
+              f"x{q['sender_cpu_us_per_io']}, node b CPU per write x{q['cpu_us_per_io_b']}")
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -376,6 +410,7 @@ def run(args: argparse.Namespace, work: Path, children: Children,
         fills[nqn] = {"mb_per_s": r["mb_per_s"], "seconds": round(time.monotonic() - t0, 1)}
         print(f"filled {nqn}: {r['mb_per_s']:.0f} MB/s", flush=True)
     report["fill"] = fills
+    report["idle_cpu_ms_per_s"] = idle_cpu(daemons)
 
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {
         f"4k-randwrite-qd{qd}": {v: [] for v in VOLUMES} for qd in qds}
@@ -414,7 +449,9 @@ def run(args: argparse.Namespace, work: Path, children: Children,
         job: {"mean_us": round(s["mean_us"] / max(report["transport"]["nvme_tcp"][job]["mean_us"],
                                                   1e-9), 3),
               "sender_cpu_us_per_io": round(s["sender_cpu_us_per_io"] / max(
-                  report["transport"]["nvme_tcp"][job]["sender_cpu_us_per_io"], 1e-9), 3)}
+                  report["transport"]["nvme_tcp"][job]["sender_cpu_us_per_io"], 1e-9), 3),
+              "cpu_us_per_io_b": round(s["cpu_us_per_io_b"] / max(
+                  report["transport"]["nvme_tcp"][job]["cpu_us_per_io_b"], 1e-9), 3)}
         for job, s in report["transport"]["stream"].items()}
 
 
@@ -458,6 +495,9 @@ def main(argv: list[str] | None = None) -> int:
         report["etcd_cpu_s_total"] = round(cpu_seconds(etcd.proc.pid), 2)
         failed = False
     finally:
+        # A second Ctrl-C or SIGTERM must not cut the clean-up short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         children.kill_all()
         report["daemon_exit"] = {n: d.stop() for n, d in daemons.items()}
         etcd.stop()
@@ -481,4 +521,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt as exc:  # everything started was stopped on the way out
+        print(f"interrupted ({exc or 'Ctrl-C'}): no results written", file=sys.stderr)
+        sys.exit(130)
