@@ -41,6 +41,7 @@ COMMAND_MODULES = (
     "sbstore.commands.tenant",
     "sbstore.commands.pool",
     "sbstore.commands.operation",
+    "sbstore.commands.cluster",
 )
 
 

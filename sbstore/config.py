@@ -30,6 +30,8 @@ The keys (see systemd/sbstore.toml for a commented example)::
                io = "auto"   # auto | io_uring | threads | buffered (the data I/O engine)
     [[listeners]] address = "192.0.2.10" | interface = "eth1";  port = 4420
                tls = "off"                          # off | allowed | required (needs tls_keyring)
+    [cluster]  etcd = ["http://127.0.0.1:2379"]  node = "a"  peer_address = "127.0.0.1:4430"
+               lease_ttl = 5  prefix = "/sbstore"   # absent: single-node mode (docs/cluster.md)
 """
 from __future__ import annotations
 
@@ -245,6 +247,23 @@ class ListenerConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Cluster mode (docs/cluster.md): this node's name, the etcd endpoints the nodes share,
+    the replication listener (``peer_address``: bound here and advertised to the other nodes),
+    the lease's TTL (a node cut off from etcd stops acknowledging replicated writes within it,
+    and a survivor takes over after it) and the key prefix of the cluster's state."""
+
+    etcd: tuple[str, ...]
+    node: str
+    peer_address: tuple[str, int]
+    lease_ttl: int = 5
+    prefix: str = "/sbstore"
+
+    MIN_LEASE_TTL = 2  # the lease clock keeps a 1 s margin: below 2 s nothing is left
+    MAX_LEASE_TTL = 60
+
+
+@dataclass(frozen=True)
 class Config:
     state_dir: Path
     log: LogConfig = field(default_factory=LogConfig)
@@ -255,6 +274,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     pools: tuple[PoolConfig, ...] = ()
     listeners: tuple[ListenerConfig, ...] = ()
+    cluster: ClusterConfig | None = None  # None: single-node mode
     source: str = "<built in>"  # the file it came from, for messages
 
     @property
@@ -564,10 +584,58 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>",
                for x in listeners):
             raise s.error(f"{lc.where} is listed twice")
         listeners.append(lc)
+    cluster = None
+    raw_cluster = top.get("cluster", dict)
+    if raw_cluster is not None:
+        cluster = _parse_cluster(_Section(raw_cluster, "cluster", source))
     top.done()
     return Config(state_dir=state_dir, log=LogConfig(level), api=api, metrics=metrics,
                   qos=qos, target=target, limits=limits, pools=tuple(pools),
-                  listeners=tuple(listeners), source=source)
+                  listeners=tuple(listeners), cluster=cluster, source=source)
+
+
+def _parse_cluster(s: _Section) -> ClusterConfig:
+    """``[cluster]``: every key is checked here, so a node never joins with half a setting."""
+    etcd = s.get("etcd", list)
+    if not etcd:
+        raise s.error("missing or empty: the etcd client URLs, e.g. "
+                      "etcd = [\"http://127.0.0.1:2379\"]", "etcd")
+    for url in etcd:
+        if not isinstance(url, str) or not re.fullmatch(r"https?://[^\s/]+(:\d+)?/?", url):
+            raise s.error(f"{url!r} is not an etcd client URL (http://HOST:PORT)", "etcd")
+    if len(set(etcd)) != len(etcd):
+        raise s.error("an endpoint is listed twice", "etcd")
+    node = s.get("node", str)
+    if node is None:
+        raise s.error("missing: this node's name, unique in the cluster", "node")
+    try:
+        check_name("node", node)
+    except ValueError as exc:
+        raise s.error(str(exc), "node") from None
+    peer_text = s.get("peer_address", str)
+    if peer_text is None:
+        raise s.error("missing: the replication listener's HOST:PORT, which the other nodes "
+                      "connect to (e.g. \"192.0.2.10:4430\")", "peer_address")
+    try:
+        peer = parse_host_port(peer_text)
+    except ValueError as exc:
+        raise s.error(str(exc), "peer_address") from None
+    if peer[1] == 0:
+        raise s.error("needs a fixed port: the other nodes find it in etcd", "peer_address")
+    if peer[0] in ("0.0.0.0", "::"):
+        raise s.error("is advertised to the other nodes: give an address they can reach, "
+                      "not a wildcard", "peer_address")
+    ttl = s.get("lease_ttl", int, ClusterConfig.lease_ttl)
+    if not ClusterConfig.MIN_LEASE_TTL <= ttl <= ClusterConfig.MAX_LEASE_TTL:
+        raise s.error(f"{ttl} is out of range {ClusterConfig.MIN_LEASE_TTL}.."
+                      f"{ClusterConfig.MAX_LEASE_TTL} (seconds)", "lease_ttl")
+    prefix = s.get("prefix", str, ClusterConfig.prefix)
+    if not re.fullmatch(r"(/[A-Za-z0-9_.-]+)+", prefix):
+        raise s.error(f"{prefix!r} must look like /name or /name/sub (no trailing '/')",
+                      "prefix")
+    s.done()
+    return ClusterConfig(etcd=tuple(u.rstrip("/") for u in etcd), node=node,
+                         peer_address=peer, lease_ttl=ttl, prefix=prefix)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

@@ -208,7 +208,8 @@ def _tls_keyring(config: Config) -> Any:
 
 
 async def _start_metrics(config: MetricsConfig, service: Any, pools: dict[str, Any],
-                         target: Target, server: TargetServer, qos: QosManager) -> Any:
+                         target: Target, server: TargetServer, qos: QosManager,
+                         cluster: Any = None) -> Any:
     from sbstore.metrics import (
         Exposition,
         MetricsSource,
@@ -224,7 +225,8 @@ async def _start_metrics(config: MetricsConfig, service: Any, pools: dict[str, A
                          for p, v, t, s in service.iter_exported_volumes()),
         pools=lambda: [PoolSample.of(name, pool) for name, pool in pools.items()],
         target=lambda: TargetSample.of(target, server),
-        qos=lambda: [TenantQosSample.of(t) for t in qos.stats().values()])
+        qos=lambda: [TenantQosSample.of(t) for t in qos.stats().values()],
+        cluster=cluster.metric_samples if cluster is not None else None)
     exposition = Exposition(source, per_volume=config.per_volume)
     host, port = config.listen
     try:
@@ -314,10 +316,20 @@ async def run_daemon(config: Config, *, demo: DemoConfig | None = None,
                 max_per_source=limits.max_connections_per_source),
             tls_keyring=_tls_keyring(config))
         stack.push_async_callback(server.close)
-        service = ControlService(state, pools, target, server, device_wrapper=qos.device_hook)
+        # Cluster mode (docs/cluster.md): replicated volumes' devices are role devices inside
+        # the QoS hook; single-node mode builds nothing of it.
+        cluster = None
+        device_hook: Any = qos.device_hook
+        if config.cluster is not None:
+            from sbstore.cluster.runtime import ClusterRuntime
+            cluster = ClusterRuntime(config)
+            stack.push_async_callback(cluster.stop)
+            device_hook = cluster.device_hook(qos.device_hook)
+        service = ControlService(state, pools, target, server, device_wrapper=device_hook)
         stack.push_async_callback(service.close)
         service.add_policy_observer(qos.on_policy_change)
         await service.restore()
+        cluster_manager = cluster.prepare(service) if cluster is not None else None
         qos.sync(*service.policies())
         from sbstore.control.schedules import ScheduleRunner
         schedules = ScheduleRunner(service)  # snapshot schedules, on the wall clock
@@ -355,7 +367,7 @@ async def run_daemon(config: Config, *, demo: DemoConfig | None = None,
         for problem in problems:
             log.error("listener not restored: %s", problem)
 
-        api = ApiServer(service, token=token)
+        api = ApiServer(service, token=token, cluster=cluster_manager)
         stack.push_async_callback(api.close)
         try:
             await api.start(socket_path=str(config.api.socket) if config.api.socket else None,
@@ -363,10 +375,18 @@ async def run_daemon(config: Config, *, demo: DemoConfig | None = None,
         except OSError as exc:
             raise DaemonError(f"cannot start the API: {exc.strerror or exc}") from None
 
+        if cluster is not None:
+            try:
+                await cluster.start()
+            except OSError as exc:
+                host, port = config.cluster.peer_address  # type: ignore[union-attr]
+                raise DaemonError(f"[cluster] cannot listen on peer_address "
+                                  f"{_where(host, port)}: {exc.strerror or exc}") from None
+
         metrics = None
         if config.metrics.enabled:
             metrics = await _start_metrics(config.metrics, service, pools, target, server,
-                                            qos)
+                                            qos, cluster_manager)
             stack.push_async_callback(metrics.aclose)
 
         watchdog = asyncio.ensure_future(sdnotify.watchdog_loop())

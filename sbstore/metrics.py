@@ -84,6 +84,10 @@ The target:
   sbstore_dhchap_authentications_total{result}  DH-HMAC-CHAP transactions (one per queue),
                                              result = success|failure
   sbstore_build_info{version,python}         1
+Cluster mode, per replicated volume with a replica on this node, label ``volume``:
+  sbstore_cluster_volume_degraded            1 when a replica is missing from its in-sync set
+  sbstore_cluster_resync_bytes_total         data bytes this node's resyncs sent (as primary)
+  sbstore_cluster_is_primary                 1 when this node is the volume's primary
 Plus prometheus_client's process_* and python_* series (``standard_collectors=True``).
 """
 from __future__ import annotations
@@ -264,6 +268,8 @@ class MetricsSource:
     pools: Callable[[], Iterable[PoolSample]] = _none
     target: Callable[[], TargetSample | None] = lambda: None
     qos: Callable[[], Iterable[TenantQosSample]] | None = None
+    # Cluster mode: (volume, degraded, resync bytes total, primary here) per local replica.
+    cluster: Callable[[], Iterable[tuple[str, bool, int, bool]]] | None = None
 
 
 # --- the text format ------------------------------------------------------------------------------
@@ -550,6 +556,8 @@ class Exposition:
         out.append(self._tenant_text(tenants).encode())
         out.append(self._pool_text().encode())
         out.append(self._target_text().encode())
+        if self.source.cluster is not None:
+            out.append(self._cluster_text().encode())
         if self._registry is not None:
             yield
             self.slices += 1
@@ -612,6 +620,19 @@ class Exposition:
                                        ((_labels(pool=p.pool), getattr(p.stats, stem))
                                         for p in pools)))
         return "".join(parts)
+
+    def _cluster_text(self) -> str:
+        assert self.source.cluster is not None
+        rows = list(self.source.cluster())
+        return "".join([
+            _gauge_family("sbstore_cluster_volume_degraded", "1 when a replica of the volume "
+                          "is missing from its in-sync set.",
+                          ((_labels(volume=v), int(d)) for v, d, _, _ in rows)),
+            _counter_family("sbstore_cluster_resync_bytes_total", "Data bytes this node's "
+                            "resyncs of the volume sent (as its primary).",
+                            ((_labels(volume=v), b) for v, _, b, _ in rows)),
+            _gauge_family("sbstore_cluster_is_primary", "1 when this node is the volume's "
+                          "primary.", ((_labels(volume=v), int(p)) for v, _, _, p in rows))])
 
     def _target_text(self) -> str:
         t = self.source.target()

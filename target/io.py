@@ -78,9 +78,11 @@ def data_status_error(data_status: int) -> st.NvmeError:
 
 
 def blockdev_status(error: BlockDeviceError) -> st.NvmeError:
-    """A device error as the NVMe status the host sees. Media errors and internal errors may be
-    retried (DNR clear); other generic errors (out of range, capacity exceeded) may not."""
-    retry = error.sct == StatusType.MEDIA or (
+    """A device error as the NVMe status the host sees. Media errors, internal errors and path
+    errors may be retried (DNR clear: a replicated volume's device fails a write with ANA
+    Transition or Inaccessible so that the host's multipath retries it on another node); other
+    generic errors (out of range, capacity exceeded) may not."""
+    retry = error.sct in (StatusType.MEDIA, StatusType.PATH) or (
         error.sct == StatusType.GENERIC and error.sc in (GenericStatus.INTERNAL_ERROR,
                                                          GenericStatus.NAMESPACE_NOT_READY,
                                                          GenericStatus.TRANSIENT_TRANSPORT_ERROR))

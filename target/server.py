@@ -13,7 +13,7 @@ Rules of this module:
 - A command handler is a coroutine. Many complete without suspending (RAM, the page cache),
   so the handler is first stepped inline; one that really waits (an io_uring read) is resumed
   by a light :class:`_Driver` rather than a Task (a Task costs about 1 us to create and more to
-  wake, against a per-I/O CPU budget of 8 us). See :func:`_run_eagerly`.
+  wake, against a per-I/O CPU budget of 8 us). See :mod:`target.eager`.
 - Admission (``target.admission``): with an admission controller, an I/O command whose device
   names a flow runs only when the controller admits it; until then its connection holds it,
   and stops reading once it holds ``HELD_HIGH_WATER`` (TCP back-pressure).
@@ -34,7 +34,7 @@ import logging
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Coroutine, cast
+from typing import Any, Callable, cast
 
 from target.admission import Admission
 from target.busypoll import BusyPoller
@@ -46,6 +46,8 @@ from target.connlimits import (
     ConnectionLimits,
 )
 from target.controller import QueueSession, Response
+from target.eager import Driver as _Driver
+from target.eager import run_eagerly as _run_eagerly
 from target.loglimit import DEFAULT_BURST, DEFAULT_INTERVAL_S, LogLimiter
 from target.offload import ProcessOffload
 from target.subsystem import Listener, Target
@@ -102,90 +104,6 @@ class TransportLimits:
     # a size, or None for a bytearray. Page-aligned buffers (the daemon's) let an O_DIRECT
     # write take the data as it came off the socket instead of copying it once more.
     transfer_buffer: Callable[[int], memoryview] | None = None
-
-
-_Coroutine = Coroutine[Any, Any, Any]
-
-
-def _run_eagerly(coro: Awaitable[Any], done: Callable[[Any, BaseException | None], None],
-                 pending: set[_Driver]) -> None:
-    """Run ``coro`` until it first suspends; if it finishes, call ``done`` at once, else let a
-    :class:`_Driver` finish it. ``done(result, exc)`` is called exactly once either way.
-
-    Handlers run outside a Task, so they must not rely on ``asyncio.current_task()``
-    (``asyncio.timeout`` does): they await futures and that is all.
-    """
-    # Handlers are coroutine functions. No isinstance() check: against typing.Coroutine it
-    # cost 0.5 us per command (four Python-level calls through typing and abc, 6% of the
-    # target's Python time at QD32 under py-spy); an object without send() fails below like
-    # any other handler error.
-    coro = cast(_Coroutine, coro)  # (a module-level alias: subscripting typing per call costs)
-    try:
-        yielded = coro.send(None)
-    except StopIteration as stop:
-        done(stop.value, None)
-        return
-    except Exception as exc:  # the handler failed before suspending
-        done(None, exc)
-        return
-    _Driver(coro, done, pending).wait(yielded)
-
-
-class _Driver:
-    """Steps a suspended handler each time the future it waits on is done: what a Task does,
-    minus what a handler does not need (a Task costs ~1 us to create, and waking one through
-    ``asyncio.wait`` several more; an I/O on an asynchronous device suspends every time).
-
-    ``close()`` (the connection went away) closes the coroutine where it waits: its ``finally``
-    blocks run, and nobody is told the result."""
-
-    __slots__ = ("coro", "done", "fut", "pending")
-
-    def __init__(self, coro: Coroutine[Any, Any, Any],
-                 done: Callable[[Any, BaseException | None], None],
-                 pending: set[_Driver]) -> None:
-        self.coro: Coroutine[Any, Any, Any] | None = coro
-        self.done = done
-        self.pending = pending
-        self.fut: Any = None
-
-    def wait(self, yielded: Any) -> None:
-        self.pending.add(self)
-        if yielded is None:  # a bare yield (asyncio.sleep(0)): go on next iteration
-            self.fut = None
-            asyncio.get_running_loop().call_soon(self.step, None)
-            return
-        # The asyncio protocol for a future yielded by ``await``: whoever runs the coroutine
-        # clears the flag and resumes it when the future is done; the coroutine then reads the
-        # future's result or exception itself.
-        yielded._asyncio_future_blocking = False
-        self.fut = yielded
-        yielded.add_done_callback(self.step)
-
-    def step(self, _fut: object) -> None:
-        if self.coro is None:  # closed meanwhile
-            return
-        self.pending.discard(self)
-        try:
-            yielded = self.coro.send(None)
-        except StopIteration as stop:
-            self.coro = None
-            self.done(stop.value, None)
-            return
-        except BaseException as exc:  # noqa: BLE001 - reported to done(), as a Task would
-            self.coro = None
-            self.done(None, exc)
-            return
-        self.wait(yielded)
-
-    def close(self) -> None:
-        coro, self.coro = self.coro, None
-        self.pending.discard(self)
-        fut, self.fut = self.fut, None
-        if fut is not None:
-            fut.remove_done_callback(self.step)
-        if coro is not None:
-            coro.close()
 
 
 class QueueConnection(asyncio.BufferedProtocol):

@@ -34,6 +34,8 @@ def register(subparsers: Subparsers) -> None:
     p.add_argument("--size", type=positive_size, required=True, help="e.g. 10G")
     p.add_argument("--block-size", type=int, choices=(512, 4096), default=4096)
     p.add_argument("--tenant", help="its tenant (default: default)")
+    p.add_argument("--replicas", type=int, metavar="N",
+                   help="cluster mode: a replicated volume, N copies on N distinct nodes")
     add_pool(p)
     add_json(p)
     p.set_defaults(func=run_create)
@@ -132,8 +134,12 @@ def volumes_table(vols: list[dict[str, Any]]) -> str:
 def run_create(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"name": args.name, "size_bytes": args.size,
                             "block_size": args.block_size, "pool": args.pool,
-                            "tenant": args.tenant}
+                            "tenant": args.tenant, "replicas": args.replicas}
     v = call(args, lambda c: c.post("/v1/volumes", body))
+    if args.replicas is not None:
+        return emit(args, v, lambda v: f"created replicated volume {v['name']} "
+                                       f"({human(v['size_bytes'])}, uuid {v['uuid']}) on "
+                                       f"{', '.join(v['replicas'])}")
     return emit(args, v, lambda v: f"created volume {v['name']} in pool {v['pool']} "
                                    f"({human(v['size_bytes'])}, uuid {v['uuid']})")
 

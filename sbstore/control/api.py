@@ -129,6 +129,9 @@ class Call:
     query: dict[str, Any]
     body: dict[str, Any]
     stream: AsyncIterator[bytes] | None = None  # a streamed request body (Route.stream)
+    # Cluster mode: the node's ClusterManager (sbstore.cluster.manager; not imported here, so
+    # single-node mode loads nothing of the cluster), else None.
+    cluster: Any = None
 
 
 @dataclass
@@ -215,8 +218,38 @@ async def _volumes(c: Call) -> Any:
                                                c.query.get("kind"))
 
 
+# --- cluster mode: replicated volumes and their exports live in etcd ---------------------------
+
+def _need_cluster(c: Call) -> Any:
+    if c.cluster is None:
+        raise ControlError(ErrorCode.FAILED_PRECONDITION, "this daemon is not in cluster mode "
+                           "(no [cluster] section in its config)")
+    return c.cluster
+
+
+async def _refuse_replicated(c: Call, name: str, what: str) -> None:
+    """Operations that would act on one copy only are refused for a replicated volume."""
+    if c.cluster is not None and await c.cluster.is_replicated(name):
+        raise ControlError(ErrorCode.FAILED_PRECONDITION,
+                           f"{name!r} is a replicated volume: {what} of replicated volumes is "
+                           f"not supported yet in cluster mode")
+
+
+async def _cluster(c: Call) -> Any:
+    return await _need_cluster(c).status()
+
+
+async def _cluster_replicas(c: Call) -> Any:
+    return await _need_cluster(c).admin.change_replicas(
+        c.params["name"], add=c.body.get("add"), remove=c.body.get("remove"))
+
+
 async def _volume_create(c: Call) -> Any:
     b = c.body
+    if "replicas" in b:
+        return await _need_cluster(c).admin.create_volume(
+            b["name"], b["size_bytes"], b["replicas"], block_size=b.get("block_size", 4096),
+            tenant=b.get("tenant", "default"))
     return await c.service.create_volume(b["name"], b["size_bytes"], pool=b.get("pool"),
                                          block_size=b.get("block_size", 4096),
                                          tenant=b.get("tenant", "default"))
@@ -234,21 +267,28 @@ async def _volume_set(c: Call) -> Any:
 
 
 async def _volume_delete(c: Call) -> Any:
+    if c.cluster is not None and await c.cluster.is_replicated(c.params["name"]):
+        await c.cluster.admin.delete_volume(c.params["name"], force=c.query.get("force", False))
+        return
     await c.service.delete_volume(c.params["name"], c.query.get("pool"),
                                   force=c.query.get("force", False), kind="volume")
 
 
 async def _volume_resize(c: Call) -> Any:
+    if c.cluster is not None and await c.cluster.is_replicated(c.params["name"]):
+        return await c.cluster.admin.resize_volume(c.params["name"], c.body["size_bytes"])
     return await c.service.resize_volume(c.params["name"], c.body["size_bytes"],
                                          c.query.get("pool"), force=c.body.get("force", False))
 
 
 async def _volume_rename(c: Call) -> Any:
+    await _refuse_replicated(c, c.params["name"], "renaming")
     return await c.service.rename_volume(c.params["name"], c.body["new_name"],
                                          c.query.get("pool"))
 
 
 async def _volume_revert(c: Call) -> Any:
+    await _refuse_replicated(c, c.params["name"], "reverting")
     return await c.service.revert_volume(c.params["name"], c.body["snapshot"],
                                          c.query.get("pool"), force=c.body.get("force", False))
 
@@ -274,6 +314,7 @@ async def _snapshots(c: Call) -> Any:
 
 
 async def _snapshot_create(c: Call) -> Any:
+    await _refuse_replicated(c, c.body["volume"], "snapshotting")
     return await c.service.create_snapshot(c.body["volume"], c.body["name"], c.body.get("pool"))
 
 
@@ -295,6 +336,8 @@ async def _snapshot_groups(c: Call) -> Any:
 
 
 async def _snapshot_group_create(c: Call) -> Any:
+    for name in c.body["volumes"]:
+        await _refuse_replicated(c, name, "snapshotting")
     return await c.service.create_snapshot_group(c.body["name"], c.body["volumes"],
                                                  c.body.get("pool"))
 
@@ -363,6 +406,17 @@ async def _subsystems(c: Call) -> Any:
 
 async def _subsystem_create(c: Call) -> Any:
     b = c.body
+    if c.cluster is not None:
+        replicated = [await c.cluster.is_replicated(v) for v in b.get("volumes", [])]
+        if any(replicated):
+            if not all(replicated) or "pool" in b or "model" in b or "serial" in b:
+                raise ControlError(ErrorCode.INVALID_ARGUMENT,
+                                   "an export of replicated volumes serves only replicated "
+                                   "volumes, and takes no pool, model or serial (every node "
+                                   "derives the same ones)")
+            return await c.cluster.admin.create_export(
+                b["nqn"], b["volumes"], hosts=b.get("hosts", []),
+                allow_any_host=b.get("allow_any_host", False))
     kwargs = {k: b[k] for k in ("model", "serial") if k in b}
     return await c.service.create_export(b["nqn"], volumes=b.get("volumes", []),
                                          hosts=b.get("hosts", []),
@@ -374,11 +428,24 @@ async def _subsystem(c: Call) -> Any:
     return c.service.show_export(c.params["nqn"])
 
 
+async def _refuse_cluster_export(c: Call, what: str) -> None:
+    if c.cluster is not None and await c.cluster.is_cluster_export(c.params["nqn"]):
+        raise ControlError(ErrorCode.FAILED_PRECONDITION,
+                           f"{c.params['nqn']} is a cluster export: {what} is not supported "
+                           f"yet in cluster mode")
+
+
 async def _subsystem_set(c: Call) -> Any:
+    if c.cluster is not None and await c.cluster.is_cluster_export(c.params["nqn"]):
+        return await c.cluster.admin.change_export(
+            c.params["nqn"], allow_any_host=c.body["allow_any_host"])
     return await c.service.set_export(c.params["nqn"], allow_any_host=c.body["allow_any_host"])
 
 
 async def _subsystem_delete(c: Call) -> Any:
+    if c.cluster is not None and await c.cluster.is_cluster_export(c.params["nqn"]):
+        await c.cluster.admin.delete_export(c.params["nqn"], force=c.query.get("force", False))
+        return
     await c.service.delete_export(c.params["nqn"], force=c.query.get("force", False))
 
 
@@ -387,15 +454,18 @@ async def _namespaces(c: Call) -> Any:
 
 
 async def _namespace_add(c: Call) -> Any:
+    await _refuse_cluster_export(c, "adding a namespace")
     return await c.service.add_namespace(c.params["nqn"], c.body["volume"],
                                          pool=c.body.get("pool"), nsid=c.body.get("nsid"))
 
 
 async def _namespace_remove(c: Call) -> Any:
+    await _refuse_cluster_export(c, "removing a namespace")
     return await c.service.remove_namespace(c.params["nqn"], nsid=c.params["nsid"])
 
 
 async def _namespace_remove_by_volume(c: Call) -> Any:
+    await _refuse_cluster_export(c, "removing a namespace")
     if "volume" not in c.query:
         raise BadRequest("query parameter 'volume' is required (or DELETE "
                          ".../namespaces/{nsid})")
@@ -415,6 +485,12 @@ def _auth_request(body: dict[str, Any]) -> dhchap.AuthRequest | None:
 
 
 async def _host_add(c: Call) -> Any:
+    if c.cluster is not None and await c.cluster.is_cluster_export(c.params["nqn"]):
+        if _auth_request(c.body) is not None:
+            raise ControlError(ErrorCode.FAILED_PRECONDITION, "DH-HMAC-CHAP on cluster exports "
+                               "is not supported yet")
+        return await c.cluster.admin.change_export(c.params["nqn"],
+                                                   add_host=c.body["host_nqn"])
     return await c.service.add_host(c.params["nqn"], c.body["host_nqn"],
                                     _auth_request(c.body))
 
@@ -426,6 +502,9 @@ async def _host_set(c: Call) -> Any:
 
 
 async def _host_remove(c: Call) -> Any:
+    if c.cluster is not None and await c.cluster.is_cluster_export(c.params["nqn"]):
+        return await c.cluster.admin.change_export(c.params["nqn"],
+                                                   remove_host=c.params["host_nqn"])
     return await c.service.remove_host(c.params["nqn"], c.params["host_nqn"])
 
 
@@ -490,6 +569,15 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/openapi.json", _openapi, "This document", "meta", "OpenAPI"),
     Route("GET", "/v1/status", _status, "The daemon's version, uptime and counts", "meta",
           "Status"),
+    Route("GET", "/v1/cluster", _cluster, "Cluster mode: nodes (live, lease, peer address) "
+          "and replicated volumes (replicas, primary, epoch, in-sync set, state, dirty and "
+          "resync bytes)", "cluster", "ClusterStatus"),
+    Route("POST", "/v1/cluster/volumes/{name}/replicas", _cluster_replicas,
+          "Cluster mode: add a replica on a live node (it gets a full copy, then counts as in "
+          "sync) and/or remove one (its node deletes its copy); both: replace a lost node",
+          "cluster", "ClusterVolume",
+          body=(Field("add", "string", description="a live node to hold a new replica"),
+                Field("remove", "string", description="a node to take the replica off"))),
     Route("GET", "/v1/pools", _pools, "List pools with their capacity", "pools", "PoolList"),
     Route("GET", "/v1/pools/{pool}", _pool, "One pool", "pools", "Pool"),
     Route("GET", "/v1/volumes", _volumes, "List volumes (and snapshots: kind=snapshot)",
@@ -503,7 +591,10 @@ ROUTES: tuple[Route, ...] = (
                            minimum=1),
                      Field("pool", "string"),
                      Field("block_size", "integer", description="512 or 4096 (default)"),
-                     Field("tenant", "string", description="default: 'default'"))),
+                     Field("tenant", "string", description="default: 'default'"),
+                     Field("replicas", "integer", description="cluster mode: a replicated "
+                           "volume with this many copies on distinct nodes (placed by free "
+                           "space)", minimum=1, maximum=5))),
     Route("GET", "/v1/volumes/{name}", _volume, "One volume or snapshot", "volumes", "Volume",
           query=(POOL_Q,)),
     Route("PATCH", "/v1/volumes/{name}", _volume_set,
@@ -757,9 +848,11 @@ def _check_body(route: Route, request: Request) -> dict[str, Any]:
 class Api:
     """Routes requests to the service. ``await api.handle(request)`` -> Response."""
 
-    def __init__(self, service: ControlService, *, token: str | None = None) -> None:
+    def __init__(self, service: ControlService, *, token: str | None = None,
+                 cluster: Any = None) -> None:
         self.service = service
         self.token = token
+        self.cluster = cluster
 
     async def handle(self, request: Request, *, need_token: bool = False) -> Response:
         if need_token and not self._authorized(request):
@@ -790,7 +883,7 @@ class Api:
                     raise BadRequest(f"query parameter {field_.name!r} is required")
             body = {} if route.stream == "request" else _check_body(route, request)
             call = Call(self.service, dict(params), _check_query(route, request.query), body,
-                        request.stream if route.stream == "request" else None)
+                        request.stream if route.stream == "request" else None, self.cluster)
             result = await route.handler(call)
         except BadRequest as exc:
             return error_response(400, str(exc), "INVALID_ARGUMENT")
@@ -827,8 +920,9 @@ class Api:
 class ApiServer:
     """The API on a unix socket and/or TCP (TCP needs the token)."""
 
-    def __init__(self, service: ControlService, *, token: str | None = None) -> None:
-        self.api = Api(service, token=token)
+    def __init__(self, service: ControlService, *, token: str | None = None,
+                 cluster: Any = None) -> None:
+        self.api = Api(service, token=token, cluster=cluster)
         self._unix = HttpServer(self.api.handle, stream_body=self.api.streams_body)
         self._tcp = HttpServer(lambda r: self.api.handle(r, need_token=True),
                                stream_body=self.api.streams_body)
@@ -928,6 +1022,26 @@ SCHEMAS: dict[str, Any] = {
                     "volumes": {"type": "array", "items": _S,
                                 "description": "pool/name of each volume"}}),
     "HostList": {"type": "array", "items": _S},
+    "ClusterVolume": _obj({
+        "name": _S, "uuid": _S, "size_bytes": _I, "block_size": _I, "tenant": _S,
+        "replicas": {"type": "array", "items": _S}, "primary": _NULLABLE_S,
+        "epoch": _NULLABLE_I, "in_sync": {"type": "array", "items": _S},
+        "state": {"type": "string", "enum": ["healthy", "degraded", "resyncing", "no primary"]},
+        "exports": {"type": "array", "items": _S},
+        "dirty_bytes": {"type": "object", "nullable": True, "additionalProperties": _I,
+                        "description": "per missing replica (known on the primary)"},
+        "resyncing": {"type": "array", "items": _S},
+        "last_resync_bytes": {"type": "object", "additionalProperties": _I}}),
+    "ClusterStatus": _obj({
+        "node": _S, "revision": _I,
+        "nodes": {"type": "array", "items": _obj({
+            "name": _S, "live": _B, "self": _B, "peer_address": _NULLABLE_S,
+            "listeners": {"type": "array", "items": _S}, "free_bytes": _NULLABLE_I,
+            "lease_left_s": {"type": "number", "nullable": True}})},
+        "volumes": {"type": "array", "items": {"$ref": "#/components/schemas/ClusterVolume"}},
+        "exports": {"type": "array", "items": {"type": "object"}},
+        "local": {"type": "object", "description": "this node's replicas: role, epoch, pool, "
+                                                   "resync_bytes_total"}}),
     "Diff": _obj({"pool": _S, "snapshot": _S, "base": _NULLABLE_S, "size_bytes": _I,
                   "data_bytes": _I, "zero_bytes": _I,
                   "extents": {"type": "array", "items": _obj(

@@ -14,6 +14,10 @@ Rules of this module:
 - ANA: a listener is a path. Its ANA settings (a state for every export, and states for
   single exports, which win) apply to every port it has bound, at once and to each port bound
   later (an interface's new address); the target forgets a port's states when it is unbound.
+- Forced states (:meth:`ListenerSet.force_ana`) are another owner's: cluster mode shows each
+  replicated export optimized on its primary's listeners and inaccessible elsewhere, decided by
+  etcd's leases, never by what the state database says. A forced state wins over every
+  listener's own setting for that export, applies to ports bound later, and is never stored.
 - Nothing here persists: the service decides what is stored.
 """
 from __future__ import annotations
@@ -44,8 +48,10 @@ class LiveListener:
     # ANA settings: export NQN (None: every export without its own) -> state.
     ana: dict[str | None, AnaState] = field(default_factory=dict)
 
-    def info(self) -> dict[str, Any]:
+    def info(self, forced: dict[str, AnaState] | None = None) -> dict[str, Any]:
         rec = self.record
+        ana: dict[str | None, AnaState] = dict(self.ana)
+        ana.update(forced or {})
         bound = [{"address": a, "port": int(x.trsvcid), "portid": x.portid}
                  for a, x in sorted(self.bound.items())]
         if self.errors:
@@ -58,9 +64,9 @@ class LiveListener:
                 "interface": rec.interface, "port": rec.port, "tls": rec.tls, "state": state,
                 "bound": bound,
                 "errors": [{"address": a, "error": e} for a, e in sorted(self.errors.items())],
-                "ana_state": state_name(self.ana.get(None, AnaState.OPTIMIZED)),
+                "ana_state": state_name(ana.get(None, AnaState.OPTIMIZED)),
                 "ana_exports": {nqn: state_name(st) for nqn, st in sorted(
-                    (k, v) for k, v in self.ana.items() if k is not None)}}
+                    (k, v) for k, v in ana.items() if k is not None)}}
 
 
 class ListenerSet:
@@ -69,6 +75,7 @@ class ListenerSet:
     def __init__(self, server: TargetServer) -> None:
         self.server = server
         self.live: dict[int, LiveListener] = {}
+        self.forced: dict[str, AnaState] = {}  # export NQN -> state on every listener
 
     def __contains__(self, listener_id: int) -> bool:
         return listener_id in self.live
@@ -94,6 +101,9 @@ class ListenerSet:
         live.errors.pop(address, None)
         live.bound[address] = listener
         for nqn, state in live.ana.items():
+            if nqn not in self.forced:
+                self.server.target.set_ana_state(listener.portid, state, nqn=nqn)
+        for nqn, state in self.forced.items():
             self.server.target.set_ana_state(listener.portid, state, nqn=nqn)
         log.info("listening on %s:%s (port id %d, listener %d)", listener.traddr,
                  listener.trsvcid, listener.portid, live.record.id)
@@ -153,8 +163,25 @@ class ListenerSet:
             live.ana.pop(export, None)
         else:
             live.ana[export] = state
+        if export is not None and export in self.forced:
+            return  # stored as the listener's own, shown once the export is not forced
         for listener in live.bound.values():
             self.server.target.set_ana_state(listener.portid, state, nqn=export)
+
+    def force_ana(self, nqn: str, state: AnaState | None) -> None:
+        """Show ``state`` for export ``nqn`` on every listener, now and on ports bound later,
+        whatever the listeners' own settings; None gives the export back to them."""
+        if state is None:
+            if self.forced.pop(nqn, None) is None:
+                return
+        elif self.forced.get(nqn) == state:
+            return
+        else:
+            self.forced[nqn] = state
+        for live in self.live.values():
+            shown = state if state is not None else live.ana.get(nqn)
+            for listener in live.bound.values():
+                self.server.target.set_ana_state(listener.portid, shown, nqn=nqn)
 
     def forget_export(self, nqn: str) -> None:
         """An export is gone: its ANA settings go with it."""
@@ -178,4 +205,4 @@ class ListenerSet:
                 log.exception("closing listener %d failed", listener_id)
 
     def info(self) -> list[dict[str, Any]]:
-        return [self.live[i].info() for i in sorted(self.live)]
+        return [self.live[i].info(self.forced) for i in sorted(self.live)]

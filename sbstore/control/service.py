@@ -42,6 +42,7 @@ import ipaddress
 import logging
 import re
 import time
+import uuid as uuid_mod
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
@@ -668,8 +669,17 @@ class ControlService:
 
     async def create_volume(self, name: str, size_bytes: int, *, pool: str | None = None,
                             block_size: int = DEFAULT_BLOCK_SIZE,
-                            tenant: str = DEFAULT_TENANT) -> dict[str, Any]:
+                            tenant: str = DEFAULT_TENANT,
+                            uuid: str | None = None) -> dict[str, Any]:
+        """A new thin volume; ``uuid`` (a replica of a cluster volume): the identity it must
+        have, else a new one."""
         self._size(size_bytes)
+        want = None
+        if uuid is not None:
+            try:
+                want = uuid_mod.UUID(uuid)
+            except (ValueError, TypeError, AttributeError):
+                raise invalid(f"uuid {uuid!r} is not a UUID") from None
         if block_size not in (512, 4096):
             raise invalid(f"block_size must be 512 or 4096, not {block_size!r}")
         tenant = self._tenant_name(tenant)
@@ -679,7 +689,8 @@ class ControlService:
                 raise ControlError(ErrorCode.NOT_FOUND, f"no tenant named {tenant!r} (create "
                                    f"it first: sbstore tenant create {tenant})")
             try:
-                vol = await pl.create_volume(name, size_bytes, block_size=block_size)
+                vol = await pl.create_volume(name, size_bytes, block_size=block_size,
+                                             uuid=want)
             except StoreError as exc:
                 raise from_store_error(exc) from None
             await self._adopt(pool_name, vol, tenant)
@@ -1450,7 +1461,7 @@ class ControlService:
             except BaseException:
                 await self.listeners.close(rec.id)
                 raise
-            return live.info()
+            return live.info(self.listeners.forced)
 
     async def remove_listener(self, listener_id: int) -> None:
         if type(listener_id) is not int:
@@ -1501,7 +1512,7 @@ class ControlService:
                 return LiveListener(stored[listener_id],
                                     ana=self._ana_settings().get(listener_id, {})).info()
             self.listeners.set_ana(listener_id, export, wanted)
-            return live.info()
+            return live.info(self.listeners.forced)
 
     # === tenants =================================================================================
 

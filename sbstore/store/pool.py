@@ -612,8 +612,11 @@ class Pool:
         if what:
             raise Busy(f"{vol.name!r} is busy ({what}); try again when it is done")
 
-    async def create_volume(self, name: str, size_bytes: int, block_size: int = 512) -> Volume:
-        """A new, empty thin volume (no space is taken until it is written)."""
+    async def create_volume(self, name: str, size_bytes: int, block_size: int = 512, *,
+                            uuid: uuid_mod.UUID | None = None) -> Volume:
+        """A new, empty thin volume (no space is taken until it is written). ``uuid``: the
+        identity it must have (a replica of a cluster volume shares its uuid, and so the
+        namespace identity hosts see); None: a new one."""
         self._writable()
         if block_size not in (512, 4096) or block_size > self.cluster_size:
             raise InvalidArgument(f"block size must be 512 or 4096 (and at most the cluster "
@@ -621,8 +624,11 @@ class Pool:
         self._check_size(size_bytes, block_size)
         async with self._mgmt_lock:
             self._check_new_name(name)
+            if uuid is not None and any(v.uuid == uuid for v in self._by_id.values()):
+                raise AlreadyExists(f"the pool already holds a volume with uuid {uuid} "
+                                    f"({self.volume_by_uuid(uuid).name!r})")
             await self._make_room(lambda: (0, 2))
-            vol = self._add_volume(name, 0, size_bytes, block_size, 0)
+            vol = self._add_volume(name, 0, size_bytes, block_size, 0, uuid=uuid)
             await self.flush()
             return vol
 

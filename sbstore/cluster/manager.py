@@ -1,0 +1,749 @@
+"""The cluster manager: this node's reconcile loop over the desired state in etcd, primary
+election, ANA, fencing and resync of its replicated volumes (docs/cluster.md).
+
+Theory of operation. Every ``poll_s`` the loop reads the whole prefix (one range request) and
+makes this node match it, idempotently, in this order:
+
+1. volumes whose ``replicas`` name this node exist in a local pool, with the volume's name,
+   size and uuid (the uuid makes the namespace identity hosts see the same on every node);
+2. exports whose volumes are all here exist locally with the same NQN, namespaces and hosts
+   (through the control service, as an admin would make them); a new one shows ANA
+   inaccessible on every listener before it has a namespace;
+3. local replicas of volumes no longer here (deleted, moved while this node watched) are
+   deleted; a replica from a previous life that etcd does not list is only forgotten (kept
+   as a plain local volume: deleting data on that evidence alone is too dangerous);
+4. roles: the epoch of each volume's primary goes to the replica server (fencing); a node in
+   ``insync/V`` campaigns when ``primary/V`` is absent; the winner connects to its in-sync
+   peers, drops from ``insync`` those it cannot reach (and the previous primary, which may hold
+   writes it never acknowledged), and serves through a ``MirroredDevice``; a primary whose key
+   is gone (lease lost, deleted) stops serving at once;
+5. as primary: a replica missing from ``insync`` whose node is live again is resynchronised,
+   then added back to ``insync``;
+6. ANA: an export is optimized here when this node is the primary of all its volumes, else
+   inaccessible (forced on every listener, never stored: the role is etcd's, not the state
+   database's).
+
+Safety does not rest on this loop being fast: a primary acknowledges a write only while its
+lease clock runs (the mirror checks it per write), and a replica refuses frames of an epoch
+lower than the highest it knows. The loop only decides who serves, and demoting is always safe,
+so when in doubt (etcd unreachable past the lease clock, a new lease) it demotes.
+
+Rules: only this module writes ``primary/`` and ``insync/`` (the admin writes ``insync`` once,
+when it creates a volume); every write of ``insync`` is a txn guarded by
+``create_revision(primary/V) == epoch``, so a deposed primary cannot change it.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+import uuid as uuid_mod
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sbstore.cluster.admin import ClusterAdmin
+from sbstore.cluster.device import ClusterDevices, LocalRegistry
+from sbstore.cluster.etcd import Compare, EtcdClient, EtcdError, Op
+from sbstore.cluster.keys import InSync, Keys, VolumeSpec, primary_value
+from sbstore.cluster.membership import NodeNameInUse, NodeSession
+from sbstore.cluster.replica_server import ReplicaServer
+from sbstore.cluster.view import ClusterView
+from sbstore.config import ClusterConfig
+from sbstore.control.service import ControlError, ControlService, ErrorCode
+from sbstore.store import NotFound
+from sbstore.volume_device import VolumeDevice
+from target.nvme.spec import AnaState
+
+log = logging.getLogger("sbstore.cluster.manager")
+
+POLL_S = 0.4
+RESYNC_RETRY_S = 1.0
+START_RETRY_S = 1.0
+MAX_REPORTED = 1000
+INSYNC_TRIES = 5  # read-modify-write rounds of insync/V lost to concurrent changes
+
+
+class Deposed(Exception):
+    """This node is no longer the volume's primary (its epoch's key is gone or replaced)."""
+
+
+class _Fence:
+    """What the mirror checks per write: the epoch it sends, and the lease clock."""
+
+    def __init__(self, epoch: int, may_acknowledge: Callable[[], bool]) -> None:
+        self.epoch = epoch
+        self.may_acknowledge = may_acknowledge
+
+
+@dataclass
+class _Replica:
+    """What this node knows and runs for its replica of one cluster volume."""
+
+    spec: VolumeSpec
+    pool: str
+    role: str = "unknown"  # unknown (refusing) | replica | primary
+    epoch: int = 0
+    mirror: Any = None
+    tracked: set[str] = field(default_factory=set)  # peers the mirror keeps a dirty map for
+    resyncs: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    retry_at: dict[str, float] = field(default_factory=dict)
+    last_primary: str | None = None
+    resync_bytes_total: int = 0
+    last_resync_bytes: dict[str, int] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # insync/V read-modify-write
+
+    @property
+    def uuid(self) -> uuid_mod.UUID:
+        return uuid_mod.UUID(self.spec.uuid)
+
+
+class ClusterManager:
+    """Build it, ``await start()`` (returns at once; the session and the loop start in the
+    background, retrying while etcd is unreachable), ``await stop()`` at the end."""
+
+    def __init__(self, config: ClusterConfig, client: EtcdClient, session: NodeSession,
+                 service: ControlService, replica_server: ReplicaServer,
+                 devices: ClusterDevices, *, poll_s: float = POLL_S) -> None:
+        self.config = config
+        self.node = config.node
+        self.client = client
+        self.session = session
+        self.service = service
+        self.replica_server = replica_server
+        self.devices = devices
+        self.registry: LocalRegistry = devices.registry
+        self.keys = Keys(config.prefix)
+        self.admin = ClusterAdmin(client, self.keys, self.local_status)
+        self.poll_s = poll_s
+        self.view = ClusterView()
+        self._replicas: dict[str, _Replica] = {}
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._outage_since: float | None = None
+        self._reported: set[str] = set()  # problems logged once until they change
+        self._pending: set[asyncio.Task[Any]] = set()
+        # Exports this node serves and the ANA state it shows for each.
+        self._ana: dict[str, AnaState] = {}
+        self._last_info: dict[str, Any] | None = None
+        session.on_new_lease(self._new_lease)
+
+    # === lifecycle ===============================================================================
+
+    def prepare(self) -> None:
+        """Before the listeners open: every export the registry names shows inaccessible
+        until the role is known (an old primary restarted must never take a write)."""
+        for nqn in self.registry.exports:
+            self._show(nqn, AnaState.INACCESSIBLE)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="cluster manager")
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for rep in list(self._replicas.values()):
+            await self._demote(rep, "stopping", quiet=True)
+        for task in list(self._pending):
+            task.cancel()
+        await asyncio.gather(*self._pending, return_exceptions=True)
+        await self.session.stop()
+
+    async def _run(self) -> None:
+        await self._start_session()
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                kvs, revision = await self.client.get_prefix(self.keys.root)
+            except EtcdError as exc:
+                await self._etcd_lost(exc)
+            else:
+                if self._outage_since is not None:
+                    log.warning("cluster: etcd answers again after %.1f s",
+                                time.monotonic() - self._outage_since)
+                    self._outage_since = None
+                try:
+                    await self._reconcile(ClusterView.parse(self.keys, kvs, revision))
+                except Exception:  # a bug must not end the loop that keeps roles safe
+                    log.exception("cluster: reconcile failed; trying again")
+            wait = max(0.05, self.poll_s - (time.monotonic() - started))
+            try:
+                await asyncio.wait_for(self._stop.wait(), wait)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _start_session(self) -> None:
+        """Register this node (grant its lease); retried until it works or the daemon stops:
+        etcd may be down at start, or this node's previous life may still hold its key."""
+        first = True
+        while not self._stop.is_set():
+            try:
+                await self.session.start()
+                log.info("cluster: node %s registered (lease %x, ttl %d s)", self.node,
+                         self.session.lease_id or 0, self.config.lease_ttl)
+                return
+            except (EtcdError, NodeNameInUse) as exc:
+                if first:
+                    log.warning("cluster: cannot register node %s yet (%s); retrying",
+                                self.node, exc)
+                    first = False
+            try:
+                await asyncio.wait_for(self._stop.wait(), START_RETRY_S)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _etcd_lost(self, exc: Exception) -> None:
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            log.warning("cluster: etcd unreachable (%s); serving on while the lease clock "
+                        "allows (%.1f s)", exc, self.session.valid_for())
+        if not self.session.may_acknowledge():
+            for rep in self._replicas.values():
+                if rep.role == "primary":
+                    await self._demote(rep, "cut off from etcd past the lease clock")
+
+    async def _new_lease(self) -> None:
+        """The old lease is gone, and every primary key this node held went with it."""
+        for rep in self._replicas.values():
+            if rep.role == "primary":
+                await self._demote(rep, "this node's lease expired")
+
+    # === the reconcile pass ======================================================================
+
+    async def _reconcile(self, view: ClusterView) -> None:
+        self.view = view
+        mine = {n: s for n, s in view.volumes.items() if self.node in s.replicas}
+        for spec in mine.values():
+            await self._guarded(f"volume {spec.name}", self._ensure_volume(spec))
+        await self._guarded("exports", self._reconcile_exports(view))
+        for name in [n for n in self._replicas if n not in mine
+                     or mine[n].uuid != self._replicas[n].spec.uuid]:
+            await self._guarded(f"volume {name}", self._drop(self._replicas.pop(name)))
+        for uuid, name in list(self.registry.volumes.items()):
+            if not any(s.uuid == uuid for s in mine.values()):
+                self._forget(uuid, name)
+        for rep in list(self._replicas.values()):
+            await self._guarded(f"volume {rep.spec.name}", self._reconcile_role(rep, view))
+        self._apply_ana(view)
+        if self.session.lease_id is not None and self._info_changed():
+            await self._guarded("node info", self.session.refresh_info())
+
+    async def _guarded(self, what: str, step: Any) -> None:
+        """Run one step; its failure is logged (once per message) and the pass goes on."""
+        try:
+            await step
+        except (ControlError, EtcdError, Deposed, OSError) as exc:
+            message = f"{what}: {exc}"
+            if message not in self._reported:
+                if len(self._reported) >= MAX_REPORTED:
+                    self._reported.clear()  # bounded: an old problem may be logged again
+                self._reported.add(message)
+                log.error("cluster: %s", message)
+
+    # --- volumes --------------------------------------------------------------------------------
+
+    def _find_local(self, uuid: str) -> tuple[str, Any] | None:
+        for pool_name, pool in self.service.pools.items():
+            try:
+                return pool_name, pool.volume_by_uuid(uuid)
+            except NotFound:
+                continue
+        return None
+
+    async def _ensure_volume(self, spec: VolumeSpec) -> None:
+        rep = self._replicas.get(spec.name)
+        if rep is not None:
+            rep.spec = spec
+            if rep.role != "primary":  # a primary grows last (_grow_when_replicas_have)
+                await self._grow(rep)
+            return
+        found = self._find_local(spec.uuid)
+        if found is None:
+            if not self.service.pools:
+                raise ControlError(ErrorCode.FAILED_PRECONDITION, "this node has no pool")
+            pool_name = max(self.service.pools,
+                            key=lambda p: (self.service.pools[p].stats().free_bytes, p))
+            # Registered first: the device hook must know it is a cluster volume before any
+            # export serves it.
+            self.registry.add_volume(spec.uuid, spec.name)
+            tenants = {t["name"] for t in self.service.list_tenants()}
+            await self.service.create_volume(
+                spec.name, spec.size_bytes, pool=pool_name, block_size=spec.block_size,
+                tenant=spec.tenant if spec.tenant in tenants else "default", uuid=spec.uuid)
+            log.info("cluster: volume %s: replica created in pool %s", spec.name, pool_name)
+        else:
+            pool_name, vol = found
+            if vol.name != spec.name:
+                raise ControlError(ErrorCode.FAILED_PRECONDITION,
+                                   f"the local volume with uuid {spec.uuid} is named "
+                                   f"{vol.name!r}, not {spec.name!r}")
+            self.registry.add_volume(spec.uuid, spec.name)
+        self._replicas[spec.name] = _Replica(spec, pool_name)
+
+    async def _grow(self, rep: _Replica) -> bool:
+        """Grow the local copy to the volume's size; True when it is (now) that large."""
+        found = self._find_local(rep.spec.uuid)
+        if found is None:
+            return False
+        pool_name, vol = found
+        if vol.size_bytes >= rep.spec.size_bytes:
+            return True
+        await self.service.resize_volume(vol.name, rep.spec.size_bytes, pool_name)
+        log.info("cluster: volume %s: replica grown to %d bytes", rep.spec.name,
+                 rep.spec.size_bytes)
+        if self.session.lease_id is not None:
+            await self.session.refresh_info()  # the primary waits for this to grow its own
+        return True
+
+    async def _grow_when_replicas_have(self, rep: _Replica, view: ClusterView) -> None:
+        found = self._find_local(rep.spec.uuid)
+        if found is None or found[1].size_bytes >= rep.spec.size_bytes:
+            return
+        behind = [p for p in rep.mirror.in_sync
+                  if view.nodes.get(p) is None
+                  or view.nodes[p].replica_sizes.get(rep.spec.name, 0) < rep.spec.size_bytes]
+        if not behind:
+            await self._grow(rep)  # hosts are told (Namespace Attribute Changed)
+
+    async def _drop(self, rep: _Replica) -> None:
+        was_primary = rep.role == "primary"
+        await self._demote(rep, "the volume is no longer on this node", quiet=True)
+        if was_primary:
+            # Resign: the key would otherwise live as long as this node's lease, and no
+            # remaining replica could be elected.
+            key = self.keys.primary(rep.spec.name)
+            await self.client.txn([Compare.create_revision(key, "==", rep.epoch)],
+                                  [Op.delete(key)])
+        await self._delete_local(rep.spec.uuid, rep.spec.name)
+
+    def _forget(self, uuid: str, name: str) -> None:
+        """A replica from this node's previous life that etcd does not list (deleted while
+        the node was down, or the node now reads another cluster's prefix). Its data is not
+        deleted on that evidence alone: it becomes a plain local volume, which an admin can
+        look at and delete."""
+        self.devices.refuse(uuid)
+        self.registry.remove_volume(uuid)
+        if self._find_local(uuid) is not None:
+            log.warning("cluster: volume %s (uuid %s) was a replica here but etcd does not "
+                        "list it; kept as a plain local volume (delete it with 'sbstore "
+                        "volume delete %s' if it is not wanted)", name, uuid, name)
+
+    async def _delete_local(self, uuid: str, name: str) -> None:
+        found = self._find_local(uuid)
+        if found is not None:
+            pool_name, vol = found
+            await self.service.delete_volume(vol.name, pool_name, force=True)
+            log.info("cluster: volume %s: local replica deleted", name)
+        self.devices.refuse(uuid)
+        self.registry.remove_volume(uuid)
+
+    # --- exports --------------------------------------------------------------------------------
+
+    async def _reconcile_exports(self, view: ClusterView) -> None:
+        wanted = {nqn: e for nqn, e in view.exports.items()
+                  if e.volumes and all(v in self._replicas for v in e.volumes)}
+        local = {e["nqn"]: e for e in self.service.list_exports()}
+        for nqn in sorted(self.registry.exports - set(wanted)):
+            if nqn in local:
+                await self.service.delete_export(nqn, force=True)
+                log.info("cluster: export %s deleted here", nqn)
+            self._show(nqn, None)
+            self.registry.remove_export(nqn)
+        for nqn, e in sorted(wanted.items()):
+            if nqn not in self.registry.exports:
+                if nqn in local:
+                    raise ControlError(ErrorCode.ALREADY_EXISTS,
+                                       f"export {nqn} exists here as a local export; the "
+                                       f"cluster's is not served by this node")
+                self._show(nqn, AnaState.INACCESSIBLE)  # before it has any namespace
+                self.registry.add_export(nqn)
+            if nqn not in local:
+                await self.service.create_export(nqn, hosts=e.hosts,
+                                                 allow_any_host=e.allow_any_host)
+                log.info("cluster: export %s created here", nqn)
+            info = self.service.show_export(nqn)
+            await self._sync_namespaces(nqn, info, e.namespaces)
+            await self._sync_hosts(nqn, info, e.hosts, e.allow_any_host)
+
+    async def _sync_namespaces(self, nqn: str, info: dict[str, Any],
+                               wanted: tuple[tuple[int, str], ...]) -> None:
+        want = {nsid: self._replicas[v] for nsid, v in wanted}
+        for ns in info["namespaces"]:
+            rep = want.get(ns["nsid"])
+            if rep is None or rep.spec.uuid != ns["uuid"]:
+                await self.service.remove_namespace(nqn, nsid=ns["nsid"])
+        have = {ns["nsid"] for ns in self.service.show_export(nqn)["namespaces"]}
+        for nsid, rep in sorted(want.items()):
+            if nsid not in have:
+                await self.service.add_namespace(nqn, rep.spec.name, pool=rep.pool, nsid=nsid)
+
+    async def _sync_hosts(self, nqn: str, info: dict[str, Any], hosts: tuple[str, ...],
+                          allow_any_host: bool) -> None:
+        if allow_any_host != info["allow_any_host"] and not allow_any_host:
+            await self.service.set_export(nqn, allow_any_host=False)
+        for host in sorted(set(info["hosts"]) - set(hosts)):
+            await self.service.remove_host(nqn, host)
+        for host in sorted(set(hosts) - set(info["hosts"])):
+            await self.service.add_host(nqn, host)
+        if allow_any_host and not info["allow_any_host"]:
+            await self.service.set_export(nqn, allow_any_host=True)
+
+    # --- roles ----------------------------------------------------------------------------------
+
+    async def _reconcile_role(self, rep: _Replica, view: ClusterView) -> None:
+        name = rep.spec.name
+        primary = view.primaries.get(name)
+        if primary is not None:
+            self.replica_server.set_epoch(rep.uuid, primary.epoch)
+        if rep.role == "primary":
+            if primary is None or primary.epoch != rep.epoch \
+                    or primary.lease != self.session.lease_id:
+                await self._demote(rep, "its primary key is gone")
+            else:
+                await self._primary_duties(rep, view)
+            return
+        if primary is not None:
+            if primary.node != self.node:
+                if rep.role != "replica" or rep.last_primary != primary.node:
+                    log.info("cluster: volume %s: replica here; primary %s (epoch %d)", name,
+                             primary.node, primary.epoch)
+                rep.role, rep.last_primary = "replica", primary.node
+            elif primary.lease == self.session.lease_id:
+                await self._take_over(rep, view, primary.epoch)  # won, not yet serving
+            # else: this node's previous life holds it until that lease lapses
+            return
+        insync = view.insync.get(name)
+        if insync is not None and self.node in insync.nodes and self.session.may_acknowledge():
+            await self._campaign(rep, view)
+
+    async def _campaign(self, rep: _Replica, view: ClusterView) -> None:
+        lease = self.session.lease_id
+        if lease is None:
+            return
+        key = self.keys.primary(rep.spec.name)
+        await self.client.txn([Compare.create_revision(key, "==", 0)],
+                              [Op.put(key, primary_value(self.node), lease)])
+        # Read back, whatever the txn said: a retried request may report a win as a loss.
+        kv = await self.client.get(key)
+        if kv is None or kv.lease != lease:
+            return
+        await self._take_over(rep, view, kv.create_revision)
+
+    async def _take_over(self, rep: _Replica, view: ClusterView, epoch: int) -> None:
+        from sbstore.cluster.mirror import MirroredDevice
+        from sbstore.cluster.replica_client import ReplicaClient, ReplicaError
+
+        started = time.monotonic()
+        name = rep.spec.name
+        self.replica_server.set_epoch(rep.uuid, epoch)  # the old primary's frames: refused
+        rep.epoch = epoch
+        insync = view.insync.get(name, InSync(()))
+        peers: dict[str, Any] = {}
+        dropped: list[str] = []
+        for peer in rep.spec.replicas:
+            if peer == self.node or peer not in insync.nodes:
+                continue
+            info = view.nodes.get(peer)
+            # The previous primary may hold writes it never acknowledged (and never sent
+            # here): it is resynchronised even when it is reachable.
+            if info is not None and peer != rep.last_primary:
+                client = ReplicaClient(info.peer_address, rep.uuid, rep.spec.block_size)
+                try:
+                    await client.connect()
+                    await client.ping(epoch)
+                    peers[peer] = client
+                    continue
+                except ReplicaError as exc:
+                    client.close()
+                    log.warning("cluster: volume %s: in-sync peer %s unreachable at takeover "
+                                "(%s)", name, peer, exc)
+            dropped.append(peer)
+        # What the old primary may lack: every block this node received from it lately.
+        recent = self.replica_server.recent_writes(rep.uuid,
+                                                   seconds=self.config.lease_ttl + 3.0)
+        initial_dirty: dict[str, Iterable[tuple[int, int]]] = {
+            peer: list(recent) for peer in dropped}
+        try:
+            if dropped:
+                await self._write_insync(rep, remove=dropped)
+        except (Deposed, EtcdError):
+            for client in peers.values():
+                client.close()
+            raise
+        found = self._find_local(rep.spec.uuid)
+        if found is None:
+            raise ControlError(ErrorCode.NOT_FOUND, f"volume {name}: the local replica is gone")
+        rep.tracked = set(initial_dirty)
+        rep.mirror = MirroredDevice(
+            VolumeDevice(found[1]), fence=_Fence(epoch, self.session.may_acknowledge),
+            peers=peers, in_sync=set(peers),
+            on_peer_lost=functools.partial(self._peer_lost, rep),
+            on_deposed=functools.partial(self._deposed, rep),
+            initial_dirty=initial_dirty)
+        for peer in dropped:  # a dirty map, even an empty one: its resync is incremental
+            rep.mirror.mark_dirty(peer, 0, 0)
+        rep.role = "primary"
+        self.devices.serve(rep.spec.uuid, rep.mirror)
+        self._apply_ana(self.view)
+        log.warning("cluster: volume %s: primary here (epoch %d) after %.3f s; in sync: %s%s",
+                    name, epoch, time.monotonic() - started,
+                    ", ".join([self.node, *sorted(peers)]),
+                    f"; dropped {', '.join(dropped)} (resync follows)" if dropped else "")
+
+    async def _demote(self, rep: _Replica, why: str, *, quiet: bool = False) -> None:
+        was_primary = rep.role == "primary"
+        rep.role = "unknown"
+        self.devices.refuse(rep.spec.uuid)
+        for nqn in self._exports_of(rep.spec.name):
+            self._show(nqn, AnaState.INACCESSIBLE)
+        for task in rep.resyncs.values():
+            task.cancel()
+        rep.resyncs.clear()
+        if rep.mirror is not None:
+            for client in rep.mirror.peers.values():
+                client.close()
+        rep.mirror = None
+        if was_primary and not quiet:
+            log.warning("cluster: volume %s: no longer primary here: %s", rep.spec.name, why)
+
+    def _deposed(self, rep: _Replica) -> None:
+        """A peer knows a newer epoch: stop serving now, tidy up in a task."""
+        if rep.role != "primary":
+            return
+        self.devices.refuse(rep.spec.uuid)
+        for nqn in self._exports_of(rep.spec.name):
+            self._show(nqn, AnaState.INACCESSIBLE)
+        self._spawn(self._demote(rep, "a peer knows a newer epoch (deposed)"))
+
+    async def _peer_lost(self, rep: _Replica, peer: str) -> None:
+        """The mirror lost ``peer``: it leaves ``insync`` before the write that found out
+        completes (raises when that cannot be recorded: the write then fails)."""
+        await self._write_insync(rep, remove=[peer])
+        rep.tracked.add(peer)  # the mirror keeps its dirty map from now on
+        rep.retry_at[peer] = time.monotonic() + RESYNC_RETRY_S
+        log.warning("cluster: volume %s: peer %s lost; degraded (its writes are tracked for "
+                    "resync)", rep.spec.name, peer)
+
+    async def _write_insync(self, rep: _Replica, *, remove: Iterable[str] = (),
+                            add: str | None = None, resync_bytes: int | None = None) -> None:
+        """Rewrite ``insync/V`` without ``remove`` and with ``add``: a txn guarded by this
+        node's epoch (a deposed primary changes nothing) and by the revisions it read (an
+        admin's concurrent change of the replicas is not overwritten; a node the admin just
+        removed from the volume is not added back)."""
+        name = rep.spec.name
+        ikey, vkey, pkey = self.keys.insync(name), self.keys.volume(name), self.keys.primary(name)
+        removed = set(remove)
+        async with rep.lock:
+            for _ in range(INSYNC_TRIES):
+                kv = await self.client.get(ikey)
+                vol = await self.client.get(vkey)
+                if vol is None:
+                    raise Deposed(f"volume {name} was deleted")
+                replicas = VolumeSpec.from_json(vol.json(), vol.key).replicas
+                cur = InSync.from_json(kv.json(), kv.key) if kv is not None else InSync(())
+                nodes = [n for n in cur.nodes if n not in removed]
+                if add is not None and add not in nodes and add in replicas:
+                    nodes.append(add)
+                resync = {n: b for n, b in cur.resync_bytes.items() if n in replicas}
+                if add is not None and resync_bytes is not None:
+                    resync[add] = resync_bytes
+                value = InSync(tuple(nodes), rep.epoch, resync).to_json()
+                result = await self.client.txn(
+                    [Compare.create_revision(pkey, "==", rep.epoch),
+                     Compare.mod_revision(ikey, "==", kv.mod_revision if kv else 0),
+                     Compare.mod_revision(vkey, "==", vol.mod_revision)],
+                    [Op.put(ikey, value)])
+                if result.succeeded:
+                    return
+                primary = await self.client.get(pkey)
+                if primary is None or primary.create_revision != rep.epoch:
+                    raise Deposed(f"volume {name}: epoch {rep.epoch} is no longer the "
+                                  f"primary's")
+            raise EtcdError(f"insync/{name} kept changing; will try again")
+
+    async def _primary_duties(self, rep: _Replica, view: ClusterView) -> None:
+        insync = view.insync.get(rep.spec.name, InSync(()))
+        for peer in sorted((set(rep.mirror.peers) | rep.tracked) - set(rep.spec.replicas)):
+            await self._forget_peer(rep, peer, insync)
+        await self._grow_when_replicas_have(rep, view)
+        now = time.monotonic()
+        for peer in rep.spec.replicas:
+            if peer == self.node:
+                continue
+            task = rep.resyncs.get(peer)
+            if task is not None and not task.done():
+                continue
+            in_mirror = peer in rep.mirror.in_sync
+            if in_mirror and peer in insync.nodes:
+                continue
+            if in_mirror:  # caught up, but recording it failed: record it again
+                await self._write_insync(rep, add=peer)
+                continue
+            info = view.nodes.get(peer)
+            if info is None or now < rep.retry_at.get(peer, 0.0):
+                continue  # not live (or it failed a moment ago)
+            rep.resyncs[peer] = self._spawn(self._resync(rep, peer, info.peer_address))
+
+    async def _forget_peer(self, rep: _Replica, peer: str, insync: InSync) -> None:
+        """The admin took ``peer`` off the volume (a move, a replacement): stop replicating to
+        it and drop its dirty map. It leaves ``insync`` first (the admin's txn did that already
+        unless this races with it)."""
+        task = rep.resyncs.pop(peer, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if peer in insync.nodes:
+            await self._write_insync(rep, remove=[peer])
+        rep.mirror.forget_peer(peer)
+        rep.tracked.discard(peer)
+        log.warning("cluster: volume %s: %s is no longer one of its replicas; not replicating "
+                    "to it any more", rep.spec.name, peer)
+
+    async def _resync(self, rep: _Replica, peer: str, address: tuple[str, int]) -> None:
+        from sbstore.cluster.replica_client import ReplicaClient, ReplicaError
+
+        name = rep.spec.name
+        mirror = rep.mirror
+        client = ReplicaClient(address, rep.uuid, rep.spec.block_size)
+        full = peer not in rep.tracked
+        started = time.monotonic()
+        try:
+            await client.connect()
+            log.info("cluster: volume %s: resynchronising %s (%s)", name, peer,
+                     "full copy" if full else f"{mirror.dirty_bytes(peer)} dirty bytes")
+            sent = await mirror.resync(peer, client, full=full)
+            if rep.mirror is not mirror:
+                raise Deposed(f"volume {name}: demoted during the resync")
+            await self._write_insync(rep, add=peer, resync_bytes=sent)
+        except (ReplicaError, EtcdError, Deposed, OSError) as exc:
+            client.close()
+            rep.retry_at[peer] = time.monotonic() + RESYNC_RETRY_S
+            log.warning("cluster: volume %s: resync of %s failed (%s); retrying", name, peer,
+                        exc)
+            return
+        rep.tracked.discard(peer)
+        rep.resync_bytes_total += sent
+        rep.last_resync_bytes[peer] = sent
+        log.warning("cluster: volume %s: %s is in sync again; resync moved %d bytes (%s) in "
+                    "%.2f s", name, peer, sent, "full" if full else "incremental",
+                    time.monotonic() - started)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        return task
+
+    # --- ANA ------------------------------------------------------------------------------------
+
+    def _exports_of(self, volume: str) -> list[str]:
+        return [nqn for nqn in self.registry.exports
+                if nqn in self.view.exports and volume in self.view.exports[nqn].volumes]
+
+    def _apply_ana(self, view: ClusterView) -> None:
+        for nqn in self.registry.exports:
+            e = view.exports.get(nqn)
+            serving = e is not None and bool(e.volumes) and all(
+                v in self._replicas and self._replicas[v].role == "primary" for v in e.volumes)
+            self._show(nqn, AnaState.OPTIMIZED if serving else AnaState.INACCESSIBLE)
+
+    def _show(self, nqn: str, state: AnaState | None) -> None:
+        if state is None:
+            self._ana.pop(nqn, None)
+        elif self._ana.get(nqn) == state:
+            return
+        else:
+            self._ana[nqn] = state
+            log.info("cluster: export %s: ANA %s on this node", nqn, state.name.lower())
+        self.service.listeners.force_ana(nqn, state)
+
+    # === what the node publishes, status, metrics ================================================
+
+    def node_info(self) -> dict[str, Any]:
+        host, port = self.config.peer_address
+        listeners = sorted({f"{b['address']}:{b['port']}" for x in self.service.list_listeners()
+                            for b in x["bound"]})
+        pools = {}
+        for name, pool in self.service.pools.items():
+            st = pool.stats()
+            pools[name] = {"size_bytes": st.capacity_bytes, "free_bytes": st.free_bytes}
+        sizes = {}
+        for name, rep in self._replicas.items():
+            found = self._find_local(rep.spec.uuid)
+            if found is not None:
+                sizes[name] = found[1].size_bytes
+        return {"node": self.node, "peer_address": f"{host}:{port}", "listeners": listeners,
+                "pools": pools, "started": self.service.started, "replica_sizes": sizes}
+
+    def _info_changed(self) -> bool:
+        """Free space changes as volumes fill: republish when it moved by more than 1%, or
+        when the listeners changed."""
+        info = self.node_info()
+        last = self._last_info
+        self._last_info = info
+        if last is None:
+            return True  # registered before the first pass found this node's replicas
+        if info["listeners"] != last["listeners"] or set(info["pools"]) != set(last["pools"]) \
+                or info["replica_sizes"] != last["replica_sizes"]:
+            return True
+        return any(abs(p["free_bytes"] - last["pools"][n]["free_bytes"]) > p["size_bytes"] // 100
+                   for n, p in info["pools"].items())
+
+    def local_status(self, volume: str) -> dict[str, Any]:
+        rep = self._replicas.get(volume)
+        if rep is None or rep.role != "primary" or rep.mirror is None:
+            return {}
+        return {"dirty_bytes": {p: rep.mirror.dirty_bytes(p) for p in rep.spec.replicas
+                                if p != self.node and p not in rep.mirror.in_sync},
+                "resyncing": sorted(p for p, t in rep.resyncs.items() if not t.done())}
+
+    async def is_replicated(self, name: str) -> bool:
+        """Is ``name`` a replicated volume (etcd says)? When etcd cannot say: yes for this
+        node's own replicas (so nothing acts on one copy), no for other names."""
+        try:
+            return await self.admin.is_replicated(name)
+        except ControlError:
+            return name in self.registry.volumes.values()
+
+    async def is_cluster_export(self, nqn: str) -> bool:
+        try:
+            return await self.admin.is_cluster_export(nqn)
+        except ControlError:
+            return nqn in self.registry.exports
+
+    async def status(self) -> dict[str, Any]:
+        out = await self.admin.status(node=self.node, lease_left_s=self.session.valid_for())
+        out["local"] = {name: {"role": rep.role, "epoch": rep.epoch or None, "pool": rep.pool,
+                               "resync_bytes_total": rep.resync_bytes_total}
+                        for name, rep in sorted(self._replicas.items())}
+        return out
+
+    def metric_samples(self) -> list[tuple[str, bool, int, bool]]:
+        """(volume, degraded, resync bytes total, primary here) per local replica."""
+        out = []
+        for name, rep in sorted(self._replicas.items()):
+            insync = self.view.insync.get(name)
+            degraded = insync is None or any(n not in insync.nodes for n in rep.spec.replicas)
+            out.append((name, degraded, rep.resync_bytes_total, rep.role == "primary"))
+        return out
+
+
+ResolveFn = Callable[[uuid_mod.UUID], Any]
+
+
+def replica_resolver(service: ControlService, registry: LocalRegistry) -> ResolveFn:
+    """The replica server's lookup: a cluster volume's local replica as a plain device (the
+    primary's frames bypass the role device, which refuses the hosts of a non-primary)."""
+    def resolve(volume_uuid: uuid_mod.UUID) -> Any:
+        if str(volume_uuid) not in registry.volumes:
+            return None  # a peer may write only to cluster volumes
+        for pool in service.pools.values():
+            try:
+                return VolumeDevice(pool.volume_by_uuid(volume_uuid))
+            except NotFound:
+                continue
+        return None
+    return resolve
