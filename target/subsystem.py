@@ -463,9 +463,13 @@ class Subsystem:
         id is free, or the requested one is taken."""
         if requested is not None:
             return None if requested in self._controllers else requested
-        for _ in range(CNTLID_STATIC_MAX):
+        lo, hi = self._target.cntlid_range if self._target is not None else (
+            1, CNTLID_STATIC_MAX)
+        for _ in range(hi - lo + 1):
             cntlid = self._next_cntlid
-            self._next_cntlid = cntlid % CNTLID_STATIC_MAX + 1
+            if not lo <= cntlid <= hi:
+                cntlid = lo
+            self._next_cntlid = lo if cntlid >= hi else cntlid + 1
             if cntlid not in self._controllers:
                 return cntlid
         return None
@@ -536,6 +540,10 @@ class Target:
         self._listeners: dict[int, Listener] = {}
         self.genctr = 0
         self.ana = AnaTable()
+        # The controller ids this target hands out. Several nodes serving one subsystem (cluster
+        # mode) each take their own range: a host refuses a second path whose controller id
+        # another path of the subsystem already has (Linux: "Duplicate cntlid").
+        self.cntlid_range: tuple[int, int] = (1, CNTLID_STATIC_MAX)
 
     # --- subsystems -------------------------------------------------------------------------
     @property

@@ -214,7 +214,7 @@ def test_replicated_volume_survives_its_primary(cluster: Cluster) -> None:
     vol = _wait("resync done", lambda: (lambda v: v if sorted(v.get("in_sync") or [])
                                         == ["a", "b"] else None)(_volume(c.status(replica))),
                 90)
-    resync_bytes = int(vol["last_resync_bytes"])
+    resync_bytes = int(vol["last_resync_bytes"].get(primary.name, 0))
     away_bytes = away_sectors * 512
     print(f"resync: {resync_bytes} bytes moved for {away_bytes} bytes written while "
           f"{primary.name} was down (ratio {resync_bytes / max(away_bytes, 1):.2f})")
