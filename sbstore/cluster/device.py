@@ -155,20 +155,16 @@ class RoleDevice:
 
 
 class LocalRegistry:
-    """``state_dir/cluster.json``: ``{"volumes": {uuid: name}, "exports": [nqn, ...],
-    "cntlids": {nqn: [lo, hi]}}`` (the controller ids this node gives out for each export)."""
+    """``state_dir/cluster.json``: ``{"volumes": {uuid: name}, "exports": [nqn, ...]}``."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.volumes: dict[str, str] = {}
         self.exports: set[str] = set()
-        self.cntlids: dict[str, tuple[int, int]] = {}
         try:
             data: Any = json.loads(path.read_text())
             self.volumes = {str(k): str(v) for k, v in data.get("volumes", {}).items()}
             self.exports = {str(x) for x in data.get("exports", [])}
-            self.cntlids = {str(k): (int(v[0]), int(v[1]))
-                            for k, v in data.get("cntlids", {}).items()}
         except FileNotFoundError:
             pass
         except (OSError, ValueError, AttributeError, TypeError, IndexError) as exc:
@@ -195,19 +191,12 @@ class LocalRegistry:
     def remove_export(self, nqn: str) -> None:
         if nqn in self.exports:
             self.exports.discard(nqn)
-            self.cntlids.pop(nqn, None)
-            self._save()
-
-    def set_cntlids(self, nqn: str, lo: int, hi: int) -> None:
-        if self.cntlids.get(nqn) != (lo, hi):
-            self.cntlids[nqn] = (lo, hi)
             self._save()
 
     def _save(self) -> None:
         """Atomically (temporary file, fsync, rename): a crash leaves the old or the new."""
         tmp = self.path.with_suffix(".tmp")
-        data = json.dumps({"volumes": self.volumes, "exports": sorted(self.exports),
-                           "cntlids": {k: list(v) for k, v in self.cntlids.items()}},
+        data = json.dumps({"volumes": self.volumes, "exports": sorted(self.exports)},
                           indent=1).encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:

@@ -51,7 +51,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from sbstore.cluster import hostkeys
-from sbstore.cluster.admin import MAX_REPLICAS, ClusterAdmin
+from sbstore.cluster.admin import ClusterAdmin
 from sbstore.cluster.device import ClusterDevices, LocalRegistry
 from sbstore.cluster.etcd import Compare, EtcdClient, EtcdError, Op
 from sbstore.cluster.keys import InSync, Keys, VolumeSpec, primary_value
@@ -113,6 +113,11 @@ class ClusterManager:
         # Exports this node serves and the ANA state it shows for each.
         self._ana: dict[str, AnaState] = {}
         self._last_info: dict[str, Any] | None = None
+        # The controller ids this node gives out for every cluster export: its own slot's
+        # (sbstore.cluster.cntlid, set by the runtime before any export is served), disjoint
+        # from every other node's, since a Linux host refuses a second path of a subsystem
+        # whose controller id it already has there ("Duplicate cntlid").
+        self.cntlid_range: tuple[int, int] = (1, CNTLID_STATIC_MAX)
         session.on_new_lease(self._new_lease)
 
     # === lifecycle ===============================================================================
@@ -122,8 +127,7 @@ class ClusterManager:
         until the role is known (an old primary restarted must never take a write)."""
         for nqn in self.registry.exports:
             self._show(nqn, AnaState.INACCESSIBLE)
-            if nqn in self.registry.cntlids:
-                self._use_cntlids(nqn, *self.registry.cntlids[nqn])
+            self._use_cntlids(nqn)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="cluster manager")
@@ -362,20 +366,16 @@ class ClusterManager:
                 await self.service.create_export(nqn, hosts=e.hosts,
                                                  allow_any_host=e.allow_any_host)
                 log.info("cluster: export %s created here", nqn)
-            spec = view.volumes[e.volumes[0]]
-            lo, hi = cntlid_range(spec.replicas.index(self.node))
-            self._use_cntlids(nqn, lo, hi)
+            self._use_cntlids(nqn)
             info = self.service.show_export(nqn)
             await self._sync_namespaces(nqn, info, e.namespaces)
             await self._sync_hosts(nqn, info, e.hosts, e.allow_any_host)
 
-    def _use_cntlids(self, nqn: str, lo: int, hi: int) -> None:
-        """This node's controller ids for the export: disjoint from every other node's, since
-        a Linux host refuses a second path with a controller id it already has there."""
+    def _use_cntlids(self, nqn: str) -> None:
+        """The export gives out this node's controller ids (``cntlid_range``)."""
         subsystem = self.service.target.find_subsystem(nqn)
-        if subsystem is not None and subsystem.cntlid_range != (lo, hi):
-            subsystem.set_cntlid_range(lo, hi)
-        self.registry.set_cntlids(nqn, lo, hi)
+        if subsystem is not None and subsystem.cntlid_range != self.cntlid_range:
+            subsystem.set_cntlid_range(*self.cntlid_range)
 
     async def _sync_namespaces(self, nqn: str, info: dict[str, Any],
                                wanted: tuple[tuple[int, str], ...]) -> None:
@@ -798,14 +798,6 @@ class ClusterManager:
 
 
 ResolveFn = Callable[[uuid_mod.UUID], Any]
-
-
-def cntlid_range(index: int) -> tuple[int, int]:
-    """The controller ids of the node at ``index`` in a volume's replicas: the dynamic range
-    cut into MAX_REPLICAS slices."""
-    size = CNTLID_STATIC_MAX // MAX_REPLICAS
-    lo = 1 + (index % MAX_REPLICAS) * size
-    return lo, lo + size - 1
 
 
 def replica_resolver(service: ControlService, registry: LocalRegistry) -> ResolveFn:

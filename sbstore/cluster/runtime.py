@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from sbstore.cluster import cntlid
 from sbstore.cluster.device import ClusterDevices, LocalRegistry
 from sbstore.cluster.etcd import EtcdClient
 from sbstore.cluster.manager import ClusterManager, replica_resolver
@@ -31,6 +32,8 @@ class ClusterRuntime:
         assert config.cluster is not None
         self.config: ClusterConfig = config.cluster
         self.registry = LocalRegistry(config.state_dir / "cluster.json")
+        self._slot_file = config.state_dir / "cluster-cntlid.json"
+        self.cntlid_range: tuple[int, int] | None = None
         self.devices = ClusterDevices(self.registry)
         self.client = EtcdClient(list(self.config.etcd), timeout=ETCD_TIMEOUT_S)
         self.replica_server: ReplicaServer | None = None
@@ -46,6 +49,20 @@ class ClusterRuntime:
             return outer(pool_name, vol, device) if outer is not None else device
         return wrap
 
+    async def reserve_controller_ids(self) -> tuple[int, int]:
+        """This node's controller-id range, which its cluster exports give out (call before
+        ``prepare``): from the slot kept in the state directory, else one claimed in etcd
+        (sbstore.cluster.cntlid). EtcdError: no slot yet and etcd unreachable; NoFreeSlot."""
+        cc = self.config
+        slot = cntlid.read_cached(self._slot_file, cc.node)
+        if slot is None:
+            slot = await cntlid.claim_slot(self.client, cc.prefix, cc.node)
+            cntlid.write_cached(self._slot_file, cc.node, slot)
+        self.cntlid_range = cntlid.cntlid_range(slot)
+        log.info("cluster: node %s gives out controller ids %d..%d (slot %d)", cc.node,
+                 *self.cntlid_range, slot)
+        return self.cntlid_range
+
     def prepare(self, service: Any) -> ClusterManager:
         cc = self.config
         self.replica_server = ReplicaServer(replica_resolver(service, self.registry),
@@ -59,6 +76,8 @@ class ClusterRuntime:
                               info=info)
         manager = ClusterManager(cc, self.client, session, service, self.replica_server,
                                  self.devices)
+        if self.cntlid_range is not None:
+            manager.cntlid_range = self.cntlid_range
         manager.prepare()
         self.manager = manager
         return manager
