@@ -321,15 +321,15 @@ async def run_daemon(config: Config, *, demo: DemoConfig | None = None,
         cluster = None
         device_hook: Any = qos.device_hook
         if config.cluster is not None:
+            from sbstore.cluster.cntlid import NoFreeSlot
             from sbstore.cluster.runtime import ClusterRuntime
             cluster = ClusterRuntime(config)
             stack.push_async_callback(cluster.stop)
             device_hook = cluster.device_hook(qos.device_hook)
             try:
                 await cluster.reserve_controller_ids()
-            except Exception as exc:  # EtcdError, NoFreeSlot: nothing is served yet
-                raise DaemonError(f"[cluster] cannot reserve this node's controller ids in "
-                                  f"etcd ({', '.join(config.cluster.etcd)}): {exc}") from None
+            except NoFreeSlot as exc:  # nothing is served yet
+                raise DaemonError(f"[cluster] {exc}") from None
         service = ControlService(state, pools, target, server, device_wrapper=device_hook)
         stack.push_async_callback(service.close)
         service.add_policy_observer(qos.on_policy_change)

@@ -65,7 +65,7 @@ from sbstore.cluster.view import ClusterView
 from sbstore.config import ClusterConfig
 from sbstore.control.service import ControlError, ControlService, ErrorCode
 from sbstore.volume_device import VolumeDevice
-from target.nvme.spec import CNTLID_STATIC_MAX, AnaState
+from target.nvme.spec import AnaState
 
 log = logging.getLogger("sbstore.cluster.manager")
 
@@ -117,7 +117,10 @@ class ClusterManager:
         # (sbstore.cluster.cntlid, set by the runtime before any export is served), disjoint
         # from every other node's, since a Linux host refuses a second path of a subsystem
         # whose controller id it already has there ("Duplicate cntlid").
-        self.cntlid_range: tuple[int, int] = (1, CNTLID_STATIC_MAX)
+        # None until known: a node that first starts while etcd is down claims its slot in
+        # the first pass that reads etcd (``claim_cntlids``), before it serves any export.
+        self.cntlid_range: tuple[int, int] | None = None
+        self.claim_cntlids: Callable[[], Coroutine[Any, Any, tuple[int, int]]] | None = None
         session.on_new_lease(self._new_lease)
 
     # === lifecycle ===============================================================================
@@ -207,6 +210,10 @@ class ClusterManager:
 
     async def _reconcile(self, view: ClusterView) -> None:
         self.view = view
+        if self.cntlid_range is None and self.claim_cntlids is not None:
+            self.cntlid_range = await self.claim_cntlids()  # EtcdError: next pass
+            for nqn in self.registry.exports:
+                self._use_cntlids(nqn)
         mine = {n: s for n, s in view.volumes.items() if self.node in s.replicas}
         # tenants first: a replica is created under its volume's tenant
         await self._guarded("tenants", self._tenant_sync.reconcile(view.tenants))
@@ -374,7 +381,8 @@ class ClusterManager:
     def _use_cntlids(self, nqn: str) -> None:
         """The export gives out this node's controller ids (``cntlid_range``)."""
         subsystem = self.service.target.find_subsystem(nqn)
-        if subsystem is not None and subsystem.cntlid_range != self.cntlid_range:
+        if (self.cntlid_range is not None and subsystem is not None
+                and subsystem.cntlid_range != self.cntlid_range):
             subsystem.set_cntlid_range(*self.cntlid_range)
 
     async def _sync_namespaces(self, nqn: str, info: dict[str, Any],

@@ -14,7 +14,7 @@ from typing import Any
 
 from sbstore.cluster import cntlid
 from sbstore.cluster.device import ClusterDevices, LocalRegistry
-from sbstore.cluster.etcd import EtcdClient
+from sbstore.cluster.etcd import EtcdClient, EtcdError
 from sbstore.cluster.manager import ClusterManager, replica_resolver
 from sbstore.cluster.membership import NodeSession
 from sbstore.cluster.replica_server import ReplicaServer
@@ -49,10 +49,20 @@ class ClusterRuntime:
             return outer(pool_name, vol, device) if outer is not None else device
         return wrap
 
-    async def reserve_controller_ids(self) -> tuple[int, int]:
+    async def reserve_controller_ids(self) -> tuple[int, int] | None:
         """This node's controller-id range, which its cluster exports give out (call before
         ``prepare``): from the slot kept in the state directory, else one claimed in etcd
-        (sbstore.cluster.cntlid). EtcdError: no slot yet and etcd unreachable; NoFreeSlot."""
+        (sbstore.cluster.cntlid). None when neither is possible yet (etcd down at a first
+        start): the manager claims it in its first pass, before it serves any export.
+        NoFreeSlot: every slot is taken."""
+        try:
+            return await self._claim_controller_ids()
+        except EtcdError as exc:
+            log.warning("cluster: no controller-id slot yet (%s); it is claimed when etcd "
+                        "answers, before any cluster export is served", exc)
+            return None
+
+    async def _claim_controller_ids(self) -> tuple[int, int]:
         cc = self.config
         slot = cntlid.read_cached(self._slot_file, cc.node)
         if slot is None:
@@ -76,8 +86,8 @@ class ClusterRuntime:
                               info=info)
         manager = ClusterManager(cc, self.client, session, service, self.replica_server,
                                  self.devices)
-        if self.cntlid_range is not None:
-            manager.cntlid_range = self.cntlid_range
+        manager.cntlid_range = self.cntlid_range
+        manager.claim_cntlids = self._claim_controller_ids
         manager.prepare()
         self.manager = manager
         return manager

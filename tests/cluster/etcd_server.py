@@ -110,8 +110,22 @@ class EtcdServer:
         assert self.proc is not None and self.proc.poll() is None
         os.kill(self.proc.pid, signal.SIGSTOP)
         self._paused = True
+        # The signal is delivered asynchronously: return only once the process is stopped,
+        # or a request sent at once may still be answered.
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while _proc_state(self.proc.pid) not in ("T", "t") and time.monotonic() < deadline:
+            time.sleep(0.005)
 
     def resume(self) -> None:
         assert self.proc is not None
         os.kill(self.proc.pid, signal.SIGCONT)
         self._paused = False
+
+
+def _proc_state(pid: int) -> str:
+    """The state letter of /proc/PID/stat (R, S, T for stopped, ...); "" if unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""

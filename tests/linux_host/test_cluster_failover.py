@@ -211,9 +211,10 @@ def test_replicated_volume_survives_its_primary(cluster: Cluster) -> None:
     nh.wait_paths(c.vm, SUBNQN, lambda p: p[primary.port].state == "live"
                   and p[primary.port].ana_state == "inaccessible",
                   "the restarted node's path back, inaccessible", 60)
-    vol = _wait("resync done", lambda: (lambda v: v if sorted(v.get("in_sync") or [])
-                                        == ["a", "b"] else None)(_volume(c.status(replica))),
-                90)
+    def resynced() -> dict[str, Any] | None:
+        v = _volume(c.status(replica))
+        return v if sorted(v.get("in_sync") or []) == ["a", "b"] else None
+    vol = _wait("resync done", resynced, 90)
     resync_bytes = int(vol["last_resync_bytes"].get(primary.name, 0))
     away_bytes = away_sectors * 512
     print(f"resync: {resync_bytes} bytes moved for {away_bytes} bytes written while "
