@@ -1,13 +1,16 @@
-"""Fixtures of the cluster tests: a fresh real etcd per test, and a client on it."""
+"""Fixtures of the cluster tests: a fresh real etcd per test, a client on it, and the daemons
+of a cluster on it (their logs printed, so a failing test shows them)."""
 from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 from sbstore.cluster.etcd import EtcdClient
 from tests.cluster.etcd_server import ETCD, EtcdServer
+from tests.cluster.nodes import Cluster
 
 
 @pytest.fixture
@@ -29,3 +32,15 @@ async def etcd_client(etcd: EtcdServer) -> AsyncIterator[EtcdClient]:
         yield client
     finally:
         await client.close()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, etcd: EtcdServer) -> Iterator[Cluster]:
+    """No node yet: a test adds and starts its own (``cluster.add(name, etcd_url=etcd.url)``);
+    every one is stopped after the test."""
+    c = Cluster(tmp_path / "nodes", {})
+    try:
+        yield c
+    finally:
+        c.stop()
+        print(c.logs())

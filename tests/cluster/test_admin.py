@@ -3,23 +3,8 @@ clear error when too few nodes are live), the CLI and API on any node, refusals 
 act on one copy only, cluster-wide delete, ``cluster status`` and the metrics."""
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-
 from tests.cluster.etcd_server import EtcdServer
 from tests.cluster.nodes import NQN, Cluster, wait_for
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, etcd: EtcdServer) -> Iterator[Cluster]:
-    c = Cluster(tmp_path / "nodes", {})
-    try:
-        yield c
-    finally:
-        c.stop()
-        print(c.logs())
 
 
 def test_admin_on_any_node(cluster: Cluster, etcd: EtcdServer) -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -21,16 +19,6 @@ from tests.cluster.nodes import (
     wait_for,
 )
 from tests.cluster.test_replicated import BS, pattern
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, etcd: EtcdServer) -> Iterator[Cluster]:
-    c = Cluster(tmp_path / "nodes", {})
-    try:
-        yield c
-    finally:
-        c.stop()
-        print(c.logs())
 
 
 def _setup(cluster: Cluster, urls: dict[str, str]) -> str:

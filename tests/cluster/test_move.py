@@ -5,24 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from tests.cluster.etcd_server import EtcdServer
 from tests.cluster.nodes import NQN, Cluster, MultipathHost, wait_for
 from tests.cluster.test_replicated import BS, pattern
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, etcd: EtcdServer) -> Iterator[Cluster]:
-    c = Cluster(tmp_path / "nodes", {})
-    try:
-        yield c
-    finally:
-        c.stop()
-        print(c.logs())
 
 
 def _setup(cluster: Cluster, etcd: EtcdServer) -> tuple[str, str]:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -31,19 +29,6 @@ from tests.cluster.nodes import (
 
 BS = 4096
 VOLUME_SIZE = 64 << 20
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, etcd: EtcdServer, request: pytest.FixtureRequest
-            ) -> Iterator[Cluster]:
-    c = Cluster(tmp_path / "nodes", {})
-    try:
-        yield c
-    finally:
-        c.stop()
-        rep = getattr(request.node, "rep_call", None)
-        if rep is None or rep.failed:
-            print(c.logs())
 
 
 def pattern(lba: int, generation: int) -> bytes:

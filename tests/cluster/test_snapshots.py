@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from target.host import Controller
 from tests.cluster.etcd_server import EtcdServer
@@ -17,15 +13,6 @@ from tests.cluster.test_replicated import pattern
 
 BLOCKS = 256
 
-
-@pytest.fixture
-def cluster(tmp_path: Path, etcd: EtcdServer) -> Iterator[Cluster]:
-    c = Cluster(tmp_path / "nodes", {})
-    try:
-        yield c
-    finally:
-        c.stop()
-        print(c.logs())
 
 
 def _setup(cluster: Cluster, etcd: EtcdServer) -> None:

@@ -11,10 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from sbstore.cluster.etcd import EtcdClient
 from target.auth.secret import DhchapSecret
@@ -26,15 +23,6 @@ from tests.linux_host.sbstore_process import free_port
 
 HOSTNQN = "nqn.2014-08.org.nvmexpress:uuid:0c5ee07d-0000-4000-8000-0000000000b1"
 
-
-@pytest.fixture
-def cluster(tmp_path: Path, etcd: EtcdServer) -> Iterator[Cluster]:
-    c = Cluster(tmp_path / "nodes", {})
-    try:
-        yield c
-    finally:
-        c.stop()
-        print(c.logs())
 
 
 def two_nodes(cluster: Cluster, etcd: EtcdServer) -> tuple[Node, Node]:

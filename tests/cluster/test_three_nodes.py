@@ -4,10 +4,6 @@ still in sync, and the data written before is read back through the new primary.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from tests.cluster.etcd_server import EtcdServer
 from tests.cluster.nodes import Cluster, MultipathHost, wait_for
@@ -16,15 +12,6 @@ from tests.cluster.test_replicated import pattern
 NQN1 = "nqn.2026-11.io.sbstore.test:three"
 NQN2 = "nqn.2026-11.io.sbstore.test:two"
 
-
-@pytest.fixture
-def cluster(tmp_path: Path, etcd: EtcdServer) -> Iterator[Cluster]:
-    c = Cluster(tmp_path / "nodes", {})
-    try:
-        yield c
-    finally:
-        c.stop()
-        print(c.logs())
 
 
 def _ana_by_node(cluster: Cluster, nqn: str) -> dict[str, str]:
