@@ -937,7 +937,8 @@ class LinuxHostVM:
             return
         if not chunk:
             self._check_alive(doing)
-            raise VMError(f"guest command channel closed {doing}")
+            raise VMError(f"guest command channel closed {doing}\n"
+                          f"--- console ---\n{self.console()[-4000:]}")
         self._rx += chunk
 
     def stop(self, graceful: bool = True) -> None:
