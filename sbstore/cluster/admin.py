@@ -10,6 +10,7 @@ volume of one name, or lose each other's change to an export.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import time
 import uuid as uuid_mod
@@ -172,8 +173,7 @@ class ClusterAdmin:
                     raise ControlError(ErrorCode.FAILED_PRECONDITION,
                                        f"{remove} holds the only in-sync copy of {name!r}; "
                                        f"add a replica and let it catch up first")
-            new = VolumeSpec(spec.name, spec.uuid, spec.size_bytes, spec.block_size,
-                             tuple(replicas), spec.tenant)
+            new = dataclasses.replace(spec, replicas=tuple(replicas))
             ops = [Op.put(vkey, new.to_json())]
             if remove is not None:
                 ops.append(Op.put(ikey, InSync(tuple(nodes), insync.epoch, {
@@ -207,8 +207,7 @@ class ClusterAdmin:
                 raise ControlError(ErrorCode.FAILED_PRECONDITION,
                                    f"shrinking a replicated volume is not supported "
                                    f"({name!r} is {spec.size_bytes} bytes)")
-            new = VolumeSpec(spec.name, spec.uuid, size_bytes, spec.block_size, spec.replicas,
-                             spec.tenant)
+            new = dataclasses.replace(spec, size_bytes=size_bytes)
             try:
                 result = await self.client.txn(
                     [Compare.mod_revision(vkey, "==", vkv.mod_revision)],
@@ -278,6 +277,66 @@ class ClusterAdmin:
             await self.client.delete_prefix(self.keys.snapped(snap.volume, name, ""))
         except EtcdError as exc:
             raise _unavailable(exc) from None
+
+    async def create_clone(self, snapshot: str, name: str, *,
+                           tenant: str | None = None) -> dict[str, Any]:
+        """A replicated volume ``name`` made of snapshot ``snapshot`` of a replicated volume:
+        its replicas are the nodes that hold the snapshot (each makes its copy as a local
+        clone of its copy of the snapshot), all in sync; the source's size, block size and
+        (unless ``tenant``) tenant."""
+        if not isinstance(name, str) or not VOLUME_NAME_RE.fullmatch(name):
+            raise invalid(f"volume name {name!r} must be 1 to 64 letters, digits, '_', '.', "
+                          f"':' or '-', starting with a letter or digit")
+        view = await self.view()
+        snap = next((s for (_, n), s in view.snaps.items() if n == snapshot), None)
+        if snap is None:
+            raise ControlError(ErrorCode.NOT_FOUND, f"no snapshot {snapshot!r} of a "
+                               f"replicated volume")
+        source = view.volumes.get(snap.volume)
+        if source is None:
+            raise ControlError(ErrorCode.NOT_FOUND, f"snapshot {snapshot!r}: its volume "
+                               f"{snap.volume!r} is gone")
+        if snap.state not in ("done", "partial"):
+            raise ControlError(ErrorCode.FAILED_PRECONDITION,
+                               f"snapshot {snapshot!r} is {snap.state}, not taken: only a "
+                               f"done or partial snapshot can be cloned")
+        if name in view.volumes or any(n == name for _, n in view.snaps):
+            raise ControlError(ErrorCode.ALREADY_EXISTS, f"a replicated volume or snapshot "
+                               f"named {name!r} exists")
+        # The copies that took it (and still hold it: a node taken off the volume deleted
+        # its snapshots with its copy).
+        holders = [n for n in snap.nodes if n in source.replicas
+                   and n in view.snapped.get((snap.volume, snapshot), set())]
+        live = [n for n in holders if n in view.nodes]
+        if not live:
+            raise ControlError(ErrorCode.FAILED_PRECONDITION,
+                               f"no live node holds snapshot {snapshot!r} (held by "
+                               f"{', '.join(holders) or 'none'}; live: "
+                               f"{', '.join(sorted(view.nodes)) or 'none'})")
+        tenant = source.tenant if tenant is None else tenant
+        spec = VolumeSpec(name, str(uuid_mod.uuid4()), source.size_bytes, source.block_size,
+                          tuple(holders), tenant, (snap.volume, snapshot))
+        guard, touch = await TenantAdmin(self.client, self.keys, self.view).touch(tenant)
+        skey = self.keys.snap(snap.volume, snapshot)
+        try:
+            # Every holder's copy is the snapshot, so all are in sync: any may become primary.
+            result = await self.client.txn(
+                [Compare.create_revision(self.keys.volume(name), "==", 0),
+                 Compare.version(skey, ">", 0), *guard],
+                [Op.put(self.keys.volume(name), spec.to_json()),
+                 Op.put(self.keys.insync(name), InSync(tuple(holders)).to_json()), *touch])
+        except EtcdError as exc:
+            raise _unavailable(exc) from None
+        if not result.succeeded:
+            if await self.is_replicated(name):
+                raise ControlError(ErrorCode.ALREADY_EXISTS,
+                                   f"replicated volume {name!r} exists")
+            if await self._get(skey) is None:
+                raise ControlError(ErrorCode.NOT_FOUND,
+                                   f"snapshot {snapshot!r} was deleted meanwhile")
+            raise ControlError(ErrorCode.BUSY, f"tenant {tenant!r} changed meanwhile; "
+                               f"try again")
+        return self._volume_info(spec, await self.view())  # with its in-sync set
 
     @staticmethod
     def _snap_info(snap: SnapSpec) -> dict[str, Any]:
@@ -439,7 +498,9 @@ class ClusterAdmin:
                 "dirty_bytes": local.get("dirty_bytes"),
                 "resyncing": local.get("resyncing", []),
                 "snapshots": [self._snap_info(s) for s in view.snaps_of(spec.name)],
-                "last_resync_bytes": dict(insync.resync_bytes)}
+                "last_resync_bytes": dict(insync.resync_bytes),
+                "clone_of": ({"volume": spec.clone_of[0], "snapshot": spec.clone_of[1]}
+                             if spec.clone_of else None)}
 
     @staticmethod
     def _export_info(e: ExportSpec, view: ClusterView) -> dict[str, Any]:

@@ -95,11 +95,18 @@ class VolumeSpec:
     block_size: int
     replicas: tuple[str, ...]
     tenant: str = "default"
+    # A clone: (volume, snapshot) it was made of. Each replica that holds that snapshot makes
+    # its copy as a local clone of it; one that does not makes an empty copy (out of sync).
+    clone_of: tuple[str, str] | None = None
 
     def to_json(self) -> str:
-        return json.dumps({"name": self.name, "uuid": self.uuid, "size_bytes": self.size_bytes,
-                           "block_size": self.block_size, "replicas": list(self.replicas),
-                           "tenant": self.tenant})
+        data: dict[str, Any] = {
+            "name": self.name, "uuid": self.uuid, "size_bytes": self.size_bytes,
+            "block_size": self.block_size, "replicas": list(self.replicas),
+            "tenant": self.tenant}
+        if self.clone_of is not None:
+            data["clone_of"] = {"volume": self.clone_of[0], "snapshot": self.clone_of[1]}
+        return json.dumps(data)
 
     @classmethod
     def from_json(cls, data: Any, key: str) -> VolumeSpec:
@@ -117,8 +124,12 @@ class VolumeSpec:
         if not replicas or len(set(replicas)) != len(replicas):
             raise BadRecord(f"{key}: replicas must name distinct nodes")
         tenant = data.get("tenant", "default")
+        clone_of = None
+        if data.get("clone_of") is not None:
+            clone_of = (_field(data["clone_of"], "volume", str, key),
+                        _field(data["clone_of"], "snapshot", str, key))
         return cls(name, uuid_text, size, block_size, replicas,
-                   tenant if isinstance(tenant, str) else "default")
+                   tenant if isinstance(tenant, str) else "default", clone_of)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ Theory of operation. Every ``poll_s`` the loop reads the whole prefix (one range
 makes this node match it, idempotently, in this order:
 
 1. volumes whose ``replicas`` name this node exist in a local pool, with the volume's name,
-   size and uuid (the uuid makes the namespace identity hosts see the same on every node);
+   size and uuid (the uuid makes the namespace identity hosts see the same on every node); a
+   clone's copy is a local clone of this node's copy of the snapshot, or empty (and out of
+   ``insync``) when this node lacks it;
 2. exports whose volumes are all here exist locally with the same NQN, namespaces and hosts
    (through the control service, as an admin would make them); a new one shows ANA
    inaccessible on every listener before it has a namespace;
@@ -35,8 +37,12 @@ lower than the highest it knows. The loop only decides who serves, and demoting 
 so when in doubt (etcd unreachable past the lease clock, a new lease) it demotes.
 
 Rules: only this module writes ``primary/`` and ``insync/`` (the admin writes ``insync`` once,
-when it creates a volume); every write of ``insync`` is a txn guarded by
-``create_revision(primary/V) == epoch``, so a deposed primary cannot change it.
+when it creates a volume or a clone); every write of ``insync`` is a txn guarded by
+``create_revision(primary/V) == epoch``, so a deposed primary cannot change it. One exception:
+a node listed in a clone's ``insync`` that lacks the snapshot takes itself out (guarded by the
+key's revision) *before* its empty copy exists; a primary that counted it in sync from an older
+read finds it missing and gives it a full copy (a peer is re-added only after this primary's
+own resync of it).
 """
 from __future__ import annotations
 
@@ -270,14 +276,28 @@ class ClusterManager:
                 raise ControlError(ErrorCode.FAILED_PRECONDITION, "this node has no pool")
             pool_name = max(self.service.pools,
                             key=lambda p: (self.service.pools[p].stats().free_bytes, p))
+            source = self._clone_source(spec) if spec.clone_of is not None else None
+            if spec.clone_of is not None and source is None:
+                # An empty copy is not the clone's data: out of sync before any peer can
+                # reach it (a full copy from the primary follows).
+                await self._leave_insync(spec)
             # Registered first: the device hook must know it is a cluster volume before any
             # export serves it.
             self.registry.add_volume(spec.uuid, spec.name)
             tenants = {t["name"] for t in self.service.list_tenants()}
-            await self.service.create_volume(
-                spec.name, spec.size_bytes, pool=pool_name, block_size=spec.block_size,
-                tenant=spec.tenant if spec.tenant in tenants else "default", uuid=spec.uuid)
-            log.info("cluster: volume %s: replica created in pool %s", spec.name, pool_name)
+            tenant = spec.tenant if spec.tenant in tenants else "default"
+            if source is not None:
+                pool_name, snap = source
+                await self.service.create_clone(snap, spec.name, pool_name, tenant=tenant,
+                                                uuid=spec.uuid)
+                log.info("cluster: volume %s: replica created in pool %s as a clone of "
+                         "snapshot %s", spec.name, pool_name, snap)
+            else:
+                await self.service.create_volume(
+                    spec.name, spec.size_bytes, pool=pool_name, block_size=spec.block_size,
+                    tenant=tenant, uuid=spec.uuid)
+                log.info("cluster: volume %s: replica created in pool %s", spec.name,
+                         pool_name)
         else:
             pool_name, vol = found
             if vol.name != spec.name:
@@ -286,6 +306,40 @@ class ClusterManager:
                                    f"{vol.name!r}, not {spec.name!r}")
             self.registry.add_volume(spec.uuid, spec.name)
         self._replicas[spec.name] = LocalReplica(spec, pool_name)
+
+    def _clone_source(self, spec: VolumeSpec) -> tuple[str, str] | None:
+        """(pool, snapshot) of this node's copy of the snapshot a clone is made of: in the
+        history of this node's copy of the source volume; None when this node lacks it."""
+        assert spec.clone_of is not None
+        volume, snap = spec.clone_of
+        source = self.view.volumes.get(volume)
+        found = self._find_local(source.uuid) if source is not None else None
+        if found is None or snap not in SnapshotCoordinator.local_snapshots(found[1]):
+            return None
+        return found[0], snap
+
+    async def _leave_insync(self, spec: VolumeSpec) -> None:
+        """Take this node out of ``insync/V`` before its (empty) copy of a clone exists: no
+        peer can have counted that copy in sync yet, so no primary's mirror disagrees."""
+        ikey = self.keys.insync(spec.name)
+        for _ in range(INSYNC_TRIES):
+            kv = await self.client.get(ikey)
+            cur = InSync.from_json(kv.json(), kv.key) if kv is not None else InSync(())
+            if self.node not in cur.nodes:
+                return
+            nodes = tuple(n for n in cur.nodes if n != self.node)
+            result = await self.client.txn(
+                [Compare.mod_revision(ikey, "==", kv.mod_revision if kv else 0)],
+                [Op.put(ikey, InSync(nodes, cur.epoch, cur.resync_bytes).to_json())])
+            if result.succeeded:
+                # and this pass, which read the set before, does not campaign on it
+                self.view.insync[spec.name] = InSync(nodes, cur.epoch, cur.resync_bytes)
+                log.warning("cluster: volume %s: this node lacks snapshot %s; its copy starts "
+                            "empty and out of sync (a full copy follows)%s", spec.name,
+                            "/".join(spec.clone_of or ()),
+                            "" if nodes else "; NO copy is in sync now")
+                return
+        raise EtcdError(f"insync/{spec.name} kept changing; will try again")
 
     async def _grow(self, rep: LocalReplica) -> bool:
         """Grow the local copy to the volume's size; True when it is (now) that large."""
@@ -455,7 +509,12 @@ class ClusterManager:
         if lease is None:
             return
         key = self.keys.primary(rep.spec.name)
-        await self.client.txn([Compare.create_revision(key, "==", 0)],
+        # Only on the in-sync set this pass read: a node that left it since (a clone's copy
+        # made empty) must not win on an old read.
+        ikey = self.keys.insync(rep.spec.name)
+        await self.client.txn([Compare.create_revision(key, "==", 0),
+                               Compare.mod_revision(ikey, "==",
+                                                    view.insync_revision.get(rep.spec.name, 0))],
                               [Op.put(key, primary_value(self.node), lease)])
         # Read back, whatever the txn said: a retried request may report a win as a loss.
         kv = await self.client.get(key)
@@ -508,6 +567,7 @@ class ClusterManager:
         if found is None:
             raise ControlError(ErrorCode.NOT_FOUND, f"volume {name}: the local replica is gone")
         rep.tracked = set(initial_dirty)
+        rep.caught_up = set()
         rep.mirror = MirroredDevice(
             VolumeDevice(found[1]), fence=LeaseFence(epoch, self.session.may_acknowledge),
             peers=peers, in_sync=set(peers),
@@ -557,6 +617,7 @@ class ClusterManager:
         """The mirror lost ``peer``: it leaves ``insync`` before the write that found out
         completes (raises when that cannot be recorded: the write then fails)."""
         await self._write_insync(rep, remove=[peer])
+        rep.caught_up.discard(peer)
         rep.tracked.add(peer)  # the mirror keeps its dirty map from now on
         rep.retry_at[peer] = time.monotonic() + RESYNC_RETRY_S
         log.warning("cluster: volume %s: peer %s lost; degraded (its writes are tracked for "
@@ -623,9 +684,20 @@ class ClusterManager:
                 continue
             in_mirror = peer in rep.mirror.in_sync
             if in_mirror and peer in insync.nodes:
+                rep.caught_up.discard(peer)
                 continue
-            if in_mirror:  # caught up, but recording it failed: record it again
+            if in_mirror and peer in rep.caught_up:
+                # caught up, but recording it failed: record it again
                 await self._write_insync(rep, add=peer)
+                continue
+            if in_mirror:
+                # Counted in sync at takeover from an in-sync set read just before the peer
+                # left it (a clone's copy made empty, lacking the snapshot): it is not. It
+                # gets a full copy.
+                rep.mirror.forget_peer(peer)
+                rep.tracked.discard(peer)
+                log.warning("cluster: volume %s: %s left the in-sync set itself; giving it a "
+                            "full copy", rep.spec.name, peer)
                 continue
             info = view.nodes.get(peer)
             if info is None or now < rep.retry_at.get(peer, 0.0):
@@ -644,6 +716,7 @@ class ClusterManager:
             await self._write_insync(rep, remove=[peer])
         rep.mirror.forget_peer(peer)
         rep.tracked.discard(peer)
+        rep.caught_up.discard(peer)
         log.warning("cluster: volume %s: %s is no longer one of its replicas; not replicating "
                     "to it any more", rep.spec.name, peer)
 
@@ -683,6 +756,7 @@ class ClusterManager:
             sent = await mirror.resync(peer, client, full=full)
             if rep.mirror is not mirror:
                 raise Deposed(f"volume {name}: demoted during the resync")
+            rep.caught_up.add(peer)
             await self._write_insync(rep, add=peer, resync_bytes=sent)
         except (ReplicaError, EtcdError, Deposed, OSError) as exc:
             client.close()

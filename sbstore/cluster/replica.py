@@ -34,6 +34,8 @@ class LocalReplica:
     epoch: int = 0
     mirror: Any = None
     tracked: set[str] = field(default_factory=set)  # peers the mirror keeps a dirty map for
+    # peers this primary's resync brought up to date, until insync/V records them
+    caught_up: set[str] = field(default_factory=set)
     resyncs: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     snapshotting: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     # Cluster snapshots of this volume seen in etcd: only those are deleted here when etcd

@@ -18,6 +18,9 @@ def register(subparsers: Subparsers) -> None:
     p.add_argument("snapshot")
     p.add_argument("name")
     p.add_argument("--tenant", help="its tenant (default: the snapshot's)")
+    p.add_argument("--local", action="store_true",
+                   help="cluster mode: a plain local volume cloned from this node's copy of a "
+                        "replicated volume's snapshot (default: a replicated clone)")
     add_pool(p)
     add_json(p)
     p.set_defaults(func=run_create)
@@ -33,6 +36,8 @@ def register(subparsers: Subparsers) -> None:
 def run_create(args: argparse.Namespace) -> int:
     body = {"snapshot": args.snapshot, "name": args.name, "pool": args.pool,
             "tenant": args.tenant}
+    if args.local:
+        body["local"] = True
     v = call(args, lambda c: c.post("/v1/clones", body))
     return emit(args, v, lambda v: f"created clone {v['name']} of {args.snapshot} "
                                    f"(uuid {v['uuid']})")

@@ -377,6 +377,16 @@ async def _schedule_remove(c: Call) -> Any:
 
 
 async def _clone_create(c: Call) -> Any:
+    if c.cluster is not None and not c.body.get("local") \
+            and await c.cluster.is_cluster_snapshot(c.body["snapshot"]):
+        # a replicated volume, its copies made of each holder's copy of the snapshot
+        if c.body.get("pool") is not None:
+            raise ControlError(ErrorCode.INVALID_ARGUMENT, "a clone of a replicated volume's "
+                               "snapshot is replicated: each node places its copy in the pool "
+                               "of its copy of the snapshot (give no pool, or clone this "
+                               "node's copy alone with --local)")
+        return await c.cluster.admin.create_clone(c.body["snapshot"], c.body["name"],
+                                                  tenant=c.body.get("tenant"))
     return await c.service.create_clone(c.body["snapshot"], c.body["name"], c.body.get("pool"),
                                         tenant=c.body.get("tenant"))
 
@@ -705,7 +715,11 @@ ROUTES: tuple[Route, ...] = (
           "clones", "Volume", 201,
           body=(Field("snapshot", "string", True), Field("name", "string", True),
                 Field("pool", "string"),
-                Field("tenant", "string", description="default: the snapshot's tenant"))),
+                Field("tenant", "string", description="default: the snapshot's tenant"),
+                Field("local", "boolean", description=(
+                    "cluster mode: a plain local volume cloned from this node's copy of a "
+                    "replicated volume's snapshot (to inspect one copy); without it such a "
+                    "clone is a replicated volume")))),
     Route("GET", "/v1/snapshots/{name}/diff", _snapshot_diff,
           "Extents where the snapshot differs from base (from the maps, no data read)",
           "snapshots", "Diff", query=(POOL_Q, Field("base", "string", description=(

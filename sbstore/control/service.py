@@ -861,9 +861,18 @@ class ControlService:
             return self.volume_info(pool_name, vol)
 
     async def create_clone(self, snapshot: str, name: str, pool: str | None = None, *,
-                           tenant: str | None = None) -> dict[str, Any]:
+                           tenant: str | None = None,
+                           uuid: str | None = None) -> dict[str, Any]:
+        """A writable volume sharing ``snapshot``'s data; ``uuid`` (a replica of a cluster
+        clone): the identity it must have, else a new one."""
         if not isinstance(name, str) or not name:
             raise invalid("a clone name must be a non-empty string")
+        want = None
+        if uuid is not None:
+            try:
+                want = uuid_mod.UUID(uuid)
+            except (ValueError, TypeError, AttributeError):
+                raise invalid(f"uuid {uuid!r} is not a UUID") from None
         if tenant is not None:
             tenant = self._tenant_name(tenant)
         async with self._mutation():
@@ -871,7 +880,7 @@ class ControlService:
             if tenant is not None and tenant not in self._tenants:
                 raise ControlError(ErrorCode.NOT_FOUND, f"no tenant named {tenant!r}")
             try:
-                vol = await self.pools[pool_name].clone(snap, name)
+                vol = await self.pools[pool_name].clone(snap, name, uuid=want)
             except StoreError as exc:
                 raise from_store_error(exc) from None
             await self._adopt(pool_name, vol,

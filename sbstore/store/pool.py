@@ -42,7 +42,7 @@ not block the event loop; create/open/close are plain calls for startup, shutdow
     snap = await vol.snapshot(name)            # or await pool.snapshot(vol, name)
     snaps = await pool.snapshot_group(group, [vol, ...])  # one instant: "<vol>@<group>" each
     pool.groups() -> {group: [snapshots]};  await pool.delete_group(group)
-    clone = await pool.clone(snap, name)
+    clone = await pool.clone(snap, name, uuid=None)  # uuid: as create_volume's
     await pool.delete(name_or_volume)          # a snapshot's dependents keep their data
     await pool.inflate(name_or_volume, progress=None)  # independent of its snapshots
     hidden = await pool.begin_import(name, size, bs, snapshot_name=, snapshot_uuid=, base=)
@@ -761,8 +761,11 @@ class Pool:
             await self._drain(m)
         return [m.name for m in members]
 
-    async def clone(self, snapshot: Volume | str, name: str) -> Volume:
-        """A writable volume sharing ``snapshot``'s data."""
+    async def clone(self, snapshot: Volume | str, name: str, *,
+                    uuid: uuid_mod.UUID | None = None) -> Volume:
+        """A writable volume sharing ``snapshot``'s data. ``uuid``: the identity it must have
+        (a replica of a cluster clone shares its uuid, as :meth:`create_volume`'s); None: a
+        new one."""
         self._writable()
         async with self._mgmt_lock:
             snap = self._resolve(snapshot)
@@ -770,10 +773,13 @@ class Pool:
                 raise InvalidArgument(f"{snap.name!r} is not a snapshot: snapshot it first, "
                                       f"then clone the snapshot")
             self._check_new_name(name)
+            if uuid is not None and any(v.uuid == uuid for v in self._by_id.values()):
+                raise AlreadyExists(f"the pool already holds a volume with uuid {uuid} "
+                                    f"({self.volume_by_uuid(uuid).name!r})")
             await self._make_room(lambda: (0, self._share_cost(snap)))
             snap = self._resolve(snap)
             vol = self._add_volume(name, 0, snap.size_bytes, snap.block_size, snap.id,
-                                   snap.family)
+                                   snap.family, uuid=uuid)
             self._share_tree(snap, vol)
             await self.flush()
             return vol

@@ -29,10 +29,11 @@ def _setup(cluster: Cluster, etcd: EtcdServer) -> None:
 
 
 async def _read_clone(cluster: Cluster, node: str, snap: str) -> bytes:
-    """Clone ``snap`` on ``node`` (a plain local volume), export it there, read it."""
+    """Clone ``snap`` on ``node`` (``--local``: a plain local volume of that node's copy),
+    export it there, read it."""
     n = cluster.nodes[node]
     nqn = f"nqn.2026-11.io.sbstore.test:clone-{node}"
-    await asyncio.to_thread(n.cli, "clone", "create", snap, f"clone-{node}")
+    await asyncio.to_thread(n.cli, "clone", "create", snap, f"clone-{node}", "--local")
     await asyncio.to_thread(n.cli, "export", "create", nqn, "--volume", f"clone-{node}",
                             "--allow-any-host")
     ctrl = await Controller.connect("127.0.0.1", n.nvme_port, nqn, timeout_s=3.0, kato_ms=0)
