@@ -47,7 +47,6 @@ import asyncio
 import json
 import os
 import platform
-import random
 import shutil
 import signal
 import subprocess
@@ -72,7 +71,7 @@ from perf.harness import (
     start_daemon,
     write_config,
 )
-from perf.percentiles import percentiles_us, value_us
+from perf.replication_bench import timed_writes
 from tests.cluster.etcd_server import ETCD, EtcdServer, free_port
 
 IO_BYTES = 4096
@@ -232,31 +231,14 @@ def idle_cpu(daemons: dict[str, Daemon], seconds: float = 1.0) -> dict[str, floa
 
 async def _timed_writes(write: Any, qd: int, seconds: float, slots: int,
                         b_pid: int) -> dict[str, Any]:
-    latencies: list[int] = []
-    deadline = time.perf_counter() + seconds
-
-    async def worker(seed: int) -> None:
-        rng = random.Random(seed)
-        data = os.urandom(IO_BYTES)
-        clock = time.perf_counter_ns
-        while time.perf_counter() < deadline:
-            lba = rng.randrange(slots)
-            t0 = clock()
-            await write(lba, data)
-            latencies.append(clock() - t0)
-
-    b0, cpu0, t0 = run_seconds(b_pid), time.process_time(), time.perf_counter()
-    await asyncio.gather(*(worker(i) for i in range(qd)))
-    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    b_cpu = run_seconds(b_pid) - b0
-    latencies.sort()
-    n = max(len(latencies), 1)
-    pct = percentiles_us(latencies)
-    return {"qd": qd, "ios": len(latencies), "seconds": round(elapsed, 3),
-            "iops": round(len(latencies) / elapsed), "mean_us": round(sum(latencies) / n / 1e3, 2),
-            "p50_us": value_us(pct, 50), "p99_us": value_us(pct, 99),
-            "sender_cpu_us_per_io": round(cpu / n * 1e6, 2),
-            "cpu_us_per_io_b": round(b_cpu / n * 1e6, 2)}
+    """perf/replication_bench.py's timed writes, and node b's CPU per write meanwhile."""
+    b0 = run_seconds(b_pid)
+    r = await timed_writes(write, qd, seconds, slots)
+    n = max(r["ios"], 1)
+    return {"qd": qd, "ios": r["ios"], "seconds": r["seconds"], "iops": r["iops"],
+            "mean_us": r["mean_us"], "p50_us": r["p50_us"], "p99_us": r["p99_us"],
+            "sender_cpu_us_per_io": r["cpu_us_per_io"],
+            "cpu_us_per_io_b": round((run_seconds(b_pid) - b0) / n * 1e6, 2)}
 
 
 async def transport(spec: dict[str, Any]) -> dict[str, Any]:

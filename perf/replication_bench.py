@@ -36,6 +36,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple, cast
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -69,9 +70,15 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def drive(dev: BlockDevice, qd: int, seconds: float) -> dict[str, Any]:
-    """``qd`` coroutines writing 4 KiB at random aligned offsets until the deadline."""
+    """``qd`` coroutines writing 4 KiB at random aligned offsets of ``dev`` until the deadline."""
     per_io = IO_BYTES // dev.block_size
-    slots = dev.num_blocks // per_io
+    return await timed_writes(dev.write, qd, seconds, dev.num_blocks // per_io, per_io)
+
+
+async def timed_writes(write: Callable[[int, bytes], Awaitable[Any]], qd: int, seconds: float,
+                       slots: int, per_io: int = 1) -> dict[str, Any]:
+    """``qd`` coroutines calling ``write(lba, 4 KiB)`` at random LBAs ``slot * per_io`` until
+    the deadline: IOPS, latency (mean, percentiles) and this process's CPU per write."""
     latencies: list[int] = []
     deadline = time.perf_counter() + seconds
 
@@ -82,7 +89,7 @@ async def drive(dev: BlockDevice, qd: int, seconds: float) -> dict[str, Any]:
         while time.perf_counter() < deadline:
             lba = rng.randrange(slots) * per_io
             t0 = clock()
-            await dev.write(lba, data)
+            await write(lba, data)
             latencies.append(clock() - t0)
 
     cpu0, t0 = time.process_time(), time.perf_counter()
