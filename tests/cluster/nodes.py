@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 import urllib.request
 import uuid
@@ -267,3 +268,28 @@ class EtcdProxy:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+
+def two_nodes_with_v1(cluster: Cluster, etcd_url: str) -> None:
+    """Nodes a and b started, a two-copy volume ``v1`` (16 MiB) healthy, exported as NQN to
+    any host and served by both nodes."""
+    for name in ("a", "b"):
+        cluster.add(name, etcd_url=etcd_url).daemon.start()
+    a = cluster.nodes["a"]
+    wait_for("two live nodes", lambda: len([n for n in a.status()["nodes"] if n["live"]]) == 2)
+    a.cli("volume", "create", "v1", "--size", "16M", "--replicas", "2")
+    a.cli("export", "create", NQN, "--volume", "v1", "--allow-any-host")
+    wait_for("v1 healthy", lambda: a.healthy("v1"))
+    wait_served(cluster, NQN)
+
+
+def wait_served(cluster: Cluster, nqn: str, only: str | None = None) -> None:
+    """Until every node (or node ``only``) serves ``nqn`` with its namespace."""
+    for node in cluster.nodes.values():
+        if only is None or node.name == only:
+            wait_for(f"{nqn} served by {node.name}", functools.partial(_serves, node, nqn))
+
+
+def _serves(node: Node, nqn: str) -> bool:
+    return any(e["nqn"] == nqn and e["namespaces"] and e["namespaces"][0]["state"] == "serving"
+               for e in node.get("/v1/subsystems"))

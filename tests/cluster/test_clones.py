@@ -5,7 +5,6 @@ the whole path against two real daemons."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import uuid
 
@@ -17,7 +16,8 @@ from sbstore.cluster.keys import InSync, Keys, NodeInfo, SnapSpec, VolumeSpec
 from sbstore.control.service import ControlError, ErrorCode
 from sbstore.store.pool import Pool
 from tests.cluster.etcd_server import EtcdServer
-from tests.cluster.nodes import NQN, Cluster, MultipathHost, Node, wait_for
+from tests.cluster.nodes import (NQN, Cluster, MultipathHost, two_nodes_with_v1,
+                                 wait_for, wait_served)
 from tests.cluster.test_replicated import pattern
 
 BLOCKS = 64
@@ -86,32 +86,9 @@ async def test_clone_admin_refusals_and_record(etcd_client: EtcdClient) -> None:
     assert (await refused("s", "v")).code == ErrorCode.ALREADY_EXISTS
 
 
-def _setup(cluster: Cluster, etcd: EtcdServer) -> None:
-    for name in ("a", "b"):
-        cluster.add(name, etcd_url=etcd.url).daemon.start()
-    a = cluster.nodes["a"]
-    wait_for("two live nodes", lambda: len([n for n in a.status()["nodes"] if n["live"]]) == 2)
-    a.cli("volume", "create", "v1", "--size", "16M", "--replicas", "2")
-    a.cli("export", "create", NQN, "--volume", "v1", "--allow-any-host")
-    wait_for("v1 healthy", lambda: a.healthy("v1"))
-    _wait_served(cluster, NQN)
-
-
-def _wait_served(cluster: Cluster, nqn: str, only: str | None = None) -> None:
-    for node in cluster.nodes.values():
-        if only is not None and node.name != only:
-            continue
-        wait_for(f"{nqn} served by {node.name}", functools.partial(_served, node, nqn))
-
-
-def _served(node: Node, nqn: str) -> bool:
-    return any(e["nqn"] == nqn and e["namespaces"] and e["namespaces"][0]["state"] == "serving"
-               for e in node.get("/v1/subsystems"))
-
-
 async def test_clone_of_a_replicated_snapshot_is_replicated(cluster: Cluster,
                                                            etcd: EtcdServer) -> None:
-    await asyncio.to_thread(_setup, cluster, etcd)
+    await asyncio.to_thread(two_nodes_with_v1, cluster, etcd.url)
     a, b = cluster.nodes["a"], cluster.nodes["b"]
     src = MultipathHost(cluster.nodes)
     clone = MultipathHost(cluster.nodes, CLONE_NQN)
@@ -136,7 +113,7 @@ async def test_clone_of_a_replicated_snapshot_is_replicated(cluster: Cluster,
                                 "--allow-any-host")
         healthy = await asyncio.to_thread(wait_for, "c1 healthy", lambda: a.healthy("c1"))
         assert sorted(healthy["in_sync"]) == ["a", "b"]
-        await asyncio.to_thread(_wait_served, cluster, CLONE_NQN)
+        await asyncio.to_thread(wait_served, cluster, CLONE_NQN)
         for name, node in cluster.nodes.items():
             local = next(v for v in await asyncio.to_thread(node.get, "/v1/volumes")
                          if v["name"] == "c1")
@@ -194,7 +171,7 @@ async def test_a_listed_node_lacking_the_snapshot_gets_a_full_copy(cluster: Clus
     await asyncio.to_thread(a.cli, "export", "create", NQN, "--volume", "v2",
                             "--allow-any-host")
     await asyncio.to_thread(wait_for, "v2 healthy", lambda: a.healthy("v2"))
-    await asyncio.to_thread(_wait_served, cluster, NQN, holder)
+    await asyncio.to_thread(wait_served, cluster, NQN, holder)
     src = MultipathHost({holder: cluster.nodes[holder]})
     clone = MultipathHost(cluster.nodes, CLONE_NQN)
     keys = Keys("/t")
@@ -226,7 +203,7 @@ async def test_a_listed_node_lacking_the_snapshot_gets_a_full_copy(cluster: Clus
         assert parents == {holder: "s2", other: None}
         await asyncio.to_thread(a.cli, "export", "create", CLONE_NQN, "--volume", "c2",
                                 "--allow-any-host")
-        await asyncio.to_thread(_wait_served, cluster, CLONE_NQN)
+        await asyncio.to_thread(wait_served, cluster, CLONE_NQN)
         for name in cluster.nodes:
             await clone.connect(name)
         await clone.write(0, pattern(0, 7))

@@ -8,24 +8,11 @@ import time
 
 from target.host import Controller
 from tests.cluster.etcd_server import EtcdServer
-from tests.cluster.nodes import NQN, Cluster, MultipathHost, wait_for
+from tests.cluster.nodes import Cluster, MultipathHost, two_nodes_with_v1, wait_for
 from tests.cluster.test_replicated import pattern
 
 BLOCKS = 256
 
-
-
-def _setup(cluster: Cluster, etcd: EtcdServer) -> None:
-    for name in ("a", "b"):
-        cluster.add(name, etcd_url=etcd.url).daemon.start()
-    a = cluster.nodes["a"]
-    wait_for("two live nodes", lambda: len([n for n in a.status()["nodes"] if n["live"]]) == 2)
-    a.cli("volume", "create", "v1", "--size", "16M", "--replicas", "2")
-    a.cli("export", "create", NQN, "--volume", "v1", "--allow-any-host")
-    wait_for("healthy", lambda: a.healthy("v1"))
-    for node in cluster.nodes.values():
-        wait_for(f"export on {node.name}", lambda node=node: [
-            e for e in node.get("/v1/subsystems") if e["nqn"] == NQN and e["namespaces"]])
 
 
 async def _read_clone(cluster: Cluster, node: str, snap: str) -> bytes:
@@ -47,7 +34,7 @@ async def _read_clone(cluster: Cluster, node: str, snap: str) -> bytes:
 
 async def test_snapshot_of_a_replicated_volume_under_writes(cluster: Cluster,
                                                             etcd: EtcdServer) -> None:
-    await asyncio.to_thread(_setup, cluster, etcd)
+    await asyncio.to_thread(two_nodes_with_v1, cluster, etcd.url)
     host = MultipathHost(cluster.nodes)
     try:
         for name in cluster.nodes:
