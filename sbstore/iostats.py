@@ -31,7 +31,7 @@ import uuid as uuid_mod
 from collections.abc import Sequence
 from typing import Any
 
-from target.blockdev import BlockDevice
+from target.blockdev import BlockDevice, DirectDone, DirectRead, DirectWrite
 
 N_SLOTS = 65  # (dt - 1).bit_length() for any dt below 2**64 ns (584 years)
 FIRST_BUCKET_EXP = 13  # 2**13 ns = 8.192 us: a page-cache hit
@@ -202,6 +202,58 @@ class InstrumentedDevice:
         s.read_slots[(dt - 1).bit_length()] += 1
         s.read_sum_ns += dt
         return data
+
+    @property
+    def read_direct(self) -> DirectRead | None:
+        """target.blockdev's optional direct read, counted and timed as :meth:`read` is; None
+        when the wrapped device has none (read once by the namespace: a closure, so a read
+        looks nothing up)."""
+        inner = getattr(self.device, "read_direct", None)
+        if inner is None:
+            return None
+        s = self.stats
+
+        def timed(ctx: tuple[DirectDone, Any, int], data: Any, exc: BaseException | None
+                  ) -> None:
+            done, tag, t0 = ctx
+            if exc is None:
+                dt = _now() - t0
+                s.reads += 1
+                s.read_bytes += len(data)
+                s.read_slots[(dt - 1).bit_length()] += 1
+                s.read_sum_ns += dt
+            else:
+                s.read_errors += 1
+            done(tag, data, exc)
+
+        def read_direct(lba: int, nblocks: int, done: DirectDone, tag: Any) -> bool:
+            return inner(lba, nblocks, timed, (done, tag, _now()))
+        return read_direct
+
+    @property
+    def write_direct(self) -> DirectWrite | None:
+        """target.blockdev's optional direct write, counted and timed as :meth:`write` is."""
+        inner = getattr(self.device, "write_direct", None)
+        if inner is None:
+            return None
+        s = self.stats
+
+        def timed(ctx: tuple[DirectDone, Any, int, int], _data: Any,
+                  exc: BaseException | None) -> None:
+            done, tag, t0, nbytes = ctx
+            if exc is None:
+                dt = _now() - t0
+                s.writes += 1
+                s.write_bytes += nbytes
+                s.write_slots[(dt - 1).bit_length()] += 1
+                s.write_sum_ns += dt
+            else:
+                s.write_errors += 1
+            done(tag, None, exc)
+
+        def write_direct(lba: int, data: Any, fua: bool, done: DirectDone, tag: Any) -> bool:
+            return inner(lba, data, fua, timed, (done, tag, _now(), len(data)))
+        return write_direct
 
     async def write(self, lba: int, data: bytes | bytearray | memoryview, fua: bool = False
                     ) -> None:

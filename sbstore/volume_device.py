@@ -82,11 +82,15 @@ class VolumeDevice:
     """Serve a :class:`~sbstore.store.Volume` through ``target.blockdev.BlockDevice``: the
     volume's own I/O methods (its errors are registered with the target above)."""
 
-    __slots__ = ("deallocate", "flush", "read", "volume", "write", "write_zeroes")
+    __slots__ = ("deallocate", "flush", "read", "read_direct", "volume", "write",
+                 "write_direct", "write_zeroes")
 
     def __init__(self, volume: Volume) -> None:
         self.volume = volume
         self.read = volume.read
+        # target.blockdev's optional direct read and write
+        self.read_direct = volume.read_direct
+        self.write_direct = volume.write_direct
         self.write = volume.write
         self.flush = volume.flush
         self.write_zeroes = volume.write_zeroes

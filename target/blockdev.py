@@ -12,6 +12,16 @@ Rules of this module:
   target then needs no wrapper coroutine per I/O just to translate). The target maps anything
   else to Internal Error.
 
+- Optional, for the hot path: ``read_direct(lba, nblocks, done, tag) -> bool`` starts a read
+  that calls ``done(tag, data, None)`` or ``done(tag, None, error)`` once it completes (errors
+  as above; at once, before returning, for a device that has the data at hand), or returns
+  False with nothing started and ``done`` never called, and the target awaits ``read``
+  instead; ``write_direct(lba, data, fua, done, tag) -> bool`` likewise for a write
+  (``done(tag, None, None)``). A device offers them where an I/O completes from a callback
+  anyway (io_uring) or at once (RAM): the target then spends no coroutine, future or loop
+  callback on it. Wrappers (statistics, QoS) pass them through only if they can account for
+  them.
+
 Durability contract (DESIGN.md): a device behaves like a disk with a volatile write cache. A
 completed ``write`` may be lost in a crash until ``flush`` completes; a ``write(fua=True)``
 completes only once its data (and whatever locates it) is durable.
@@ -21,7 +31,12 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid as uuid_mod
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+
+# read_direct's completion callback: done(tag, data, error); and read_direct itself.
+DirectDone = Callable[[Any, Any, "BaseException | None"], None]
+DirectRead = Callable[[int, int, DirectDone, Any], bool]
+DirectWrite = Callable[[int, Any, bool, DirectDone, Any], bool]
 
 # NVMe status values used by device errors (NVMe Base 2.0, Figure 102/104). Duplicated from
 # target.nvme on purpose: this module imports nothing.
@@ -136,6 +151,13 @@ class RamDevice:
         self._view = memoryview(self._buf)
         self._block_size = block_size
         self._uuid = uuid or uuid_mod.uuid4()
+        # A subclass that changes read or write (a test's slow or failing device) is served
+        # through them: the direct forms are only this class's own behaviour.
+        cls = type(self)
+        self.read_direct: DirectRead | None = (
+            self._read_direct if cls.read is RamDevice.read else None)
+        self.write_direct: DirectWrite | None = (
+            self._write_direct if cls.write is RamDevice.write else None)
 
     @property
     def block_size(self) -> int:
@@ -159,6 +181,26 @@ class RamDevice:
         bs = self._block_size
         check_range(self, lba, len(data) // bs)
         self._view[lba * bs:lba * bs + len(data)] = data
+
+    # The direct forms (see the module rules) complete at once; out of range, they decline
+    # and read/write raise the error.
+    def _read_direct(self, lba: int, nblocks: int, done: DirectDone, tag: Any) -> bool:
+        bs = self._block_size
+        if lba < 0 or nblocks <= 0 or (lba + nblocks) * bs > len(self._buf):
+            return False
+        # A copy, as read() makes, but one object: the bytearray slice.
+        done(tag, self._buf[lba * bs:(lba + nblocks) * bs], None)
+        return True
+
+    def _write_direct(self, lba: int, data: Any, fua: bool, done: DirectDone, tag: Any
+                      ) -> bool:
+        bs = self._block_size
+        n = len(data)
+        if lba < 0 or not n or n % bs or lba * bs + n > len(self._buf):
+            return False
+        self._view[lba * bs:lba * bs + n] = data
+        done(tag, None, None)
+        return True
 
     async def flush(self) -> None:
         return None

@@ -420,6 +420,8 @@ class Controller:
 
 
 CommandHandler = Callable[[bytes, "memoryview | None", int, float], Awaitable["Response | None"]]
+# IoQueue.start_direct: (sqe, data, done) -> started
+DirectStart = Callable[[bytes, "memoryview | None", Callable[[Response], None]], bool]
 
 _CID = struct.Struct("<H")
 
@@ -464,6 +466,9 @@ class QueueSession:
         self.tls_peer: tuple[str, str] | None = None
         # The admission flow of a command (target.admission); admin queues have none.
         self.flow_of: Callable[[bytes], tuple[object, int] | None] = _no_flow
+        # IoQueue.start_direct while I/O commands go to IoQueue.handle (connected and, if
+        # asked for, authenticated), else None: the server tries it before handle_command.
+        self.start_direct: DirectStart | None = None
 
     def __repr__(self) -> str:
         return f"QueueSession(qid={self.qid}, ctrl={self.controller!r}, closed={self.closed})"
@@ -525,6 +530,7 @@ class QueueSession:
         """An I/O queue's Disconnect: leave the controller now, close once answered."""
         self._detach("Disconnect")
         self.handle_command = self._handle_closed
+        self.start_direct = None
         self._close_at = now
 
     def _detach(self, reason: str) -> None:
@@ -541,6 +547,7 @@ class QueueSession:
         self.closed = True
         self._close_at = None
         self.handle_command = self._handle_closed
+        self.start_direct = None
 
     def _notify_close(self) -> None:
         callback = self.on_close
@@ -650,6 +657,7 @@ class QueueSession:
         io = self._io = IoQueue(self, ctrl)
         atr = self._require_auth(ctrl)
         self.handle_command = self._handle_io_unauthenticated if atr else io.handle
+        self.start_direct = None if atr else io.start_direct
         self.flow_of = io.flow_of
         log.debug("%r: I/O queue %d connected (%d entries)", ctrl, cmd.qid, cmd.sqsize + 1)
         return Response(completion(cid, cmd.qid, sqhd, 0, ctrl.cntlid | atr), None)
@@ -706,9 +714,11 @@ class QueueSession:
             self._delete_ctrl_at_close = True
             self._close_at = now
             self.handle_command = self._handle_closed_after_failure
+            self.start_direct = None
         elif auth.authenticated and self._io is not None \
                 and self.handle_command == self._handle_io_unauthenticated:
             self.handle_command = self._io.handle
+            self.start_direct = self._io.start_direct
         return result
 
     async def _handle_closed_after_failure(self, sqe: bytes, data: memoryview | None,

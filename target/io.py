@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from target import fabrics, reservation_commands
@@ -89,6 +90,10 @@ def blockdev_status(error: BlockDeviceError) -> st.NvmeError:
     return st.NvmeError(str(error), sct=error.sct, sc=error.sc, dnr=not retry)
 
 
+# A direct I/O's context (IoQueue.start_direct): namespace, cid, sqhd, slba, bytes, done.
+_DirectTag = tuple["Namespace", int, int, int, int, Callable[[Response], None]]
+
+
 class IoQueue:
     """Commands of one I/O queue of one controller."""
 
@@ -131,6 +136,77 @@ class IoQueue:
         if opcode == IoOpcode.FABRICS:
             return None  # Disconnect must never wait behind data
         return ns.flow, 0
+
+    def start_direct(self, sqe: bytes, data: memoryview | None,
+                     done: Callable[[Response], None]) -> bool:
+        """Start a Read or a Write through its device's ``read_direct``/``write_direct``
+        (target.blockdev) and call ``done(response)`` when it completes; False, with
+        nothing done, for anything but a well-formed Read or Write (no FUA) that the device
+        takes that way: :meth:`handle` then serves the command, errors included. The checks
+        are :meth:`handle`'s, in its order; ``data`` is the command's (its status is 0)."""
+        opcode, flags, cid, nsid, sgl_len, slba, cdw12 = _unpack_io(sqe)
+        if flags != _SGL_FLAGS:
+            return False
+        ns = self._ns_get(nsid)
+        if ns is None or ns.fence is not None:
+            return False
+        nlb = (cdw12 & 0xFFFF) + 1
+        nbytes = nlb << ns.lba_shift
+        if slba + nlb > ns.nblocks or nbytes > self.max_bytes:
+            return False
+        sqhd = (self.sqhd + 1) % self.entries
+        if opcode == _READ:
+            if nbytes != sgl_len or ns.read_direct is None or not ns.read_direct(
+                    slba, nlb, self._read_done, (ns, cid, sqhd, slba, nbytes, done)):
+                return False
+        elif opcode == _WRITE:
+            if data is None or len(data) != nbytes or ns.write_direct is None \
+                    or cdw12 & RW_FUA or not self.ctrl.write_cache or not ns.write_direct(
+                        slba, data, False, self._write_done, (ns, cid, sqhd, slba, nbytes, done)):
+                return False
+        else:
+            return False
+        self.sqhd = sqhd
+        return True
+
+    def _read_done(self, tag: _DirectTag, data: bytes | bytearray | memoryview | None,
+                   exc: BaseException | None) -> None:
+        ns, cid, sqhd, slba, nbytes, done = tag
+        if exc is None:
+            c = ns.counters
+            c.reads += 1
+            c.read_bytes += nbytes
+            c = self.counters
+            c.reads += 1
+            c.read_bytes += nbytes
+            done(_new(Response, (pack_cqe(0, 0, sqhd, self.qid, cid, 0), data)))
+        else:
+            done(self._direct_failed(ns, cid, sqhd, slba, exc))
+
+    def _write_done(self, tag: _DirectTag, _data: object, exc: BaseException | None) -> None:
+        ns, cid, sqhd, slba, nbytes, done = tag
+        if exc is None:
+            c = ns.counters
+            c.writes += 1
+            c.write_bytes += nbytes
+            c = self.counters
+            c.writes += 1
+            c.write_bytes += nbytes
+            done(_new(Response, (pack_cqe(0, 0, sqhd, self.qid, cid, 0), None)))
+        else:
+            done(self._direct_failed(ns, cid, sqhd, slba, exc))
+
+    def _direct_failed(self, ns: Namespace, cid: int, sqhd: int, slba: int,
+                       exc: BaseException) -> Response:
+        """A direct I/O's error as :meth:`handle` would have completed it."""
+        if isinstance(exc, st.NvmeError):
+            return self._failed(cid, sqhd, exc, ns, ns.nsid, slba)
+        err = as_blockdev_error(exc) if isinstance(exc, Exception) else None
+        if err is None:
+            log.error("I/O on qid %d failed", self.qid, exc_info=exc)
+            return self._failed(cid, sqhd, st.InternalError(), ns, ns.nsid, slba)
+        log.info("namespace %d: %s", ns.nsid, err)
+        return self._failed(cid, sqhd, blockdev_status(err), ns, ns.nsid, slba)
 
     async def handle(self, sqe: bytes, data: memoryview | None, data_status: int,
                      now: float) -> Response | None:

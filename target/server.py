@@ -251,10 +251,9 @@ class QueueConnection(asyncio.BufferedProtocol):
     def _drain_events(self, queue: TargetQueue) -> None:
         # Paused for held commands: the rest stay parsed in the queue (bounded by its receive
         # buffer) until run_held() reads on.
-        while not self._closing and not self._read_paused:
-            event = queue.next_event()
-            if event is None:
-                break
+        events = queue.events
+        while events and not self._closing and not self._read_paused:
+            event = events.popleft()
             if type(event) is CommandReceived:
                 self._dispatch(event)
             elif type(event) is QueueEstablished:
@@ -307,6 +306,10 @@ class QueueConnection(asyncio.BufferedProtocol):
                     return
                 self._start_admitted(session, event, flow[0], flow[1])
                 return
+        direct = session.start_direct
+        if direct is not None and not event.data_status \
+                and direct(event.sqe, event.data, self._send_response):
+            return
         coro = session.handle_command(event.sqe, event.data, event.data_status, time.monotonic())
         _run_eagerly(coro, self._on_handled, self._pending)
 
@@ -319,9 +322,12 @@ class QueueConnection(asyncio.BufferedProtocol):
         else:
             running[0] += 1
             running[1] += nbytes
+        done = functools.partial(self._on_admitted_done, flow, nbytes)
+        direct = session.start_direct
+        if direct is not None and not event.data_status and direct(event.sqe, event.data, done):
+            return
         coro = session.handle_command(event.sqe, event.data, event.data_status, time.monotonic())
-        _run_eagerly(coro, functools.partial(self._on_admitted_done, flow, nbytes),
-                     self._pending)
+        _run_eagerly(coro, done, self._pending)
 
     def run_held(self, event: CommandReceived, flow: object, nbytes: int) -> None:
         self._held -= 1
@@ -347,8 +353,12 @@ class QueueConnection(asyncio.BufferedProtocol):
             self._loop.call_soon(self._flush_later)
 
     def _on_admitted_done(self, flow: object, nbytes: int, response: Response | None,
-                          exc: BaseException | None) -> None:
-        running = self._admitted[flow]
+                          exc: BaseException | None = None) -> None:
+        running = self._admitted.get(flow)
+        if running is None:
+            # A direct I/O (session.start_direct) completing after connection_lost, which
+            # gave back everything this connection had executing.
+            return
         if running[0] == 1:
             del self._admitted[flow]
         else:
@@ -357,7 +367,10 @@ class QueueConnection(asyncio.BufferedProtocol):
         adm = self._admission
         assert adm is not None
         adm.finished(flow, 1, nbytes)
-        self._on_handled(response, exc)
+        if exc is None and response is not None:
+            self._send_response(response)  # (what _on_handled does: a call less per command)
+        else:
+            self._on_handled(response, exc)
 
     def _on_handled(self, response: Response | None, exc: BaseException | None) -> None:
         if exc is not None:

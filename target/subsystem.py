@@ -50,7 +50,7 @@ from target.ana import (
     path_error,
 )
 from target.auth.responder import HostCredentials, Offload, run_inline
-from target.blockdev import BlockDevice
+from target.blockdev import BlockDevice, DirectRead, DirectWrite
 from target.nvme import status as st
 from target.nvme.logpages import AnaGroupDescriptor
 from target.nvme.spec import (
@@ -159,8 +159,10 @@ class Namespace:
         "nblocks",
         "nguid",
         "nsid",
+        "read_direct",
         "reservations",
         "uuid",
+        "write_direct",
     )
 
     def __init__(self, nsid: int, device: BlockDevice,
@@ -179,6 +181,9 @@ class Namespace:
         # The device's admission flow (target.admission), if it has one: whose queue its
         # commands wait in when the target's CPU is contended.
         self.flow: object | None = getattr(device, "admission_flow", None)
+        # The device's optional direct read and write (target.blockdev), looked up once.
+        self.read_direct: DirectRead | None = getattr(device, "read_direct", None)
+        self.write_direct: DirectWrite | None = getattr(device, "write_direct", None)
         # Identities stable per device uuid: the host matches paths and rejects duplicates by them.
         self.uuid: bytes = device.uuid.bytes
         self.nguid: bytes = self.uuid

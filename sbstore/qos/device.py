@@ -73,7 +73,7 @@ from sbstore.qos.scheduler import (
     TenantQosStats,
     VolumeState,
 )
-from target.blockdev import USED_BLOCKS, BlockDevice
+from target.blockdev import USED_BLOCKS, BlockDevice, DirectDone, DirectRead, DirectWrite
 
 _now = time.monotonic
 MIN_TIMER_S = 0.001
@@ -244,6 +244,43 @@ class QosDevice:
             s.write_bytes += len(data)
             return self.device.write(lba, data, fua)
         return self._write(lba, data, fua)
+
+    @property
+    def read_direct(self) -> DirectRead | None:
+        """target.blockdev's optional direct read, when the inner device has one: taken only
+        while this volume goes straight through (no limits, an inline backend), as
+        :meth:`read` does; otherwise False and the command takes :meth:`read`. Read once by
+        the namespace, so the closure holds what it needs rather than look it up per read."""
+        inner = getattr(self.device, "read_direct", None)
+        if inner is None:
+            return None
+        v, b, bs = self._v, self._b, self._bs
+
+        def read_direct(lba: int, nblocks: int, done: DirectDone, tag: Any) -> bool:
+            if v.direct and b.inline and inner(lba, nblocks, done, tag):
+                s = v.stats
+                s.read_ios += 1
+                s.read_bytes += nblocks * bs
+                return True
+            return False
+        return read_direct
+
+    @property
+    def write_direct(self) -> DirectWrite | None:
+        """target.blockdev's optional direct write, on the same terms as :attr:`read_direct`."""
+        inner = getattr(self.device, "write_direct", None)
+        if inner is None:
+            return None
+        v, b = self._v, self._b
+
+        def write_direct(lba: int, data: Any, fua: bool, done: DirectDone, tag: Any) -> bool:
+            if v.direct and b.inline and inner(lba, data, fua, done, tag):
+                s = v.stats
+                s.write_ios += 1
+                s.write_bytes += len(data)
+                return True
+            return False
+        return write_direct
 
     async def _read(self, lba: int, nblocks: int) -> bytes | bytearray | memoryview:
         v = self._v

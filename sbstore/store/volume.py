@@ -40,10 +40,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
+import logging
 import time
 import uuid as uuid_mod
 from array import array
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from .engines.base import ShortIO
@@ -64,6 +65,8 @@ if TYPE_CHECKING:
     from .owner import Segment, VolumeOwner
 
 Buffer = bytes | bytearray | memoryview
+
+log = logging.getLogger(__name__)
 
 _MAX_SETTLE_ROUNDS = 10_000  # waits for pending allocations and room before giving up
 
@@ -112,6 +115,9 @@ class Volume:
         self._dead = False
         self._drain_pos = 0  # leaves already dropped, while DYING
         self._engine = owner.engine
+        # The engine's read_with (engines.base.Completion), if it has one: read_direct's way.
+        self._read_with = getattr(owner.engine, "read_with", None)
+        self._write_with = getattr(owner.engine, "write_with", None)
         self._guard = owner.guard
         self._csize = owner.cluster_size
         self._cshift = owner.cluster_size.bit_length() - 1
@@ -334,6 +340,71 @@ class Volume:
         finally:
             _end_when_done(fut, guard, ticket)
         return buf
+
+    def read_direct(self, lba: int, nblocks: int,
+                    done: Callable[[Any, Buffer | None, BaseException | None], None],
+                    tag: Any) -> bool:
+        """Start a read of ``nblocks`` blocks from ``lba`` that calls ``done(tag, data, None)``
+        or ``done(tag, None, error)`` when it completes, never before returning; False, with
+        nothing started, where :meth:`read` must serve it instead. Only the plain case goes
+        this way: one cluster, mapped, its map loaded, an engine with ``read_with``. Why: no
+        coroutine, no future and no loop callback per read (see engines.base.Completion).
+        ``done`` is called from the engine's completion processing: it must not raise."""
+        read_with = self._read_with
+        m = self._map
+        if read_with is None or m is None or lba < 0 or nblocks <= 0 \
+                or lba + nblocks > self._nblocks:
+            return False
+        bs = self._bs
+        off, n = lba * bs, nblocks * bs
+        co = off & self._cmask
+        if co + n > self._csize:
+            return False
+        p = m[off >> self._cshift]
+        if not p:
+            return False
+        buf = self._engine.buffer(n)
+        guard = self._guard
+        ticket = guard.begin()
+        if read_with((p << self._cshift) + co, buf,
+                     _new(_DirectRead, (done, tag, guard, ticket, p))):
+            return True
+        guard.end(ticket)
+        return False
+
+    def write_direct(self, lba: int, data: Buffer, fua: bool,
+                     done: Callable[[Any, Buffer | None, BaseException | None], None],
+                     tag: Any) -> bool:
+        """Start a write that calls ``done(tag, None, None)`` or ``done(tag, None, error)``
+        when it completes, never before returning; False, with nothing started, where
+        :meth:`write` must serve it instead. Only the plain case goes this way: no FUA, within
+        one cluster this volume alone owns (an overwrite in place), no snapshot quiescing us,
+        data the engine's ``write_with`` takes as it is. As :meth:`read_direct`, ``done`` must
+        not raise."""
+        write_with = self._write_with
+        m = self._map
+        n = len(data)
+        bs = self._bs
+        if write_with is None or m is None or fua or self._gate is not None or self._ro \
+                or lba < 0 or not n or n % bs or lba + n // bs > self._nblocks:
+            return False
+        off = lba * bs
+        co = off & self._cmask
+        if co + n > self._csize:
+            return False
+        ci = off >> self._cshift
+        p = m[ci]
+        if not p or not self._owns(ci, p):
+            return False
+        guard = self._guard
+        ticket = guard.begin()
+        self._writes += 1
+        if write_with((p << self._cshift) + co, data,
+                      _new(_DirectWrite, (self, done, tag, ticket, p))):
+            return True
+        guard.end(ticket)
+        self._write_done()
+        return False
 
     async def _read_span(self, m: array[int], off: int, n: int) -> Buffer:
         engine = self._engine
@@ -699,6 +770,68 @@ async def _detached(task: asyncio.Task[None]) -> None:
 def _retrieve(task: asyncio.Task[None]) -> None:
     if not task.cancelled():
         task.exception()
+
+
+# The completions of read_direct and write_direct (engines.base.Completion). Tuples made with
+# tuple.__new__: no __init__ frame per I/O.
+_new = tuple.__new__
+
+
+class _DirectRead(tuple[Any, ...]):
+    """(done_cb, tag, guard, ticket, cluster): ends the read's guard ticket, then tells the
+    caller, its error as the store's (what :meth:`Volume.read` raises)."""
+
+    __slots__ = ()
+
+    # The engine asks before it reports; a completion is reported once, and then forgotten,
+    # so never done. bool() is False without a Python frame (this runs once per I/O).
+    done = staticmethod(bool)
+
+    def set_result(self, value: Any) -> None:
+        done_cb, tag, guard, ticket, _cluster = self
+        guard.end(ticket)
+        try:
+            done_cb(tag, value, None)
+        except Exception:  # the engine is processing completions: never break that off
+            log.exception("a direct read's completion failed")
+
+    def set_exception(self, exc: BaseException) -> None:
+        done_cb, tag, guard, ticket, cluster = self
+        guard.end(ticket)
+        err = _read_error(exc, f"cluster {cluster}") if isinstance(exc, OSError) else exc
+        try:
+            done_cb(tag, None, err)
+        except Exception:
+            log.exception("a direct read's completion failed")
+
+
+class _DirectWrite(tuple[Any, ...]):
+    """(volume, done_cb, tag, ticket, cluster): what :meth:`Volume._write_in_place` does once
+    the device is done (the guard ticket, the writes in flight, the commit timer), then the
+    caller."""
+
+    __slots__ = ()
+    done = staticmethod(bool)  # as _DirectRead's
+
+    def set_result(self, _value: Any) -> None:
+        vol, done_cb, tag, ticket, _cluster = self
+        vol._guard.end(ticket)
+        vol._write_done()
+        vol._owner.note_data()
+        try:
+            done_cb(tag, None, None)
+        except Exception:
+            log.exception("a direct write's completion failed")
+
+    def set_exception(self, exc: BaseException) -> None:
+        vol, done_cb, tag, ticket, cluster = self
+        vol._guard.end(ticket)
+        vol._write_done()
+        err = _write_error(exc, f"cluster {cluster}") if isinstance(exc, OSError) else exc
+        try:
+            done_cb(tag, None, err)
+        except Exception:
+            log.exception("a direct write's completion failed")
 
 
 def _end_when_done(fut: IoResult[Any], guard: Any, ticket: int) -> None:

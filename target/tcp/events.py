@@ -5,15 +5,17 @@ Host side (``HostQueue``): :class:`Established`, :class:`ResponseReceived`.
 Both: :class:`ProtocolFailed` (we detected a fatal error and queued our termination request),
 :class:`PeerTerminated` (the peer sent its termination request).
 
-The two per-command events, :class:`CommandReceived` and :class:`ResponseReceived`, are slotted
-but *not* frozen: a frozen dataclass's ``__init__`` goes through ``object.__setattr__`` per
-field, and measured here that made one event cost 0.35 us instead of 0.14 us, one event per
-I/O against a budget of ~8 us of CPU per I/O for the whole target. Treat them as read-only all
-the same. The other events are rare and frozen.
+The two per-command events are not frozen dataclasses: a frozen dataclass's ``__init__`` goes
+through ``object.__setattr__`` per field, and measured here that made one event cost 0.35 us
+instead of 0.14 us, one event per I/O against a budget of ~8 us of CPU per I/O for the whole
+target. :class:`ResponseReceived` is slotted (treat it as read-only all the same);
+:class:`CommandReceived` is a named tuple, which the target's hot path makes with
+``tuple.__new__``: no Python frame at all. The other events are rare and frozen.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,8 +28,7 @@ class QueueEstablished:
     hpda: int
 
 
-@dataclass(slots=True)  # not frozen: hot (see the module docstring); treat as read-only
-class CommandReceived:
+class CommandReceived(NamedTuple):
     """A command whose host-to-controller data (if any) is complete.
 
     ``data`` is the in-capsule or R2T-gathered data, or None for a command with no data or with

@@ -130,6 +130,7 @@ _SGL_OFFSET_INVALID = int(GenericStatus.SGL_OFFSET_INVALID)
 _TRANSIENT = int(GenericStatus.TRANSIENT_TRANSPORT_ERROR)
 
 _command_received = CommandReceived
+_new = tuple.__new__  # CommandReceived without a Python frame (target.tcp.events)
 _MAX_R2T_PER_COMMAND = 16  # we never have more R2Ts out per command, whatever MAXR2T allows
 
 
@@ -189,8 +190,9 @@ class TargetQueue(PduStream):
         self.max_c2h_data = max_c2h_data
         self.max_transfer_bytes = max_transfer_bytes
         self.max_waiting = max_waiting
-        # Where a write's solicited data is gathered (None: a bytearray). The server may hand
-        # out page-aligned buffers so that an O_DIRECT write takes the host's data as it came.
+        # Where a write's data is gathered, solicited or in-capsule (None: a bytearray). The
+        # server may hand out page-aligned buffers so that an O_DIRECT write takes the host's
+        # data as it came.
         self._transfer_buffer = transfer_buffer
         self.allow_success_flag = False
         self.established = False
@@ -285,8 +287,8 @@ class TargetQueue(PduStream):
                 self._on_capsule_cmd(start, buf[start + 1], 0, plen, plen)  # R2T or a bad SGL
                 return True
             self._start = start + plen
-            self._events.append(_command_received(
-                cid, self._mv[start + 8:start + CMD_HLEN].tobytes(), None, 0))
+            self._events.append(_new(CommandReceived, (
+                cid, self._mv[start + 8:start + CMD_HLEN].tobytes(), None, 0)))
             return True
         plen = _PLEN.unpack_from(buf, start + 4)[0]
         if avail < plen:
@@ -298,9 +300,15 @@ class TargetQueue(PduStream):
                 or not (fctype if opcode == _FABRICS_OPCODE else opcode) & 1):
             return None
         self._start = start + plen
-        self._events.append(_command_received(  # (a bytearray slice is the cheapest copy)
-            cid, self._mv[start + 8:start + CMD_HLEN].tobytes(),
-            memoryview(buf[start + CMD_HLEN:start + plen]), 0))
+        take = self._transfer_buffer
+        if take is None:
+            data = memoryview(buf[start + CMD_HLEN:start + plen])  # the cheapest copy
+        else:
+            # Into an aligned buffer: an O_DIRECT write then takes the data as it is.
+            data = take(sgl_length)
+            data[:] = self._mv[start + CMD_HLEN:start + plen]
+        self._events.append(_new(CommandReceived, (
+            cid, self._mv[start + 8:start + CMD_HLEN].tobytes(), data, 0)))
         return True
 
     def _on_capsule_cmd(self, start: int, flags: int, pdo: int, plen: int,
@@ -313,7 +321,7 @@ class TargetQueue(PduStream):
         if not nbytes and (not sgl_length or (sgl_id == SGL_TRANSPORT_DATA_BLOCK and not write)):
             # The hot path: a read, or a command without data.
             self._start = start + plen
-            self._events.append(_command_received(cid, sqe, None, 0))
+            self._events.append(_new(CommandReceived, (cid, sqe, None, 0)))
             return
         status = 0
         if sgl_id == SGL_TRANSPORT_DATA_BLOCK:
@@ -341,7 +349,12 @@ class TargetQueue(PduStream):
                     end = data_at + nbytes
                     if self._end >= end + (4 if flags & DDGSTF else 0):
                         # All of it is in the buffer already (the usual case): one copy.
-                        data = memoryview(self._buf[data_at:end])
+                        take = self._transfer_buffer
+                        if take is None:
+                            data = memoryview(self._buf[data_at:end])
+                        else:
+                            data = take(nbytes)
+                            data[:] = self._mv[data_at:end]
                         if flags & DDGSTF:
                             self._start = end + 4
                             if crc32c(data) != DIGEST.unpack_from(self._buf, end)[0]:
@@ -353,8 +366,10 @@ class TargetQueue(PduStream):
                         self._events.append(_command_received(cid, sqe, data, 0))
                         return
                     self._cur_cid, self._cur_sqe = cid, sqe
-                    self._expect_data(data_at, nbytes, memoryview(bytearray(nbytes)), 0,
-                                      bool(flags & DDGSTF), self._incapsule_done)
+                    take = self._transfer_buffer
+                    sink = memoryview(bytearray(nbytes)) if take is None else take(nbytes)
+                    self._expect_data(data_at, nbytes, sink, 0, bool(flags & DDGSTF),
+                                      self._incapsule_done)
                     return
         elif nbytes or sgl_length:
             status = _SGL_TYPE_INVALID
@@ -495,8 +510,8 @@ class TargetQueue(PduStream):
         ``data`` is sent as is (not copied): keep it unchanged until it is written."""
         if type(cqe) is not bytes:
             cqe = bytes(cqe)
-        if type(data) is not bytes:
-            data = _byte_view(data)
+        if type(data) is memoryview and data.itemsize != 1:  # (_byte_view, inline: hot)
+            data = data.cast("B")
         total = len(data)
         if 0 < total <= self._c2h_simple_max and len(cqe) == 16:
             # The hot path: one PDU, no digests, no padding; a live queue.

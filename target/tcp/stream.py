@@ -127,6 +127,9 @@ class PduStream:
         # True (handled), False (more bytes needed) or None (let the general path decide).
         self._fast: tuple[tuple[bytes, ...], FastHandler] = (_NO_CH, _no_fast)
         self._events: deque[Event] = deque()
+        # The same deque, public: a driver may drain it with popleft() rather than call
+        # next_event() per event (a Python call per command).
+        self.events = self._events
         self._out: list[Buffer] = []
 
     # -- public: receive ----------------------------------------------------------------------

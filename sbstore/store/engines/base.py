@@ -76,6 +76,24 @@ class IoResult(Protocol[T_co]):
     def __await__(self) -> Generator[Any, None, T_co]: ...
 
 
+class Completion(Protocol):
+    """The part of a future an engine calls, for the optional ``read_with``.
+
+    An engine may offer ``read_with(offset, buf, completion) -> bool``: start reading into
+    ``buf`` and report to ``completion`` (``set_result(buf)`` or ``set_exception(exc)``) when
+    done, never before returning; False, with nothing started, where it cannot (then
+    ``read_into`` serves the read). Why: a read told of its completion directly costs no
+    future, no loop callback and no coroutine resumed through every layer above it (the
+    io_uring engine offers it; the target's I/O queue uses it for plain reads).
+    """
+
+    def done(self) -> bool: ...
+
+    def set_result(self, value: Any) -> None: ...
+
+    def set_exception(self, exc: BaseException) -> None: ...
+
+
 @runtime_checkable
 class IoEngine(Protocol):
     """The data I/O of one pool file or block device."""

@@ -103,6 +103,8 @@ class EngineState:
         self._mmask = f.mem_align - 1
         self._famask = f.falloc_align - 1
         self._pool = buffers if buffers is not None else BufferPool()
+        # buffer() is the pool's get: bound here, a read's buffer costs no call of ours.
+        self.buffer = self._pool.get  # type: ignore[method-assign]
         self._slow_fd = -1
         self._closed = False
         self._reads = self._writes = self._read_bytes = self._written_bytes = 0

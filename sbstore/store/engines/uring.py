@@ -43,7 +43,7 @@ import time
 from collections import deque
 from typing import Any
 
-from .base import Buffer, IoResult, ShortIO
+from .base import Buffer, Completion, IoResult, ShortIO
 from .buffers import BufferPool
 from .common import EngineState, OpenFile, move_reader
 from .kernel import (
@@ -79,9 +79,10 @@ _pack = SQE.pack_into
 # the life of the process so the pool never hands them out again.
 _ABANDONED: list[Any] = []
 
-# An in-flight record: (future, result expected, value to resolve with, opcode, fd, offset,
-# address, keep) where keep is the buffer (or, for fallocate, the mode).
-_Record = tuple[asyncio.Future[Any], int, Any, int, int, int, int, Any]
+# An in-flight record: (future or read_with's completion, result expected, value to resolve
+# with, opcode, fd, offset, address, keep) where keep is the buffer (or, for fallocate, the
+# mode).
+_Record = tuple[asyncio.Future[Any] | Completion, int, Any, int, int, int, int, Any]
 
 
 class UringEngine(EngineState):
@@ -169,6 +170,65 @@ class UringEngine(EngineState):
         self._reads += 1
         self._read_bytes += n
         return fut
+
+    # read_with and write_with: read_into and write told of their end through a completion
+    # (base.Completion) instead of a future, resolved from _reap (a read with its buffer,
+    # a write with None). Only what the device takes as it is (aligned, not empty, an open
+    # engine; for a write, a writable contiguous memoryview, as the target gathers a write's
+    # data); anything else is False, with nothing started. Each carries the submission inline,
+    # as read_into and write do: a call less per I/O.
+
+    def read_with(self, offset: int, buf: memoryview, completion: Completion) -> bool:
+        n = buf.nbytes
+        if (offset | n) & self._amask or not n or self._closed:
+            return False
+        addr = _address(_char_from(buf))
+        if addr & self._mmask:
+            return False
+        if not self._scheduled:
+            self._begin_batch()
+        ud = self._next_ud
+        self._next_ud = ud + 1
+        fd = self._fd
+        self._inflight[ud] = (completion, n, buf, OP_READ, fd, offset, addr, buf)
+        if self._room:
+            tail = self._sq_tail
+            _pack(self._sqes, (tail & self._sq_mask) << 6, OP_READ, 0, 0, fd, offset, addr, n,
+                  0, ud)
+            self._sq_tail = tail + 1
+            self._room -= 1
+        else:
+            self._backlog.append((OP_READ, fd, offset, addr, n, 0, ud))
+        self._reads += 1
+        self._read_bytes += n
+        return True
+
+    def write_with(self, offset: int, data: memoryview, completion: Completion) -> bool:
+        if type(data) is not memoryview or data.readonly or not data.c_contiguous:
+            return False
+        n = data.nbytes
+        if (offset | n) & self._amask or not n or self._closed:
+            return False
+        addr = _address(_char_from(data))
+        if addr & self._mmask:
+            return False
+        if not self._scheduled:
+            self._begin_batch()
+        ud = self._next_ud
+        self._next_ud = ud + 1
+        fd = self._fd
+        self._inflight[ud] = (completion, n, None, OP_WRITE, fd, offset, addr, data)
+        if self._room:
+            tail = self._sq_tail
+            _pack(self._sqes, (tail & self._sq_mask) << 6, OP_WRITE, 0, 0, fd, offset, addr,
+                  n, 0, ud)
+            self._sq_tail = tail + 1
+            self._room -= 1
+        else:
+            self._backlog.append((OP_WRITE, fd, offset, addr, n, 0, ud))
+        self._writes += 1
+        self._written_bytes += n
+        return True
 
     def write(self, offset: int, data: Buffer) -> IoResult[None]:
         if type(data) is not memoryview or data.readonly or not data.c_contiguous:
