@@ -33,7 +33,15 @@ class HeldCommands(Protocol):
 
 
 class Admission(Protocol):
-    """Decides which received commands run, and when."""
+    """Decides which received commands run, and when.
+
+    ``solo`` is True while there is nothing to share (one tenant at most): the server then
+    runs commands without :meth:`admit` or :meth:`finished` (about 3 us per 4k read on a pool
+    at QD32, a tenth of the target's CPU) and only adds each to ``solo_admitted``. Commands
+    it ran that way are never reported finished, even if ``solo`` turns False meanwhile."""
+
+    solo: bool
+    solo_admitted: int
 
     def admit(self, flow: Any, nbytes: int) -> bool:
         """May a command of ``flow`` moving ``nbytes`` run now? True: it is counted and the

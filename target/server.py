@@ -293,7 +293,7 @@ class QueueConnection(asyncio.BufferedProtocol):
             self.close()
             return
         adm = self._admission
-        if adm is not None:
+        if adm is not None and not adm.solo:
             flow = session.flow_of(event.sqe)
             if flow is not None:
                 if not adm.admit(*flow):
@@ -307,6 +307,8 @@ class QueueConnection(asyncio.BufferedProtocol):
                 self._start_admitted(session, event, flow[0], flow[1])
                 return
         direct = session.start_direct
+        if adm is not None and adm.solo and direct is not None:
+            adm.solo_admitted += 1  # an I/O queue's command: nothing to share, no admission
         if direct is not None and not event.data_status \
                 and direct(event.sqe, event.data, self._send_response):
             return

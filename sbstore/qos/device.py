@@ -551,7 +551,8 @@ class QosManager:
                 out[s.tenant] = s if prev is None else prev + s
         for name, t in self.admission.tenants.items():
             prev = out.get(name) or TenantQosStats(name)
-            out[name] = dataclasses.replace(prev, cpu_admitted=t.admitted, cpu_held=t.held,
+            out[name] = dataclasses.replace(prev, cpu_admitted=self.admission.admitted(t),
+                                            cpu_held=t.held,
                                             cpu_waiting=len(t.queue))
         return out
 

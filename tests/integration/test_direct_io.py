@@ -128,7 +128,8 @@ async def test_a_failed_direct_read_gets_its_status_and_the_queue_goes_on(served
 async def test_direct_ios_completing_after_their_connection_went_are_given_back_once(
         served) -> None:
     dev, server, port, adm = served
-    adm.flow("other")  # two tenants: commands are admitted and counted
+    adm.flow("other")  # two tenants: commands are admitted and counted (not solo)
+    assert not adm.solo
     ctrl = await Controller.connect("127.0.0.1", port, NQN, queue_size=64)
     dev.hold = True
     reads = [asyncio.ensure_future(ctrl.read(1, i, 1)) for i in range(10)]
@@ -154,3 +155,18 @@ async def test_direct_ios_completing_after_their_connection_went_are_given_back_
         assert bytes(await again.read(1, 100, 1)) == b"w" * BS
     assert adm.inflight == pytest.approx(0)
 
+
+async def test_a_lone_tenant_runs_without_admission_and_is_still_counted(served) -> None:
+    dev, _server, port, adm = served
+    assert adm.solo
+    tenant = adm.tenants["t"]
+    async with await Controller.connect("127.0.0.1", port, NQN) as ctrl:
+        for i in range(5):
+            await ctrl.write(1, i, b"s" * BS)
+        await asyncio.gather(*(ctrl.read(1, i, 1) for i in range(5)))
+        assert adm.inflight == 0 and adm.admitted(tenant) == 10
+        adm.flow("other")  # a second tenant: admission from now on, the count carried over
+        assert not adm.solo and tenant.admitted == 10
+        await ctrl.read(1, 0, 1)
+        assert adm.admitted(tenant) == 11
+    assert adm.inflight == pytest.approx(0)

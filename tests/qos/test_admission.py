@@ -65,16 +65,21 @@ async def test_held_commands_leave_by_weight_and_a_turn_runs_its_budget() -> Non
 
 
 async def test_commands_run_at_once_until_the_turn_budget_is_spent() -> None:
+    """The turn budget applies while tenants compete; a tenant alone is never held for it."""
     adm = CpuAdmission(turn_budget=4)
-    f = adm.flow("a")
-    assert [adm.admit(f, 512) for _ in range(5)] == [True] * 4 + [False]
-    adm.finished(f, 4, 4 * 512)
+    a = adm.flow("a")
+    assert all(adm.admit(a, 512) for _ in range(10))  # alone: no budget
+    adm.finished(a, 9, 9 * 512)  # one of a's stays executing: a stays active, however slow
+    b = adm.flow("b")
+    assert [adm.admit(b, 512) for _ in range(5)] == [True] * 4 + [False]
+    assert not adm.admit(a, 512)  # the turn's budget is spent for both
+    adm.finished(b, 4, 4 * 512)
     await spin(2)  # the turn ends: a fresh budget
-    assert adm.admit(f, 512)
-    adm.finished(f, 1, 512)
+    assert adm.admit(b, 512)
+    adm.finished(b, 1, 512)
     log: list[Any] = []
-    adm.hold(f, 512, Conn(log, [0], adm), "held")
-    assert not adm.admit(f, 512)  # nothing overtakes a held command
+    adm.hold(b, 512, Conn(log, [0], adm), "held")
+    assert not adm.admit(a, 512)  # nothing overtakes a held command
     await spin(2)
     assert log == ["held"]
 
@@ -138,6 +143,9 @@ async def test_forgetting_a_connection_drops_only_its_commands() -> None:
 
 class HoldAll:
     """An admission controller that holds everything until the test releases it."""
+
+    solo = False  # (never: everything goes through admit)
+    solo_admitted = 0
 
     def __init__(self) -> None:
         self.held: list[tuple[Any, Any]] = []
