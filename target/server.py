@@ -390,11 +390,11 @@ class QueueConnection(asyncio.BufferedProtocol):
         session = self._session
         if session is not None:
             queue.allow_success_flag = session.allow_success_flag
-        if response.data is not None:
-            queue.send_read_data(int.from_bytes(response.cqe[12:14], "little"),
-                                 response.data, response.cqe)
+        cqe, data = response
+        if data is not None:
+            queue.send_read_data(cqe[12] | cqe[13] << 8, data, cqe)  # CQE bytes 12-13: the cid
         else:
-            queue.send_completion(response.cqe)
+            queue.send_completion(cqe)
         if not self._batching and not self._flush_soon:
             # A completion from a device (a driver resumed by an I/O's future): more of this
             # connection's usually complete in the same loop turn, so their responses go out
