@@ -13,10 +13,10 @@ What it does, as a user would (everything on 127.0.0.1, in a fresh directory und
 2. Through node a's API creates ``single`` (``replicas: 1``: a cluster volume with one copy,
    so both volumes go through the same role device and mirror, and the difference is the peer)
    and ``rep`` (``replicas: 2``). Placement is by free space (ties by name), so node a's pool
-   is made larger and ``single`` lands on a; who becomes the primary of ``rep`` is whoever
-   campaigns first, so ``rep`` is deleted and created again (``rep-2``, ...) until node a is its
-   primary (at most ``MAX_PLACEMENT_TRIES`` times). Each is exported on its own NQN; both
-   are filled once (128 KiB sequential writes) so the runs measure allocated clusters.
+   is made larger and one copy lands on a; ``rep`` is created with that one copy (a is then its
+   primary) and gets its copy on b after (``POST /v1/cluster/volumes/rep/replicas``). Each is
+   exported on its own NQN; both are filled once (128 KiB sequential writes) so the runs
+   measure allocated clusters.
 3. Drives 4 KiB random writes at each queue depth with the load generator (perf/loadgen.py,
    a process of its own pinned to the second CPU, node b's) through NVMe/TCP to node a,
    ``--seconds`` per run, alternating the two volumes (the order flips every repeat) and
@@ -128,14 +128,25 @@ def healthy(daemon: Daemon, name: str) -> dict[str, Any] | None:
 
 
 def create_on(daemon: Daemon, base: str, size: int, replicas: int, node: str) -> dict[str, Any]:
-    """A cluster volume of ``replicas`` copies whose primary is ``node``: created again under a
-    new name (``base-2``, ...) while another node wins the first election."""
+    """A cluster volume of ``replicas`` copies whose primary is ``node``. It is created with one
+    copy (placement puts it on ``node``, whose pool is the larger), so ``node`` is its primary
+    from the start; the other copies are added after (each a full copy of a volume nothing has
+    written yet). Created with all its copies at once, whichever node campaigned first would
+    win, and under load that was the same node every time. Should the one copy land
+    elsewhere, it is created again under a new name (``base-2``, ...)."""
     for attempt in range(1, MAX_PLACEMENT_TRIES + 1):
         name = base if attempt == 1 else f"{base}-{attempt}"
-        api(daemon, "POST", "/v1/volumes",
-            {"name": name, "size_bytes": size, "replicas": replicas})
+        api(daemon, "POST", "/v1/volumes", {"name": name, "size_bytes": size, "replicas": 1})
         v = wait_for(f"volume {name} healthy", lambda n=name: healthy(daemon, n))
-        if v["primary"] == node and node in v["replicas"]:
+        if v["primary"] == node:
+            others = [n["name"] for n in api(daemon, "GET", "/v1/cluster")["nodes"]
+                      if n["live"] and n["name"] != node]
+            for other in others[:replicas - 1]:
+                api(daemon, "POST", f"/v1/cluster/volumes/{name}/replicas", {"add": other})
+            v = wait_for(f"volume {name} healthy with {replicas} copies",
+                         lambda n=name: (lambda w: w if w and len(w["replicas"]) == replicas
+                                         and w["primary"] == node else None)(
+                                             healthy(daemon, n)))
             v["placement_attempts"] = attempt
             return v  # type: ignore[no-any-return]
         print(f"  {name}: primary {v['primary']}, replicas {v['replicas']}: again", flush=True)
