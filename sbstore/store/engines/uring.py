@@ -140,43 +140,31 @@ class UringEngine(EngineState):
         self._punch_ok = True
 
     # --- the I/O methods ----------------------------------------------------------------------
-    # read_into and write carry the submission path inline (see _queue): a call less per I/O.
+    # read_with and write_with carry the submission path inline (see _queue): a call less per
+    # I/O on the target's direct path. read_into and write, the general forms, go through them
+    # with a future as the completion.
 
     def read_into(self, offset: int, buf: memoryview) -> IoResult[None]:
+        """(Resolved with ``buf``, as read_with's completion is; callers await it only.)"""
         n = buf.nbytes
         if (offset | n) & self._amask:
             return self._read_unaligned(offset, buf)
-        try:
-            addr = _address(_char_from(buf))
-        except ValueError:  # an empty buffer has no address, and nothing to read
+        if not n:  # an empty buffer has no address, and nothing to read
             return self._resolved(None)
-        if addr & self._mmask:
-            return self._read_bounced(offset, buf)
+        if self._closed:
+            raise self._closed_error()
         if not self._scheduled:
             self._begin_batch()
         fut: asyncio.Future[None] = self._new_future()
-        ud = self._next_ud
-        self._next_ud = ud + 1
-        fd = self._fd
-        self._inflight[ud] = (fut, n, None, OP_READ, fd, offset, addr, buf)
-        if self._room:
-            tail = self._sq_tail
-            _pack(self._sqes, (tail & self._sq_mask) << 6, OP_READ, 0, 0, fd, offset, addr, n,
-                  0, ud)
-            self._sq_tail = tail + 1
-            self._room -= 1
-        else:
-            self._backlog.append((OP_READ, fd, offset, addr, n, 0, ud))
-        self._reads += 1
-        self._read_bytes += n
-        return fut
+        if self.read_with(offset, buf, fut):
+            return fut
+        return self._read_bounced(offset, buf)  # (its address is not aligned)
 
-    # read_with and write_with: read_into and write told of their end through a completion
-    # (base.Completion) instead of a future, resolved from _reap (a read with its buffer,
-    # a write with None). Only what the device takes as it is (aligned, not empty, an open
+    # read_with and write_with: an I/O told of its end through a completion (base.Completion:
+    # a future, or the target's direct I/O), resolved from _reap (a read with its buffer, a
+    # write with None). Only what the device takes as it is (aligned, not empty, an open
     # engine; for a write, a writable contiguous memoryview, as the target gathers a write's
-    # data); anything else is False, with nothing started. Each carries the submission inline,
-    # as read_into and write do: a call less per I/O.
+    # data); anything else is False, with nothing started.
 
     def read_with(self, offset: int, buf: memoryview, completion: Completion) -> bool:
         n = buf.nbytes
@@ -236,27 +224,14 @@ class UringEngine(EngineState):
         n = data.nbytes
         if (offset | n) & self._amask or not n:
             return self._write_copied(offset, data)
-        addr = _address(_char_from(data))
-        if addr & self._mmask:
-            return self._write_copied(offset, data)
+        if self._closed:
+            raise self._closed_error()
         if not self._scheduled:
             self._begin_batch()
         fut: asyncio.Future[None] = self._new_future()
-        ud = self._next_ud
-        self._next_ud = ud + 1
-        fd = self._fd
-        self._inflight[ud] = (fut, n, None, OP_WRITE, fd, offset, addr, data)
-        if self._room:
-            tail = self._sq_tail
-            _pack(self._sqes, (tail & self._sq_mask) << 6, OP_WRITE, 0, 0, fd, offset, addr,
-                  n, 0, ud)
-            self._sq_tail = tail + 1
-            self._room -= 1
-        else:
-            self._backlog.append((OP_WRITE, fd, offset, addr, n, 0, ud))
-        self._writes += 1
-        self._written_bytes += n
-        return fut
+        if self.write_with(offset, data, fut):
+            return fut
+        return self._write_copied(offset, data)  # (its address is not aligned)
 
     def zero_range(self, offset: int, nbytes: int) -> IoResult[bool]:
         if not self._zero_ok or (offset | nbytes) & self._famask:
