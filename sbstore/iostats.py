@@ -208,7 +208,7 @@ class InstrumentedDevice:
         """target.blockdev's optional direct read, counted and timed as :meth:`read` is; None
         when the wrapped device has none (read once by the namespace: a closure, so a read
         looks nothing up)."""
-        inner = getattr(self.device, "read_direct", None)
+        inner: DirectRead | None = getattr(self.device, "read_direct", None)
         if inner is None:
             return None
         s = self.stats
@@ -233,7 +233,7 @@ class InstrumentedDevice:
     @property
     def write_direct(self) -> DirectWrite | None:
         """target.blockdev's optional direct write, counted and timed as :meth:`write` is."""
-        inner = getattr(self.device, "write_direct", None)
+        inner: DirectWrite | None = getattr(self.device, "write_direct", None)
         if inner is None:
             return None
         s = self.stats
