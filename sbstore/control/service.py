@@ -523,6 +523,16 @@ class ControlService:
             raise invalid(f"{what} must be a positive number of bytes, not {value!r}")
         return value
 
+    @staticmethod
+    def _wanted_uuid(value: str | None) -> uuid_mod.UUID | None:
+        """The identity a replica of a cluster volume or clone must have (None: a new one)."""
+        if value is None:
+            return None
+        try:
+            return uuid_mod.UUID(value)
+        except (ValueError, TypeError, AttributeError):
+            raise invalid(f"uuid {value!r} is not a UUID") from None
+
     # === descriptions ============================================================================
 
     def volume_info(self, pool_name: str, vol: Volume) -> dict[str, Any]:
@@ -674,12 +684,7 @@ class ControlService:
         """A new thin volume; ``uuid`` (a replica of a cluster volume): the identity it must
         have, else a new one."""
         self._size(size_bytes)
-        want = None
-        if uuid is not None:
-            try:
-                want = uuid_mod.UUID(uuid)
-            except (ValueError, TypeError, AttributeError):
-                raise invalid(f"uuid {uuid!r} is not a UUID") from None
+        want = self._wanted_uuid(uuid)
         if block_size not in (512, 4096):
             raise invalid(f"block_size must be 512 or 4096, not {block_size!r}")
         tenant = self._tenant_name(tenant)
@@ -867,12 +872,7 @@ class ControlService:
         clone): the identity it must have, else a new one."""
         if not isinstance(name, str) or not name:
             raise invalid("a clone name must be a non-empty string")
-        want = None
-        if uuid is not None:
-            try:
-                want = uuid_mod.UUID(uuid)
-            except (ValueError, TypeError, AttributeError):
-                raise invalid(f"uuid {uuid!r} is not a UUID") from None
+        want = self._wanted_uuid(uuid)
         if tenant is not None:
             tenant = self._tenant_name(tenant)
         async with self._mutation():
