@@ -173,6 +173,19 @@ def disconnect(vm: LinuxHostVM, subnqn: str, timeout: float = 60.0) -> ExecResul
     return vm.exec(f"nvme disconnect -n {shlex.quote(subnqn)}", timeout=timeout)
 
 
+def detach_quietly(vm: LinuxHostVM, subnqn: str) -> None:
+    """A fixture's teardown: stop any fio, disconnect ``subnqn`` and wait until it is gone;
+    a guest that died or broke meanwhile is left as it is (the test reports that)."""
+    if not vm.alive:
+        return
+    try:
+        vm.exec("pkill -9 fio; true", timeout=30)
+        disconnect(vm, subnqn)
+        wait_detached(vm, subnqn)
+    except VMError:
+        pass
+
+
 @dataclass(frozen=True)
 class FioResult:
     rc: int

@@ -31,7 +31,7 @@ from tests.cluster.etcd_server import ETCD, EtcdServer
 
 from . import nvme_host as nh
 from .sbstore_process import SbstoreDaemon, free_port, write_config
-from .vm import HOST_FROM_GUEST, LinuxHostVM, VMError
+from .vm import HOST_FROM_GUEST, LinuxHostVM
 
 pytestmark = [pytest.mark.linux_host,
               pytest.mark.skipif(not os.access(ETCD, os.X_OK), reason="etcd-server is not installed "
@@ -99,13 +99,7 @@ def cluster(guest: LinuxHostVM, tmp_path_factory: pytest.TempPathFactory) -> Ite
                             pytrace=False)
         yield Cluster(guest, etcd, nodes)
     finally:
-        if guest.alive:
-            try:
-                guest.exec("pkill -9 fio; true", timeout=30)
-                nh.disconnect(guest, SUBNQN)
-                nh.wait_detached(guest, SUBNQN)
-            except VMError:
-                pass
+        nh.detach_quietly(guest, SUBNQN)
         for n in nodes.values():
             n.daemon.stop()
         etcd.stop()

@@ -32,7 +32,7 @@ import pytest
 
 from . import nvme_host as nh
 from .sbstore_process import SbstoreDaemon, free_port, write_config
-from .vm import HOST_FROM_GUEST, LinuxHostVM, VMError
+from .vm import HOST_FROM_GUEST, LinuxHostVM
 
 pytestmark = pytest.mark.linux_host
 
@@ -71,13 +71,7 @@ def setup(guest: LinuxHostVM,
     try:
         yield Setup(linux_host, daemon, port1, port2)
     finally:
-        if linux_host.alive:
-            try:
-                linux_host.exec("pkill -9 fio; true", timeout=30)
-                nh.disconnect(linux_host, SUBNQN)
-                nh.wait_detached(linux_host, SUBNQN)
-            except VMError:
-                pass
+        nh.detach_quietly(linux_host, SUBNQN)
         daemon.stop()
 
 
