@@ -143,10 +143,12 @@ def create_on(daemon: Daemon, base: str, size: int, replicas: int, node: str) ->
                       if n["live"] and n["name"] != node]
             for other in others[:replicas - 1]:
                 api(daemon, "POST", f"/v1/cluster/volumes/{name}/replicas", {"add": other})
-            v = wait_for(f"volume {name} healthy with {replicas} copies",
-                         lambda n=name: (lambda w: w if w and len(w["replicas"]) == replicas
-                                         and w["primary"] == node else None)(
-                                             healthy(daemon, n)))
+
+            def complete(n: str = name) -> dict[str, Any] | None:
+                w = healthy(daemon, n)
+                return w if w and len(w["replicas"]) == replicas and w["primary"] == node \
+                    else None
+            v = wait_for(f"volume {name} healthy with {replicas} copies", complete)
             v["placement_attempts"] = attempt
             return v  # type: ignore[no-any-return]
         print(f"  {name}: primary {v['primary']}, replicas {v['replicas']}: again", flush=True)
