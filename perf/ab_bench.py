@@ -11,8 +11,9 @@ minute to the next; a figure from one run and a figure from another an hour late
 nothing. Here every round runs each job on every tree before the next round, and the report is
 the median per tree.
 
-What it does: starts ``python3 -m sbstore serve`` from each tree (``PYTHONPATH`` and working
-directory that tree), pinned to the first CPU: ``--target ram`` is ``serve --demo --ram``;
+What it does: starts ``python3 -m sbstore serve`` from each tree (perf/harness.py's
+``start_ram_demo``/``start_daemon`` with ``tree``: ``PYTHONPATH`` and working directory that
+tree), pinned to the first CPU: ``--target ram`` is ``serve --demo --ram``;
 ``--target pool`` a daemon with one pool file (engine ``--io``) in a fresh directory under
 ``--dir`` and a volume of ``--size-mib``, written once in full. Then, per round and job, each
 tree in turn: the page cache dropped before a pool read job, perf/loadgen.py (``--engine``,
@@ -26,14 +27,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,64 +40,21 @@ if ROOT not in sys.path:
 
 from perf.harness import (  # noqa: E402
     Daemon,
+    cpu_times,
     cpus,
     drop_caches,
     export_filled_volume,
     finish_load,
     loadgen_cmd,
-    pinned,
+    start_daemon,
     start_load,
+    start_ram_demo,
     stop_process,
     write_config,
 )
 
 RAM_NQN = "nqn.2026-11.io.sbstore:demo"
 POOL_NQN = "nqn.2026-12.io.sbstore.bench:ab"
-START_TIMEOUT_S = 60
-
-
-def cpu_times(pid: int) -> tuple[float, float]:
-    """(user, system) seconds of ``pid`` so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
-
-
-def start_from(tree: str, args: argparse.Namespace, cpu: str | None, workdir: str
-               ) -> tuple[subprocess.Popen[str], int, str | None]:
-    """The daemon of ``tree``: (process, NVMe/TCP port, API socket or None)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=tree)
-    if args.target == "ram":
-        cmd = [sys.executable, "-m", "sbstore", "serve", "--demo", "--ram", "--listen",
-               "127.0.0.1:0", "--log-level", "warning"]
-    else:
-        cfg = write_config(workdir, pool_size=f"{2 * args.size_mib + 256}M", io=args.io)
-        cmd = [sys.executable, "-m", "sbstore", "serve", "--config", cfg]
-    proc = subprocess.Popen([*pinned(cpu), *cmd], cwd=tree, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    port = sock = None
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline and (port is None or (sock is None and
-                                                            args.target == "pool")):
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if m := re.search(r" on [^ ]+:(\d+)$", line.strip()):
-            port = int(m.group(1))
-        if m := re.search(r"--socket (\S+)", line):
-            sock = m.group(1)
-    if port is None:
-        stop_process(proc)
-        raise RuntimeError(f"the daemon of {tree} did not start")
-    out = proc.stdout
-
-    def drain() -> None:  # the daemon must never block on a full stdout pipe
-        for _ in out:
-            pass
-    threading.Thread(target=drain, daemon=True).start()
-    return proc, port, sock
 
 
 def main() -> int:
@@ -120,35 +75,40 @@ def main() -> int:
     jobs = [(rw, int(bs), int(qd)) for rw, bs, qd in (j.split(":") for j in args.jobs.split(","))]
     daemon_cpu, load_cpu = cpus()
     size = args.size_mib << 20
-    started: list[tuple[str, subprocess.Popen[str], int, str]] = []
+    # (tree, the daemon's process, its pid, NVMe/TCP port, NQN); pool daemons also in pools
+    started: list[tuple[str, subprocess.Popen[str], int, int, str]] = []
+    pools: list[Daemon] = []
     workdirs: list[str] = []
     runs: dict[str, dict[str, list[dict[str, float]]]] = {
         t: {f"{rw}:{bs}:{qd}": [] for rw, bs, qd in jobs} for t in trees}
     try:
         for tree in trees:
-            workdir = tempfile.mkdtemp(prefix="sbstore-ab-", dir=args.dir)
-            workdirs.append(workdir)
-            proc, port, sock = start_from(tree, args, daemon_cpu, workdir)
-            nqn = RAM_NQN
-            if args.target == "pool":
-                assert sock is not None
-                nqn = POOL_NQN
-                export_filled_volume(Daemon(proc, proc.pid, sock, port, None), nqn, size,
-                                     load_cpu)
-            started.append((tree, proc, port, nqn))
-            print(f"{tree}: pid {proc.pid}, port {port}", flush=True)
+            if args.target == "ram":
+                proc, port = start_ram_demo([], {int(daemon_cpu)} if daemon_cpu else None,
+                                            tree=tree)
+                started.append((tree, proc, proc.pid, port, RAM_NQN))
+            else:
+                workdir = tempfile.mkdtemp(prefix="sbstore-ab-", dir=args.dir)
+                workdirs.append(workdir)
+                cfg = write_config(workdir, pool_size=f"{2 * args.size_mib + 256}M",
+                                   io=args.io)
+                daemon = start_daemon(cfg, daemon_cpu, tree=tree)
+                pools.append(daemon)
+                export_filled_volume(daemon, POOL_NQN, size, load_cpu)
+                started.append((tree, daemon.proc, daemon.pid, daemon.nvme_port, POOL_NQN))
+            print(f"{tree}: pid {started[-1][2]}, port {started[-1][3]}", flush=True)
         for r in range(args.rounds):
             for rw, bs, qd in jobs:
                 job = f"{rw}:{bs}:{qd}"
-                for tree, proc, port, nqn in started:
+                for tree, _proc, pid, port, nqn in started:
                     if args.target == "pool" and "read" in rw:
                         drop_caches()
-                    before = cpu_times(proc.pid)
+                    before = cpu_times(pid)
                     out = finish_load(start_load(loadgen_cmd(
                         port, nqn, load_cpu, rw=rw, bs=bs, qd=qd, seconds=args.seconds,
                         span_bytes=size if args.target == "pool" else 0,
                         engine=args.engine)), args.seconds + 120)
-                    after = cpu_times(proc.pid)
+                    after = cpu_times(pid)
                     ios = max(out["ios"], 1)
                     run = {"iops": out["iops"],
                            "user_us_per_io": 1e6 * (after[0] - before[0]) / ios,
@@ -159,8 +119,11 @@ def main() -> int:
                     print(f"round {r} {job:18s} {tree}: {out['iops']:9.0f} IOPS "
                           f"{run['cpu_us_per_io']:6.2f} us CPU/IO", flush=True)
     finally:
-        for _tree, proc, _port, _nqn in started:
-            stop_process(proc)
+        for daemon in pools:
+            daemon.stop()
+        for _tree, proc, _pid, _port, _nqn in started:
+            if proc.poll() is None:  # the RAM daemons
+                stop_process(proc)
         for workdir in workdirs:
             shutil.rmtree(workdir, ignore_errors=True)
     report: dict[str, Any] = {"target": args.target, "trees": trees, "rounds": args.rounds,

@@ -71,6 +71,7 @@ from perf.harness import (
     start_daemon,
     write_config,
 )
+from perf.harness import wait_for as wait_until  # (wait_for below: with WAIT_S)
 from perf.replication_bench import timed_writes
 from tests.cluster.etcd_server import ETCD, EtcdServer, free_port
 
@@ -98,17 +99,8 @@ def run_seconds(pid: int) -> float:
 # --- bounded waits and the API ----------------------------------------------------------------
 
 def wait_for(what: str, check: Any, timeout: float = WAIT_S, step: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            got = check()
-            if got:
-                return got
-        except Exception as exc:  # noqa: BLE001 (not there yet)
-            last = exc
-        time.sleep(step)
-    raise RuntimeError(f"timed out after {timeout} s waiting for {what} (last error: {last!r})")
+    """perf.harness.wait_for with this benchmark's default bound."""
+    return wait_until(what, check, timeout, step)
 
 
 def api(daemon: Daemon, method: str, target: str, body: Any = None) -> Any:

@@ -17,8 +17,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -33,11 +34,40 @@ STOP_TIMEOUT_S = 30.0
 
 # --- the machine ------------------------------------------------------------------------------
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` (all its threads), from /proc."""
+T = TypeVar("T")
+
+
+def wait_for(what: str, check: Callable[[], T | None], timeout: float = 20.0,
+             step: float = 0.1, error: type[Exception] = RuntimeError) -> T:
+    """Poll ``check`` every ``step`` seconds until it returns something truthy, and return
+    that (exceptions count as not yet); after ``timeout`` raise ``error`` naming ``what``
+    and the last exception."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            got = check()
+            if got:
+                return got
+        except Exception as exc:  # noqa: BLE001 (not up yet, not there yet)
+            last = exc
+        time.sleep(step)
+    raise error(f"timed out after {timeout} s waiting for {what} (last error: {last!r})")
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(utime, stime) of ``pid`` (all its threads) in seconds, from /proc. The kernel keeps
+    their sum exact but splits it between user and system by sampling at the tick."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    # fields[11], fields[12]: utime and stime (stat fields 14 and 15) in clock ticks.
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (all its threads), from /proc."""
+    return sum(cpu_times(pid))
 
 
 def cpus() -> tuple[str | None, str | None]:
@@ -91,9 +121,10 @@ def drop_caches() -> bool:
         return False
 
 
-def child_env() -> dict[str, str]:
+def child_env(tree: str = ROOT) -> dict[str, str]:
+    """The environment of a process that runs the code of source tree ``tree``."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [tree, env.get("PYTHONPATH")]))
     for k in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
         env.pop(k, None)
     return env
@@ -161,12 +192,14 @@ port = 0
     return cfg
 
 
-def start_daemon(cfg: str, cpu: str | None, wrap: list[str] | None = None) -> Daemon:
-    """``python -m sbstore serve --config cfg`` pinned to ``cpu`` (under ``wrap``, e.g. py-spy);
-    returns once it listens, with its NVMe port, API socket and metrics URL."""
+def start_daemon(cfg: str, cpu: str | None, wrap: list[str] | None = None,
+                 tree: str = ROOT) -> Daemon:
+    """``python -m sbstore serve --config cfg`` pinned to ``cpu`` (under ``wrap``, e.g. py-spy),
+    the code of source tree ``tree``; returns once it listens, with its NVMe port, API socket
+    and metrics URL."""
     wrap = wrap or []
     cmd = [*wrap, *pinned(cpu), sys.executable, "-m", "sbstore", "serve", "--config", cfg]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, cwd=tree, env=child_env(tree), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     seen: list[str] = []
@@ -254,16 +287,17 @@ def _serving_pid(root: int) -> int:
     raise RuntimeError(f"no sbstore serve process under pid {root}")
 
 
-def start_ram_demo(extra: list[str],
-                   cpus: set[int] | None = None) -> tuple[subprocess.Popen[str], int]:
-    """``sbstore serve --demo --ram`` on a free loopback port, pinned to ``cpus``, logging
-    warnings only (nothing drains its stdout after start-up); (process, NVMe/TCP port)."""
+def start_ram_demo(extra: list[str], cpus: set[int] | None = None,
+                   tree: str = ROOT) -> tuple[subprocess.Popen[str], int]:
+    """``sbstore serve --demo --ram`` (the code of source tree ``tree``) on a free loopback
+    port, pinned to ``cpus``, logging warnings only (nothing drains its stdout after
+    start-up); (process, NVMe/TCP port)."""
     def pin() -> None:
         if cpus:
             os.sched_setaffinity(0, cpus)
     proc = subprocess.Popen([sys.executable, "-m", "sbstore", "serve", "--demo", "--ram",
                              "--listen", "127.0.0.1:0", "--log-level", "warning", *extra],
-                            cwd=ROOT, env=child_env(), stdout=subprocess.PIPE,
+                            cwd=tree, env=child_env(tree), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, preexec_fn=pin if cpus else None)
     deadline = time.monotonic() + 30
     assert proc.stdout is not None

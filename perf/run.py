@@ -43,6 +43,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from perf.harness import cpu_times  # noqa: E402
 from perf.harness import start_ram_demo as start_target  # noqa: E402
 from perf.harness import stop_process as stop_target  # noqa: E402
 
@@ -61,12 +62,7 @@ class CpuSample:
     runtime of all its threads (ns, from schedstat), and its context switches."""
 
     def __init__(self, pid: int) -> None:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        tick = os.sysconf("SC_CLK_TCK")
-        # fields[11], fields[12]: utime and stime (stat fields 14 and 15) in clock ticks.
-        self.user = int(fields[11]) / tick
-        self.sys = int(fields[12]) / tick
+        self.user, self.sys = cpu_times(pid)
         self.run_ns = 0
         self.switches = 0
         for tid in os.listdir(f"/proc/{pid}/task"):
@@ -79,11 +75,6 @@ class CpuSample:
                             self.switches += int(text.split()[1])
             except (OSError, ValueError, IndexError):
                 pass  # a thread that ended in between
-
-
-def cpu_seconds(pid: int) -> float:
-    s = CpuSample(pid)
-    return s.user + s.sys
 
 
 def affinity(placement: str) -> tuple[set[int] | None, set[int] | None]:

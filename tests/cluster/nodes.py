@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from perf import harness
 from sbstore.control.client import Client
 from target.host import CommandFailed, Controller
 from target.nvme.logpages import pull_ana_log
@@ -108,18 +109,9 @@ class Cluster:
 
 def wait_for(what: str, check: Callable[[], T | None], timeout: float = 20.0,
              step: float = 0.1) -> T:
-    """Poll ``check`` until it returns something truthy (exceptions count as not yet)."""
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            got = check()
-            if got:
-                return got
-        except Exception as exc:  # not up yet, not there yet
-            last = exc
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last error: {last!r})")
+    """Poll ``check`` until it returns something truthy (exceptions count as not yet); a test
+    failure (AssertionError) when it does not in time."""
+    return harness.wait_for(what, check, timeout, step, error=AssertionError)
 
 
 async def await_for(what: str, check: Callable[[], Awaitable[T | None]], timeout: float = 20.0,
