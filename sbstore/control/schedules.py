@@ -14,9 +14,12 @@ task, only calls it with its clock and sleeps until the next schedule is due. Te
   state transaction), then snapshots every target volume as ``<volume>@auto-<UTC timestamp>``
   through the control service (so the snapshot gets its volume's tenant) and records each
   snapshot's uuid; after a crash, the next tick adopts an intended snapshot that exists and
-  forgets one that does not, so no snapshot is left that no schedule keeps. Then it prunes: per origin volume, the snapshots this schedule took beyond the newest ``keep`` are
+  forgets one that does not, so no snapshot is left that no schedule keeps. Then it prunes:
+  per origin volume, the snapshots this schedule took beyond the newest ``keep`` are
   forgotten by it, and deleted unless another schedule still keeps them (two schedules due at
-  the same instant share the snapshot they both took).
+  the same instant share the snapshot they both took). A crash between a run's snapshots and
+  its pruning would leave a schedule over its ``keep`` until its next period, so a runner's
+  first tick (the first after a start) prunes every schedule, due or not.
 - A snapshot deleted by hand is simply forgotten. A schedule whose volume is gone is removed.
   Removing a schedule leaves the snapshots it took (they become ordinary snapshots).
 - Failures (a full pool, an exported snapshot that cannot be deleted) are logged and retried at
@@ -91,6 +94,7 @@ class ScheduleRunner:
         self.clock = clock
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._pruned_since_start = False
 
     # --- the daemon's task --------------------------------------------------------------------
 
@@ -130,6 +134,12 @@ class ScheduleRunner:
         """Run every schedule due at ``now``; returns how many snapshots were taken."""
         service, state = self.service, self.service.state
         self._settle_intents()
+        if not self._pruned_since_start:
+            # Finish the pruning a crash may have cut short (see the module's docstring).
+            self._pruned_since_start = True
+            for rec in state.schedules():
+                await self._prune(rec)
+            await service.sync_state()
         taken = 0
         for rec in state.schedules():
             if not is_due(rec, now):

@@ -12,7 +12,7 @@ import pytest
 
 from sbstore.control.schedules import ScheduleRunner, parse_every, snapshot_name
 from sbstore.control.service import ControlError, ControlService
-from sbstore.control.state import StateStore
+from sbstore.control.state import ScheduledSnapshot, StateStore
 from sbstore.store import Pool
 from target.server import TargetServer
 from target.subsystem import Target
@@ -96,6 +96,32 @@ async def test_schedules_survive_a_restart_and_catch_up_once(tmp_path: Path) -> 
         assert await runner.tick(T0 + 7 * HOUR) == 1
         assert snapshots_of(service, "v") == sorted(
             [snapshot_name("v", T0 + 6 * HOUR + 10), snapshot_name("v", T0 + 7 * HOUR)])
+
+
+async def test_a_pruning_cut_short_by_a_crash_is_finished_at_the_next_start(
+        tmp_path: Path) -> None:
+    async with control(tmp_path) as service:
+        await service.create_volume("v", 4 << 20)
+        rec_id = (await service.add_schedule("1h", 2, volume="v"))["id"]
+        runner = ScheduleRunner(service)
+        await runner.tick(T0)
+        await runner.tick(T0 + HOUR)
+        # What a run at T0 + 2h has written when a crash comes before its pruning: the run's
+        # time, the snapshot, and its record (the steps of ScheduleRunner.tick up to _prune).
+        now = T0 + 2 * HOUR
+        name = snapshot_name("v", now)
+        service.state.set_schedule_run(rec_id, now)
+        uuid = (await service.create_snapshot("v", name))["uuid"]
+        origin = service.volume_uuid("p", "v")
+        assert origin is not None
+        service.state.add_scheduled_snapshot(ScheduledSnapshot(rec_id, "p", name, uuid, origin,
+                                                               now))
+        assert snapshots_of(service, "v") == names("v", [0, 1, 2])
+    async with control(tmp_path) as service:  # the restart
+        runner = ScheduleRunner(service)
+        assert await runner.tick(now + TICK) == 0  # not due: this hour's is taken
+        assert snapshots_of(service, "v") == names("v", [1, 2])
+        assert sorted(service.list_schedules()[0]["snapshots"]) == names("v", [1, 2])
 
 
 async def test_removed_schedules_keep_their_snapshots_and_gone_volumes_end_theirs(
