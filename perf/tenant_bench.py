@@ -13,7 +13,10 @@ fast engine and one connection, is a process of its own pinned to the second CPU
   the API, 4k random reads (writes) at QD32 each.
 - ``noisy``: the same daemon, equal weights: tenant ``quiet`` runs 4k random reads at QD1 alone,
   then again while tenant ``noisy`` runs 128k writes at QD32 with a Flush after every 64
-  writes. Reports quiet's p99 with / without (the goal: at most 2x).
+  writes. Reports quiet's p99 with / without (the goal: at most 2x). The yardstick, in each
+  round (unless ``--no-device-yardstick``): the same two jobs by fio straight on a file of the
+  same disk, pinned to the target's CPU: what the device itself does to a QD1 reader under
+  that neighbour.
 The weight ratio is heavy's IOPS / light's (goal: 3 +- 10%). Each figure is the median over
 ``--rounds``; each run is printed as it goes. Writes JSON.
 """
@@ -35,10 +38,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from perf import fio_json  # noqa: E402
 from perf.harness import (  # noqa: E402
     child_env,
     cpu_seconds,
     cpus,
+    fill_file,
     finish_load,
     loadgen_cmd,
     median,
@@ -48,6 +53,7 @@ from perf.harness import (  # noqa: E402
     start_load,
     write_config,
 )
+from perf.percentiles import FIO_PERCENTILE_LIST  # noqa: E402
 from sbstore.config import parse_size  # noqa: E402
 
 NQN_PREFIX = "nqn.2026-12.io.sbstore.bench:"
@@ -105,29 +111,74 @@ def weight_runs(port: int, pid: int, load_cpu: str | None, rw: str, seconds: flo
             "met": abs(median(ratios) - 3.0) <= 0.3}
 
 
+def fio_noisy(path: str, cpu: str | None, seconds: float, span: int, flush_every: int,
+              with_neighbour: bool) -> dict[str, dict[str, Any]]:
+    """The yardstick: the same two jobs with fio straight on the disk (io_uring, O_DIRECT,
+    one file: the quiet job reads its first ``span`` bytes, the neighbour writes the next
+    ``span``, with an fsync every ``flush_every`` writes), pinned to the target's CPU. What
+    the device itself does to a QD1 reader under that neighbour, with no target between."""
+    common = ["--ioengine=io_uring", "--direct=1", f"--filename={path}", "--time_based",
+              f"--runtime={seconds}", "--norandommap", "--randrepeat=0",
+              f"--percentile_list={FIO_PERCENTILE_LIST}"]
+    cmd = [*pinned(cpu), "fio", "--output-format=json", "--name=quiet", *common,
+           "--rw=randread", "--bs=4k", "--iodepth=1", "--offset=0", f"--size={span}"]
+    if with_neighbour:
+        cmd += ["--name=noisy", *common, "--rw=write", "--bs=128k", "--iodepth=32",
+                f"--offset={span}", f"--size={span}"]
+        if flush_every:
+            cmd.append(f"--fsync={flush_every}")
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"fio failed: {out.stderr[-2000:]}")
+    return {job["name"]: job for job in fio_json.parse(out.stdout)}
+
+
 def noisy_runs(port: int, load_cpu: str | None, seconds: float, rounds: int,
-               span: int, flush_every: int = 64) -> dict[str, Any]:
+               span: int, flush_every: int = 64, yardstick: str | None = None,
+               daemon_cpu: str | None = None) -> dict[str, Any]:
     quiet = {"rw": "randread", "bs": 4096, "qd": 1, "span_bytes": span}
     noisy = {"rw": "write", "bs": 128 << 10, "qd": 32, "span_bytes": span,
              "flush_every": flush_every}
     runs = []
     for rnd in range(rounds):
-        # The disk still writes back what the last round's neighbour wrote: let it settle, or
-        # the "alone" run measures that instead.
-        os.sync()
-        time.sleep(3)
+        run: dict[str, Any] = {"round": rnd}
+        if yardstick is not None:
+            settle()
+            alone_fio = fio_noisy(yardstick, daemon_cpu, seconds, span, flush_every, False)
+            both_fio = fio_noisy(yardstick, daemon_cpu, seconds, span, flush_every, True)
+            ratio = both_fio["quiet"]["lat_us"]["p99"] / max(
+                alone_fio["quiet"]["lat_us"]["p99"], 1e-9)
+            run["device"] = {"alone": alone_fio["quiet"], "with_noisy": both_fio["quiet"],
+                             "noisy": both_fio["noisy"], "p99_ratio": round(ratio, 3)}
+            print(f"noisy round {rnd}, the disk alone (fio): quiet p99 alone "
+                  f"{alone_fio['quiet']['lat_us']['p99']:.0f} us, with the neighbour "
+                  f"{both_fio['quiet']['lat_us']['p99']:.0f} us (x{ratio:.2f}); the "
+                  f"neighbour wrote {both_fio['noisy']['mb_per_s']:.0f} MB/s", flush=True)
+        settle()
         alone = run_load(port, NQN_PREFIX + "quiet", load_cpu, seconds=seconds, **quiet)
         both = concurrent(port, {"quiet": quiet, "noisy": noisy}, load_cpu, seconds)
         ratio = both["quiet"]["lat_us"]["p99"] / max(alone["lat_us"]["p99"], 1e-9)
-        runs.append({"round": rnd, "alone": alone, "with_noisy": both["quiet"],
-                     "noisy": both["noisy"], "p99_ratio": round(ratio, 3)})
+        run.update({"alone": alone, "with_noisy": both["quiet"], "noisy": both["noisy"],
+                    "p99_ratio": round(ratio, 3)})
+        runs.append(run)
         print(f"noisy round {rnd}: quiet p99 alone {alone['lat_us']['p99']:.0f} us, with "
               f"the neighbour {both['quiet']['lat_us']['p99']:.0f} us (x{ratio:.2f}); the "
               f"neighbour wrote {both['noisy']['mb_per_s']:.0f} MB/s", flush=True)
     ratios = [r["p99_ratio"] for r in runs]
-    return {"runs": runs, "p99_ratio_median": round(median(ratios), 3),
-            "p99_ratio_range": [min(ratios), max(ratios)], "goal": "<= 2",
-            "met": median(ratios) <= 2.0}
+    out = {"runs": runs, "p99_ratio_median": round(median(ratios), 3),
+           "p99_ratio_range": [min(ratios), max(ratios)], "goal": "<= 2",
+           "met": median(ratios) <= 2.0}
+    if yardstick is not None:
+        out["device_p99_ratio_median"] = round(median([r["device"]["p99_ratio"]
+                                                       for r in runs]), 3)
+    return out
+
+
+def settle() -> None:
+    """The disk still writes back what the last run's neighbour wrote: let it settle, or the
+    next "alone" run measures that instead."""
+    os.sync()
+    time.sleep(3)
 
 
 def pool_daemon(work: str, io: str, size: int, tenants: dict[str, int], daemon_cpu: str | None,
@@ -157,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scenarios", default="ram-read,pool-read,pool-write,noisy")
     p.add_argument("--noisy-flush-every", type=int, default=64,
                    help="the noisy neighbour's writes between two Flush commands (0: none)")
+    p.add_argument("--no-device-yardstick", action="store_true",
+                   help="noisy: skip the same two jobs run by fio on the disk itself")
     p.add_argument("--qos", default="", help="extra [qos] settings for the daemon, e.g. "
                    "'max_inflight = 16' (default: the daemon's defaults)")
     p.add_argument("--json", default=os.path.join(ROOT, "perf", "results", "tenants.json"))
@@ -196,10 +249,15 @@ def main(argv: list[str] | None = None) -> int:
         work = tempfile.mkdtemp(prefix="sbs-noisy-", dir=args.dir)
         daemon = None
         try:
+            yardstick = None
+            if not args.no_device_yardstick:
+                yardstick = os.path.join(work, "yardstick.img")
+                fill_file(yardstick, 2 * size, daemon_cpu)
             daemon = pool_daemon(work, args.io, size, {"quiet": 100, "noisy": 100},
                                  daemon_cpu, load_cpu, qos_extra)
             report["noisy"] = noisy_runs(daemon.nvme_port, load_cpu, args.seconds,
-                                         args.rounds, size, args.noisy_flush_every)
+                                         args.rounds, size, args.noisy_flush_every,
+                                         yardstick, daemon_cpu)
         finally:
             if daemon is not None:
                 daemon.stop()
@@ -214,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
         r = report["noisy"]
         print(f"goal: quiet tenant's p99 with a noisy neighbour <= 2x alone: "
               f"x{r['p99_ratio_median']:.2f}: {'met' if r['met'] else 'NOT MET'}")
+        if "device_p99_ratio_median" in r:
+            print(f"yardstick: the same two jobs by fio on the disk itself: quiet's p99 "
+                  f"x{r['device_p99_ratio_median']:.2f}")
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(report, f, indent=1)

@@ -49,3 +49,6 @@ def test_tenant_bench_runs_and_reports(tmp_path: Path) -> None:
     noisy = report["noisy"]["runs"][0]
     assert noisy["alone"]["ios"] > 0 and noisy["with_noisy"]["ios"] > 0
     assert noisy["noisy"]["ios"] > 0 and noisy["p99_ratio"] > 0
+    device = noisy["device"]  # the yardstick: fio's two jobs on the disk itself
+    assert device["alone"]["ios"] > 0 and device["with_noisy"]["ios"] > 0
+    assert device["noisy"]["ios"] > 0 and device["p99_ratio"] > 0
