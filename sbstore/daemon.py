@@ -300,7 +300,7 @@ async def run_daemon(config: Config, *, demo: DemoConfig | None = None,
             # the device, is already bounded by the admission controller's room, where the
             # weights act; the slots still order I/Os held by limits.
             qos.backend(name, inline=True)
-        target = Target()
+        target = Target(incapsule_data_size=config.target.incapsule_data_size)
         target.discovery_auth = config.target.discovery_auth
         # Writes' data is gathered in page-aligned buffers: an O_DIRECT engine writes it as it
         # came off the socket, with no copy to align it.

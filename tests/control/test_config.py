@@ -35,6 +35,7 @@ def test_the_example_config_loads() -> None:
     assert c.listeners == (ListenerConfig(4420, "192.0.2.10"),
                            ListenerConfig(4420, interface="eth1"))
     assert c.target.busy_poll_us == 0  # busy-polling is off unless asked for
+    assert c.target.incapsule_data_size == 128 << 10
     assert c.limits == LimitsConfig()  # the example shows the defaults
 
 
@@ -83,6 +84,12 @@ def test_limits_keys() -> None:
 def test_busy_poll_key() -> None:
     c = parse_config({**BASE, "target": {"busy_poll_us": 250}}, source="t.toml")
     assert c.target.busy_poll_us == 250
+
+
+def test_incapsule_data_size_key() -> None:
+    assert parse_config(BASE).target.incapsule_data_size == 128 << 10
+    c = parse_config({**BASE, "target": {"incapsule_data_size": 8192}}, source="t.toml")
+    assert c.target.incapsule_data_size == 8192
 
 
 def test_discovery_auth_key() -> None:
@@ -136,6 +143,10 @@ BASE: dict[str, Any] = {"state_dir": "/s"}
     ({**BASE, "target": {"busy_poll_us": 10**7}}, "target.busy_poll_us", "out of range"),
     ({**BASE, "target": {"busy_poll_us": 0.5}}, "target.busy_poll_us", "must be an integer"),
     ({**BASE, "target": {"busy_poll": 5}}, "target", "unknown key 'busy_poll'"),
+    ({**BASE, "target": {"incapsule_data_size": 1000}}, "target.incapsule_data_size",
+     "not a multiple of 16"),
+    ({**BASE, "target": {"incapsule_data_size": 2 << 20}}, "target.incapsule_data_size",
+     "not a multiple of 16 in 0..1048576"),
     ({**BASE, "limits": {"icreq_timeout_s": 0}}, "limits.icreq_timeout_s", "out of range"),
     ({**BASE, "limits": {"connect_timeout_s": 86400}}, "limits.connect_timeout_s",
      "out of range"),
