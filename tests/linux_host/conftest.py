@@ -37,7 +37,7 @@ def linux_host_image() -> GuestImage:
 BOOT_ATTEMPTS = 2
 
 
-def _booted(image: GuestImage, what: str) -> Iterator[LinuxHostVM]:
+def booted_guest(image: GuestImage, what: str) -> Iterator[LinuxHostVM]:
     """A guest of ``image`` booted for the fixture's scope (``what`` names it on failure).
 
     A boot that fails is tried once more: under TCG a guest has been seen to lose its command
@@ -62,7 +62,7 @@ def _booted(image: GuestImage, what: str) -> Iterator[LinuxHostVM]:
 
 @pytest.fixture(scope="module")
 def linux_host(linux_host_image: GuestImage) -> Iterator[LinuxHostVM]:
-    yield from _booted(linux_host_image, "linux-host guest")
+    yield from booted_guest(linux_host_image, "linux-host guest")
 
 
 @pytest.fixture(scope="session")
@@ -75,7 +75,7 @@ def linux_host_612_image() -> GuestImage:
 
 @pytest.fixture(scope="module")
 def linux_host_612(linux_host_612_image: GuestImage) -> Iterator[LinuxHostVM]:
-    yield from _booted(linux_host_612_image, "6.12 linux-host guest")
+    yield from booted_guest(linux_host_612_image, "6.12 linux-host guest")
 
 
 @pytest.fixture(scope="module", params=["6.1", "6.12"])
@@ -84,7 +84,7 @@ def guest(request: pytest.FixtureRequest) -> Iterator[LinuxHostVM]:
     must hold on the host most hypervisors run today and on the newer one."""
     image_fixture = {"6.1": "linux_host_image", "6.12": "linux_host_612_image"}[request.param]
     image: GuestImage = request.getfixturevalue(image_fixture)
-    yield from _booted(image, f"{request.param} linux-host guest")
+    yield from booted_guest(image, f"{request.param} linux-host guest")
 
 
 @pytest.fixture(scope="module", params=["io_uring", "threads", "buffered"])
