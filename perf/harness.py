@@ -364,22 +364,36 @@ def run_load(port: int, nqn: str, cpu: str | None, **job: Any) -> dict[str, Any]
 
 # --- fio, the yardstick -----------------------------------------------------------------------
 
+def fio_timed_options(path: str, seconds: float) -> list[str]:
+    """The options every timed yardstick job gives (after its ``--name``): io_uring and
+    O_DIRECT on ``path``, ``seconds`` long, random offsets without fio's map, and the
+    percentiles perf/percentiles.py reports."""
+    return [f"--filename={path}", "--ioengine=io_uring", "--direct=1", f"--runtime={seconds}",
+            "--time_based", "--norandommap", "--randrepeat=0",
+            f"--percentile_list={FIO_PERCENTILE_LIST}"]
+
+
+def run_fio(cpu: str | None, jobs: list[str], timeout: float,
+            what: str = "fio") -> list[dict[str, Any]]:
+    """fio pinned to ``cpu`` with the job options ``jobs`` (each job from its ``--name``);
+    its jobs as perf/fio_json.py reads them. RuntimeError, naming ``what``, if it fails."""
+    cmd = [*pinned(cpu), "fio", "--output-format=json", *jobs]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"{what} failed: {out.stderr[-2000:]}")
+    return fio_json.parse(out.stdout)
+
+
 def fio(path: str, cpu: str | None, *, rw: str, bs: int, qd: int, seconds: float,
         size: int, offset: int = 0, rwmixread: int = 70) -> dict[str, Any]:
     """fio with io_uring and O_DIRECT on ``path`` (the yardstick): IOPS, MB/s, latencies (mean,
     p50, p99, p99.9 and perf/percentiles.py's points, us). ``rw`` "randrw" mixes reads and
     writes (``rwmixread`` percent reads), reported as one figure as the load generator does."""
-    cmd = [*pinned(cpu), "fio", "--name=yardstick", f"--filename={path}", "--ioengine=io_uring",
-           "--direct=1", f"--rw={rw}", f"--bs={bs}", f"--iodepth={qd}", f"--size={size}",
-           f"--offset={offset}", f"--runtime={seconds}", "--time_based", "--norandommap",
-           "--randrepeat=0", f"--percentile_list={FIO_PERCENTILE_LIST}",
-           "--output-format=json"]
+    job_args = ["--name=yardstick", *fio_timed_options(path, seconds), f"--rw={rw}",
+                f"--bs={bs}", f"--iodepth={qd}", f"--size={size}", f"--offset={offset}"]
     if rw == "randrw":
-        cmd += [f"--rwmixread={rwmixread}", "--unified_rw_reporting=mixed"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"fio failed: {out.stderr[-2000:]}")
-    job = fio_json.parse(out.stdout)[0]
+        job_args += [f"--rwmixread={rwmixread}", "--unified_rw_reporting=mixed"]
+    job = run_fio(cpu, job_args, seconds + 120)[0]
     return {"rw": rw, "bs": bs, "qd": qd, "ios": job["ios"], "iops": job["iops"],
             "mb_per_s": job["mb_per_s"], "lat_us": job["lat_us"],
             "lat_pct_us": job["lat_pct_us"], "sys_cpu_pct": job["sys_cpu_pct"],
@@ -388,12 +402,8 @@ def fio(path: str, cpu: str | None, *, rw: str, bs: int, qd: int, seconds: float
 
 def fill_file(path: str, size: int, cpu: str | None) -> None:
     """Write ``size`` bytes of fio's data into ``path`` (sequential 1 MiB direct writes)."""
-    cmd = [*pinned(cpu), "fio", "--name=fill", f"--filename={path}", "--ioengine=io_uring",
-           "--direct=1", "--rw=write", "--bs=1M", "--iodepth=8", f"--size={size}",
-           "--output-format=json"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"fio fill failed: {out.stderr[-2000:]}")
+    run_fio(cpu, ["--name=fill", f"--filename={path}", "--ioengine=io_uring", "--direct=1",
+                  "--rw=write", "--bs=1M", "--iodepth=8", f"--size={size}"], 600, "fio fill")
 
 
 def median(values: list[float]) -> float:

@@ -38,22 +38,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from perf import fio_json  # noqa: E402
 from perf.harness import (  # noqa: E402
     child_env,
     cpu_seconds,
     cpus,
     fill_file,
     finish_load,
+    fio_timed_options,
     loadgen_cmd,
     median,
     pinned,
+    run_fio,
     run_load,
     start_daemon,
     start_load,
     write_config,
 )
-from perf.percentiles import FIO_PERCENTILE_LIST  # noqa: E402
 from sbstore.config import parse_size  # noqa: E402
 
 NQN_PREFIX = "nqn.2026-12.io.sbstore.bench:"
@@ -117,20 +117,15 @@ def fio_noisy(path: str, cpu: str | None, seconds: float, span: int, flush_every
     one file: the quiet job reads its first ``span`` bytes, the neighbour writes the next
     ``span``, with an fsync every ``flush_every`` writes), pinned to the target's CPU. What
     the device itself does to a QD1 reader under that neighbour, with no target between."""
-    common = ["--ioengine=io_uring", "--direct=1", f"--filename={path}", "--time_based",
-              f"--runtime={seconds}", "--norandommap", "--randrepeat=0",
-              f"--percentile_list={FIO_PERCENTILE_LIST}"]
-    cmd = [*pinned(cpu), "fio", "--output-format=json", "--name=quiet", *common,
-           "--rw=randread", "--bs=4k", "--iodepth=1", "--offset=0", f"--size={span}"]
+    common = fio_timed_options(path, seconds)
+    jobs = ["--name=quiet", *common, "--rw=randread", "--bs=4k", "--iodepth=1", "--offset=0",
+            f"--size={span}"]
     if with_neighbour:
-        cmd += ["--name=noisy", *common, "--rw=write", "--bs=128k", "--iodepth=32",
-                f"--offset={span}", f"--size={span}"]
+        jobs += ["--name=noisy", *common, "--rw=write", "--bs=128k", "--iodepth=32",
+                 f"--offset={span}", f"--size={span}"]
         if flush_every:
-            cmd.append(f"--fsync={flush_every}")
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"fio failed: {out.stderr[-2000:]}")
-    return {job["name"]: job for job in fio_json.parse(out.stdout)}
+            jobs.append(f"--fsync={flush_every}")
+    return {job["name"]: job for job in run_fio(cpu, jobs, seconds + 120)}
 
 
 def noisy_runs(port: int, load_cpu: str | None, seconds: float, rounds: int,
