@@ -141,24 +141,13 @@ def noisy_runs(port: int, load_cpu: str | None, seconds: float, rounds: int,
             settle()
             alone_fio = fio_noisy(yardstick, daemon_cpu, seconds, span, flush_every, False)
             both_fio = fio_noisy(yardstick, daemon_cpu, seconds, span, flush_every, True)
-            ratio = both_fio["quiet"]["lat_us"]["p99"] / max(
-                alone_fio["quiet"]["lat_us"]["p99"], 1e-9)
-            run["device"] = {"alone": alone_fio["quiet"], "with_noisy": both_fio["quiet"],
-                             "noisy": both_fio["noisy"], "p99_ratio": round(ratio, 3)}
-            print(f"noisy round {rnd}, the disk alone (fio): quiet p99 alone "
-                  f"{alone_fio['quiet']['lat_us']['p99']:.0f} us, with the neighbour "
-                  f"{both_fio['quiet']['lat_us']['p99']:.0f} us (x{ratio:.2f}); the "
-                  f"neighbour wrote {both_fio['noisy']['mb_per_s']:.0f} MB/s", flush=True)
+            run["device"] = noisy_pair(f"noisy round {rnd}, the disk alone (fio)",
+                                       alone_fio["quiet"], both_fio)
         settle()
         alone = run_load(port, NQN_PREFIX + "quiet", load_cpu, seconds=seconds, **quiet)
         both = concurrent(port, {"quiet": quiet, "noisy": noisy}, load_cpu, seconds)
-        ratio = both["quiet"]["lat_us"]["p99"] / max(alone["lat_us"]["p99"], 1e-9)
-        run.update({"alone": alone, "with_noisy": both["quiet"], "noisy": both["noisy"],
-                    "p99_ratio": round(ratio, 3)})
+        run.update(noisy_pair(f"noisy round {rnd}", alone, both))
         runs.append(run)
-        print(f"noisy round {rnd}: quiet p99 alone {alone['lat_us']['p99']:.0f} us, with "
-              f"the neighbour {both['quiet']['lat_us']['p99']:.0f} us (x{ratio:.2f}); the "
-              f"neighbour wrote {both['noisy']['mb_per_s']:.0f} MB/s", flush=True)
     ratios = [r["p99_ratio"] for r in runs]
     out = {"runs": runs, "p99_ratio_median": round(median(ratios), 3),
            "p99_ratio_range": [min(ratios), max(ratios)], "goal": "<= 2",
@@ -167,6 +156,18 @@ def noisy_runs(port: int, load_cpu: str | None, seconds: float, rounds: int,
         out["device_p99_ratio_median"] = round(median([r["device"]["p99_ratio"]
                                                        for r in runs]), 3)
     return out
+
+
+def noisy_pair(label: str, alone: dict[str, Any], both: dict[str, dict[str, Any]]
+               ) -> dict[str, Any]:
+    """Quiet's run ``alone`` and the runs of ``both`` jobs at once: the record of one round
+    (quiet's p99 ratio with / without the neighbour), printed as ``label``."""
+    ratio = both["quiet"]["lat_us"]["p99"] / max(alone["lat_us"]["p99"], 1e-9)
+    print(f"{label}: quiet p99 alone {alone['lat_us']['p99']:.0f} us, with the neighbour "
+          f"{both['quiet']['lat_us']['p99']:.0f} us (x{ratio:.2f}); the neighbour wrote "
+          f"{both['noisy']['mb_per_s']:.0f} MB/s", flush=True)
+    return {"alone": alone, "with_noisy": both["quiet"], "noisy": both["noisy"],
+            "p99_ratio": round(ratio, 3)}
 
 
 def settle() -> None:
