@@ -19,9 +19,13 @@ Theory of operation. Two bounds decide when a command may run:
   finishes within its turn and never holds room for long; the turn budget is what makes those
   wait.
 While nothing is held and both bounds allow, a command runs as soon as it arrives (counter
-bumps: the fast path). Otherwise it is held in its tenant's FIFO, and at the end of the turn
-(a ``call_soon`` callback, which runs after the loop has read every ready connection), or once
-room frees, the controller runs held commands while the bounds allow. Which tenant goes next:
+bumps: the fast path). So does, once per turn, the command of a tenant that keeps one command
+at a time (a host at QD1), whatever is held and however full the room: waiting for the next
+turn, where it would come first anyway, cost such a reader beside a tenant saturating the CPU
+its p50 x4.5 of alone instead of x2.4 (perf/tenant_bench.py ram-noisy). Otherwise a command
+is held in its tenant's FIFO, and at the end of the turn (a ``call_soon`` callback, which runs
+after the loop has read every ready connection), or once room frees, the controller runs held
+commands while the bounds allow. Which tenant goes next:
 - the one executing least for its weight (``inflight / weight``): with hosts that keep a fixed
   number of commands outstanding (every real host), the share of what executes is the share of
   what completes, so room goes by weight whatever the order commands arrive in. (Start-time
@@ -60,13 +64,14 @@ from sbstore.qos.scheduler import DEFAULT_COST_BYTES
 DEFAULT_TURN_BUDGET = 16
 DEFAULT_MAX_INFLIGHT = 32
 ACTIVE_S = 0.002  # a tenant counts as active this long after its last command arrived
+SHALLOW_S = 0.1  # a tenant goes ahead of held commands after this long with one at a time
 
 
 class CpuTenant:
     """A tenant's FIFO of held commands, what it has executing, its SFQ tags, counters."""
 
-    __slots__ = ("admitted", "finish", "held", "inflight", "name", "queue", "seen", "start",
-                 "weight")
+    __slots__ = ("admitted", "deep", "finish", "held", "inflight", "name", "queue", "seen",
+                 "start", "turn", "weight")
 
     def __init__(self, name: str, weight: int) -> None:
         self.name = name
@@ -79,6 +84,8 @@ class CpuTenant:
         self.seen = -1.0  # when its last command arrived (monotonic seconds)
         self.admitted = 0  # commands run, directly or after being held
         self.held = 0  # commands that had to wait for their turn (a counter)
+        self.turn = -1  # the last turn in which it ran a command ahead of held ones
+        self.deep = -1.0  # when it last had two commands or more at once (executing or held)
 
 
 class CpuFlow:
@@ -115,6 +122,7 @@ class CpuAdmission:
         self._pruned_at = 0.0
         self._vtime = 0.0
         self._armed = False
+        self._turns = 0  # turns run (_turn): a shallow tenant goes ahead once per turn
         # target.admission.Admission: nothing to share while there is one tenant at most. The
         # server then skips admit/finished and only counts the commands in solo_admitted,
         # which goes to the lone tenant's ``admitted`` when a second one appears.
@@ -201,16 +209,23 @@ class CpuAdmission:
         if t not in self._live:
             self._live[t] = None
             self._live_weight += t.weight
+        if t.inflight > 1e-9:
+            t.deep = now
+        # A command that would wait (behind held ones, or for the budget or room) runs at once
+        # all the same if its tenant keeps one command at a time (see _goes_ahead).
         if self._backlog:
-            return False
-        others = self._others(t, now)
-        if others:
-            # Tenants compete: the turn budget and the shares apply.
-            if self._used >= self.turn_budget or not self._fits(t, cost, others):
+            if not self._goes_ahead(t, cost, now):
                 return False
-            self._used += 1
-            if self._used >= self.turn_budget and not self._armed:
-                self._arm()  # the end of this turn gives the next one its budget
+        else:
+            others = self._others(t, now)
+            if others:
+                # Tenants compete: the turn budget and the shares apply.
+                if self._used < self.turn_budget and self._fits(t, cost, others):
+                    self._used += 1
+                elif not self._goes_ahead(t, cost, now):
+                    return False
+                if self._used >= self.turn_budget and not self._armed:
+                    self._arm()  # the end of this turn gives the next one its budget
         # Alone, a tenant is held by nothing: holding its commands for the next turn would
         # only cost it CPU (a hold, a turn and a second dispatch per command: about 3 us per
         # 4k read on a pool at QD32, where the turn budget held 80% of the commands).
@@ -218,6 +233,24 @@ class CpuAdmission:
         flow.inflight += cost
         t.inflight += cost
         t.admitted += 1
+        return True
+
+    def _goes_ahead(self, t: CpuTenant, cost: float, now: float) -> bool:
+        """May ``t``'s command, which would wait (behind held commands, for the turn's budget
+        or for room), run now? Yes, once per turn, for a tenant that has kept one command at
+        a time (nothing executing or held when each came) for the last SHALLOW_S: a host at
+        queue depth 1, whose latency is all it has, and whose share of the CPU is tiny.
+        Waiting cost such a reader a loop turn or more per command (module docstring). It
+        may exceed the room by that one command; it is charged to the turn's budget and to
+        its start-time tag. A tenant that keeps several commands outstanding waits with the
+        others, or the weights would not hold: on a RAM device every command completes
+        within its turn, so even a saturating tenant has nothing executing when its next one
+        comes."""
+        if t.queue or t.inflight > 1e-9 or t.turn == self._turns or now - t.deep < SHALLOW_S:
+            return False
+        t.turn = self._turns
+        self._used += 1
+        t.finish = max(self._vtime, t.finish) + cost / t.weight
         return True
 
     def finished(self, flow: CpuFlow, n: int, nbytes: int) -> None:
@@ -230,7 +263,10 @@ class CpuAdmission:
 
     def hold(self, flow: CpuFlow, nbytes: int, conn: Any, event: Any) -> None:
         t = flow.tenant
-        self._touch(t, _now())
+        now = _now()
+        self._touch(t, now)
+        if t.queue or t.inflight > 1e-9:
+            t.deep = now
         if not t.queue:
             # Idle (nothing executing either): back at the virtual time, no credit saved up.
             t.start = t.finish if t.inflight > 1e-9 else max(self._vtime, t.finish)
@@ -263,6 +299,7 @@ class CpuAdmission:
         """The loop has read every ready connection: a new turn, run what is held by weight."""
         self._armed = False
         self._used = 0
+        self._turns += 1
         active = self._active
         ran: dict[Any, None] = {}
         budget = self.turn_budget

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from sbstore.qos import QosManager
-from sbstore.qos.admission import CpuAdmission
+from sbstore.qos import QosManager, admission
+from sbstore.qos.admission import CpuAdmission, CpuFlow
 from target.blockdev import RamDevice
 from target.host import Controller
 from target.server import HELD_HIGH_WATER, TargetServer
@@ -123,6 +123,94 @@ async def test_room_bounds_what_executes_and_goes_by_weight_to_closed_loop_hosts
         done[name] += 1
         send(name)  # the host sends its next command at once
     assert done["a"] / done["b"] == pytest.approx(3.0, rel=0.1)
+
+
+def test_a_tenant_with_nothing_executing_runs_past_a_full_room() -> None:
+    adm = CpuAdmission(turn_budget=16, max_inflight=8, cost_bytes=64 << 10)
+    busy, quiet = adm.flow("busy"), adm.flow("quiet")
+    for _ in range(3):
+        assert adm.admit(busy, 128 << 10)  # alone: at once, past the room (9 of 8)
+    assert adm.admit(quiet, 4096)  # the room is full, but quiet has nothing executing
+    assert not adm.admit(busy, 128 << 10)
+
+
+async def test_a_tenant_with_one_command_at_a_time_goes_ahead_of_held_ones(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A QD1 host beside a busy one: its command runs at once, ahead of held commands, rather
+    than a loop turn later; once per turn, and not within SHALLOW_S of having had several
+    commands outstanding."""
+    clock = [100.0]
+    monkeypatch.setattr(admission, "_now", lambda: clock[0])
+    adm = CpuAdmission(turn_budget=2, max_inflight=64)
+    busy, quiet = adm.flow("busy"), adm.flow("quiet")
+    log: list[Any] = []
+    conn = Conn(log, [0])  # what runs stays executing
+    assert adm.admit(busy, 4096)
+    assert adm.admit(quiet, 4096)
+    adm.finished(quiet, 1, 4096)
+    assert adm.admit(busy, 4096)  # the turn's budget is spent: busy's next ones are held
+    for i in range(40):
+        assert not adm.admit(busy, 4096)
+        adm.hold(busy, 4096, conn, ("busy", i))
+    assert adm.admit(quiet, 4096)  # ahead of busy's held commands and past the budget
+    adm.finished(quiet, 1, 4096)
+    clock[0] += 0.001
+    assert not adm.admit(quiet, 4096)  # a second time in the same turn: it waits its turn
+    adm.hold(quiet, 4096, conn, ("quiet", 1))
+    await spin(2)  # the turn runs quiet's first: it executes least for its weight
+    assert log[:2] == [("quiet", 1), ("busy", 0)]
+    adm.finished(quiet, 1, 4096)
+    clock[0] += 0.001
+    assert adm.admit(quiet, 4096)  # a new turn: ahead again
+    assert not adm.admit(quiet, 4096)  # two outstanding: no longer one at a time
+    adm.hold(quiet, 4096, conn, ("quiet", 2))
+    await spin(2)
+    assert ("quiet", 2) in log
+    adm.finished(quiet, 2, 8192)
+    clock[0] += admission.SHALLOW_S / 2
+    assert adm.backlog  # busy still has commands held
+    assert not adm.admit(quiet, 4096)  # too soon after having two
+    adm.hold(quiet, 4096, conn, ("quiet", 3))
+    await spin(2)
+    assert ("quiet", 3) in log
+    adm.finished(quiet, 1, 4096)
+    clock[0] += admission.SHALLOW_S
+    assert adm.backlog
+    assert adm.admit(quiet, 4096)  # one at a time for SHALLOW_S: ahead again
+
+
+async def test_a_tenant_whose_commands_finish_in_their_turn_does_not_go_ahead_by_batches(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a synchronous device (RAM) a saturating tenant has nothing executing between its
+    commands; it arrives many per turn, so it is held with the others and keeps its weight."""
+    clock = [100.0]
+    monkeypatch.setattr(admission, "_now", lambda: clock[0])
+    adm = CpuAdmission(turn_budget=4)
+    adm.set_weight("heavy", 300)
+    light, heavy = adm.flow("light"), adm.flow("heavy")
+    log: list[Any] = []
+    turns = [0]
+    conn = Conn(log, turns, adm)  # what runs finishes at once
+
+    def send(flow: CpuFlow, name: str, n: int) -> None:
+        for i in range(n):
+            if adm.admit(flow, 512):
+                log.append((name, "now"))
+                adm.finished(flow, 1, 512)
+            else:
+                adm.hold(flow, 512, conn, (name, i))
+
+    for _ in range(30):
+        turns.append(0)
+        send(light, "light", 8)
+        send(heavy, "heavy", 8)
+        clock[0] += 0.0005
+        await spin(2)
+    ran_now = [e for e in log[40:] if e[1] == "now"]
+    assert ran_now == []  # after the first turns, nothing goes ahead
+    tail = log[40:]
+    h = sum(1 for e in tail if e[0] == "heavy")
+    assert h / max(len(tail) - h, 1) == pytest.approx(3.0, rel=0.15)
 
 
 async def test_forgetting_a_connection_drops_only_its_commands() -> None:
