@@ -11,6 +11,10 @@ fast engine and one connection, is a process of its own pinned to the second CPU
 - ``pool-read`` / ``pool-write``: ``sbstore serve`` with a pool file on ``--dir`` (engine
   ``--io``), one volume of ``--size`` per tenant (filled first), weights 100 and 300 set through
   the API, 4k random reads (writes) at QD32 each.
+- ``ram-noisy``: perf/ram_tenants.py again, equal weights: tenant ``quiet`` runs 4k random
+  reads at QD1 alone, then while tenant ``busy`` saturates the target's CPU with 4k random
+  reads at QD32. What the CPU alone (no device between) does to a quiet tenant's latency:
+  reports quiet's p50 and p99 with / without, and busy's IOPS.
 - ``noisy``: the same daemon, equal weights: tenant ``quiet`` runs 4k random reads at QD1 alone,
   then again while tenant ``noisy`` runs 128k writes at QD32 with a Flush after every 64
   writes. Reports quiet's p99 with / without (the goal: at most 2x). The yardstick, in each
@@ -71,9 +75,10 @@ def concurrent(port: int, jobs: dict[str, dict[str, Any]], load_cpu: str | None,
     return {name: finish_load(proc, seconds + 120) for name, proc in procs.items()}
 
 
-def start_ram_target(cpu: str | None) -> tuple[subprocess.Popen[str], int]:
+def start_ram_target(cpu: str | None, tenants: dict[str, int] = WEIGHTS
+                     ) -> tuple[subprocess.Popen[str], int]:
     cmd = [*pinned(cpu), sys.executable, os.path.join(ROOT, "perf", "ram_tenants.py"),
-           *(f"--tenant={n}:{w}" for n, w in WEIGHTS.items())]
+           *(f"--tenant={n}:{w}" for n, w in tenants.items())]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
@@ -109,6 +114,28 @@ def weight_runs(port: int, pid: int, load_cpu: str | None, rw: str, seconds: flo
     return {"runs": runs, "ratio_median": round(median(ratios), 3),
             "ratio_range": [min(ratios), max(ratios)], "goal": "3 +- 10%",
             "met": abs(median(ratios) - 3.0) <= 0.3}
+
+
+def ram_noisy_runs(port: int, load_cpu: str | None, seconds: float, rounds: int,
+                   span: int) -> dict[str, Any]:
+    quiet = {"rw": "randread", "bs": 4096, "qd": 1, "span_bytes": span}
+    busy = {"rw": "randread", "bs": 4096, "qd": 32, "span_bytes": span}
+    runs = []
+    for rnd in range(rounds):
+        alone = run_load(port, NQN_PREFIX + "quiet", load_cpu, seconds=seconds, **quiet)
+        both = concurrent(port, {"quiet": quiet, "busy": busy}, load_cpu, seconds)
+        a, w = alone["lat_us"], both["quiet"]["lat_us"]
+        run = {"round": rnd, "alone": alone, "with_busy": both["quiet"], "busy": both["busy"],
+               "p50_ratio": round(w["p50"] / max(a["p50"], 1e-9), 3),
+               "p99_ratio": round(w["p99"] / max(a["p99"], 1e-9), 3)}
+        runs.append(run)
+        print(f"ram-noisy round {rnd}: quiet p50/p99 alone {a['p50']:.0f}/{a['p99']:.0f} us, "
+              f"beside busy {w['p50']:.0f}/{w['p99']:.0f} us (x{run['p50_ratio']:.2f}/"
+              f"x{run['p99_ratio']:.2f}); busy read {both['busy']['iops']:.0f} IOPS",
+              flush=True)
+    return {"runs": runs,
+            "p50_ratio_median": round(median([r["p50_ratio"] for r in runs]), 3),
+            "p99_ratio_median": round(median([r["p99_ratio"] for r in runs]), 3)}
 
 
 def fio_noisy(path: str, cpu: str | None, seconds: float, span: int, flush_every: int,
@@ -201,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", default="1G", help="each pool volume (filled before the runs)")
     p.add_argument("--io", default="io_uring")
     p.add_argument("--dir", default="/var/tmp")
-    p.add_argument("--scenarios", default="ram-read,pool-read,pool-write,noisy")
+    p.add_argument("--scenarios", default="ram-read,ram-noisy,pool-read,pool-write,noisy")
     p.add_argument("--noisy-flush-every", type=int, default=64,
                    help="the noisy neighbour's writes between two Flush commands (0: none)")
     p.add_argument("--no-device-yardstick", action="store_true",
@@ -224,6 +251,14 @@ def main(argv: list[str] | None = None) -> int:
         try:
             report["ram_read"] = weight_runs(port, proc.pid, load_cpu, "randread", args.seconds,
                                              args.rounds, 256 << 20, "ram-read")
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    if "ram-noisy" in scenarios:
+        proc, port = start_ram_target(daemon_cpu, {"quiet": 100, "busy": 100})
+        try:
+            report["ram_noisy"] = ram_noisy_runs(port, load_cpu, args.seconds, args.rounds,
+                                                 256 << 20)
         finally:
             proc.terminate()
             proc.wait(30)
@@ -264,6 +299,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"goal: {key} weights 1:3 -> ratio {r['ratio_median']:.2f} "
                   f"[{r['ratio_range'][0]:.2f}-{r['ratio_range'][1]:.2f}]: "
                   f"{'met' if r['met'] else 'NOT MET'}")
+    if "ram_noisy" in report:
+        r = report["ram_noisy"]
+        print(f"ram-noisy: quiet's latency beside a tenant saturating the CPU: p50 "
+              f"x{r['p50_ratio_median']:.2f}, p99 x{r['p99_ratio_median']:.2f} of alone")
     if "noisy" in report:
         r = report["noisy"]
         print(f"goal: quiet tenant's p99 with a noisy neighbour <= 2x alone: "

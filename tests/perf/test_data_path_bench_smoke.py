@@ -46,6 +46,9 @@ def test_tenant_bench_runs_and_reports(tmp_path: Path) -> None:
     for key in ("ram_read", "pool_read", "pool_write"):
         run0 = report[key]["runs"][0]
         assert run0["light"]["ios"] > 0 and run0["heavy"]["ios"] > 0 and run0["ratio"] > 0
+    cpu = report["ram_noisy"]["runs"][0]
+    assert cpu["alone"]["ios"] > 0 and cpu["with_busy"]["ios"] > 0 and cpu["busy"]["ios"] > 0
+    assert cpu["p99_ratio"] > 0
     noisy = report["noisy"]["runs"][0]
     assert noisy["alone"]["ios"] > 0 and noisy["with_noisy"]["ios"] > 0
     assert noisy["noisy"]["ios"] > 0 and noisy["p99_ratio"] > 0
