@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         run_daemon,
         serve_demo,
     )
+    from sbstore.heap import keep_freed_memory
 
     if args.config is not None:
         for flag in ("listen", "state_dir"):
@@ -102,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     def announce(line: str) -> None:
         print(line, flush=True)
+    keep_freed_memory()  # large buffers freed between bursts of I/O stay for the next burst
     try:
         if args.config is not None:
             uvloop.run(run_daemon(config, announce=announce))
