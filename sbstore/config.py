@@ -176,6 +176,9 @@ class QosConfig:
     cost_bytes: int = 64 << 10
     cpu_turn_budget: int = 16  # commands run per event-loop turn while tenants compete
     max_inflight: int = 32  # commands executing in the target at once (beyond: tenant queues)
+    # While a tenant at queue depth 1 is active, the data the others' executing commands move
+    # (sbstore.qos.admission); 0: no such bound.
+    latency_bytes: int = 256 << 10
 
 
 @dataclass(frozen=True)
@@ -488,9 +491,17 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>",
     max_inflight = q_s.get("max_inflight", int, QosConfig.max_inflight)
     if not 1 <= max_inflight <= 65536:
         raise q_s.error(f"{max_inflight} is out of range 1..65536", "max_inflight")
+    try:
+        latency_bytes = parse_size(q_s.get("latency_bytes", (int, str),
+                                           QosConfig.latency_bytes))
+    except ValueError as exc:
+        raise q_s.error(str(exc), "latency_bytes") from None
+    if latency_bytes and latency_bytes < 4096:
+        raise q_s.error("must be 0 (off) or at least 4 KiB", "latency_bytes")
     q_s.done()
     qos = QosConfig(max_outstanding=max_outstanding, cost_bytes=cost_bytes,
-                    cpu_turn_budget=turn_budget, max_inflight=max_inflight)
+                    cpu_turn_budget=turn_budget, max_inflight=max_inflight,
+                    latency_bytes=latency_bytes)
 
     t_s = _Section(top.get("target", dict, {}), "target", source)
     busy_poll_us = t_s.get("busy_poll_us", int, 0)

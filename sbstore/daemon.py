@@ -292,7 +292,8 @@ async def run_daemon(config: Config, *, demo: DemoConfig | None = None,
         qos = QosManager(max_outstanding=config.qos.max_outstanding,
                          cost_bytes=config.qos.cost_bytes, default_tenant=DEFAULT_TENANT,
                          turn_budget=config.qos.cpu_turn_budget,
-                         max_inflight=config.qos.max_inflight)
+                         max_inflight=config.qos.max_inflight,
+                         latency_bytes=config.qos.latency_bytes)
         stack.callback(qos.close)
         for name in pools:
             # Inline backends: an unlimited tenant's I/O skips the per-pool slot bookkeeping

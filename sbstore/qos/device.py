@@ -56,6 +56,7 @@ from collections.abc import (
 from typing import Any, TypeVar
 
 from sbstore.qos.admission import (
+    DEFAULT_LATENCY_BYTES,
     DEFAULT_MAX_INFLIGHT,
     DEFAULT_TURN_BUDGET,
     CpuAdmission,
@@ -375,7 +376,8 @@ class QosManager:
                  cost_bytes: int = DEFAULT_COST_BYTES,
                  default_tenant: str = DEFAULT_TENANT,
                  turn_budget: int = DEFAULT_TURN_BUDGET,
-                 max_inflight: int = DEFAULT_MAX_INFLIGHT) -> None:
+                 max_inflight: int = DEFAULT_MAX_INFLIGHT,
+                 latency_bytes: int = DEFAULT_LATENCY_BYTES) -> None:
         self.max_outstanding = max_outstanding
         self.cost_bytes = cost_bytes
         self.default_tenant = default_tenant
@@ -383,7 +385,7 @@ class QosManager:
         # The target's admission controller (TargetServer(admission=...)): tenants share the
         # CPU by weight. One for the whole daemon: the CPU is one resource for every pool.
         self.admission = CpuAdmission(turn_budget=turn_budget, max_inflight=max_inflight,
-                                      cost_bytes=cost_bytes)
+                                      cost_bytes=cost_bytes, latency_bytes=latency_bytes)
         self._flows: dict[Hashable, CpuFlow] = {}
         self._weights: dict[str, int] = {}
         self._tenant_limits: dict[str, LimitSet] = {}

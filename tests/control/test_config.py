@@ -60,6 +60,9 @@ def test_pool_engine_and_admission_keys() -> None:
                       "qos": {"cpu_turn_budget": 8, "max_inflight": 64}}, source="t.toml")
     assert c.pools[0].io == "threads"
     assert (c.qos.cpu_turn_budget, c.qos.max_inflight) == (8, 64)
+    assert c.qos.latency_bytes == 256 << 10  # the default
+    assert parse_config({**BASE, "qos": {"latency_bytes": "1M"}}).qos.latency_bytes == 1 << 20
+    assert parse_config({**BASE, "qos": {"latency_bytes": 0}}).qos.latency_bytes == 0
     assert parse_config({**BASE, "pools": [{"name": "p", "path": "/p"}]}).pools[0].io == "auto"
     # The config is a stdlib leaf and keeps its own list: it must name the store's modes.
     from sbstore.store import engines
@@ -139,6 +142,8 @@ BASE: dict[str, Any] = {"state_dir": "/s"}
      "not one of"),
     ({**BASE, "qos": {"cpu_turn_budget": 0}}, "qos.cpu_turn_budget", "out of range"),
     ({**BASE, "qos": {"max_inflight": 0}}, "qos.max_inflight", "out of range"),
+    ({**BASE, "qos": {"latency_bytes": 512}}, "qos.latency_bytes", "at least 4 KiB"),
+    ({**BASE, "qos": {"latency_bytes": "lots"}}, "qos.latency_bytes", ""),
     ({**BASE, "target": {"busy_poll_us": -1}}, "target.busy_poll_us", "out of range"),
     ({**BASE, "target": {"busy_poll_us": 10**7}}, "target.busy_poll_us", "out of range"),
     ({**BASE, "target": {"busy_poll_us": 0.5}}, "target.busy_poll_us", "must be an integer"),

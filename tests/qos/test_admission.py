@@ -179,6 +179,38 @@ async def test_a_tenant_with_one_command_at_a_time_goes_ahead_of_held_ones(
     assert adm.admit(quiet, 4096)  # one at a time for SHALLOW_S: ahead again
 
 
+def test_while_a_qd1_tenant_is_active_the_others_move_little_data_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader at QD1 beside a writer of 128 KiB: the writer's executing commands move at most
+    latency_bytes (one command always may); with no QD1 tenant about, only the room applies."""
+    clock = [100.0]
+    monkeypatch.setattr(admission, "_now", lambda: clock[0])
+    big = 128 << 10
+
+    def writer_runs(latency_bytes: int, with_reader: bool) -> int:
+        adm = CpuAdmission(turn_budget=1000, max_inflight=32, latency_bytes=latency_bytes)
+        writer, reader = adm.flow("writer"), adm.flow("reader")
+        assert adm.admit(writer, big) and adm.admit(writer, big)  # alone: unbounded
+        clock[0] += 0.001  # (which tenants keep one command at a time is found every ms)
+        if with_reader:
+            assert adm.admit(reader, 4096)  # its one command: nothing executing, it runs
+            adm.finished(reader, 1, 4096)  # (the reader is between two commands)
+        else:
+            assert adm.admit(adm.flow("other"), big)  # a second busy tenant (it stays deep)
+            assert adm.admit(adm.flow("other"), big)
+        clock[0] += 0.001
+        n = 2
+        while adm.admit(writer, big):
+            n += 1
+            assert n < 100
+        return n
+
+    assert writer_runs(256 << 10, True) == 2  # 256 KiB: two 128 KiB writes
+    assert writer_runs(1 << 20, True) == 5  # the room's half (16 of 32, a write costs 3)
+    assert writer_runs(0, True) == 5  # off
+    assert writer_runs(256 << 10, False) == 5  # nobody at QD1: only the room
+
+
 async def test_a_tenant_whose_commands_finish_in_their_turn_does_not_go_ahead_by_batches(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """On a synchronous device (RAM) a saturating tenant has nothing executing between its
