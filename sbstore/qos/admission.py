@@ -78,8 +78,8 @@ SHALLOW_S = 0.1  # a tenant goes ahead of held commands after this long with one
 class CpuTenant:
     """A tenant's FIFO of held commands, what it has executing, its SFQ tags, counters."""
 
-    __slots__ = ("admitted", "deep", "finish", "held", "inflight", "name", "queue", "seen",
-                 "start", "turn", "weight")
+    __slots__ = ("admitted", "deep", "finish", "held", "inflight", "name", "queue", "running",
+                 "seen", "start", "turn", "weight")
 
     def __init__(self, name: str, weight: int) -> None:
         self.name = name
@@ -89,6 +89,7 @@ class CpuTenant:
         self.start = 0.0  # SFQ start tag of the head of its queue
         self.finish = 0.0  # SFQ finish tag of its last command run
         self.inflight = 0.0  # cost of its commands executing now
+        self.running = 0  # how many commands that is
         self.seen = -1.0  # when its last command arrived (monotonic seconds)
         self.admitted = 0  # commands run, directly or after being held
         self.held = 0  # commands that had to wait for their turn (a counter)
@@ -98,13 +99,14 @@ class CpuTenant:
 
 class CpuFlow:
     """One volume's commands: the tenant they count against (``tenant`` changes on assign)
-    and the cost of those executing."""
+    and the cost and number of those executing."""
 
-    __slots__ = ("inflight", "tenant")
+    __slots__ = ("inflight", "running", "tenant")
 
     def __init__(self, tenant: CpuTenant) -> None:
         self.tenant = tenant
         self.inflight = 0.0
+        self.running = 0
 
 
 class CpuAdmission:
@@ -182,6 +184,9 @@ class CpuAdmission:
                       and now - u.seen >= ACTIVE_S]:
                 del self._live[u]
                 self._live_weight -= u.weight
+            for u in self._live:
+                if len(u.queue) + u.running > 1:  # several outstanding, however long ago
+                    u.deep = now
             self._shallow = frozenset(u for u in self._live if now - u.deep >= SHALLOW_S)
         return self._live_weight - (t.weight if t in self._live else 0)
 
@@ -216,6 +221,8 @@ class CpuAdmission:
         new = self.tenant(tenant)
         flow.tenant.inflight -= flow.inflight  # its executing commands finish in the new one
         new.inflight += flow.inflight
+        flow.tenant.running -= flow.running
+        new.running += flow.running
         flow.tenant = new
 
     @property
@@ -255,8 +262,16 @@ class CpuAdmission:
         self.inflight_bytes += nbytes
         flow.inflight += cost
         t.inflight += cost
+        t.running += 1
+        flow.running += 1
         t.admitted += 1
         return True
+
+    def keeps_one_at_a_time(self, t: CpuTenant) -> bool:
+        """Whether ``t`` is an active tenant that keeps one command at a time: its commands go
+        ahead, and the others' data in flight is bounded by ``latency_bytes`` (as of the last
+        pruning of the active tenants, at most a few milliseconds old)."""
+        return t in self._shallow
 
     def _goes_ahead(self, t: CpuTenant, cost: float, now: float) -> bool:
         """May ``t``'s command, which would wait (behind held commands, for the turn's budget
@@ -281,7 +296,9 @@ class CpuAdmission:
         self.inflight -= cost
         self.inflight_bytes -= nbytes
         flow.inflight -= cost
+        flow.running -= n
         flow.tenant.inflight -= cost
+        flow.tenant.running -= n
         if self._backlog and not self._armed:
             self._arm()
 
@@ -355,6 +372,8 @@ class CpuAdmission:
             self.inflight_bytes += nbytes
             flow.inflight += cost
             t.inflight += cost
+            t.running += 1
+            flow.running += 1
             t.admitted += 1
             ran[conn] = None
             conn.run_held(event, flow, nbytes)

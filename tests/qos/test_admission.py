@@ -211,6 +211,29 @@ def test_while_a_qd1_tenant_is_active_the_others_move_little_data_at_once(
     assert writer_runs(256 << 10, False) == 5  # nobody at QD1: only the room
 
 
+async def test_a_tenant_whose_commands_wait_long_is_not_taken_for_a_qd1_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A busy tenant whose commands sit held (a slow device) for longer than SHALLOW_S,
+    sending nothing new meanwhile, still keeps several outstanding: it does not go ahead, and
+    does not bound the others."""
+    clock = [100.0]
+    monkeypatch.setattr(admission, "_now", lambda: clock[0])
+    adm = CpuAdmission(turn_budget=2, max_inflight=8)
+    busy, other = adm.flow("busy"), adm.flow("other")
+    conn = Conn([], [0])
+    assert adm.admit(busy, 4096) and adm.admit(other, 4096)
+    for i in range(10):
+        if not adm.admit(busy, 4096):
+            adm.hold(busy, 4096, conn, i)
+    adm.finished(other, 1, 4096)
+    clock[0] += 2 * admission.SHALLOW_S
+    assert adm.admit(other, 4096)  # ahead of busy's held commands: one at a time
+    adm.finished(other, 1, 4096)  # a turn follows: it looks at the active tenants again
+    await spin(2)
+    assert not adm.keeps_one_at_a_time(adm.tenants["busy"])
+    assert adm.keeps_one_at_a_time(adm.tenants["other"])
+
+
 async def test_a_tenant_whose_commands_finish_in_their_turn_does_not_go_ahead_by_batches(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """On a synchronous device (RAM) a saturating tenant has nothing executing between its
