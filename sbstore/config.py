@@ -178,7 +178,7 @@ class QosConfig:
     max_inflight: int = 32  # commands executing in the target at once (beyond: tenant queues)
     # While a tenant at queue depth 1 is active, the data the others' executing commands move
     # (sbstore.qos.admission); 0: no such bound.
-    latency_bytes: int = 256 << 10
+    latency_bytes: int = 128 << 10
 
 
 @dataclass(frozen=True)

@@ -46,9 +46,9 @@ commands while the bounds allow. Which tenant goes next:
   may move at most ``latency_bytes`` of data at once (one command each always may): the disk
   then has little of theirs queued ahead of that tenant's next read. Measured on this VM's
   disk, a QD1 reader beside 128k writes at QD32 with a Flush every 64 (perf/tenant_bench.py
-  noisy, 10 rounds): its p99 went from x2.9 of alone to x1.9 (medians), the writer from
-  0.74-1.16 GB/s to 0.31-0.55 GB/s. Linux's write-back throttling makes the same trade for
-  a disk's readers.
+  noisy, medians of 8-10 rounds): its p99 is x2.9 of alone without the bound (the writer at
+  0.74-1.16 GB/s), x1.9-2.0 with 256 KiB (0.31-0.55 GB/s), x1.6 with 128 KiB, the default
+  (0.31-0.36 GB/s). Linux's write-back throttling makes the same trade for a disk's readers.
 Under saturation hosts keep their queues full, so a tenant with three times the weight
 completes three times the commands.
 
@@ -70,7 +70,7 @@ from sbstore.qos.scheduler import DEFAULT_COST_BYTES
 
 DEFAULT_TURN_BUDGET = 16
 DEFAULT_MAX_INFLIGHT = 32
-DEFAULT_LATENCY_BYTES = 256 << 10
+DEFAULT_LATENCY_BYTES = 128 << 10
 ACTIVE_S = 0.002  # a tenant counts as active this long after its last command arrived
 SHALLOW_S = 0.1  # a tenant goes ahead of held commands after this long with one at a time
 

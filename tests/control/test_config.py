@@ -60,7 +60,7 @@ def test_pool_engine_and_admission_keys() -> None:
                       "qos": {"cpu_turn_budget": 8, "max_inflight": 64}}, source="t.toml")
     assert c.pools[0].io == "threads"
     assert (c.qos.cpu_turn_budget, c.qos.max_inflight) == (8, 64)
-    assert c.qos.latency_bytes == 256 << 10  # the default
+    assert c.qos.latency_bytes == 128 << 10  # the default
     assert parse_config({**BASE, "qos": {"latency_bytes": "1M"}}).qos.latency_bytes == 1 << 20
     assert parse_config({**BASE, "qos": {"latency_bytes": 0}}).qos.latency_bytes == 0
     assert parse_config({**BASE, "pools": [{"name": "p", "path": "/p"}]}).pools[0].io == "auto"
