@@ -56,6 +56,11 @@ Per tenant, label ``tenant``, summed over its exported volumes:
   sbstore_tenant_cpu_held_total              of those, commands that first waited for their
                                              tenant's turn (weights at work) (idem)
   sbstore_tenant_cpu_waiting_commands        commands waiting for their turn now (idem)
+  sbstore_tenant_cpu_ahead_total             commands run at once though others' were held: a
+                                             tenant keeping one command at a time (idem)
+  sbstore_tenant_cpu_one_at_a_time           1 while the tenant counts as keeping one command
+                                             at a time ([qos] latency_bytes applies to the
+                                             others) (idem)
 Per pool, label ``pool``:
   sbstore_pool_info{uuid,path,io_engine}     1
   sbstore_pool_capacity_bytes                data capacity
@@ -247,13 +252,16 @@ class TenantQosSample:
     cpu_admitted: int = 0
     cpu_held: int = 0
     cpu_waiting: int = 0
+    cpu_ahead: int = 0
+    cpu_one_at_a_time: int = 0
 
     @classmethod
     def of(cls, stats: TenantQosStats) -> TenantQosSample:
         """From one tenant's ``QosManager.stats()`` entry."""
         return cls(stats.tenant, stats.queued_ios, stats.throttled_seconds,
                    stats.dispatched_ios, stats.dispatched_bytes, stats.cpu_admitted,
-                   stats.cpu_held, stats.cpu_waiting)
+                   stats.cpu_held, stats.cpu_waiting, stats.cpu_ahead,
+                   stats.cpu_one_at_a_time)
 
 
 def _none() -> tuple[()]:
@@ -595,7 +603,13 @@ class Exposition:
                      "Commands that waited for their tenant's turn before running.",
                      "cpu_held"),
                     ("sbstore_tenant_cpu_waiting_commands", "gauge",
-                     "Commands waiting for their tenant's turn now.", "cpu_waiting")):
+                     "Commands waiting for their tenant's turn now.", "cpu_waiting"),
+                    ("sbstore_tenant_cpu_ahead_total", "counter",
+                     "Commands run at once though other tenants' were held (the tenant "
+                     "keeps one command at a time).", "cpu_ahead"),
+                    ("sbstore_tenant_cpu_one_at_a_time", "gauge",
+                     "1 while the tenant keeps one command at a time: the other tenants' "
+                     "data in flight is bounded ([qos] latency_bytes).", "cpu_one_at_a_time")):
                 parts.append(_header(name, kind, doc) + "".join(
                     f'{name}{{tenant="{escape_label(q.tenant)}"}} '
                     f"{_float(v) if isinstance(v := getattr(q, attr), float) else v}\n"

@@ -78,8 +78,8 @@ SHALLOW_S = 0.1  # a tenant goes ahead of held commands after this long with one
 class CpuTenant:
     """A tenant's FIFO of held commands, what it has executing, its SFQ tags, counters."""
 
-    __slots__ = ("admitted", "deep", "finish", "held", "inflight", "name", "queue", "running",
-                 "seen", "start", "turn", "weight")
+    __slots__ = ("admitted", "ahead", "deep", "finish", "held", "inflight", "name", "queue",
+                 "running", "seen", "start", "turn", "weight")
 
     def __init__(self, name: str, weight: int) -> None:
         self.name = name
@@ -93,6 +93,7 @@ class CpuTenant:
         self.seen = -1.0  # when its last command arrived (monotonic seconds)
         self.admitted = 0  # commands run, directly or after being held
         self.held = 0  # commands that had to wait for their turn (a counter)
+        self.ahead = 0  # commands run at once though others were held (_goes_ahead; a counter)
         self.turn = -1  # the last turn in which it ran a command ahead of held ones
         self.deep = -1.0  # when it last had two commands or more at once (executing or held)
 
@@ -287,6 +288,7 @@ class CpuAdmission:
         if t.queue or t.inflight > 1e-9 or t.turn == self._turns or now - t.deep < SHALLOW_S:
             return False
         t.turn = self._turns
+        t.ahead += 1
         self._used += 1
         t.finish = max(self._vtime, t.finish) + cost / t.weight
         return True

@@ -553,9 +553,10 @@ class QosManager:
                 out[s.tenant] = s if prev is None else prev + s
         for name, t in self.admission.tenants.items():
             prev = out.get(name) or TenantQosStats(name)
-            out[name] = dataclasses.replace(prev, cpu_admitted=self.admission.admitted(t),
-                                            cpu_held=t.held,
-                                            cpu_waiting=len(t.queue))
+            out[name] = dataclasses.replace(
+                prev, cpu_admitted=self.admission.admitted(t), cpu_held=t.held,
+                cpu_waiting=len(t.queue), cpu_ahead=t.ahead,
+                cpu_one_at_a_time=int(self.admission.keeps_one_at_a_time(t)))
         return out
 
     def tenants(self) -> Iterable[str]:

@@ -123,6 +123,8 @@ class TenantQosStats:
     cpu_admitted: int = 0
     cpu_held: int = 0
     cpu_waiting: int = 0
+    cpu_ahead: int = 0  # commands run at once ahead of held ones (a tenant at QD1)
+    cpu_one_at_a_time: int = 0  # 1 while it counts as keeping one command at a time
 
     @property
     def dispatched_ios(self) -> int:
@@ -139,7 +141,9 @@ class TenantQosStats:
             self.read_ios + other.read_ios, self.write_ios + other.write_ios,
             self.other_ios + other.other_ios, self.read_bytes + other.read_bytes,
             self.write_bytes + other.write_bytes, self.cpu_admitted + other.cpu_admitted,
-            self.cpu_held + other.cpu_held, self.cpu_waiting + other.cpu_waiting)
+            self.cpu_held + other.cpu_held, self.cpu_waiting + other.cpu_waiting,
+            self.cpu_ahead + other.cpu_ahead,
+            max(self.cpu_one_at_a_time, other.cpu_one_at_a_time))
 
 
 class Flow:

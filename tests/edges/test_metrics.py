@@ -303,11 +303,20 @@ def reference_text(source: MetricsSource) -> str:
                                             "before running.", labels=["tenant"]),
                         GaugeMetricFamily("sbstore_tenant_cpu_waiting_commands",
                                           "Commands waiting for their tenant's turn now.",
-                                          labels=["tenant"])]
+                                          labels=["tenant"]),
+                        CounterMetricFamily("sbstore_tenant_cpu_ahead",
+                                            "Commands run at once though other tenants' were "
+                                            "held (the tenant keeps one command at a time).",
+                                            labels=["tenant"]),
+                        GaugeMetricFamily("sbstore_tenant_cpu_one_at_a_time",
+                                          "1 while the tenant keeps one command at a time: the "
+                                          "other tenants' data in flight is bounded ([qos] "
+                                          "latency_bytes).", labels=["tenant"])]
                 for q in source.qos():
                     for fam, value in zip(fams, (q.queued_ios, q.throttled_seconds,
                                                  q.dispatched_ios, q.dispatched_bytes,
-                                                 q.cpu_admitted, q.cpu_held, q.cpu_waiting)):
+                                                 q.cpu_admitted, q.cpu_held, q.cpu_waiting,
+                                                 q.cpu_ahead, q.cpu_one_at_a_time)):
                         fam.add_metric([q.tenant], value)
                 out += fams
             pools = list(source.pools())
@@ -423,7 +432,7 @@ def test_same_series_as_prometheus_client_writes() -> None:
                                (("icreq", 4), ("connect", 5)),
                                (("protocol_error", 6), ("refused", 7)),
                                ana_groups=((1, "optimized", 3), (2, "inaccessible", 1))),
-                           qos=lambda: [TenantQosSample("t1", 3, 1.25, 7, 8, 9, 2, 1),
+                           qos=lambda: [TenantQosSample("t1", 3, 1.25, 7, 8, 9, 2, 1, 4, 1),
                                         TenantQosSample(odd, 0, 0.0)])
     expected = reference_text(source)
     got = Exposition(source, standard_collectors=False).render_now().decode()

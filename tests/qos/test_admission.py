@@ -177,6 +177,12 @@ async def test_a_tenant_with_one_command_at_a_time_goes_ahead_of_held_ones(
     clock[0] += admission.SHALLOW_S
     assert adm.backlog
     assert adm.admit(quiet, 4096)  # one at a time for SHALLOW_S: ahead again
+    # What the metrics show (sbstore_tenant_cpu_ahead_total, _cpu_one_at_a_time).
+    assert (adm.tenants["quiet"].ahead, adm.tenants["busy"].ahead) == (3, 0)
+    adm.finished(quiet, 1, 4096)
+    await spin(2)  # (the next turn looks at the active tenants again)
+    assert adm.keeps_one_at_a_time(adm.tenants["quiet"])
+    assert not adm.keeps_one_at_a_time(adm.tenants["busy"])
 
 
 def test_while_a_qd1_tenant_is_active_the_others_move_little_data_at_once(
