@@ -45,7 +45,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 DEFAULT_API_SOCKET = Path("/run/sbstore/api.sock")
 DEFAULT_METRICS_PORT = 9420
@@ -390,6 +390,22 @@ class _Section:
             raise self.error(f"must be {_kind_name(kind)}, not {_kind(value)}", name)
         return value
 
+    @overload
+    def size(self, name: str, default: int) -> int: ...
+
+    @overload
+    def size(self, name: str, default: None = None) -> int | None: ...
+
+    def size(self, name: str, default: int | None = None) -> int | None:
+        """A size: bytes as an integer, or a string such as "64K" (:func:`parse_size`)."""
+        raw = self.get(name, (int, str), default)
+        if raw is None:
+            return None
+        try:
+            return parse_size(raw)
+        except ValueError as exc:
+            raise self.error(str(exc), name) from None
+
     def done(self) -> None:
         unknown = sorted(set(self.data) - self.used)
         if unknown:
@@ -479,10 +495,7 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>",
     max_outstanding = q_s.get("max_outstanding", int, QosConfig.max_outstanding)
     if not 1 <= max_outstanding <= 65536:
         raise q_s.error(f"{max_outstanding} is out of range 1..65536", "max_outstanding")
-    try:
-        cost_bytes = parse_size(q_s.get("cost_bytes", (int, str), QosConfig.cost_bytes))
-    except ValueError as exc:
-        raise q_s.error(str(exc), "cost_bytes") from None
+    cost_bytes = q_s.size("cost_bytes", QosConfig.cost_bytes)
     if cost_bytes < 512:
         raise q_s.error("must be at least 512 bytes", "cost_bytes")
     turn_budget = q_s.get("cpu_turn_budget", int, QosConfig.cpu_turn_budget)
@@ -491,11 +504,7 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>",
     max_inflight = q_s.get("max_inflight", int, QosConfig.max_inflight)
     if not 1 <= max_inflight <= 65536:
         raise q_s.error(f"{max_inflight} is out of range 1..65536", "max_inflight")
-    try:
-        latency_bytes = parse_size(q_s.get("latency_bytes", (int, str),
-                                           QosConfig.latency_bytes))
-    except ValueError as exc:
-        raise q_s.error(str(exc), "latency_bytes") from None
+    latency_bytes = q_s.size("latency_bytes", QosConfig.latency_bytes)
     if latency_bytes and latency_bytes < 4096:
         raise q_s.error("must be 0 (off) or at least 4 KiB", "latency_bytes")
     q_s.done()
@@ -555,13 +564,9 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>",
             raise s.error("missing (a pool file or block device)", "path")
         create_size = cluster_size = None
         for key in ("create_size", "cluster_size"):
-            raw_size = s.get(key, (int, str))
-            if raw_size is None:
+            size = s.size(key)
+            if size is None:
                 continue
-            try:
-                size = parse_size(raw_size)
-            except ValueError as exc:
-                raise s.error(str(exc), key) from None
             if size <= 0:
                 raise s.error("must be positive", key)
             if key == "create_size":
