@@ -25,6 +25,13 @@ choice varies from run to run).
 Busy-polling (``serve --busy-poll US``) is measured against the same jobs with a second
 target, the two driven in turn (off, on, off, on...), so drift on a shared machine hits both.
 Each job runs ``--repeat`` times; the report shows the median run and the range.
+
+The floor (``perf/echo_floor.py``, on unless ``--no-floor``): each 4 KiB job is also run
+against a bare uvloop server that answers every command-sized request with a 4 KiB read's
+bytes and does nothing else, placed and driven the same way, in turn with the targets. Its CPU
+per round trip is what the event loop, the system calls and loopback TCP cost on this machine;
+the report gives the target's CPU per I/O as a multiple of it, and says when a goal lies below
+it (no uvloop server could meet such a goal here).
 """
 from __future__ import annotations
 
@@ -137,6 +144,57 @@ def run_job(job: dict[str, Any], port: int, target_pid: int, seconds: float, dig
     return result
 
 
+def start_floor(cpus: set[int] | None) -> tuple[subprocess.Popen[str], int]:
+    """perf/echo_floor.py's server, pinned like the target; (process, port)."""
+    def pin() -> None:
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "perf", "echo_floor.py"), "serve"],
+                            stdout=subprocess.PIPE, text=True, preexec_fn=pin if cpus else None)
+    assert proc.stdout is not None
+    port = proc.stdout.readline().strip()
+    if not port.isdigit():
+        stop_target(proc)
+        raise RuntimeError("the echo floor server did not start")
+    return proc, int(port)
+
+
+def run_floor(job: dict[str, Any], port: int, server_pid: int, seconds: float, engine: str,
+              cpus: set[int] | None = None) -> dict[str, Any]:
+    """One run of ``job``'s queue depth against the echo floor server: its CPU per round
+    trip (as the target's is measured), round trips per second and latency."""
+    cmd = [sys.executable, os.path.join(ROOT, "perf", "echo_floor.py"), "drive", "--port",
+           str(port), "--qd", str(job["qd"]), "--seconds", str(seconds)]
+    if engine == "poll":
+        cmd.append("--poll")
+
+    def pin() -> None:
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+    before = CpuSample(server_pid)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60,
+                          preexec_fn=pin if cpus else None, check=False)
+    after = CpuSample(server_pid)
+    if proc.returncode != 0:
+        raise RuntimeError(f"echo floor driver failed: {proc.stdout[-500:]}{proc.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    n = max(result["round_trips"], 1)
+    result["cpu_us_per_round_trip"] = round(
+        (after.user - before.user + after.sys - before.sys) / n * 1e6, 2)
+    result["run_us_per_round_trip"] = round((after.run_ns - before.run_ns) / n / 1e3, 2)
+    return result
+
+
+def summarize_floor(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    cpu = [r["cpu_us_per_round_trip"] for r in runs]
+    return {"what": "bare uvloop server, 72-byte requests answered with a 4 KiB read's bytes",
+            "cpu_us_per_round_trip": round(statistics.median(cpu), 2),
+            "range": [min(cpu), max(cpu)],
+            "per_s": round(statistics.median(r["per_s"] for r in runs), 1),
+            "lat_mean_us": round(statistics.median(r["lat_us"]["mean"] for r in runs), 1),
+            "runs": runs}
+
+
 SUMMARY_KEYS = ("iops", "mb_per_s", "target_cpu_us_per_io", "target_user_us_per_io",
                 "target_sys_us_per_io", "target_run_us_per_io", "target_switches_per_io",
                 "target_cpu_util", "loadgen_user_us_per_io", "loadgen_sys_us_per_io")
@@ -196,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="load engine (perf/loadgen.py --engine); fast leaves the target the CPU; "
                    "poll also busy-polls its socket as spdk_nvme_perf does, so the target never "
                    "pays for waking it")
+    p.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
+                   help="also run the 4k jobs against perf/echo_floor.py's bare uvloop server, "
+                        "the yardstick for CPU per I/O (module docstring)")
     p.add_argument("--json", default=os.path.join(ROOT, "perf", "results", "target.json"))
     args = p.parse_args(args_in)
     if args.repeat < 1:
@@ -203,10 +264,13 @@ def main(argv: list[str] | None = None) -> int:
     target_cpus, load_cpus = affinity(args.placement)
     modes = [0] + ([args.busy_poll] if args.busy_poll > 0 else [])
     targets: dict[int, tuple[subprocess.Popen[str], int]] = {}
+    floor: tuple[subprocess.Popen[str], int] | None = None
     results = []
     try:
         for mode in modes:
             targets[mode] = start_target(["--busy-poll", str(mode)] if mode else [], target_cpus)
+        if args.floor:
+            floor = start_floor(target_cpus)
         print(f"placement {args.placement}: target on CPUs {sorted(target_cpus or [])}, load "
               f"generator on {sorted(load_cpus or [])}; {args.repeat} x {args.seconds:g} s per "
               f"job; median run [range]", flush=True)
@@ -216,31 +280,60 @@ def main(argv: list[str] | None = None) -> int:
                     continue  # the fast engine speaks digests-off only
                 job_modes = [m for m in modes if m == 0 or job["bs"] == 4096]
                 runs: dict[int, list[dict[str, Any]]] = {m: [] for m in job_modes}
+                with_floor = floor is not None and job["bs"] == 4096 and not digests
+                floor_runs: list[dict[str, Any]] = []
                 for _ in range(args.repeat):
                     for mode in job_modes:  # interleaved: drift hits every mode alike
                         proc, port = targets[mode]
                         runs[mode].append(run_job(job, port, proc.pid, args.seconds, digests,
                                                   args.engine, load_cpus))
+                    if with_floor:
+                        assert floor is not None
+                        floor_runs.append(run_floor(job, floor[1], floor[0].pid, args.seconds,
+                                                    args.engine, load_cpus))
+                job_floor = summarize_floor(floor_runs) if floor_runs else None
                 for mode in job_modes:
                     r = summarize(runs[mode])
                     r["busy_poll_us"] = mode
                     r["placement"] = args.placement
                     if mode:
                         r["name"] += "-busypoll"
+                    if job_floor is not None:
+                        r["floor"] = job_floor
+                        r["target_over_floor"] = round(
+                            r["target_cpu_us_per_io"] / max(job_floor["cpu_us_per_round_trip"],
+                                                            0.01), 2)
                     results.append(r)
                     print(line(r), flush=True)
+                if job_floor is not None:
+                    print(f"{'  floor: bare uvloop echo':34s} {job_floor['per_s']:>8.0f} /s"
+                          f"        lat mean {job_floor['lat_mean_us']:.0f} us  server CPU "
+                          f"{job_floor['cpu_us_per_round_trip']:.2f} us per round trip "
+                          f"[{job_floor['range'][0]:.1f}-{job_floor['range'][1]:.1f}]; the "
+                          f"target x{results[-len(job_modes)]['target_over_floor']:.2f} of it",
+                          flush=True)
     finally:
         for proc, _ in targets.values():
             stop_target(proc)
+        if floor is not None:
+            stop_target(floor[0])
     goals = []
     for name, goal in GOALS_US.items():
         for r in results:
             if r["name"] == name:
                 met = r["target_cpu_us_per_io"] <= goal
-                goals.append({"name": name, "goal_us": goal, "median_us": r["target_cpu_us_per_io"],
-                              "met": met})
+                entry = {"name": name, "goal_us": goal, "median_us": r["target_cpu_us_per_io"],
+                         "met": met}
+                note = ""
+                if "floor" in r:
+                    floor_us = r["floor"]["cpu_us_per_round_trip"]
+                    entry |= {"floor_us": floor_us, "goal_below_floor": goal < floor_us}
+                    note = f" (floor {floor_us:.2f}" + (
+                        ": the goal is below what a bare uvloop server costs here)"
+                        if goal < floor_us else ")")
+                goals.append(entry)
                 print(f"goal: {name} target CPU <= {goal:g} us/IO: median "
-                      f"{r['target_cpu_us_per_io']:.2f}: {'met' if met else 'NOT MET'}")
+                      f"{r['target_cpu_us_per_io']:.2f}: {'met' if met else 'NOT MET'}{note}")
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump({"machine": platform.node(), "cpus": os.cpu_count(),

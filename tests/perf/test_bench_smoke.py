@@ -29,7 +29,18 @@ def test_target_benchmark_runs_and_reports(tmp_path):
                    - r["target_cpu_us_per_io"]) < 0.05
         assert r["repeat"] == 2 and len(r["runs"]) == 2
         assert r["busy_poll_us"] == (300 if r["name"].endswith("-busypoll") else 0)
+        if r["bs"] == 4096:  # the echo floor ran beside every 4k job, in turn with it
+            floor = r["floor"]
+            assert len(floor["runs"]) == 2
+            assert all(f["errors"] == 0 and f["round_trips"] > 0 and f["qd"] == r["qd"]
+                       for f in floor["runs"])
+            assert 0 < floor["cpu_us_per_round_trip"] and r["target_over_floor"] > 0
+        else:
+            assert "floor" not in r
     assert {g["name"] for g in report["goals"]} == {"4k-randread-qd1", "4k-randread-qd32"}
+    assert all(g["floor_us"] > 0 and isinstance(g["goal_below_floor"], bool)
+               for g in report["goals"])
+    assert "floor: bare uvloop echo" in proc.stdout
     assert "IOPS" in proc.stdout and "us/IO" in proc.stdout and "user" in proc.stdout
 
 
@@ -55,3 +66,5 @@ def test_polling_load_engine(tmp_path):
     assert report["load_engine"] == "poll"
     for r in report["results"]:
         assert r["engine"] == "poll" and r["ios"] > 0 and r["lat_us"]["p99"] > 0
+        if r["bs"] == 4096:  # the floor was driven the same way: polling
+            assert all(f["engine"] == "poll" for f in r["floor"]["runs"])
