@@ -241,10 +241,23 @@ def start_daemon(cfg: str, cpu: str | None, wrap: list[str] | None = None,
     return daemon
 
 
+def pool_config(workdir: str, size: int, io: str, extra: str = "",
+                filename: str = "sbstore.toml") -> str:
+    """A config (``workdir``/``filename``) for one pool file in ``workdir`` with room for a
+    volume of ``size`` bytes and its snapshots' worth again, data through engine ``io``.
+    Configs written under other names in the same directory share the pool and the state."""
+    cfg = write_config(workdir, pool_size=str(2 * size + (256 << 20)), io=io, extra=extra)
+    if filename == "sbstore.toml":
+        return cfg
+    named = os.path.join(workdir, filename)
+    os.replace(cfg, named)
+    return named
+
+
 def start_pool_daemon(workdir: str, size: int, io: str, cpu: str | None) -> Daemon:
     """The daemon with one pool file in ``workdir`` (a disk file system: O_DIRECT) with room
     for a volume of ``size`` bytes and its snapshots' worth again, data through engine ``io``."""
-    return start_daemon(write_config(workdir, pool_size=str(2 * size + (256 << 20)), io=io), cpu)
+    return start_daemon(pool_config(workdir, size, io), cpu)
 
 
 def pool_engine_line(daemon: Daemon) -> str:

@@ -17,6 +17,10 @@ What it does:
    clusters), 128k sequential read QD16, 128k sequential write QD16.
 3. Reads the whole volume once (128k, QD16) and reports what that did to the daemon's RSS and
    to the system's page cache.
+4. With ``--busy-poll US``: each sbstore job also runs against the same daemon restarted with
+   ``[target] busy_poll_us = US`` (the same pool file and volume), in turn with the default
+   (default first in even rounds, busy-polling first in odd ones). Its ratios and CPU per I/O
+   are reported beside the default's; the goals are judged on the default.
 Prints each figure as a ratio against fio's in the same round (the median of the rounds) and
 writes JSON. Goals (the data-path issue): 4k read >= 0.6x fio, 4k write >= 0.8x, 128k read and
 write >= 0.9x; reading the volume leaves RSS and page cache where they were.
@@ -47,10 +51,11 @@ from perf.harness import (  # noqa: E402
     fio,
     median,
     page_cache_bytes,
+    pool_config,
     pool_engine_line,
     rss_bytes,
     run_load,
-    start_pool_daemon,
+    start_daemon,
 )
 from sbstore.config import parse_size  # noqa: E402
 
@@ -88,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--load-engine", choices=["fast", "poll"], default="fast",
                    help="the load generator's engine (perf/loadgen.py --engine): poll busy-polls "
                    "its socket as spdk_nvme_perf does, so the target never pays for waking it")
+    p.add_argument("--busy-poll", type=int, default=0, metavar="US",
+                   help="also run every sbstore job against the daemon restarted with "
+                        "[target] busy_poll_us = US, same pool (0: do not)")
     p.add_argument("--no-full-read", action="store_true",
                    help="skip reading the whole volume (the RSS / page-cache check)")
     p.add_argument("--json", default=os.path.join(ROOT, "perf", "results", "pool.json"))
@@ -99,17 +107,36 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "machine": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
         "time": time.time(), "size": size, "seconds": args.seconds, "rounds": args.rounds,
-        "io": args.io, "load_engine": args.load_engine,
+        "io": args.io, "load_engine": args.load_engine, "busy_poll_us": args.busy_poll,
         "pinning": {"daemon_and_fio": daemon_cpu, "load": load_cpu},
         "dir": args.dir}
     daemon = None
+    running = 0  # the busy_poll_us of the daemon now running
+    configs = {0: pool_config(work, size, args.io, filename="default.toml")}
+    if args.busy_poll > 0:
+        configs[args.busy_poll] = pool_config(
+            work, size, args.io, extra=f"[target]\nbusy_poll_us = {args.busy_poll}\n",
+            filename="busy-poll.toml")
+
+    def daemon_with(busy_poll_us: int) -> Any:
+        """The daemon, restarted with the other config if it runs the wrong one."""
+        nonlocal daemon, running
+        if daemon is None or running != busy_poll_us:
+            if daemon is not None:
+                exit_code = daemon.stop()
+                if exit_code != 0:
+                    raise RuntimeError(f"the daemon exited with {exit_code} at a restart")
+                daemon = None
+            daemon = start_daemon(configs[busy_poll_us], daemon_cpu)
+            running = busy_poll_us
+        return daemon
     try:
         yard = os.path.join(work, "yardstick.img")
         t0 = time.monotonic()
         fill_file(yard, size, daemon_cpu)
         print(f"yardstick file: {size >> 20} MiB filled in {time.monotonic() - t0:.1f} s",
               flush=True)
-        daemon = start_pool_daemon(work, size, args.io, daemon_cpu)
+        daemon = daemon_with(0)
         report["engine"] = pool_engine_line(daemon)
         print(report["engine"], flush=True)
         report["first_write"] = export_filled_volume(daemon, NQN, size, load_cpu)
@@ -123,18 +150,27 @@ def main(argv: list[str] | None = None) -> int:
                 if reading:
                     drop_caches()
                 f = fio(yard, daemon_cpu, rw=rw, bs=bs, qd=qd, seconds=args.seconds, size=size)
-                if reading:
-                    drop_caches()
-                s = sbstore_job(daemon, load_cpu, rw, bs, qd, args.seconds, size,
-                                args.load_engine)
-                ratio = s["iops"] / max(f["iops"], 1e-9)
-                rounds.append({"round": rnd, "job": name, "fio": f, "sbstore": s,
-                               "ratio": round(ratio, 3)})
-                print(f"round {rnd} {name:20s} fio {f['iops']:9.0f} IOPS {f['mb_per_s']:7.0f} "
-                      f"MB/s | sbstore {s['iops']:9.0f} IOPS {s['mb_per_s']:7.0f} MB/s "
-                      f"p99 {s['lat_us']['p99']:.0f} us max {s['lat_us']['max'] / 1e3:.1f} ms "
-                      f"({s['daemon_cpu_us_per_io']:.1f} us CPU/IO) | ratio {ratio:.2f}",
-                      flush=True)
+                modes = list(configs)
+                if rnd % 2:
+                    modes.reverse()  # whichever runs second finds the disk as the first left it
+                entry: dict[str, Any] = {"round": rnd, "job": name, "fio": f}
+                for mode in modes:
+                    if reading:
+                        drop_caches()
+                    s = sbstore_job(daemon_with(mode), load_cpu, rw, bs, qd, args.seconds, size,
+                                    args.load_engine)
+                    ratio = s["iops"] / max(f["iops"], 1e-9)
+                    if mode:
+                        entry["busy_poll"] = {"sbstore": s, "ratio": round(ratio, 3)}
+                    else:
+                        entry |= {"sbstore": s, "ratio": round(ratio, 3)}
+                    label = f"busy-poll {mode}" if mode else "sbstore"
+                    print(f"round {rnd} {name:20s} fio {f['iops']:9.0f} IOPS "
+                          f"{f['mb_per_s']:7.0f} MB/s | {label} {s['iops']:9.0f} IOPS "
+                          f"{s['mb_per_s']:7.0f} MB/s p99 {s['lat_us']['p99']:.0f} us max "
+                          f"{s['lat_us']['max'] / 1e3:.1f} ms ({s['daemon_cpu_us_per_io']:.1f} "
+                          f"us CPU/IO) | ratio {ratio:.2f}", flush=True)
+                rounds.append(entry)
         report["rounds"] = rounds
         summary = {}
         for name, _rw, _bs, _qd, goal in jobs:
@@ -142,9 +178,18 @@ def main(argv: list[str] | None = None) -> int:
             summary[name] = {"ratio_median": round(median(ratios), 3),
                              "ratio_range": [min(ratios), max(ratios)], "goal": goal,
                              "met": median(ratios) >= goal}
+            polled = [r["busy_poll"] for r in rounds if r["job"] == name and "busy_poll" in r]
+            if polled:
+                summary[name]["busy_poll"] = {
+                    "ratio_median": round(median([b["ratio"] for b in polled]), 3),
+                    "ratio_range": [min(b["ratio"] for b in polled),
+                                    max(b["ratio"] for b in polled)],
+                    "cpu_us_per_io_median": round(median(
+                        [b["sbstore"]["daemon_cpu_us_per_io"] for b in polled]), 2)}
         report["summary"] = summary
 
         if not args.no_full_read:
+            daemon = daemon_with(0)
             drop_caches()
             time.sleep(1)
             pool_file = os.path.join(work, "bench.pool")
@@ -174,9 +219,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"{file0} -> {file1} bytes", flush=True)
 
         for name, s in summary.items():
+            polled_text = ""
+            if "busy_poll" in s:
+                b = s["busy_poll"]
+                polled_text = (f" (busy-poll {args.busy_poll}: {b['ratio_median']:.2f} "
+                               f"[{b['ratio_range'][0]:.2f}-{b['ratio_range'][1]:.2f}], "
+                               f"{b['cpu_us_per_io_median']:.1f} us CPU/IO)")
             print(f"goal: {name} >= {s['goal']}x fio: median {s['ratio_median']:.2f} "
                   f"[{s['ratio_range'][0]:.2f}-{s['ratio_range'][1]:.2f}]: "
-                  f"{'met' if s['met'] else 'NOT MET'}")
+                  f"{'met' if s['met'] else 'NOT MET'}{polled_text}")
         if "full_read" in report:
             print(f"goal: reading the volume leaves RSS and page cache where they were: "
                   f"{'met' if report['full_read']['met'] else 'NOT MET'}")

@@ -38,6 +38,25 @@ def test_pool_bench_runs_and_reports(tmp_path: Path) -> None:
     assert "NOT MET" in text or "met" in text
 
 
+def test_pool_bench_with_busy_polling_restarts_on_the_same_pool(tmp_path: Path) -> None:
+    """--busy-poll: the same volume served by the daemon restarted with busy_poll_us, in turn
+    with the default (so the pool, its state and the volume outlive each restart)."""
+    out = tmp_path / "pool.json"
+    text = run(["perf/pool_bench.py", "--size", "32M", "--seconds", "0.3", "--rounds", "2",
+                "--busy-poll", "300", "--jobs", "4k-randwrite-qd32", "--no-full-read",
+                "--dir", str(tmp_path), "--json", str(out)], tmp_path)
+    report = json.loads(out.read_text())
+    assert report["busy_poll_us"] == 300 and report["daemon_exit"] == 0
+    assert [r["round"] for r in report["rounds"]] == [0, 1]
+    for r in report["rounds"]:
+        assert r["sbstore"]["ios"] > 0
+        polled = r["busy_poll"]
+        assert polled["sbstore"]["ios"] > 0
+        assert polled["ratio"] > 0
+    assert report["summary"]["4k-randwrite-qd32"]["busy_poll"]["cpu_us_per_io_median"] > 0
+    assert "busy-poll 300" in text
+
+
 def test_tenant_bench_runs_and_reports(tmp_path: Path) -> None:
     out = tmp_path / "tenants.json"
     run(["perf/tenant_bench.py", "--seconds", "0.5", "--rounds", "1", "--size", "32M",
