@@ -43,17 +43,25 @@ def test_pool_bench_with_busy_polling_restarts_on_the_same_pool(tmp_path: Path) 
     with the default (so the pool, its state and the volume outlive each restart)."""
     out = tmp_path / "pool.json"
     text = run(["perf/pool_bench.py", "--size", "32M", "--seconds", "0.3", "--rounds", "2",
-                "--busy-poll", "300", "--jobs", "4k-randwrite-qd32", "--no-full-read",
+                "--busy-poll", "300", "--jobs", "4k-randwrite-qd32,4k-randread-qd1",
+                "--no-full-read",
                 "--dir", str(tmp_path), "--json", str(out)], tmp_path)
     report = json.loads(out.read_text())
     assert report["busy_poll_us"] == 300 and report["daemon_exit"] == 0
-    assert [r["round"] for r in report["rounds"]] == [0, 1]
+    assert [(r["round"], r["job"]) for r in report["rounds"]] == [
+        (0, "4k-randwrite-qd32"), (0, "4k-randread-qd1"),
+        (1, "4k-randread-qd1"), (1, "4k-randwrite-qd32")]  # reversed: each sees both orders
+    assert report["summary"]["4k-randread-qd1"]["goal"] is None
+    assert report["summary"]["4k-randread-qd1"]["met"] is None
     for r in report["rounds"]:
         assert r["sbstore"]["ios"] > 0
         polled = r["busy_poll"]
         assert polled["sbstore"]["ios"] > 0
         assert polled["ratio"] > 0
     assert report["summary"]["4k-randwrite-qd32"]["busy_poll"]["cpu_us_per_io_median"] > 0
+    for job in ("4k-randwrite-qd32", "4k-randread-qd1"):  # each went first once per mode
+        firsts = [r["busy_poll_order"][0] for r in report["rounds"] if r["job"] == job]
+        assert sorted(firsts) == [0, 300]
     assert "busy-poll 300" in text
 
 
