@@ -70,6 +70,7 @@ from perf.harness import (
     pinned,
     start_daemon,
     write_config,
+    write_report,
 )
 from perf.harness import wait_for as wait_until  # (wait_for below: with WAIT_S)
 from perf.replication_bench import timed_writes
@@ -500,10 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n1-minute load average before/after: {report['loadavg_before'][0]} / "
           f"{report['loadavg_after'][0]}" + (" (the machine was busy: figures are rough)"
                                              if busy else ""))
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(report, f, indent=1)
-    print(f"wrote {args.json}")
+    write_report(args.json, report)
     return 0
 
 

@@ -26,7 +26,6 @@ The goal (the control-plane issue): ratio >= 0.9, max latency with scrapes < 10 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shlex
@@ -43,7 +42,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from perf.harness import Daemon, cpu_seconds, cpus, run_load, start_daemon, write_config
+from perf.harness import (
+    Daemon,
+    cpu_seconds,
+    cpus,
+    run_load,
+    start_daemon,
+    write_config,
+    write_report,
+)
 from sbstore.control.client import Client
 
 NQN_PREFIX = "nqn.2026-11.io.sbstore.bench:vol"
@@ -282,10 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             if errors:
                 print("daemon errors:\n" + "\n".join(errors[:20]), file=sys.stderr)
         shutil.rmtree(workdir, ignore_errors=True)
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(report, f, indent=2)
-    print(f"results written to {args.json}")
+    write_report(args.json, report, indent=2)
     return 0
 
 

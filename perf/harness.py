@@ -419,6 +419,14 @@ def fill_file(path: str, size: int, cpu: str | None) -> None:
                   "--rw=write", "--bs=1M", "--iodepth=8", f"--size={size}"], 600, "fio fill")
 
 
+def write_report(path: str, report: Any, indent: int = 1) -> None:
+    """A benchmark's JSON report to ``path`` (its directory made if need be), and say where."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(report, f, indent=indent)
+    print(f"results written to {path}")
+
+
 def median(values: list[float]) -> float:
     s = sorted(values)
     n = len(s)

@@ -30,7 +30,6 @@ write >= 0.9x; reading the volume leaves RSS and page cache where they were.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -58,6 +57,7 @@ from perf.harness import (  # noqa: E402
     rss_bytes,
     run_load,
     start_daemon,
+    write_report,
 )
 from sbstore.config import parse_size  # noqa: E402
 
@@ -254,10 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         if daemon is not None:
             report["daemon_exit"] = daemon.stop()
         shutil.rmtree(work, ignore_errors=True)
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(report, f, indent=1)
-    print(f"results written to {args.json}")
+    write_report(args.json, report)
     return 0
 
 

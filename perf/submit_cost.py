@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import mmap
 import os
 import platform
@@ -35,7 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from perf.harness import fill_file
+from perf.harness import fill_file, write_report
 from sbstore.store.engines.ring import ENTER_GETEVENTS, OP_READ, OP_WRITE, SQE, Ring
 
 BLOCK = 4096
@@ -155,10 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.path.exists(path):
             os.unlink(path)
         os.rmdir(work)
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(report, f, indent=1)
-    print(f"results written to {args.json}")
+    write_report(args.json, report)
     return 0
 
 

@@ -27,7 +27,6 @@ The weight ratio is heavy's IOPS / light's (goal: 3 +- 10%). Each figure is the 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
@@ -57,6 +56,7 @@ from perf.harness import (  # noqa: E402
     start_daemon,
     start_load,
     write_config,
+    write_report,
 )
 from sbstore.config import parse_size  # noqa: E402
 
@@ -310,10 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         if "device_p99_ratio_median" in r:
             print(f"yardstick: the same two jobs by fio on the disk itself: quiet's p99 "
                   f"x{r['device_p99_ratio_median']:.2f}")
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(report, f, indent=1)
-    print(f"results written to {args.json}")
+    write_report(args.json, report)
     return 0
 
 
