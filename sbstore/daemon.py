@@ -217,6 +217,7 @@ async def _start_metrics(config: MetricsConfig, service: Any, pools: dict[str, A
         TargetSample,
         TenantQosSample,
         VolumeSample,
+        ana_pairs,
         start_metrics_server,
     )
 
@@ -224,7 +225,8 @@ async def _start_metrics(config: MetricsConfig, service: Any, pools: dict[str, A
         volumes=lambda: (VolumeSample(p, v.name, t, s, v.size_bytes)
                          for p, v, t, s in service.iter_exported_volumes()),
         pools=lambda: [PoolSample.of(name, pool) for name, pool in pools.items()],
-        target=lambda: TargetSample.of(target, server),
+        target=lambda: TargetSample.of(target, server, with_ana=False),
+        ana_pairs=lambda: ana_pairs(target),
         qos=lambda: [TenantQosSample.of(t) for t in qos.stats().values()],
         cluster=cluster.metric_samples if cluster is not None else None)
     exposition = Exposition(source, per_volume=config.per_volume)
