@@ -422,7 +422,7 @@ async def _operation_cancel(c: Call) -> Any:
 
 
 async def _subsystems(c: Call) -> Any:
-    return c.service.list_exports()
+    return await c.service.list_exports_sliced()
 
 
 async def _subsystem_create(c: Call) -> Any:

@@ -201,3 +201,45 @@ async def test_the_api_listing_yields_to_the_loop_and_lists_the_same(
     assert await svc.list_volumes_sliced(kind="snapshot") == svc.list_volumes(kind="snapshot")
     with pytest.raises(Exception, match="kind"):
         await svc.list_volumes_sliced(kind="other")
+
+
+async def test_the_export_listing_yields_to_the_loop_and_shows_each_export(
+        svc: ControlService, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GET /v1/subsystems lists what showing each export shows, host keys included (read once
+    for all exports), and yields to the loop while it does."""
+    import asyncio
+
+    from sbstore.control import dhchap
+    from sbstore.control import service as service_mod
+
+    for i in range(70):
+        await svc.create_volume(f"v{i:03d}", 1 << 20, pool="p1")
+        await svc.create_export(f"{NQN_1}-{i:03d}", volumes=[f"v{i:03d}"])
+    host = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-000000000001"
+    for i in (3, 40):  # two exports with a DH-HMAC-CHAP host, the others without
+        await svc.add_host(f"{NQN_1}-{i:03d}", host,
+                           dhchap.parse_request({"generate_key": True}))
+    monkeypatch.setattr(service_mod, "LIST_SLICE_S", 0.0)
+    ticks = 0
+    stop = False
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not stop:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.ensure_future(ticker())
+    try:
+        before = ticks
+        listed = await svc.list_exports_sliced()
+        during = ticks - before
+    finally:
+        stop = True
+        await task
+    assert during >= 70 // 32
+    assert listed == svc.list_exports() == [svc.show_export(e["nqn"]) for e in listed]
+    assert [e["nqn"] for e in listed] == sorted(f"{NQN_1}-{i:03d}" for i in range(70))
+    keyed = [e["nqn"] for e in listed if e["host_auth"]]
+    assert keyed == [f"{NQN_1}-003", f"{NQN_1}-040"]
+    assert set(listed[3]["host_auth"]) == {host}
