@@ -16,6 +16,7 @@ from sbstore.store import Pool
 from target.server import TargetServer
 from target.subsystem import Target
 from tests.control.conftest import NQN_1, NQN_2
+from tests.loop_turns import turns_while
 
 STORE_FIELDS = ("name", "id", "uuid", "kind", "size_bytes", "block_size", "allocated_bytes",
                 "parent", "children", "created")
@@ -166,7 +167,6 @@ async def test_a_sliced_scrape_survives_exports_changing_under_it(svc: ControlSe
 
 async def test_the_api_listing_yields_to_the_loop_and_lists_the_same(
         svc: ControlService, monkeypatch: pytest.MonkeyPatch) -> None:
-    import asyncio
     import json
 
     from sbstore.control import service as service_mod
@@ -176,25 +176,8 @@ async def test_the_api_listing_yields_to_the_loop_and_lists_the_same(
         await svc.create_volume(f"v{i:03d}", 1 << 20, pool="p1")
     await svc.create_snapshot("v000", "s", pool="p1")
     monkeypatch.setattr(service_mod, "LIST_SLICE_S", 0.0)
-    ticks = 0
-    stop = False
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while not stop:
-            ticks += 1
-            await asyncio.sleep(0)
-
-    task = asyncio.ensure_future(ticker())
-    try:
-        before = ticks
-        listed = await svc.list_volumes_sliced()
-        during = ticks - before
-        response = await json_response_sliced(200, listed)
-        during_json = ticks - before - during
-    finally:
-        stop = True
-        await task
+    listed, during = await turns_while(svc.list_volumes_sliced())
+    response, during_json = await turns_while(json_response_sliced(200, listed))
     assert listed == svc.list_volumes() and len(listed) == 151
     assert during >= 151 // 32 and during_json >= 1
     assert json.loads(response.body) == listed == json.loads(json_response(200, listed).body)
@@ -207,8 +190,6 @@ async def test_the_export_listing_yields_to_the_loop_and_shows_each_export(
         svc: ControlService, monkeypatch: pytest.MonkeyPatch) -> None:
     """GET /v1/subsystems lists what showing each export shows, host keys included (read once
     for all exports), and yields to the loop while it does."""
-    import asyncio
-
     from sbstore.control import dhchap
     from sbstore.control import service as service_mod
 
@@ -220,23 +201,7 @@ async def test_the_export_listing_yields_to_the_loop_and_shows_each_export(
         await svc.add_host(f"{NQN_1}-{i:03d}", host,
                            dhchap.parse_request({"generate_key": True}))
     monkeypatch.setattr(service_mod, "LIST_SLICE_S", 0.0)
-    ticks = 0
-    stop = False
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while not stop:
-            ticks += 1
-            await asyncio.sleep(0)
-
-    task = asyncio.ensure_future(ticker())
-    try:
-        before = ticks
-        listed = await svc.list_exports_sliced()
-        during = ticks - before
-    finally:
-        stop = True
-        await task
+    listed, during = await turns_while(svc.list_exports_sliced())
     assert during >= 70 // 32
     assert listed == svc.list_exports() == [svc.show_export(e["nqn"]) for e in listed]
     assert [e["nqn"] for e in listed] == sorted(f"{NQN_1}-{i:03d}" for i in range(70))

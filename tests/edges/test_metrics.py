@@ -44,6 +44,7 @@ from target.host import Controller
 from target.host.queue_client import CommandFailed
 from target.server import TargetServer
 from target.subsystem import Subsystem, Target
+from tests.loop_turns import turns_while
 
 NQN = "nqn.2026-11.io.sbstore:metrics-test"
 MiB = 1 << 20
@@ -524,24 +525,7 @@ async def test_a_render_yields_to_the_loop_between_slices() -> None:
             for i in range(400)]
     exposition = Exposition(MetricsSource(volumes=lambda: vols), standard_collectors=False,
                             slice_s=0.0)  # yield at every check
-    ticks = 0
-    stop = False
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while not stop:
-            ticks += 1
-            await asyncio.sleep(0)
-
-    task = asyncio.ensure_future(ticker())
-    await asyncio.sleep(0)
-    try:
-        before = ticks
-        chunks = await exposition.render()
-        during = ticks - before
-    finally:
-        stop = True
-        await task
+    chunks, during = await turns_while(exposition.render())
     assert exposition.slices >= 400 // 16
     assert during >= exposition.slices - 1
     assert b"".join(chunks) == Exposition(MetricsSource(volumes=lambda: vols),
