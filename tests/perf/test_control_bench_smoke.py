@@ -33,18 +33,23 @@ def test_control_bench_runs_and_reports(tmp_path: Path) -> None:
     assert idle["lines"] > 0 and idle["bytes"] > 0 and idle["first_ms"] > 0
     assert idle["daemon_cpu_ms"] >= 0
     runs = report["runs"]
-    assert [r["scrape"] for r in runs] == [False, True]
+    assert [r["with"] for r in runs] == ["none", "scrapes", "listings"]
+    assert [r["scrape"] for r in runs] == [False, True, False]
     for r in runs:
         assert r["ios"] > 0 and r["iops"] > 0 and r["daemon_cpu_s"] >= 0
         assert r["lat_us"]["max"] >= r["lat_us"]["p50"] > 0
     assert runs[1]["scrapes"]["count"] >= 1 and runs[1]["scrapes"]["bytes"] > 0
+    # volumes and exports in turn, each listing all 3 (else the run fails)
+    assert runs[2]["listings"]["count"] >= 2 and runs[2]["listings"]["bytes"] == 3
     summary = report["summary"]
     for key in ("iops_without", "iops_with", "iops_ratio", "iops_ratio_median_of_rounds",
                 "max_lat_ms_without", "max_lat_ms_with", "scrape_median_ms", "scrape_bytes",
-                "scrape_lines", "list_volumes_ms"):
+                "scrape_lines", "list_volumes_ms", "iops_ratio_listings",
+                "max_lat_ms_with_listings", "listing_median_ms"):
         assert summary[key] > 0, key
     assert summary["daemon_cpu_ms_per_scrape"] >= 0
     assert set(report["goals"]) == {"iops_ratio >= 0.9", "max latency with scrapes < 10 ms",
-                                    "list 3 volumes < 100 ms"}
+                                    "list 3 volumes < 100 ms",
+                                    "max latency with listings < 10 ms"}
     assert "IOPS with/without scrapes" in proc.stdout
     assert not list(tmp_path.glob("sbs-ctl-*"))  # the work directory is removed
