@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import sbstore
+from sbstore.collector import collector_paused
 from sbstore.config import QosPolicy
 from sbstore.control import dhchap
 from sbstore.control.http import (
@@ -911,6 +912,14 @@ class Api:
         self.cluster = cluster
 
     async def handle(self, request: Request, *, need_token: bool = False) -> Response:
+        if request.method != "GET":
+            return await self._handle(request, need_token)
+        # A GET's answer (a listing of 1,000 volumes) is built and encoded across loop turns:
+        # no collection while it lives (sbstore.collector), from the handler to the encoding.
+        with collector_paused():
+            return await self._handle(request, need_token)
+
+    async def _handle(self, request: Request, need_token: bool) -> Response:
         if need_token and not self._authorized(request):
             return error_response(401, "this API needs 'Authorization: Bearer TOKEN' (the "
                                        "token is in the daemon's [api] token_file)",

@@ -208,3 +208,39 @@ async def test_the_export_listing_yields_to_the_loop_and_shows_each_export(
     keyed = [e["nqn"] for e in listed if e["host_auth"]]
     assert keyed == [f"{NQN_1}-003", f"{NQN_1}-040"]
     assert set(listed[3]["host_auth"]) == {host}
+
+
+async def test_the_collector_is_off_while_an_api_listing_lives(
+        svc: ControlService, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GET /v1/volumes through the API: the collector stays off from the handler to the
+    encoded answer (what it builds would otherwise reach the oldest generation and set off a
+    full collection), and is on again after."""
+    import asyncio
+    import gc
+
+    from sbstore.control import service as service_mod
+    from sbstore.control.api import Api
+    from sbstore.control.http import Request
+
+    for i in range(300):  # more than JSON_SLICE_ITEMS: the encoding yields too
+        await svc.create_volume(f"v{i:03d}", 1 << 20, pool="p1")
+    monkeypatch.setattr(service_mod, "LIST_SLICE_S", 0.0)
+    seen: list[bool] = []
+    done = False
+
+    async def watch() -> None:
+        while not done:
+            seen.append(gc.isenabled())
+            await asyncio.sleep(0)
+
+    task = asyncio.ensure_future(watch())
+    await asyncio.sleep(0)
+    try:
+        response = await Api(svc).handle(Request("GET", "/v1/volumes", "/v1/volumes", {},
+                                                 (1, 1), {}))
+    finally:
+        done = True
+        await task
+    assert response.status == 200 and response.body.count(b'"name"') >= 300
+    assert len(seen) > 4 and not any(seen[1:-1])  # the listing yielded, the collector off
+    assert gc.isenabled()
