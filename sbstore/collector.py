@@ -10,7 +10,7 @@ object the daemon made since start-up (what start-up made is frozen, see daemon.
 
 The listing's containers hold no cycles: reference counting frees them when the answer has
 been encoded, so the collector never needs to see them. The API pauses the collector for each
-GET, from its handler to its encoded answer (and the service for each sliced listing). While a
+GET, from its handler to its encoded answer: the whole life of what a listing builds. While a
 pause is on, no collection runs; pauses may overlap (several requests at once), and the
 collector is back on when the last one ends, if it was on when the first began.
 """

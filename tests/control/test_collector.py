@@ -1,5 +1,5 @@
-"""The cyclic collector is off while a GET's answer or a sliced listing lives across loop
-turns, and back on after, however the pauses overlap (sbstore.collector)."""
+"""The cyclic collector is off while a GET's answer lives across loop turns, and back on
+after, however the pauses overlap (sbstore.collector)."""
 from __future__ import annotations
 
 import asyncio
