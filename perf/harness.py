@@ -82,6 +82,16 @@ def pinned(cpu: str | None) -> list[str]:
     return ["taskset", "-c", cpu] if cpu is not None else []
 
 
+def pin_to(cpus: set[int] | None) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that pins the child to ``cpus`` (None when there is nothing to pin)."""
+    if not cpus:
+        return None
+
+    def pin() -> None:
+        os.sched_setaffinity(0, cpus)
+    return pin
+
+
 def rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -305,13 +315,10 @@ def start_ram_demo(extra: list[str], cpus: set[int] | None = None,
     """``sbstore serve --demo --ram`` (the code of source tree ``tree``) on a free loopback
     port, pinned to ``cpus``, logging warnings only (nothing drains its stdout after
     start-up); (process, NVMe/TCP port)."""
-    def pin() -> None:
-        if cpus:
-            os.sched_setaffinity(0, cpus)
     proc = subprocess.Popen([sys.executable, "-m", "sbstore", "serve", "--demo", "--ram",
                              "--listen", "127.0.0.1:0", "--log-level", "warning", *extra],
                             cwd=tree, env=child_env(tree), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, preexec_fn=pin if cpus else None)
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=pin_to(cpus))
     deadline = time.monotonic() + 30
     assert proc.stdout is not None
     while time.monotonic() < deadline:

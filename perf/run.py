@@ -50,7 +50,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from perf.harness import cpu_times  # noqa: E402
+from perf.harness import cpu_times, pin_to  # noqa: E402
 from perf.harness import start_ram_demo as start_target  # noqa: E402
 from perf.harness import stop_process as stop_target  # noqa: E402
 
@@ -101,17 +101,13 @@ def run_job(job: dict[str, Any], port: int, target_pid: int, seconds: float, dig
            "--queues", str(job["queues"]), "--seconds", str(seconds), "--engine", engine]
     if digests:
         cmd.append("--digests")
-
-    def pin() -> None:
-        if cpus:
-            os.sched_setaffinity(0, cpus)
     before = CpuSample(target_pid)
     # The load generator is the only child reaped during the run, so the children's usage
     # grows by exactly its CPU time.
     gen_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     gen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           preexec_fn=pin if cpus else None)
+                           preexec_fn=pin_to(cpus))
     try:
         stdout, stderr = gen.communicate(timeout=seconds + 60)
     except subprocess.TimeoutExpired:
@@ -146,11 +142,8 @@ def run_job(job: dict[str, Any], port: int, target_pid: int, seconds: float, dig
 
 def start_floor(cpus: set[int] | None) -> tuple[subprocess.Popen[str], int]:
     """perf/echo_floor.py's server, pinned like the target; (process, port)."""
-    def pin() -> None:
-        if cpus:
-            os.sched_setaffinity(0, cpus)
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "perf", "echo_floor.py"), "serve"],
-                            stdout=subprocess.PIPE, text=True, preexec_fn=pin if cpus else None)
+                            stdout=subprocess.PIPE, text=True, preexec_fn=pin_to(cpus))
     assert proc.stdout is not None
     port = proc.stdout.readline().strip()
     if not port.isdigit():
@@ -167,13 +160,9 @@ def run_floor(job: dict[str, Any], port: int, server_pid: int, seconds: float, e
            str(port), "--qd", str(job["qd"]), "--seconds", str(seconds)]
     if engine == "poll":
         cmd.append("--poll")
-
-    def pin() -> None:
-        if cpus:
-            os.sched_setaffinity(0, cpus)
     before = CpuSample(server_pid)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60,
-                          preexec_fn=pin if cpus else None, check=False)
+                          preexec_fn=pin_to(cpus), check=False)
     after = CpuSample(server_pid)
     if proc.returncode != 0:
         raise RuntimeError(f"echo floor driver failed: {proc.stdout[-500:]}{proc.stderr[-2000:]}")
