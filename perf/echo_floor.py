@@ -21,12 +21,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import sys
 import time
 from array import array
 from collections import deque
 from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from perf.percentiles import percentiles_us, value_us  # noqa: E402
 
 REQUEST_BYTES = 72  # a command capsule: common header (8) and SQE (64)
 DATA_HEADER = b"\x07" + bytes(23)  # C2HData PDU header (24 bytes)
@@ -179,13 +184,11 @@ async def _drive_event_loop(port: int, qd: int, seconds: float) -> _Tally:
 def report(tally: _Tally, qd: int, elapsed: float, poll: bool) -> dict[str, Any]:
     lat = sorted(tally.lat_ns)
     n = len(lat)
-
-    def pct(p: float) -> float:
-        return round(lat[min(n - 1, int(p / 100 * n))] / 1e3, 1) if n else 0.0
+    pct = percentiles_us(lat)  # nearest rank, as fio computes them
     return {"qd": qd, "engine": "poll" if poll else "fast", "round_trips": n,
             "per_s": round(n / elapsed, 1) if elapsed > 0 else 0.0, "errors": tally.errors,
             "lat_us": {"mean": round(sum(lat) / n / 1e3, 1) if n else 0.0,
-                       "p50": pct(50), "p99": pct(99)}}
+                       "p50": value_us(pct, 50), "p99": value_us(pct, 99)}}
 
 
 def main(argv: list[str] | None = None) -> int:
