@@ -82,14 +82,18 @@ def populate(client: Client, n: int) -> dict[str, float]:
             "export_ms_mean": round(t_export / max(n, 1) * 1e3, 3)}
 
 
+def list_once(client: Client, target: str, expect: int) -> float:
+    """GET a listing; the seconds it took. It must have ``expect`` entries."""
+    t0 = time.perf_counter()
+    got = client.get(target)
+    dt = time.perf_counter() - t0
+    if len(got) != expect:
+        raise RuntimeError(f"GET {target} listed {len(got)} entries, expected {expect}")
+    return dt
+
+
 def time_listing(client: Client, target: str, rounds: int, expect: int) -> dict[str, Any]:
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        got = client.get(target)
-        times.append(time.perf_counter() - t0)
-        if len(got) != expect:
-            raise RuntimeError(f"GET {target} listed {len(got)} entries, expected {expect}")
+    times = [list_once(client, target, expect) for _ in range(rounds)]
     return {"median_ms": round(statistics.median(times) * 1e3, 2),
             "min_ms": round(min(times) * 1e3, 2), "max_ms": round(max(times) * 1e3, 2),
             "rounds": rounds}
@@ -107,12 +111,13 @@ def scrape_once(url: str) -> tuple[float, int, int]:
     return time.perf_counter() - t0, len(body), body.count(b"\n")
 
 
-class Scraper(threading.Thread):
-    """Scrapes ``url`` at the start of every ``interval_s`` until stopped."""
+class Periodic(threading.Thread):
+    """Makes a request (:meth:`call`) at the start of every ``interval_s`` until stopped,
+    keeping each one's duration and size, and any error."""
 
-    def __init__(self, url: str, cpu: str | None, interval_s: float = 1.0) -> None:
-        super().__init__(name="scraper", daemon=True)
-        self.url, self.cpu, self.interval_s = url, cpu, interval_s
+    def __init__(self, name: str, cpu: str | None, interval_s: float) -> None:
+        super().__init__(name=name, daemon=True)
+        self.cpu, self.interval_s = cpu, interval_s
         self.durations: list[float] = []
         self.sizes: list[int] = []
         self.errors: list[str] = []
@@ -136,33 +141,38 @@ class Scraper(threading.Thread):
 
     def call(self, n: int) -> tuple[float, int]:
         """The ``n``-th request: (seconds it took, its size)."""
-        dt, size, _ = scrape_once(self.url)
-        return dt, size
+        raise NotImplementedError
 
     def stop(self) -> None:
         self._halt.set()
         self.join(SCRAPE_TIMEOUT_S + 5)
 
 
-class Lister(Scraper):
-    """Lists the volumes and the exports in turn through the API, every ``interval_s``."""
+class Scraper(Periodic):
+    """Scrapes ``url`` every ``interval_s``; sizes in bytes."""
+
+    def __init__(self, url: str, cpu: str | None, interval_s: float = 1.0) -> None:
+        super().__init__("scraper", cpu, interval_s)
+        self.url = url
+
+    def call(self, n: int) -> tuple[float, int]:
+        dt, size, _ = scrape_once(self.url)
+        return dt, size
+
+
+class Lister(Periodic):
+    """Lists the volumes and the exports in turn through the API every ``interval_s``, each
+    expected to have ``expect`` entries; sizes in entries."""
 
     def __init__(self, socket_path: str, cpu: str | None, expect: int,
                  interval_s: float = 0.5) -> None:
-        super().__init__("", cpu, interval_s)
-        self.name = "lister"
+        super().__init__("lister", cpu, interval_s)
         self.client = Client(socket_path)
         self.expect = expect
 
     def call(self, n: int) -> tuple[float, int]:
-        target = "/v1/volumes" if n % 2 == 0 else "/v1/subsystems"
-        t0 = time.perf_counter()
-        got = self.client.get(target)
-        dt = time.perf_counter() - t0
-        if len(got) != self.expect:
-            raise RuntimeError(f"GET {target} listed {len(got)} entries, expected "
-                               f"{self.expect}")
-        return dt, len(got)
+        return list_once(self.client, "/v1/volumes" if n % 2 == 0 else "/v1/subsystems",
+                         self.expect), self.expect
 
 
 # --- the load job -------------------------------------------------------------------------------
@@ -173,7 +183,7 @@ def one_run(daemon: Daemon, nqn: str, load_cpu: str | None, seconds: float, span
             scrape: bool, listings: int = 0) -> dict[str, Any]:
     """``scrape``: a scrape every second; ``listings`` > 0: instead, a listing every half
     second of volumes and exports, each expected to have that many entries."""
-    scraper: Scraper | None = None
+    scraper: Periodic | None = None
     if scrape:
         scraper = Scraper(daemon.metrics_url, load_cpu)
     elif listings:
