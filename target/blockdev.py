@@ -29,6 +29,7 @@ completes only once its data (and whatever locates it) is durable.
 from __future__ import annotations
 
 import asyncio
+import mmap
 import os
 import uuid as uuid_mod
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
@@ -147,7 +148,13 @@ class RamDevice:
     def __init__(self, size_bytes: int, block_size: int = 512, *, uuid: uuid_mod.UUID | None = None) -> None:
         if block_size not in (512, 4096) or size_bytes % block_size:
             raise ValueError("block_size must be 512 or 4096 and divide the size")
-        self._buf = bytearray(size_bytes)
+        # Page-aligned, like the buffers data arrives in (sbstore.store.engines.buffers): a
+        # bytearray this size starts 16 bytes into a page, and copying a page-aligned buffer
+        # to a destination just past it hits 4K aliasing, a 128 KiB write's copy taking about
+        # 4x as long (48 against 11 us here). Populated now, as a bytearray's zeroing did, so
+        # no write pays a page fault.
+        self._buf = mmap.mmap(-1, size_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+                              | mmap.MAP_POPULATE)
         self._view = memoryview(self._buf)
         self._block_size = block_size
         self._uuid = uuid or uuid_mod.uuid4()
@@ -188,7 +195,7 @@ class RamDevice:
         bs = self._block_size
         if lba < 0 or nblocks <= 0 or (lba + nblocks) * bs > len(self._buf):
             return False
-        # A copy, as read() makes, but one object: the bytearray slice.
+        # A copy, as read() makes, but one object: the mmap's slice (bytes).
         done(tag, self._buf[lba * bs:(lba + nblocks) * bs], None)
         return True
 
