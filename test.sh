@@ -9,8 +9,9 @@ cd "$(dirname "$0")"
 # `systemd-analyze verify` of the units; openssl (its `kdf` command) and libssl3 for NVMe/TCP TLS
 # (the target drives libssl through ctypes; tests check PSK derivations against `openssl kdf`).
 # etcd-server: the coordinator of cluster mode (tests/cluster start their own etcd on loopback).
+# gcc and libc6-dev build perf/native_load.py's C load engine (tests/perf/test_native_load.py).
 packages=(qemu-system-x86 busybox-static nvme-cli fio kmod e2fsprogs util-linux iproute2 systemd
-          openssl libssl3 etcd-server)
+          openssl libssl3 etcd-server gcc libc6-dev)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -41,6 +41,11 @@ F_LAST, F_SUCCESS = 0x04, 0x08
 RECV_BUF = 4 << 20
 
 
+def payload_for(seed: int, bs: int) -> bytes:
+    """What every write of a run with this seed carries (both load engines)."""
+    return random.Random(seed).randbytes(bs)
+
+
 class FastQueue(asyncio.BufferedProtocol):
     """One I/O queue driven closed-loop at a fixed depth until ``stop_at``."""
 
@@ -78,7 +83,7 @@ class FastQueue(asyncio.BufferedProtocol):
         self.read_template = self._templates(nsid, bs, write=False, in_capsule=False)
         self.write_template = self._templates(nsid, bs, write=True, in_capsule=incapsule)
         self.template = self.write_template if write else self.read_template
-        self.payload = bytes(random.Random(seed).randbytes(bs)) if writes else b""
+        self.payload = payload_for(seed, bs) if writes else b""
         self.payload_view = memoryview(self.payload)
         self.maxh2cdata = maxh2cdata
         self.r2t_writes = writes and not incapsule  # data goes after R2T, not in the capsule

@@ -40,20 +40,27 @@ async def run_load(host: str, port: int, nqn: str, *, rw: str, bs: int, qd: int,
     """``qd`` is the total depth, spread over ``queues``."""
     if rw not in PATTERNS:
         raise ValueError(f"--rw must be one of {PATTERNS}")
-    if rw == "randrw" and engine not in ("fast", "poll"):
-        raise ValueError("--rw randrw needs --engine fast or poll")
+    if rw == "randrw" and engine not in ("fast", "poll", "native"):
+        raise ValueError("--rw randrw needs --engine fast, poll or native")
     ctrl = await Controller.connect(host, port, nqn, nr_io_queues=queues,
                                     queue_size=max(qd // queues + 1, 2), hdgst=hdgst, ddgst=ddgst)
     if start_at:
         # Several load generators start together (connected first), so their runs overlap.
         await asyncio.sleep(max(0.0, start_at - time.time()))
-    if engine in ("fast", "poll"):
+    if engine in ("fast", "poll", "native"):
         from perf.fastload import run_fast
+        from perf.native_load import run_native
         try:
-            ios, errors, latencies, elapsed = await run_fast(
-                ctrl, nsid=nsid, rw=rw, bs=bs, qd=max(1, qd // queues), seconds=seconds,
-                max_ios=max_ios, span_bytes=span_bytes, seed=seed, flush_every=flush_every,
-                poll=engine == "poll", rwmixread=rwmixread)
+            if engine == "native":
+                ios, errors, latencies, elapsed = await run_native(
+                    ctrl, nsid=nsid, rw=rw, bs=bs, qd=max(1, qd // queues), seconds=seconds,
+                    max_ios=max_ios, span_bytes=span_bytes, seed=seed,
+                    flush_every=flush_every, rwmixread=rwmixread)
+            else:
+                ios, errors, latencies, elapsed = await run_fast(
+                    ctrl, nsid=nsid, rw=rw, bs=bs, qd=max(1, qd // queues), seconds=seconds,
+                    max_ios=max_ios, span_bytes=span_bytes, seed=seed,
+                    flush_every=flush_every, poll=engine == "poll", rwmixread=rwmixread)
         finally:
             await ctrl.close(shutdown=False)
         if errors:
@@ -139,10 +146,13 @@ def main() -> int:
                    help="--rw randrw: percent of reads (fio's rwmixread)")
     p.add_argument("--flush-every", type=int, default=0,
                    help="fast engine, writes: a Flush after every N writes (0: none)")
-    p.add_argument("--engine", choices=["general", "fast", "poll"], default="general",
+    p.add_argument("--engine", choices=["general", "fast", "poll", "native"],
+                   default="general",
                    help="general: the target.host initiator; fast: perf/fastload.py (random "
                    "reads and in-capsule writes, for measuring the target near saturation); "
-                   "poll: the fast engine busy-polling its sockets, as spdk_nvme_perf does")
+                   "poll: the fast engine busy-polling its sockets, as spdk_nvme_perf does; "
+                   "native: perf/native_load.py, a C program busy-polling the queues after "
+                   "the Python bring-up (about 1 us per I/O, as spdk_nvme_perf)")
     args = p.parse_args()
     import uvloop
     result = uvloop.run(run_load(args.host, args.port, args.nqn, rw=args.rw, bs=args.bs,

@@ -1,7 +1,7 @@
 """A pool volume on disk against the disk itself: what the data path costs over the device.
 
     python3 perf/pool_bench.py [--size 4G] [--seconds 5] [--rounds 3] [--io io_uring]
-                               [--load-engine fast|poll] [--dir /var/tmp]
+                               [--load-engine fast|poll|native] [--dir /var/tmp]
                                [--json perf/results/pool.json]
 
 What it does:
@@ -98,9 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", default=",".join(j[0] for j in JOBS),
                    help="comma-separated job names (default: the four with goals; also "
                         + ", ".join(j[0] for j in EXTRA_JOBS) + ")")
-    p.add_argument("--load-engine", choices=["fast", "poll"], default="fast",
+    p.add_argument("--load-engine", choices=["fast", "poll", "native"], default="fast",
                    help="the load generator's engine (perf/loadgen.py --engine): poll busy-polls "
-                   "its socket as spdk_nvme_perf does, so the target never pays for waking it")
+                   "its socket as spdk_nvme_perf does, so the target never pays for waking it; "
+                   "native does so from C (perf/native_load.py), at about spdk_nvme_perf's "
+                   "cost per I/O")
     p.add_argument("--busy-poll", type=int, default=0, metavar="US",
                    help="also run every sbstore job against the daemon restarted with "
                         "[target] busy_poll_us = US, same pool (0: do not)")

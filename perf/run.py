@@ -158,8 +158,8 @@ def run_floor(job: dict[str, Any], port: int, server_pid: int, seconds: float, e
     trip (as the target's is measured), round trips per second and latency."""
     cmd = [sys.executable, os.path.join(ROOT, "perf", "echo_floor.py"), "drive", "--port",
            str(port), "--qd", str(job["qd"]), "--seconds", str(seconds)]
-    if engine == "poll":
-        cmd.append("--poll")
+    if engine in ("poll", "native"):
+        cmd.append("--poll")  # the native engine polls too: the floor's driver polls in Python
     before = CpuSample(server_pid)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60,
                           preexec_fn=pin_to(cpus), check=False)
@@ -239,10 +239,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="split: target on CPU 0, load generator on the others; shared: both "
                         "on CPU 0; free: the scheduler decides")
     p.add_argument("--digests", action="store_true", help="also run each job with digests on")
-    p.add_argument("--engine", choices=["fast", "poll", "general"], default="fast",
+    p.add_argument("--engine", choices=["fast", "poll", "native", "general"], default="fast",
                    help="load engine (perf/loadgen.py --engine); fast leaves the target the CPU; "
                    "poll also busy-polls its socket as spdk_nvme_perf does, so the target never "
-                   "pays for waking it")
+                   "pays for waking it; native polls from C (perf/native_load.py), at about "
+                   "spdk_nvme_perf's cost per I/O")
     p.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
                    help="also run the 4k jobs against perf/echo_floor.py's bare uvloop server, "
                         "the yardstick for CPU per I/O (module docstring)")
