@@ -26,7 +26,8 @@ built for AVX-512 and die with SIGILL on CPUs without it). Then the
 4 KiB randread runs also with the same engine design (one submit per loop iteration, eventfd on
 the loop, a future per I/O) but the ring driven through that binding, for the comparison with
 our pure-Python ring. ``--uring-flags`` adds io_uring variants with setup flags
-(e.g. ``coop`` = SINGLE_ISSUER|COOP_TASKRUN).
+(e.g. ``coop`` = SINGLE_ISSUER|COOP_TASKRUN; the plain ``io_uring`` engine now sets
+COOP_TASKRUN itself, see sbstore/store/engines/uring.py).
 
 The machine may be shared: figures are noisy, ratios within one round are what to read.
 """

@@ -58,7 +58,7 @@ FSYNC_DATASYNC = 1 << 0
 ASYNC_CANCEL_ALL = 1 << 0
 ASYNC_CANCEL_ANY = 1 << 2
 
-# io_uring_setup flags worth trying (measured in perf/engine_bench.py, off by default).
+# io_uring_setup flags (engines/uring.py sets COOP_TASKRUN; perf/engine_bench.py tries the rest).
 SETUP_COOP_TASKRUN = 1 << 8
 SETUP_TASKRUN_FLAG = 1 << 9
 SETUP_SINGLE_ISSUER = 1 << 12

@@ -25,9 +25,23 @@ measured gain is small. ``perf/engine_bench.py`` drives this engine and the same
 PyPI ``liburing`` binding (2024.5.3; its 2026 wheels need AVX-512 and die with SIGILL on this
 VM's CPU) with 4 KiB random reads at QD32: over 7 paired rounds the binding used a median 0.5 us
 less CPU per I/O (of 10-14 us, the kernel's share included), inside the run-to-run noise.
-Setup flags SINGLE_ISSUER|COOP_TASKRUN and DEFER_TASKRUN, registered buffers and files did not
-measurably help either (fio's own --fixedbufs/--registerfiles: at most 0.4 us per 4 KiB read),
-so the ring is set up plain.
+Registered buffers and files did not measurably help either (fio's own
+--fixedbufs/--registerfiles: at most 0.4 us per 4 KiB read).
+
+The ring is set up with IORING_SETUP_COOP_TASKRUN where the kernel has it (5.19+). Without it,
+every batch of completions (posted by the disk's interrupt, on another CPU) interrupts the
+event loop with an inter-processor interrupt so that the loop's thread runs io_uring's task
+work at once; with it, the task work waits for the thread's next system call, which a loop
+makes every iteration (``epoll_wait``, the socket writes, this engine's submit), and a sleeping
+thread is still woken. In a VM an IPI is a trap to the hypervisor. Measured in the daemon (4k
+random reads QD32 through a pool volume, perf/loadgen.py --engine native on the other CPU, the
+two setups alternated): ahead in 6 of 7 rounds over two runs, by 5% at the median (29.4,
+29.3, 28.9, 29.5k IOPS against 27.1, 26.8, 28.7, 29.6k; 28.2-28.7 against 28.6-31.3 us of the
+daemon's CPU per read). 128k reads, QD1 reads, 4k writes: within the noise. (Measured
+outside the daemon, in perf/engine_bench.py's loop, which makes no other system calls, it did
+not help: there was no loop work to interrupt.) SINGLE_ISSUER would bind the ring to the
+thread that set it up; DEFER_TASKRUN would post completions only when we wait for them with
+GETEVENTS, which the eventfd design never does.
 
 Bound to the event loop of its first I/O; the engine never touches a loop before that. It can
 move to another loop only while nothing is in flight (a tool running ``asyncio.run`` twice).
@@ -62,6 +76,7 @@ from .ring import (
     OP_NAMES,
     OP_READ,
     OP_WRITE,
+    SETUP_COOP_TASKRUN,
     SQE,
     Ring,
 )
@@ -85,6 +100,17 @@ _ABANDONED: list[Any] = []
 _Record = tuple[asyncio.Future[Any] | Completion, int, Any, int, int, int, int, Any]
 
 
+def _new_ring(entries: int, setup_flags: int | None) -> Ring:
+    if setup_flags is not None:
+        return Ring(entries, setup_flags)
+    try:
+        return Ring(entries, SETUP_COOP_TASKRUN)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:  # EINVAL: a kernel before 5.19, without the flag
+            raise
+        return Ring(entries, 0)
+
+
 class UringEngine(EngineState):
     """The io_uring engine over an O_DIRECT file (see the module docstring)."""
 
@@ -92,11 +118,12 @@ class UringEngine(EngineState):
     direct = True
 
     def __init__(self, f: OpenFile, reason: str = "", *, entries: int = DEFAULT_ENTRIES,
-                 setup_flags: int = 0, buffers: BufferPool | None = None) -> None:
+                 setup_flags: int | None = None, buffers: BufferPool | None = None) -> None:
         """Set the ring up, probe the ops and register the eventfd; raises OSError when the
         kernel will not (the selection turns that into a fallback). Takes ownership of ``f``
-        only on success."""
-        ring = Ring(entries, setup_flags)
+        only on success. ``setup_flags`` None: COOP_TASKRUN where the kernel has it (module
+        docstring)."""
+        ring = _new_ring(entries, setup_flags)
         efd = -1
         try:
             ops = ring.probe()
@@ -112,7 +139,8 @@ class UringEngine(EngineState):
             ring.close()
             raise
         if not reason:
-            reason = (f"io_uring: O_DIRECT, {ring.sq_entries}-entry ring, "
+            coop = ", COOP_TASKRUN" if ring.flags & SETUP_COOP_TASKRUN else ""
+            reason = (f"io_uring: O_DIRECT, {ring.sq_entries}-entry ring{coop}, "
                       f"block_align {f.block_align} ({f.align_source})")
         super().__init__(f, reason, buffers)
         self._ring = ring

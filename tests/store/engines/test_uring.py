@@ -3,13 +3,21 @@ when the rings are full, cancelled I/Os keeping their buffers, the loop it is bo
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import os
 
 import pytest
 
-from sbstore.store.engines import open_engine
-from sbstore.store.engines.ring import OP_FALLOCATE, OP_FSYNC, OP_READ, OP_WRITE, Ring
+from sbstore.store.engines import open_engine, uring
+from sbstore.store.engines.ring import (
+    OP_FALLOCATE,
+    OP_FSYNC,
+    OP_READ,
+    OP_WRITE,
+    SETUP_COOP_TASKRUN,
+    Ring,
+)
 from sbstore.store.engines.uring import UringEngine
 
 from .conftest import Target
@@ -112,3 +120,46 @@ async def test_closing_with_ios_in_flight_waits_for_the_kernel(file_target: Targ
     for f in futs:
         with pytest.raises(OSError):
             await f
+
+
+async def test_completions_run_as_cooperative_task_work_and_still_wake_a_sleeping_loop(
+        file_target: Target) -> None:
+    """COOP_TASKRUN (5.19+, as here): the disk's interrupt no longer interrupts the loop's
+    thread, but a thread asleep in epoll_wait is still woken for its completions."""
+    e = _uring(file_target)
+    try:
+        assert e._ring.flags & SETUP_COOP_TASKRUN and "COOP_TASKRUN" in e.reason
+        await e.write(0, b"\x5a" * 4096)
+        for _ in range(20):  # each read is the loop's only business: it sleeps until woken
+            b = e.buffer(4096)
+            await asyncio.wait_for(e.read_into(0, b), 5.0)
+            assert bytes(b) == b"\x5a" * 4096
+    finally:
+        e.close()
+
+
+def test_a_kernel_without_coop_taskrun_gets_a_plain_ring(file_target: Target,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """Before 5.19 io_uring_setup refuses the flag with EINVAL: the engine sets up without it."""
+    real_ring = uring.Ring
+
+    def old_kernel_ring(entries: int, flags: int = 0) -> Ring:
+        if flags & SETUP_COOP_TASKRUN:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_ring(entries, flags)
+
+    monkeypatch.setattr(uring, "Ring", old_kernel_ring)
+    e = _uring(file_target)
+    try:
+        assert e._ring.flags == 0 and "COOP_TASKRUN" not in e.reason
+
+        async def round_trip() -> bytes:
+            await e.write(0, b"q" * 4096)
+            b = e.buffer(4096)
+            await e.read_into(0, b)
+            return bytes(b)
+
+        assert asyncio.run(round_trip()) == b"q" * 4096
+    finally:
+        e.close()
