@@ -15,31 +15,13 @@ from target.blockdev import RamDevice
 from target.host import Controller
 from target.server import TargetServer, TransportLimits
 from target.subsystem import Subsystem, Target
+from tests.counting_ram import CountingRam
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
                                 reason="no C compiler (test.sh installs gcc)")
 
 NQN = "nqn.2026-11.io.sbstore:native-load"
 DEVICE_BYTES = 8 << 20
-
-
-class CountingRam(RamDevice):
-    """A RAM device that counts what it served (so no direct path: every command comes here)."""
-
-    def __init__(self, size_bytes: int, block_size: int) -> None:
-        super().__init__(size_bytes, block_size)
-        self.reads = self.writes = self.flushes = 0
-
-    async def read(self, lba: int, nblocks: int) -> memoryview:
-        self.reads += 1
-        return await super().read(lba, nblocks)
-
-    async def write(self, lba: int, data, fua: bool = False) -> None:
-        self.writes += 1
-        await super().write(lba, data, fua)
-
-    async def flush(self) -> None:
-        self.flushes += 1
 
 
 @asynccontextmanager

@@ -11,6 +11,7 @@ from target.blockdev import RamDevice
 from target.host import Controller
 from target.server import TargetServer, TransportLimits
 from target.subsystem import Subsystem, Target
+from tests.counting_ram import CountingRam
 
 NQN = "nqn.2026-11.io.sbstore:fastload"
 
@@ -39,22 +40,6 @@ async def test_large_writes_follow_r2t(maxh2cdata):
     slots = [bytes(ram._buf[i:i + len(payload)]) for i in range(0, 4 << 20, len(payload))]
     written = [s for s in slots if any(s)]
     assert written and all(s == payload for s in written)
-
-
-class CountingRam(RamDevice):
-    """A RAM device that counts the reads and writes it served."""
-
-    def __init__(self, size_bytes: int, block_size: int) -> None:
-        super().__init__(size_bytes, block_size)
-        self.reads = self.writes = 0
-
-    async def read(self, lba: int, nblocks: int) -> memoryview:
-        self.reads += 1
-        return await super().read(lba, nblocks)
-
-    async def write(self, lba: int, data, fua: bool = False) -> None:
-        self.writes += 1
-        await super().write(lba, data, fua)
 
 
 @pytest.mark.parametrize("bs", [4096, 128 << 10])
