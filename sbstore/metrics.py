@@ -117,6 +117,7 @@ from sbstore.iostats import (
     N_SLOTS,
     IoStats,
 )
+from sbstore.slices import yield_to_io
 from target.ana import state_name
 from target.connlimits import (
     REFUSED_LISTENER,
@@ -493,7 +494,7 @@ class Exposition:
         async with self._lock:
             out: list[bytes] = []
             for _ in self._steps(out):
-                await asyncio.sleep(0)
+                await yield_to_io()
             return out
 
     def render_now(self) -> bytes:
@@ -891,7 +892,7 @@ async def _send(writer: asyncio.StreamWriter, chunks: list[bytes]) -> None:
     for piece in pieces(chunks, SEND_PIECE):
         writer.write(piece)
         # drain() returns at once while the socket takes everything: yield anyway.
-        await asyncio.sleep(0)
+        await yield_to_io()
         await asyncio.wait_for(writer.drain(), max(0.0, deadline - time.monotonic()))
 
 

@@ -43,6 +43,8 @@ from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import parse_qs
 
+from sbstore.slices import yield_to_io
+
 log = logging.getLogger("sbstore.control.http")
 
 MAX_HEADER_BYTES = 16 * 1024
@@ -116,7 +118,7 @@ async def json_response_sliced(status: int, value: object) -> Response:
     parts = []
     for i in range(0, len(value), JSON_SLICE_ITEMS):
         parts.append(",\n".join(json.dumps(v) for v in value[i:i + JSON_SLICE_ITEMS]))
-        await asyncio.sleep(0)
+        await yield_to_io()
     return Response(status, ("[" + ",\n".join(parts) + "]\n").encode())
 
 

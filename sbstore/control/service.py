@@ -78,6 +78,7 @@ from sbstore.control.state import (
     VolumeRecord,
 )
 from sbstore.iostats import InstrumentedDevice, IoStats
+from sbstore.slices import yield_to_io
 from sbstore.store import (
     AlreadyExists,
     Busy,
@@ -646,7 +647,7 @@ class ControlService:
             start = time.perf_counter()
             for _ in steps():
                 if time.perf_counter() - start >= LIST_SLICE_S:
-                    await asyncio.sleep(0)
+                    await yield_to_io()
                     start = time.perf_counter()
 
     def _list_volumes(self, out: list[dict[str, Any]], pool: str | None, tenant: str | None,
