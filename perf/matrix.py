@@ -1,7 +1,7 @@
 """The benchmark matrix: every job against every chosen target, one JSON, plots and a report.
 
     python3 perf/run.py matrix [--targets ram,pool,raw] [--jobs 4k-randread-qd1,...]
-                               [--seconds 4] [--size 1G] [--repeat 1] [--engine fast|poll]
+                               [--seconds 4] [--size 1G] [--repeat 1] [--engine fast|poll|native]
                                [--io io_uring] [--dir /var/tmp] [--out perf/results/matrix]
                                [--compare OLD.json]
     python3 perf/run.py matrix --from RESULT.json --out DIR [--compare OLD.json]   # redraw only
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=1,
                    help="runs per job and target; the median (by IOPS) is kept, with the range")
     p.add_argument("--size", default="1G", help="the volume, the RAM span and the raw file")
-    p.add_argument("--engine", choices=["fast", "poll"], default="fast",
+    p.add_argument("--engine", choices=["fast", "poll", "native"], default="fast",
                    help="the load generator's engine (perf/loadgen.py)")
     p.add_argument("--io", default="io_uring", choices=["auto", "io_uring", "threads",
                                                         "buffered"], help="the pool's engine")
