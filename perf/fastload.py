@@ -41,6 +41,13 @@ F_LAST, F_SUCCESS = 0x04, 0x08
 RECV_BUF = 4 << 20
 
 
+def fits_in_capsule(ctrl: Controller, bs: int) -> bool:
+    """Whether a write of ``bs`` bytes may carry its data in the command capsule: within the
+    controller's IOCCSZ (16-byte units, the 64-byte SQE included) or the initiator's limit."""
+    ioccsz = ctrl.info.ioccsz if ctrl.info is not None else 0
+    return bs <= ctrl.admin.incapsule_limit or bs <= ioccsz * 16 - 64
+
+
 def payload_for(seed: int, bs: int) -> bytes:
     """What every write of a run with this seed carries (both load engines)."""
     return random.Random(seed).randbytes(bs)
@@ -229,7 +236,7 @@ async def run_fast(ctrl: Controller, *, nsid: int, rw: str, bs: int, qd: int, se
     write = rw.endswith("write")
     if rw not in ("randread", "randwrite", "read", "write", "randrw"):
         raise ValueError("the fast engine does reads, writes and a random mix of them")
-    incapsule = bs <= ctrl.admin.incapsule_limit or bs <= (ctrl.info.ioccsz * 16 - 64)
+    incapsule = fits_in_capsule(ctrl, bs)
     span = (span_bytes // ns.block_size) if span_bytes else ns.nsze
     loop = asyncio.get_running_loop()
     stop_at = time.perf_counter() + seconds

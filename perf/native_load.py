@@ -27,7 +27,7 @@ from array import array
 from pathlib import Path
 from typing import Any
 
-from perf.fastload import payload_for
+from perf.fastload import fits_in_capsule, payload_for
 from target.host.controller import Controller
 
 SOURCE = Path(__file__).resolve().parent / "native" / "nvmf_load.c"
@@ -85,8 +85,7 @@ async def run_native(ctrl: Controller, *, nsid: int, rw: str, bs: int, qd: int,
     mixed = rw == "randrw" and 0 < rwmixread < 100
     mode = "mix" if mixed else ("write" if write or (rw == "randrw" and rwmixread == 0)
                                 else "read")
-    ioccsz = ctrl.info.ioccsz if ctrl.info is not None else 0
-    incapsule = bs <= ctrl.admin.incapsule_limit or bs <= ioccsz * 16 - 64
+    incapsule = fits_in_capsule(ctrl, bs)
     span = (span_bytes // ns.block_size) if span_bytes else ns.nsze
     maxh2cdata = 1 << 20
     transports: list[Any] = []
@@ -127,6 +126,8 @@ async def run_native(ctrl: Controller, *, nsid: int, rw: str, bs: int, qd: int,
             transport.resume_reading()
     if proc.returncode:
         raise NativeLoadError(f"native load engine: {err.decode(errors='replace').strip()}")
+    if len(out) < _HEAD.size:
+        raise NativeLoadError("the native load engine's output is malformed")
     magic, ios, errors, _issued, elapsed_ns, count = _HEAD.unpack_from(out)
     if magic != _MAGIC or len(out) != _HEAD.size + 8 * count:
         raise NativeLoadError("the native load engine's output is malformed")
