@@ -31,9 +31,11 @@ Registered buffers and files did not measurably help either (fio's own
 The ring is set up with IORING_SETUP_COOP_TASKRUN where the kernel has it (5.19+). Without it,
 every batch of completions (posted by the disk's interrupt, on another CPU) interrupts the
 event loop with an inter-processor interrupt so that the loop's thread runs io_uring's task
-work at once; with it, the task work waits for the thread's next system call, which a loop
-makes every iteration (``epoll_wait``, the socket writes, this engine's submit), and a sleeping
-thread is still woken. In a VM an IPI is a trap to the hypervisor. Measured in the daemon (4k
+work at once; with it, the task work waits until the thread next leaves the kernel (a system
+call, which a loop makes every iteration: ``epoll_wait``, the socket writes, this engine's
+submit; or an interrupt such as the timer tick), and a sleeping thread is still woken. Work
+that holds the loop for a while must therefore give it more than one turn before the next
+slice (sbstore/slices.py). In a VM an IPI is a trap to the hypervisor. Measured in the daemon (4k
 random reads QD32 through a pool volume, perf/loadgen.py --engine native on the other CPU, the
 two setups alternated): ahead in 6 of 7 rounds over two runs, by 5% at the median (29.4,
 29.3, 28.9, 29.5k IOPS against 27.1, 26.8, 28.7, 29.6k; 28.2-28.7 against 28.6-31.3 us of the
