@@ -148,6 +148,8 @@ class RamDevice:
     def __init__(self, size_bytes: int, block_size: int = 512, *, uuid: uuid_mod.UUID | None = None) -> None:
         if block_size not in (512, 4096) or size_bytes % block_size:
             raise ValueError("block_size must be 512 or 4096 and divide the size")
+        if size_bytes <= 0:
+            raise ValueError("a RAM device needs a positive size")
         # Page-aligned, like the buffers data arrives in (sbstore.store.engines.buffers): a
         # bytearray this size starts 16 bytes into a page, and copying a page-aligned buffer
         # to a destination just past it hits 4K aliasing, a 128 KiB write's copy taking about
