@@ -14,15 +14,15 @@ from sbstore.store.engines import open_engine
 from sbstore.store.engines.uring import UringEngine
 
 
-def _spin(seconds: float) -> None:
-    """Busy for ``seconds`` without a system call (perf_counter reads the vDSO clock), as a
-    slice of Python work is: nothing in it lets the kernel run task work."""
+def _spin(seconds: float, until: Any = None) -> None:
+    """Busy for ``seconds`` (or until ``until()``) without a system call (perf_counter reads
+    the vDSO clock), as a slice of Python work is: nothing in it enters the kernel."""
     end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
+    while time.perf_counter() < end and not (until is not None and until()):
         pass
 
 
-async def _slices_and_response(start_io: Any) -> list[str]:
+async def _slices_and_response(start_io: Any, until: Any = None) -> list[str]:
     """Slice 1 starts an I/O whose completion queues a 'response' with call_soon, spins while
     it completes, yields with yield_to_io; slice 2 notes the order."""
     loop = asyncio.get_running_loop()
@@ -32,7 +32,9 @@ async def _slices_and_response(start_io: Any) -> list[str]:
         loop.call_soon(order.append, "response")
 
     start_io(completed)
-    _spin(0.05)  # the I/O completes meanwhile (a socket at once, a 4 KiB read in < 1 ms)
+    # The I/O completes meanwhile: a socket's byte at once; a read once the disk is done
+    # (``until`` sees its completion in the ring, posted at a timer tick at the latest).
+    _spin(0.05 if until is None else 5.0, until)
     await yield_to_io()
     order.append("next slice")
     await asyncio.sleep(0.01)
@@ -97,6 +99,11 @@ async def test_a_pool_read_completing_during_a_slice_is_answered_before_the_next
             assert e.read_with(8192, buf, _Done(completed))
             e._submit()  # in the slice, as the target's own turn would have submitted it
 
-        assert await _slices_and_response(start) == ["response", "next slice"]
+        ring = e._ring
+
+        def posted() -> bool:
+            return bool(ring.cq32[ring.cq_tail_i] != e._cq_head)
+
+        assert await _slices_and_response(start, posted) == ["response", "next slice"]
     finally:
         e.close()
