@@ -39,6 +39,18 @@ DATA_HDR = struct.Struct("<BBBBIHHII4x")  # CH, cccid, ttag, datao|r2to, datal|r
 DATA_HLEN = 24
 F_LAST, F_SUCCESS = 0x04, 0x08
 RECV_BUF = 4 << 20
+PATTERNS = ("randread", "randwrite", "read", "write", "randrw")  # what the light engines drive
+
+
+def queue_maxh2cdata(qc: Any) -> int:
+    """A connected I/O queue's MAXH2CDATA, once it is checked to speak what the light engines
+    (this one and perf/native_load.py) speak: CPDA 0, no digests."""
+    params = qc.params
+    if params is None:
+        return 1 << 20
+    if params.cpda or params.hdgst or params.ddgst:
+        raise ValueError("the fast and native load engines speak CPDA 0 without digests")
+    return int(params.maxh2cdata)
 
 
 def fits_in_capsule(ctrl: Controller, bs: int) -> bool:
@@ -234,7 +246,7 @@ async def run_fast(ctrl: Controller, *, nsid: int, rw: str, bs: int, qd: int, se
     ``rw`` "randrw" mixes random reads and writes, ``rwmixread`` percent of them reads."""
     ns = ctrl.namespaces[nsid]
     write = rw.endswith("write")
-    if rw not in ("randread", "randwrite", "read", "write", "randrw"):
+    if rw not in PATTERNS:
         raise ValueError("the fast engine does reads, writes and a random mix of them")
     incapsule = fits_in_capsule(ctrl, bs)
     span = (span_bytes // ns.block_size) if span_bytes else ns.nsze
@@ -243,14 +255,12 @@ async def run_fast(ctrl: Controller, *, nsid: int, rw: str, bs: int, qd: int, se
     queues = []
     for i, qc in enumerate(ctrl.io_queues):
         fut: asyncio.Future[None] = loop.create_future()
-        params = qc.params
-        if params is not None and (params.cpda or params.hdgst or params.ddgst):
-            raise ValueError("the fast engine speaks CPDA 0 without digests")
+        maxh2cdata = queue_maxh2cdata(qc)
         fq = FastQueue(nsid=nsid, block_size=ns.block_size, bs=bs, qd=qd, write=write,
                        span_blocks=span, stop_at=stop_at,
                        max_ios=max_ios // len(ctrl.io_queues), seed=seed + i, done=fut,
                        sequential=not rw.startswith("rand"), incapsule=incapsule,
-                       maxh2cdata=params.maxh2cdata if params is not None else 1 << 20,
+                       maxh2cdata=maxh2cdata,
                        flush_every=flush_every,
                        read_pct=rwmixread if rw == "randrw" else None)
         transport = qc._transport

@@ -19,10 +19,10 @@ from array import array
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from perf.fastload import PATTERNS, run_fast  # noqa: E402
+from perf.native_load import run_native  # noqa: E402
 from perf.percentiles import percentiles_us  # noqa: E402
 from target.host import Controller  # noqa: E402
-
-PATTERNS = ("randread", "randwrite", "read", "write", "randrw")  # randrw: fast/poll engines
 
 
 def percentile(sorted_ns: list[int], pct: float) -> float:
@@ -48,19 +48,15 @@ async def run_load(host: str, port: int, nqn: str, *, rw: str, bs: int, qd: int,
         # Several load generators start together (connected first), so their runs overlap.
         await asyncio.sleep(max(0.0, start_at - time.time()))
     if engine in ("fast", "poll", "native"):
-        from perf.fastload import run_fast
-        from perf.native_load import run_native
+        job = {"nsid": nsid, "rw": rw, "bs": bs, "qd": max(1, qd // queues), "seconds": seconds,
+               "max_ios": max_ios, "span_bytes": span_bytes, "seed": seed,
+               "flush_every": flush_every, "rwmixread": rwmixread}
         try:
             if engine == "native":
-                ios, errors, latencies, elapsed = await run_native(
-                    ctrl, nsid=nsid, rw=rw, bs=bs, qd=max(1, qd // queues), seconds=seconds,
-                    max_ios=max_ios, span_bytes=span_bytes, seed=seed,
-                    flush_every=flush_every, rwmixread=rwmixread)
+                ios, errors, latencies, elapsed = await run_native(ctrl, **job)
             else:
-                ios, errors, latencies, elapsed = await run_fast(
-                    ctrl, nsid=nsid, rw=rw, bs=bs, qd=max(1, qd // queues), seconds=seconds,
-                    max_ios=max_ios, span_bytes=span_bytes, seed=seed,
-                    flush_every=flush_every, poll=engine == "poll", rwmixread=rwmixread)
+                ios, errors, latencies, elapsed = await run_fast(ctrl, **job,
+                                                                 poll=engine == "poll")
         finally:
             await ctrl.close(shutdown=False)
         if errors:

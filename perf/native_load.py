@@ -27,13 +27,12 @@ from array import array
 from pathlib import Path
 from typing import Any
 
-from perf.fastload import fits_in_capsule, payload_for
+from perf.fastload import PATTERNS, fits_in_capsule, payload_for, queue_maxh2cdata
 from target.host.controller import Controller
 
 SOURCE = Path(__file__).resolve().parent / "native" / "nvmf_load.c"
 _HEAD = struct.Struct("<4s5q")  # "NVLD", ios, errors, issued, elapsed_ns, latencies
 _MAGIC = b"NVLD"
-PATTERNS = ("randread", "randwrite", "read", "write", "randrw")
 
 
 class NativeLoadError(RuntimeError):
@@ -87,16 +86,9 @@ async def run_native(ctrl: Controller, *, nsid: int, rw: str, bs: int, qd: int,
                                 else "read")
     incapsule = fits_in_capsule(ctrl, bs)
     span = (span_bytes // ns.block_size) if span_bytes else ns.nsze
-    maxh2cdata = 1 << 20
-    transports: list[Any] = []
+    maxh2cdata = min(queue_maxh2cdata(qc) for qc in ctrl.io_queues)
+    transports: list[Any] = [qc._transport for qc in ctrl.io_queues]
     fds: list[int] = []
-    for qc in ctrl.io_queues:
-        params = qc.params
-        if params is not None and (params.cpda or params.hdgst or params.ddgst):
-            raise ValueError("the native engine speaks CPDA 0 without digests")
-        if params is not None:
-            maxh2cdata = min(maxh2cdata, params.maxh2cdata)
-        transports.append(qc._transport)
     exe = binary()
     args = [str(exe), f"nsid={nsid}", f"block={ns.block_size}", f"bs={bs}",
             f"qd={qd}", f"mode={mode}", f"readpct={rwmixread}",
