@@ -137,8 +137,6 @@ static uint8_t *templates(const struct queue *q, int opcode, int in_capsule)
     return t;
 }
 
-static void add_iov(struct queue *q, const void *base, size_t len);
-
 static void flush_out(struct queue *q)
 {
     struct iovec *iov = q->iov;
